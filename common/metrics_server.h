@@ -1,0 +1,55 @@
+// Serves a prometheus-cpp Registry as text on http://HOST:PORT/metrics.
+//
+// prometheus-cpp's own Exposer (civetweb) cannot start in a process that links cuBLAS 13: civetweb
+// creates threads with 100 KiB stacks and libcublasLt carries ~94 KiB of static TLS
+// (shared/reference/environment.md). So both servers serve /metrics with cpp-httplib and
+// prometheus-cpp's TextSerializer instead; one mechanism for both processes.
+#ifndef ENGRAM_COMMON_METRICS_SERVER_H_
+#define ENGRAM_COMMON_METRICS_SERVER_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/status.h"
+#include "prometheus/registry.h"
+
+namespace httplib {
+class Server;
+}
+
+namespace engram {
+
+class MetricsServer {
+ public:
+  explicit MetricsServer(std::shared_ptr<prometheus::Registry> registry);
+  ~MetricsServer();
+  MetricsServer(const MetricsServer&) = delete;
+  MetricsServer& operator=(const MetricsServer&) = delete;
+
+  // Called before each scrape (e.g. to refresh gauges sampled from other components).
+  void SetBeforeScrape(std::function<void()> hook) { before_scrape_ = std::move(hook); }
+  // Binds and starts serving in a background thread. Port 0 picks a free port.
+  absl::Status Start(const std::string& host, int port);
+  // The bound port (after Start).
+  int port() const { return port_; }
+  void Stop();
+
+ private:
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::function<void()> before_scrape_;
+  std::unique_ptr<httplib::Server> server_;
+  std::thread thread_;
+  int port_ = 0;
+};
+
+// Renders a registry in the Prometheus text format (what /metrics returns).
+std::string RenderMetrics(prometheus::Registry& registry);
+
+// Histogram buckets for latencies in seconds, 10 us .. 10 s, roughly x2.5 per step.
+const std::vector<double>& LatencyBucketsSeconds();
+
+}  // namespace engram
+
+#endif  // ENGRAM_COMMON_METRICS_SERVER_H_

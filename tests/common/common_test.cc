@@ -1,0 +1,63 @@
+#include <string>
+
+#include "common/crc32c.h"
+#include "common/engram_config.h"
+#include "common/log.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+
+namespace engram {
+namespace {
+
+TEST(Crc32cTest, MatchesStandardCheckValue) {
+  // The CRC-32C check value of "123456789" (RFC 3720, iSCSI).
+  EXPECT_EQ(Crc32c(0, "123456789", 9), 0xe3069283u);
+  // Extending in pieces equals one pass.
+  uint32_t c = Crc32c(0, "1234", 4);
+  EXPECT_EQ(Crc32c(c, "56789", 5), 0xe3069283u);
+  std::string zeros(32, '\0');
+  EXPECT_EQ(Crc32c(0, zeros.data(), zeros.size()), 0x8a9136aau);
+}
+
+TEST(EngramConfigTest, ParsesV41Keys) {
+  auto j = nlohmann::json::parse(R"({
+    "engram_layer_ids": [1, 14], "engram_max_ngram_size": 4, "engram_n_heads": 8,
+    "engram_head_dim": 256, "engram_vocab_size": 16000000, "engram_pad_token_id": 2,
+    "engram_compressed_vocab_size": 99092, "engram_num_embeddings": [384006168, 384016682],
+    "engram_kernel_size": 0, "hc_mult": 4, "hidden_size": 5120})");
+  auto c = ParseEngramConfig(j);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->columns(), 24);
+  EXPECT_EQ(c->d_mem(), 6144);
+  EXPECT_EQ(c->vocab_size_per_order, (std::vector<int64_t>{16000000, 16000000, 16000000}));
+  EXPECT_EQ(*c->compressed_vocab_size, 99092);
+  EXPECT_EQ(c->LayerIndex(14), 1);
+  EXPECT_EQ(c->LayerIndex(2), -1);
+}
+
+TEST(EngramConfigTest, RejectsInconsistentConfigWithClearMessages) {
+  auto bad = [](const char* text) {
+    auto c = ParseEngramConfig(nlohmann::json::parse(text));
+    EXPECT_FALSE(c.ok()) << text;
+    return std::string(c.status().message());
+  };
+  EXPECT_NE(bad(R"({"engram_vocab_size": 10})").find("engram_layer_ids"), std::string::npos);
+  EXPECT_NE(bad(R"({"engram_layer_ids": [1, 1], "engram_vocab_size": 10})").find("twice"), std::string::npos);
+  EXPECT_NE(bad(R"({"engram_layer_ids": [1], "engram_max_ngram_size": 3, "engram_vocab_size": [10]})")
+                .find("one per order"),
+            std::string::npos);
+  EXPECT_NE(bad(R"({"engram_layer_ids": [1], "engram_vocab_size": "x"})").find("engram_vocab_size"),
+            std::string::npos);
+  EXPECT_NE(bad(R"({"engram_layer_ids": [1], "engram_vocab_size": 10, "hc_mult": 0})").find("hc_mult"),
+            std::string::npos);
+}
+
+TEST(LogTest, QuotesLogfmtValues) {
+  EXPECT_EQ(LogfmtValue("plain"), "plain");
+  EXPECT_EQ(LogfmtValue("two words"), "\"two words\"");
+  EXPECT_EQ(LogfmtValue("a\"b"), "\"a\\\"b\"");
+  EXPECT_EQ(LogfmtValue(""), "\"\"");
+}
+
+}  // namespace
+}  // namespace engram
