@@ -1,0 +1,22 @@
+#include "model/kernels/reference.h"
+
+#include <cstring>
+
+namespace engram::kernels {
+
+size_t EngramGatherReference(const uint8_t* table, uint64_t table_rows, uint64_t row_stride,
+                             uint32_t row_bytes, const uint64_t* row_ids, size_t n, uint8_t* out) {
+  size_t out_of_range = 0;
+  for (size_t i = 0; i < n; ++i) {
+    uint8_t* dst = out + i * row_bytes;
+    if (row_ids[i] >= table_rows) {
+      std::memset(dst, 0, row_bytes);
+      ++out_of_range;
+      continue;
+    }
+    std::memcpy(dst, table + row_ids[i] * row_stride, row_bytes);
+  }
+  return out_of_range;
+}
+
+}  // namespace engram::kernels

@@ -1,0 +1,19 @@
+// Plain CPU references for the CUDA kernels in model/kernels/. Every kernel is tested against its
+// reference with awkward shapes (STYLE.md pattern 3); these functions are the definition of what the
+// kernels compute.
+#ifndef ENGRAM_MODEL_KERNELS_REFERENCE_H_
+#define ENGRAM_MODEL_KERNELS_REFERENCE_H_
+
+#include <cstddef>
+#include <cstdint>
+
+namespace engram::kernels {
+
+// out[i * row_bytes .. +row_bytes) = table[row_ids[i] * row_stride .. +row_bytes) for i < n.
+// Rows whose id is >= table_rows are written as zeros and counted in the return value.
+size_t EngramGatherReference(const uint8_t* table, uint64_t table_rows, uint64_t row_stride,
+                             uint32_t row_bytes, const uint64_t* row_ids, size_t n, uint8_t* out);
+
+}  // namespace engram::kernels
+
+#endif  // ENGRAM_MODEL_KERNELS_REFERENCE_H_
