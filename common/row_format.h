@@ -1,0 +1,56 @@
+// Engram table row formats: how one row of a table is stored, in the row files of the memory tier,
+// in its DRAM arena and on the wire, and how a worker turns raw rows into f32.
+//
+// A row holds head_dim values of one (order, head) sub-table entry. Four dtypes exist:
+//   "f32"            head_dim * 4 bytes, little-endian IEEE binary32
+//   "bf16"           head_dim * 2 bytes
+//   "f16"            head_dim * 2 bytes
+//   "fp8_e4m3_e8m0"  DeepSeek-V4.1 style: head_dim FP8 E4M3 bytes, then head_dim / 32 E8M0 block
+//                    scales (one per 32 values); value j = e4m3[j] * 2^(e8m0[j / 32] - 127).
+//                    264 bytes for head_dim 256.
+// Rows are stored exactly as in the model's safetensors (no conversion at import), so the tier
+// serves the bytes the model was trained with and the worker decodes them once, here.
+//
+// Example:
+//   ENGRAM_ASSIGN_OR_RETURN(RowDType dtype, ParseRowDType("bf16"));
+//   ENGRAM_ASSIGN_OR_RETURN(size_t bytes, RowBytes(dtype, /*head_dim=*/64));   // 128
+//   ENGRAM_RETURN_IF_ERROR(DecodeRows(dtype, raw.data(), n_rows, 64, out_f32));
+#ifndef ENGRAM_COMMON_ROW_FORMAT_H_
+#define ENGRAM_COMMON_ROW_FORMAT_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace engram {
+
+enum class RowDType { kF32, kBF16, kF16, kFp8E4M3E8M0 };
+
+// Values per E8M0 scale in the fp8_e4m3_e8m0 format.
+inline constexpr int kFp8BlockSize = 32;
+
+// "f32", "bf16", "f16" or "fp8_e4m3_e8m0" (the spelling used in manifests and TableInfo).
+absl::string_view RowDTypeName(RowDType dtype);
+// Parses one of the names above; INVALID_ARGUMENT naming the value otherwise.
+absl::StatusOr<RowDType> ParseRowDType(absl::string_view name);
+
+// Bytes of one row. INVALID_ARGUMENT when head_dim is not positive, or for fp8_e4m3_e8m0 not a
+// multiple of 32.
+absl::StatusOr<size_t> RowBytes(RowDType dtype, int head_dim);
+// Same for a dtype name.
+absl::StatusOr<size_t> RowBytes(absl::string_view dtype, int head_dim);
+
+// Decodes `n_rows` consecutive rows (row i at rows + i * RowBytes) to f32; out receives
+// n_rows * head_dim floats, row-major. Never reads past n_rows * RowBytes bytes.
+absl::Status DecodeRows(RowDType dtype, const uint8_t* rows, size_t n_rows, int head_dim,
+                        float* out);
+absl::Status DecodeRows(absl::string_view dtype, const uint8_t* rows, size_t n_rows, int head_dim,
+                        float* out);
+
+}  // namespace engram
+
+#endif  // ENGRAM_COMMON_ROW_FORMAT_H_
