@@ -1,0 +1,54 @@
+// The small built-in demo model (`engram model init-demo DIR`): a real tokenizer (GPT-2's
+// tokenizer.json), a Llama-style backbone of a few MB with deterministic weights and Engram modules
+// at two layers whose tables hold some millions of bf16 rows.
+//
+// Files written into DIR: tokenizer.json (a copy), config.json, model.safetensors (backbone in bf16,
+// Engram module weights in f32, tables in bf16) and engram_constants.json. All weights come from a
+// fixed seed, so the same options always give byte-identical files. Writing is idempotent: when DIR
+// already holds a complete demo model written with the same options, nothing is rewritten.
+#ifndef ENGRAM_MODEL_DEMO_MODEL_H_
+#define ENGRAM_MODEL_DEMO_MODEL_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+
+namespace engram {
+
+struct DemoModelOptions {
+  // tokenizer.json to copy; empty = DefaultDemoTokenizerPath().
+  std::string tokenizer_path;
+  // config.json "model_name"; empty = the directory's basename (ModelName).
+  std::string model_name;
+  // Backbone shape. vocab_size is the tokenizer's size.
+  int hidden_size = 64;
+  int intermediate_size = 192;
+  int num_hidden_layers = 4;
+  int num_attention_heads = 4;
+  int num_key_value_heads = 2;
+  int max_position_embeddings = 1024;
+  // Engram shape: 2 orders x 4 heads x 32 wide (d_mem 256) at layers 1 and 2; with 160,000 as the
+  // prime search start each layer has 8 sub-tables of ~160k rows (~1.28 M rows, 82 MB in bf16).
+  std::vector<int> engram_layer_ids = {1, 2};
+  int engram_max_ngram_size = 3;
+  int engram_n_heads = 4;
+  int engram_head_dim = 32;
+  int64_t engram_vocab_size = 160000;
+  int engram_kernel_size = 4;
+  // Seed of every weight.
+  uint64_t seed = 2026;
+};
+
+// The GPT-2 tokenizer.json fetched by scripts/fetch-testdata.sh:
+// $ENGRAM_TESTDATA_DIR/tokenizer-gpt2/package/models/tokenizer.json when the variable is set,
+// otherwise the same path under this source tree's .cache/testdata.
+std::string DefaultDemoTokenizerPath();
+
+// Writes (or confirms) the demo model in `dir`, creating the directory. Errors name the file.
+absl::Status WriteDemoModel(const std::string& dir, const DemoModelOptions& options = {});
+
+}  // namespace engram
+
+#endif  // ENGRAM_MODEL_DEMO_MODEL_H_
