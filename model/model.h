@@ -27,7 +27,7 @@
 namespace engram {
 
 class Tokenizer;             // model/tokenizer.h
-struct CompressedTokenMap;   // model/compressed_vocab.h
+struct EngramConstants;      // model/engram_constants.h
 struct EngramHashConstants;  // common/ngram_hash.h
 class EngramModule;          // model/engram_module.h
 
@@ -52,11 +52,12 @@ class Model {
   const SafetensorsDir& tensors() const { return *tensors_; }
 
   // ---- Engram (valid only when config().has_engram()) ----
-  // Raw token id -> compressed id (V' = token_map().size).
-  const CompressedTokenMap& token_map() const { return *token_map_; }
-  // Multipliers, primes, offsets and row counts of every Engram layer (index = position of the
-  // layer in config().engram.layer_ids).
-  const EngramHashConstants& hash_constants() const { return *hash_constants_; }
+  // The frozen constants: token map (raw id -> compressed id, EngramConstants::Compress), V', pad'
+  // and per Engram layer the multipliers, primes, offsets and row counts (model/engram_constants.h).
+  const EngramConstants& engram_constants() const { return *engram_constants_; }
+  // engram_constants().hash: what common/ngram_hash.h (NgramState, ComputeNgramRowIds) needs. Index
+  // = position of the layer in config().engram.layer_ids.
+  const EngramHashConstants& hash_constants() const;
   // The module of Engram layer index `engram_layer_index` (same indexing).
   const EngramModule& engram_module(int engram_layer_index) const {
     return *engram_modules_[engram_layer_index];
@@ -74,8 +75,7 @@ class Model {
   std::unique_ptr<SafetensorsDir> tensors_;
   BackboneWeights weights_;
   std::unique_ptr<Tokenizer> tokenizer_;
-  std::unique_ptr<CompressedTokenMap> token_map_;
-  std::unique_ptr<EngramHashConstants> hash_constants_;
+  std::unique_ptr<EngramConstants> engram_constants_;
   std::vector<std::unique_ptr<EngramModule>> engram_modules_;
 };
 
