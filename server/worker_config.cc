@@ -1,0 +1,237 @@
+#include "server/worker_config.h"
+
+#include <optional>
+#include <set>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/engram_config.h"
+#include "common/log.h"
+#include "common/status.h"
+
+// Flags are optional-valued so "not given" is distinguishable from "given the default value";
+// defaults live in the struct only (worker_config.h), never twice.
+ABSL_FLAG(std::optional<std::string>, config, std::nullopt, "JSON config file (see worker_config.h)");
+ABSL_FLAG(std::optional<std::string>, listen, std::nullopt, "gRPC listen address host:port");
+ABSL_FLAG(std::optional<std::string>, metrics_host, std::nullopt, "/metrics host");
+ABSL_FLAG(std::optional<int>, metrics_port, std::nullopt, "/metrics port (0 = any, -1 = off)");
+ABSL_FLAG(std::optional<absl::Duration>, drain_timeout, std::nullopt, "SIGTERM drain timeout");
+ABSL_FLAG(std::optional<std::string>, port_file, std::nullopt, "write bound ports here as JSON");
+ABSL_FLAG(std::optional<std::string>, model, std::nullopt, "model directory");
+ABSL_FLAG(std::optional<int>, threads, std::nullopt, "CPU backbone threads (0 = all)");
+ABSL_FLAG(std::optional<std::string>, memory, std::nullopt, "engram-memory address host:port");
+ABSL_FLAG(std::optional<bool>, shared_memory, std::nullopt, "read rows from the tier's arena");
+ABSL_FLAG(std::optional<absl::Duration>, reconnect_initial_backoff, std::nullopt,
+          "first reconnect delay");
+ABSL_FLAG(std::optional<absl::Duration>, reconnect_max_backoff, std::nullopt,
+          "largest reconnect delay");
+ABSL_FLAG(std::optional<absl::Duration>, rows_timeout, std::nullopt,
+          "longest wait for Engram rows at a layer");
+ABSL_FLAG(std::optional<int>, max_rows_per_batch, std::nullopt, "row ids per Prefetch message");
+ABSL_FLAG(std::optional<int>, max_running_requests, std::nullopt, "sequences per batch");
+ABSL_FLAG(std::optional<int>, max_queued_requests, std::nullopt, "waiting requests before RESOURCE_EXHAUSTED");
+ABSL_FLAG(std::optional<int>, prefill_chunk_tokens, std::nullopt, "prompt tokens per sequence per step");
+ABSL_FLAG(std::optional<int>, max_step_tokens, std::nullopt, "tokens per step");
+ABSL_FLAG(std::optional<int>, default_max_tokens, std::nullopt, "max_tokens when a request gives 0");
+ABSL_FLAG(std::optional<int>, max_context_tokens, std::nullopt, "context window (0 = model's)");
+ABSL_FLAG(std::optional<std::string>, log_level, std::nullopt, "debug|info|warning|error");
+
+namespace engram {
+namespace {
+
+// Calls `visit(dotted_key, field)` for every field: the single list behind JSON input, output
+// and the unknown-key check.
+template <typename Config, typename Visitor>
+void VisitFields(Config& c, Visitor&& visit) {
+  visit("server.listen", c.server.listen);
+  visit("server.metrics_host", c.server.metrics_host);
+  visit("server.metrics_port", c.server.metrics_port);
+  visit("server.drain_timeout", c.server.drain_timeout);
+  visit("server.port_file", c.server.port_file);
+  visit("model.dir", c.model.dir);
+  visit("model.threads", c.model.threads);
+  visit("memory_tier.address", c.memory_tier.address);
+  visit("memory_tier.shared_memory", c.memory_tier.shared_memory);
+  visit("memory_tier.reconnect_initial_backoff", c.memory_tier.reconnect_initial_backoff);
+  visit("memory_tier.reconnect_max_backoff", c.memory_tier.reconnect_max_backoff);
+  visit("memory_tier.rows_timeout", c.memory_tier.rows_timeout);
+  visit("memory_tier.max_rows_per_batch", c.memory_tier.max_rows_per_batch);
+  visit("scheduler.max_running_requests", c.scheduler.max_running_requests);
+  visit("scheduler.max_queued_requests", c.scheduler.max_queued_requests);
+  visit("scheduler.prefill_chunk_tokens", c.scheduler.prefill_chunk_tokens);
+  visit("scheduler.max_step_tokens", c.scheduler.max_step_tokens);
+  visit("scheduler.default_max_tokens", c.scheduler.default_max_tokens);
+  visit("scheduler.max_context_tokens", c.scheduler.max_context_tokens);
+  visit("log_level", c.log_level);
+}
+
+nlohmann::json::json_pointer Pointer(absl::string_view dotted) {
+  std::string p;
+  for (absl::string_view part : absl::StrSplit(dotted, '.')) absl::StrAppend(&p, "/", part);
+  return nlohmann::json::json_pointer(p);
+}
+
+nlohmann::json ToJsonValue(const std::string& v) { return v; }
+nlohmann::json ToJsonValue(int v) { return v; }
+nlohmann::json ToJsonValue(bool v) { return v; }
+nlohmann::json ToJsonValue(absl::Duration v) { return absl::FormatDuration(v); }
+
+absl::Status FromJsonValue(const nlohmann::json& j, absl::string_view key, std::string* out) {
+  if (!j.is_string()) return absl::InvalidArgumentError(absl::StrCat(key, " must be a string"));
+  *out = j.get<std::string>();
+  return absl::OkStatus();
+}
+absl::Status FromJsonValue(const nlohmann::json& j, absl::string_view key, int* out) {
+  if (!j.is_number_integer()) return absl::InvalidArgumentError(absl::StrCat(key, " must be an integer"));
+  *out = j.get<int>();
+  return absl::OkStatus();
+}
+absl::Status FromJsonValue(const nlohmann::json& j, absl::string_view key, bool* out) {
+  if (!j.is_boolean()) return absl::InvalidArgumentError(absl::StrCat(key, " must be true or false"));
+  *out = j.get<bool>();
+  return absl::OkStatus();
+}
+absl::Status FromJsonValue(const nlohmann::json& j, absl::string_view key, absl::Duration* out) {
+  if (!j.is_string() || !absl::ParseDuration(j.get<std::string>(), out)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(key, " must be a duration string such as \"250ms\" or \"30s\""));
+  }
+  return absl::OkStatus();
+}
+
+// Lists the dotted paths of every leaf in `j` (objects are descended, everything else is a leaf).
+void LeafKeys(const nlohmann::json& j, const std::string& prefix, std::vector<std::string>* out) {
+  if (!j.is_object()) {
+    out->push_back(prefix);
+    return;
+  }
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    LeafKeys(it.value(), prefix.empty() ? it.key() : prefix + "." + it.key(), out);
+  }
+}
+
+template <typename T>
+void Override(const absl::Flag<std::optional<T>>& flag, T* field) {
+  if (std::optional<T> v = absl::GetFlag(flag)) *field = *v;
+}
+
+absl::Status Bad(absl::string_view key, absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat("worker config ", key, ": ", what));
+}
+
+}  // namespace
+
+nlohmann::json WorkerConfig::ToJson() const {
+  nlohmann::json j = nlohmann::json::object();
+  VisitFields(*this, [&](absl::string_view key, const auto& field) {
+    j[Pointer(key)] = ToJsonValue(field);
+  });
+  return j;
+}
+
+absl::Status ApplyJsonConfig(const nlohmann::json& json, WorkerConfig* config) {
+  if (!json.is_object()) return absl::InvalidArgumentError("worker config file must hold a JSON object");
+  std::set<std::string> known;
+  VisitFields(*config, [&](absl::string_view key, auto&) { known.insert(std::string(key)); });
+  std::vector<std::string> leaves;
+  LeafKeys(json, "", &leaves);
+  for (const std::string& key : leaves) {
+    if (!known.count(key)) return absl::InvalidArgumentError(absl::StrCat("unknown worker config key ", key));
+  }
+  absl::Status status;
+  VisitFields(*config, [&](absl::string_view key, auto& field) {
+    if (!status.ok()) return;
+    auto pointer = Pointer(key);
+    if (json.contains(pointer)) status = FromJsonValue(json.at(pointer), key, &field);
+  });
+  return status;
+}
+
+absl::Status WorkerConfig::Validate() const {
+  if (model.dir.empty()) return Bad("model.dir", "is required (--model DIR)");
+  if (memory_tier.address.empty()) return Bad("memory_tier.address", "is required (--memory HOST:PORT)");
+  if (server.listen.empty() || server.listen.find(':') == std::string::npos) {
+    return Bad("server.listen", absl::StrCat("\"", server.listen, "\" is not host:port"));
+  }
+  if (server.metrics_port < -1 || server.metrics_port > 65535) {
+    return Bad("server.metrics_port", "must be in [-1, 65535]");
+  }
+  if (server.drain_timeout < absl::ZeroDuration()) return Bad("server.drain_timeout", "must be >= 0");
+  if (model.threads < 0 || model.threads > 1024) return Bad("model.threads", "must be in [0, 1024]");
+  if (memory_tier.reconnect_initial_backoff <= absl::ZeroDuration() ||
+      memory_tier.reconnect_max_backoff < memory_tier.reconnect_initial_backoff) {
+    return Bad("memory_tier.reconnect_*_backoff", "need 0 < initial <= max");
+  }
+  if (memory_tier.rows_timeout <= absl::ZeroDuration()) return Bad("memory_tier.rows_timeout", "must be > 0");
+  if (memory_tier.max_rows_per_batch < 1) return Bad("memory_tier.max_rows_per_batch", "must be >= 1");
+  if (scheduler.max_running_requests < 1) return Bad("scheduler.max_running_requests", "must be >= 1");
+  if (scheduler.max_queued_requests < 0) return Bad("scheduler.max_queued_requests", "must be >= 0");
+  if (scheduler.prefill_chunk_tokens < 1) return Bad("scheduler.prefill_chunk_tokens", "must be >= 1");
+  if (scheduler.max_step_tokens < scheduler.max_running_requests) {
+    return Bad("scheduler.max_step_tokens",
+               "must be >= max_running_requests (every running sequence decodes one token per step)");
+  }
+  if (scheduler.default_max_tokens < 1) return Bad("scheduler.default_max_tokens", "must be >= 1");
+  if (scheduler.max_context_tokens < 0) return Bad("scheduler.max_context_tokens", "must be >= 0");
+  LogLevel level;
+  if (!ParseLogLevel(log_level, &level)) {
+    return Bad("log_level", absl::StrCat("\"", log_level, "\" is not debug, info, warning or error"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<WorkerConfig> ParseWorkerCommandLine(int argc, char** argv) {
+  // absl flag names are identifiers; the documented spelling uses dashes (--metrics-port).
+  std::vector<std::string> args(argv, argv + argc);
+  for (size_t i = 1; i < args.size(); ++i) {
+    std::string& a = args[i];
+    if (a == "--") break;
+    if (a.rfind("--", 0) != 0) continue;
+    size_t end = std::min(a.find('='), a.size());
+    for (size_t k = 2; k < end; ++k) {
+      if (a[k] == '-') a[k] = '_';
+    }
+  }
+  std::vector<char*> ptrs;
+  for (std::string& a : args) ptrs.push_back(a.data());
+  absl::SetProgramUsageMessage(
+      "engram-worker --model DIR --memory HOST:PORT [--listen HOST:PORT] [--metrics-port P] "
+      "[--config FILE] ...");
+  std::vector<char*> rest = absl::ParseCommandLine(static_cast<int>(ptrs.size()), ptrs.data());
+  if (rest.size() > 1) {
+    return absl::InvalidArgumentError(absl::StrCat("unexpected argument \"", rest[1], "\""));
+  }
+
+  WorkerConfig c;
+  if (std::optional<std::string> file = absl::GetFlag(FLAGS_config)) {
+    ENGRAM_ASSIGN_OR_RETURN(nlohmann::json j, ReadJsonFile(*file));
+    ENGRAM_RETURN_IF_ERROR(Annotate(ApplyJsonConfig(j, &c), *file));
+  }
+  Override(FLAGS_listen, &c.server.listen);
+  Override(FLAGS_metrics_host, &c.server.metrics_host);
+  Override(FLAGS_metrics_port, &c.server.metrics_port);
+  Override(FLAGS_drain_timeout, &c.server.drain_timeout);
+  Override(FLAGS_port_file, &c.server.port_file);
+  Override(FLAGS_model, &c.model.dir);
+  Override(FLAGS_threads, &c.model.threads);
+  Override(FLAGS_memory, &c.memory_tier.address);
+  Override(FLAGS_shared_memory, &c.memory_tier.shared_memory);
+  Override(FLAGS_reconnect_initial_backoff, &c.memory_tier.reconnect_initial_backoff);
+  Override(FLAGS_reconnect_max_backoff, &c.memory_tier.reconnect_max_backoff);
+  Override(FLAGS_rows_timeout, &c.memory_tier.rows_timeout);
+  Override(FLAGS_max_rows_per_batch, &c.memory_tier.max_rows_per_batch);
+  Override(FLAGS_max_running_requests, &c.scheduler.max_running_requests);
+  Override(FLAGS_max_queued_requests, &c.scheduler.max_queued_requests);
+  Override(FLAGS_prefill_chunk_tokens, &c.scheduler.prefill_chunk_tokens);
+  Override(FLAGS_max_step_tokens, &c.scheduler.max_step_tokens);
+  Override(FLAGS_default_max_tokens, &c.scheduler.default_max_tokens);
+  Override(FLAGS_max_context_tokens, &c.scheduler.max_context_tokens);
+  Override(FLAGS_log_level, &c.log_level);
+  ENGRAM_RETURN_IF_ERROR(c.Validate());
+  return c;
+}
+
+}  // namespace engram

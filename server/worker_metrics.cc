@@ -1,0 +1,144 @@
+#include "server/worker_metrics.h"
+
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "common/metrics_server.h"
+
+namespace engram {
+namespace {
+
+using prometheus::BuildCounter;
+using prometheus::BuildGauge;
+using prometheus::BuildHistogram;
+
+prometheus::Gauge& Gauge(prometheus::Registry& r, const char* name, const char* help) {
+  return BuildGauge().Name(name).Help(help).Register(r).Add({});
+}
+
+prometheus::Counter& Counter(prometheus::Registry& r, const char* name, const char* help) {
+  return BuildCounter().Name(name).Help(help).Register(r).Add({});
+}
+
+prometheus::Histogram& Latency(prometheus::Registry& r, const char* name, const char* help) {
+  return BuildHistogram().Name(name).Help(help).Register(r).Add({}, LatencyBucketsSeconds());
+}
+
+const std::vector<double>& TokenBuckets() {
+  static const std::vector<double> buckets = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096};
+  return buckets;
+}
+
+// Status code names as gRPC spells them (the label values users see in other gRPC servers).
+const char* kCodeNames[17] = {"OK",
+                              "CANCELLED",
+                              "UNKNOWN",
+                              "INVALID_ARGUMENT",
+                              "DEADLINE_EXCEEDED",
+                              "NOT_FOUND",
+                              "ALREADY_EXISTS",
+                              "PERMISSION_DENIED",
+                              "RESOURCE_EXHAUSTED",
+                              "FAILED_PRECONDITION",
+                              "ABORTED",
+                              "OUT_OF_RANGE",
+                              "UNIMPLEMENTED",
+                              "INTERNAL",
+                              "UNAVAILABLE",
+                              "DATA_LOSS",
+                              "UNAUTHENTICATED"};
+
+}  // namespace
+
+const char* RowTierName(RowTier tier) {
+  switch (tier) {
+    case RowTier::kDramShm: return "dram_shm";
+    case RowTier::kDram: return "dram";
+    case RowTier::kNvme: return "nvme";
+    case RowTier::kOther: return "other";
+  }
+  return "other";
+}
+
+RowTier RowTierFromName(absl::string_view name) {
+  if (name == "dram") return RowTier::kDram;
+  if (name == "nvme") return RowTier::kNvme;
+  return RowTier::kOther;
+}
+
+WorkerMetrics::WorkerMetrics(std::shared_ptr<prometheus::Registry> registry,
+                             const std::vector<int>& engram_layer_ids)
+    : queue_length(Gauge(*registry, "engram_worker_queue_length",
+                         "Requests waiting for a slot in the running batch.")),
+      running_requests(Gauge(*registry, "engram_worker_running_requests",
+                             "Sequences in the running batch.")),
+      time_to_first_token(Latency(*registry, "engram_worker_time_to_first_token_seconds",
+                                  "Time from receiving a request to streaming its first token.")),
+      inter_token_latency(Latency(*registry, "engram_worker_inter_token_latency_seconds",
+                                  "Time between consecutive generated tokens of a request.")),
+      e2e_request_latency(Latency(*registry, "engram_worker_e2e_request_latency_seconds",
+                                  "Time from receiving a request to its last message.")),
+      request_queue_time(Latency(*registry, "engram_worker_request_queue_time_seconds",
+                                 "Time a request waited before joining the running batch.")),
+      prompt_tokens(Counter(*registry, "engram_worker_prompt_tokens_total",
+                            "Prompt tokens of admitted requests.")),
+      generation_tokens(Counter(*registry, "engram_worker_generation_tokens_total",
+                                "Tokens generated.")),
+      step_duration(Latency(*registry, "engram_worker_step_duration_seconds",
+                            "Duration of one batched forward step (prefill chunks + decode).")),
+      step_tokens(BuildHistogram()
+                      .Name("engram_worker_step_tokens")
+                      .Help("Tokens processed by one batched forward step.")
+                      .Register(*registry)
+                      .Add({}, TokenBuckets())),
+      memory_tier_up(Gauge(*registry, "engram_worker_memory_tier_up",
+                           "1 while the memory tier is connected and serves this model's tables.")),
+      memory_tier_reconnects(Counter(*registry, "engram_worker_memory_tier_reconnects_total",
+                                     "Reconnections to the memory tier after it went away.")),
+      prefetch_batches(Counter(*registry, "engram_worker_prefetch_batches_total",
+                               "Row-id batches sent on the memory tier's Prefetch stream.")),
+      prefetch_round_trip(Latency(*registry, "engram_worker_prefetch_round_trip_seconds",
+                                  "Time from sending a Prefetch batch to receiving its rows.")),
+      registry_(std::move(registry)) {
+  auto& requests = BuildCounter()
+                       .Name("engram_worker_requests_total")
+                       .Help("Finished Generate requests by gRPC status code.")
+                       .Register(*registry_);
+  for (int code = 0; code < 17; ++code) requests_[code] = &requests.Add({{"code", kCodeNames[code]}});
+
+  auto& rows = BuildCounter()
+                   .Name("engram_worker_engram_rows_total")
+                   .Help("Engram rows used by the forward pass, by the tier that served them.")
+                   .Register(*registry_);
+  for (int t = 0; t < kNumRowTiers; ++t) {
+    engram_rows_[t] = &rows.Add({{"tier", RowTierName(static_cast<RowTier>(t))}});
+  }
+
+  auto& slack = BuildHistogram()
+                    .Name("engram_worker_prefetch_slack_seconds")
+                    .Help("Per step and Engram layer: how long before the layer needed them the "
+                          "rows were ready (the smallest over the step's sequences; 0 on a stall).")
+                    .Register(*registry_);
+  auto& stalls = BuildCounter()
+                     .Name("engram_worker_prefetch_stalls_total")
+                     .Help("Steps in which an Engram layer had to wait for rows.")
+                     .Register(*registry_);
+  auto& stall_seconds = BuildCounter()
+                            .Name("engram_worker_prefetch_stall_seconds_total")
+                            .Help("Time Engram layers spent waiting for rows.")
+                            .Register(*registry_);
+  for (int layer : engram_layer_ids) {
+    std::string label = absl::StrCat(layer);
+    slack_.push_back(&slack.Add({{"layer", label}}, LatencyBucketsSeconds()));
+    stalls_.push_back(&stalls.Add({{"layer", label}}));
+    stall_seconds_.push_back(&stall_seconds.Add({{"layer", label}}));
+  }
+}
+
+prometheus::Counter& WorkerMetrics::requests(absl::StatusCode code) {
+  int c = static_cast<int>(code);
+  if (c < 0 || c >= 17) c = static_cast<int>(absl::StatusCode::kUnknown);
+  return *requests_[c];
+}
+
+}  // namespace engram

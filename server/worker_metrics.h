@@ -1,0 +1,94 @@
+// WorkerMetrics: every Prometheus metric of engram-worker, declared in one place (STYLE.md
+// pattern 8). Served on /metrics by common/metrics_server.h.
+//
+// Names follow engram_<subsystem>_<what>_<unit> and mirror what vLLM/SGLang users know
+// (queue length, running requests, time to first token, inter-token latency, prompt/generation
+// token counters, e2e latency). Label children are resolved once here and kept as references:
+// nothing is looked up by string on the request path. Per-layer children are indexed by the
+// Engram layer's index in the model's engram_layer_ids (0, 1, ...), not by its layer id.
+#ifndef ENGRAM_SERVER_WORKER_METRICS_H_
+#define ENGRAM_SERVER_WORKER_METRICS_H_
+
+#include <array>
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "prometheus/counter.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+
+namespace engram {
+
+// Where a row the worker used came from. kDramShm = the tier's DRAM arena read directly through
+// shared memory by this worker; the others are rows delivered in the Prefetch stream and counted
+// by the tier that served them (PrefetchResponse.served_by).
+enum class RowTier { kDramShm = 0, kDram = 1, kNvme = 2, kOther = 3 };
+inline constexpr int kNumRowTiers = 4;
+
+class WorkerMetrics {
+ public:
+  // `engram_layer_ids`: the model's Engram layers, used as the `layer` label values.
+  WorkerMetrics(std::shared_ptr<prometheus::Registry> registry,
+                const std::vector<int>& engram_layer_ids);
+  WorkerMetrics(const WorkerMetrics&) = delete;
+  WorkerMetrics& operator=(const WorkerMetrics&) = delete;
+
+  const std::shared_ptr<prometheus::Registry>& registry() const { return registry_; }
+
+  // Requests waiting for a batch slot (engram_worker_queue_length).
+  prometheus::Gauge& queue_length;
+  // Sequences in the running batch (engram_worker_running_requests).
+  prometheus::Gauge& running_requests;
+  // Time from receiving a request to streaming its first token.
+  prometheus::Histogram& time_to_first_token;
+  // Time between consecutive tokens of one request.
+  prometheus::Histogram& inter_token_latency;
+  // Time from receiving a request to its last message.
+  prometheus::Histogram& e2e_request_latency;
+  // Time a request waited before joining the batch.
+  prometheus::Histogram& request_queue_time;
+  // Tokens of prompts admitted / tokens generated.
+  prometheus::Counter& prompt_tokens;
+  prometheus::Counter& generation_tokens;
+  // Duration of one batched forward step, and tokens processed in it.
+  prometheus::Histogram& step_duration;
+  prometheus::Histogram& step_tokens;
+  // 1 while the memory tier is connected and its tables match the model, else 0.
+  prometheus::Gauge& memory_tier_up;
+  // Successful reconnections to the memory tier after it went away.
+  prometheus::Counter& memory_tier_reconnects;
+  // Prefetch messages sent and their round-trip time (send -> rows received).
+  prometheus::Counter& prefetch_batches;
+  prometheus::Histogram& prefetch_round_trip;
+
+  // Finished requests by gRPC code (engram_worker_requests_total{code="OK"|...}).
+  prometheus::Counter& requests(absl::StatusCode code);
+  // Engram rows used by the forward pass, by the tier that served them.
+  prometheus::Counter& engram_rows(RowTier tier) { return *engram_rows_[static_cast<int>(tier)]; }
+  // Per Engram layer: how early the rows were ready before the layer needed them (slack), how
+  // often the layer had to wait (stalls) and for how long in total.
+  prometheus::Histogram& prefetch_slack(int engram_layer_index) { return *slack_[engram_layer_index]; }
+  prometheus::Counter& prefetch_stalls(int engram_layer_index) { return *stalls_[engram_layer_index]; }
+  prometheus::Counter& prefetch_stall_seconds(int engram_layer_index) {
+    return *stall_seconds_[engram_layer_index];
+  }
+
+ private:
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::array<prometheus::Counter*, 17> requests_{};
+  std::array<prometheus::Counter*, kNumRowTiers> engram_rows_{};
+  std::vector<prometheus::Histogram*> slack_;
+  std::vector<prometheus::Counter*> stalls_;
+  std::vector<prometheus::Counter*> stall_seconds_;
+};
+
+// The label value of a row tier ("dram_shm", "dram", "nvme", "other") and the tier of a
+// PrefetchResponse.served_by name.
+const char* RowTierName(RowTier tier);
+RowTier RowTierFromName(absl::string_view name);
+
+}  // namespace engram
+
+#endif  // ENGRAM_SERVER_WORKER_METRICS_H_
