@@ -1,0 +1,179 @@
+#include "model/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+
+namespace engram {
+namespace {
+
+// NaN never wins and never breaks the sort's ordering.
+inline float Key(float v) { return std::isnan(v) ? -std::numeric_limits<float>::infinity() : v; }
+
+}  // namespace
+
+absl::Status ValidateSamplingParams(const SamplingParams& p) {
+  if (!std::isfinite(p.temperature) || p.temperature < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("temperature must be a finite number >= 0, got ", p.temperature));
+  }
+  if (p.top_k < 0) return absl::InvalidArgumentError(absl::StrCat("top_k must be >= 0, got ", p.top_k));
+  if (!(p.top_p > 0 && p.top_p <= 1)) {
+    return absl::InvalidArgumentError(absl::StrCat("top_p must be in (0, 1], got ", p.top_p));
+  }
+  return absl::OkStatus();
+}
+
+uint32_t ArgMax(absl::Span<const float> logits) {
+  uint32_t best = 0;
+  float best_value = Key(logits.empty() ? 0.0f : logits[0]);
+  for (size_t i = 1; i < logits.size(); ++i) {
+    if (Key(logits[i]) > best_value) {
+      best_value = Key(logits[i]);
+      best = static_cast<uint32_t>(i);
+    }
+  }
+  return best;
+}
+
+Sampler::Sampler(const SamplingParams& params) : params_(params), state_(params.seed) {}
+
+double Sampler::NextUniform() {
+  // SplitMix64 (Steele et al.): tiny state, full period, and the same sequence on every platform,
+  // unlike the std:: distributions.
+  uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return static_cast<double>(z >> 11) * 0x1.0p-53;
+}
+
+uint32_t Sampler::Sample(absl::Span<const float> logits) {
+  if (params_.temperature <= 0 || logits.size() <= 1) return ArgMax(logits);
+  const size_t V = logits.size();
+  const double u = NextUniform();  // drawn first: one draw per call, whatever the filters keep
+
+  // Candidates by descending logit (ties: lower id first). Only top_k (or all, when top_p < 1
+  // needs the full order) are ordered.
+  order_.resize(V);
+  std::iota(order_.begin(), order_.end(), 0u);
+  auto before = [&](uint32_t a, uint32_t b) {
+    float ka = Key(logits[a]), kb = Key(logits[b]);
+    return ka > kb || (ka == kb && a < b);
+  };
+  size_t keep = V;
+  if (params_.top_k > 0 && static_cast<size_t>(params_.top_k) < V) keep = params_.top_k;
+  if (keep < V) {
+    std::partial_sort(order_.begin(), order_.begin() + keep, order_.end(), before);
+    order_.resize(keep);
+  } else if (params_.top_p < 1.0f) {
+    std::sort(order_.begin(), order_.end(), before);
+  }
+
+  // Softmax of logits / temperature over the candidates, in double.
+  float max_logit = -std::numeric_limits<float>::infinity();
+  for (uint32_t id : order_) max_logit = std::max(max_logit, Key(logits[id]));
+  if (!std::isfinite(max_logit)) return ArgMax(logits);
+  probs_.resize(order_.size());
+  double sum = 0;
+  for (size_t i = 0; i < order_.size(); ++i) {
+    probs_[i] = std::exp((double(Key(logits[order_[i]])) - max_logit) / params_.temperature);
+    sum += probs_[i];
+  }
+
+  // Nucleus: the shortest prefix whose mass reaches top_p (at least one token).
+  size_t n = order_.size();
+  if (params_.top_p < 1.0f) {
+    double target = double(params_.top_p) * sum, cumulative = 0;
+    for (size_t i = 0; i < order_.size(); ++i) {
+      cumulative += probs_[i];
+      if (cumulative >= target) {
+        n = i + 1;
+        break;
+      }
+    }
+    sum = 0;
+    for (size_t i = 0; i < n; ++i) sum += probs_[i];
+  }
+
+  double threshold = u * sum, cumulative = 0;
+  for (size_t i = 0; i < n; ++i) {
+    cumulative += probs_[i];
+    if (threshold < cumulative) return order_[i];
+  }
+  return order_[n - 1];  // rounding at the very top of the range
+}
+
+absl::string_view FinishReasonName(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kNone: return "none";
+    case FinishReason::kLength: return "length";
+    case FinishReason::kStop: return "stop";
+    case FinishReason::kEos: return "eos";
+    case FinishReason::kContext: return "context";
+    case FinishReason::kAborted: return "aborted";
+  }
+  return "unknown";
+}
+
+FinishReason CheckStopToken(const StopConditions& stop, uint32_t token, int generated) {
+  auto contains = [](const std::vector<uint32_t>& ids, uint32_t id) {
+    return std::find(ids.begin(), ids.end(), id) != ids.end();
+  };
+  if (!stop.ignore_eos && contains(stop.eos_token_ids, token)) return FinishReason::kEos;
+  if (contains(stop.stop_token_ids, token)) return FinishReason::kStop;
+  if (generated >= stop.max_tokens) return FinishReason::kLength;
+  return FinishReason::kNone;
+}
+
+StopStringMatcher::StopStringMatcher(std::vector<std::string> stop_strings) {
+  for (auto& s : stop_strings) {
+    if (s.empty()) continue;  // an empty stop string would match before any text
+    longest_ = std::max(longest_, s.size());
+    stops_.push_back(std::move(s));
+  }
+}
+
+std::string StopStringMatcher::Push(absl::string_view piece, bool* stopped) {
+  if (stopped_) {
+    *stopped = true;
+    return "";
+  }
+  pending_.append(piece.data(), piece.size());
+  // The earliest complete match wins.
+  size_t match = std::string::npos;
+  for (const auto& s : stops_) match = std::min(match, pending_.find(s));
+  if (match != std::string::npos) {
+    stopped_ = true;
+    *stopped = true;
+    std::string out = pending_.substr(0, match);
+    pending_.clear();
+    return out;
+  }
+  *stopped = false;
+  // Hold back the longest tail that is a proper prefix of some stop string. A stop string starts
+  // with a UTF-8 lead byte, so the cut never splits a character.
+  size_t hold = 0;
+  for (const auto& s : stops_) {
+    for (size_t k = std::min(s.size() - 1, pending_.size()); k > hold; --k) {
+      if (pending_.compare(pending_.size() - k, k, s, 0, k) == 0) {
+        hold = k;
+        break;
+      }
+    }
+  }
+  std::string out = pending_.substr(0, pending_.size() - hold);
+  pending_.erase(0, pending_.size() - hold);
+  return out;
+}
+
+std::string StopStringMatcher::Flush() {
+  std::string out;
+  out.swap(pending_);
+  return out;
+}
+
+}  // namespace engram
