@@ -1,0 +1,377 @@
+#include "memory_tier/row_file.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/crc32c.h"
+#include "common/engram_config.h"
+#include "common/status.h"
+#include "nlohmann/json.hpp"
+
+namespace engram {
+namespace {
+
+constexpr char kMagic[8] = {'E', 'N', 'G', 'R', 'A', 'M', 'R', 'F'};
+
+// The first bytes of the 4 KiB header; the rest is zero. header_crc32c covers the whole 4 KiB with
+// that field zeroed.
+struct RowFileHeader {
+  char magic[8];
+  uint32_t format_version;
+  uint32_t header_crc32c;
+  uint64_t rows;
+  uint32_t row_bytes;
+  uint32_t rows_per_page;
+  uint32_t page_bytes;
+  int32_t head_dim;
+  uint64_t header_bytes;
+  uint64_t version;
+  uint32_t layer;
+  char dtype[32];
+  char model[256];
+};
+static_assert(sizeof(RowFileHeader) < kRowFileHeaderBytes);
+
+void CopyString(char* dst, size_t cap, const std::string& s) {
+  std::memset(dst, 0, cap);
+  std::memcpy(dst, s.data(), std::min(s.size(), cap - 1));
+}
+
+std::string FixedString(const char* s, size_t cap) { return std::string(s, strnlen(s, cap)); }
+
+std::vector<uint8_t> EncodeHeader(const Manifest& m, uint32_t* crc) {
+  std::vector<uint8_t> block(kRowFileHeaderBytes, 0);
+  RowFileHeader h{};
+  std::memcpy(h.magic, kMagic, sizeof(kMagic));
+  h.format_version = kRowFileFormatVersion;
+  h.rows = m.layout.rows;
+  h.row_bytes = m.layout.row_bytes;
+  h.rows_per_page = m.layout.rows_per_page;
+  h.page_bytes = m.layout.page_bytes;
+  h.head_dim = m.head_dim;
+  h.header_bytes = m.layout.header_bytes;
+  h.version = m.version;
+  h.layer = m.layer;
+  CopyString(h.dtype, sizeof(h.dtype), m.dtype);
+  CopyString(h.model, sizeof(h.model), m.model);
+  std::memcpy(block.data(), &h, sizeof(h));
+  *crc = Crc32c(0, block.data(), block.size());
+  std::memcpy(block.data() + offsetof(RowFileHeader, header_crc32c), crc, sizeof(*crc));
+  return block;
+}
+
+// Checks a header block against the manifest; the message names the first differing field.
+absl::Status CheckHeader(const Manifest& m, const uint8_t* block, const std::string& path) {
+  RowFileHeader h;
+  std::memcpy(&h, block, sizeof(h));
+  auto bad = [&](absl::string_view what) {
+    return absl::DataLossError(absl::StrCat(path, ": header ", what, " (not a row file of ",
+                                            m.model, " layer ", m.layer, " v", m.version, "?)"));
+  };
+  if (std::memcmp(h.magic, kMagic, sizeof(kMagic)) != 0) return bad("has no ENGRAMRF magic");
+  if (h.format_version != kRowFileFormatVersion) return bad("format version differs");
+  std::vector<uint8_t> copy(block, block + kRowFileHeaderBytes);
+  std::memset(copy.data() + offsetof(RowFileHeader, header_crc32c), 0, sizeof(uint32_t));
+  const uint32_t crc = Crc32c(0, copy.data(), copy.size());
+  if (crc != h.header_crc32c) return bad("checksum mismatch");
+  if (crc != m.header_crc32c) return bad("checksum differs from the manifest");
+  if (h.rows != m.layout.rows || h.row_bytes != m.layout.row_bytes ||
+      h.rows_per_page != m.layout.rows_per_page || h.page_bytes != m.layout.page_bytes ||
+      h.header_bytes != m.layout.header_bytes) {
+    return bad("geometry differs from the manifest");
+  }
+  if (h.version != m.version || h.layer != m.layer ||
+      FixedString(h.model, sizeof(h.model)) != m.model.substr(0, sizeof(h.model) - 1) ||
+      FixedString(h.dtype, sizeof(h.dtype)) != m.dtype) {
+    return bad("identity (model, layer, version, dtype) differs from the manifest");
+  }
+  return absl::OkStatus();
+}
+
+template <typename T>
+absl::Status GetField(const nlohmann::json& j, const char* key, T* out) {
+  auto it = j.find(key);
+  if (it == j.end()) return absl::InvalidArgumentError(absl::StrCat("manifest lacks \"", key, "\""));
+  try {
+    *out = it->get<T>();
+  } catch (const nlohmann::json::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("manifest field \"", key, "\": ", e.what()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<RowLayout> RowLayout::For(uint64_t rows, uint32_t row_bytes) {
+  if (row_bytes == 0 || row_bytes > kRowFilePageBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("row_bytes ", row_bytes, " must be in [1, ",
+                                                   kRowFilePageBytes, "]"));
+  }
+  RowLayout l;
+  l.rows = rows;
+  l.row_bytes = row_bytes;
+  l.rows_per_page = kRowFilePageBytes / row_bytes;
+  return l;
+}
+
+uint64_t Manifest::num_chunks() const {
+  const uint64_t data = layout.file_bytes() - layout.header_bytes;
+  return (data + chunk_bytes - 1) / chunk_bytes;
+}
+
+uint64_t Manifest::ChunkEnd(uint64_t i) const {
+  return std::min(ChunkBegin(i) + chunk_bytes, layout.file_bytes());
+}
+
+nlohmann::json Manifest::ToJson() const {
+  nlohmann::json j;
+  j["format"] = "engram-rowfile-v1";
+  j["model"] = model;
+  j["layer"] = layer;
+  j["version"] = version;
+  j["rows"] = layout.rows;
+  j["row_bytes"] = layout.row_bytes;
+  j["dtype"] = dtype;
+  j["head_dim"] = head_dim;
+  j["layout"] = {{"kind", "paged"},
+                 {"page_bytes", layout.page_bytes},
+                 {"rows_per_page", layout.rows_per_page},
+                 {"header_bytes", layout.header_bytes}};
+  j["file"] = {{"name", row_file}, {"bytes", file_bytes}, {"header_crc32c", header_crc32c}};
+  j["chunks"] = {{"bytes", chunk_bytes}, {"crc32c", chunk_crc32c}};
+  j["source"] = {{"files", source.files},   {"tensors", source.tensors},
+                 {"dtype", source.dtype},   {"bytes", source.bytes},
+                 {"crc32c", source.crc32c}, {"fingerprint", source.fingerprint}};
+  j["created"] = created;
+  return j;
+}
+
+absl::StatusOr<Manifest> Manifest::FromJson(const nlohmann::json& j) {
+  if (!j.is_object()) return absl::InvalidArgumentError("manifest is not a JSON object");
+  Manifest m;
+  std::string format;
+  ENGRAM_RETURN_IF_ERROR(GetField(j, "format", &format));
+  if (format != "engram-rowfile-v1") {
+    return absl::InvalidArgumentError(absl::StrCat("unknown manifest format \"", format, "\""));
+  }
+  uint64_t rows = 0;
+  uint32_t row_bytes = 0;
+  ENGRAM_RETURN_IF_ERROR(GetField(j, "model", &m.model));
+  ENGRAM_RETURN_IF_ERROR(GetField(j, "layer", &m.layer));
+  ENGRAM_RETURN_IF_ERROR(GetField(j, "version", &m.version));
+  ENGRAM_RETURN_IF_ERROR(GetField(j, "rows", &rows));
+  ENGRAM_RETURN_IF_ERROR(GetField(j, "row_bytes", &row_bytes));
+  ENGRAM_RETURN_IF_ERROR(GetField(j, "dtype", &m.dtype));
+  ENGRAM_RETURN_IF_ERROR(GetField(j, "head_dim", &m.head_dim));
+  ENGRAM_ASSIGN_OR_RETURN(m.layout, RowLayout::For(rows, row_bytes));
+  nlohmann::json layout, file, chunks, source;
+  ENGRAM_RETURN_IF_ERROR(GetField(j, "layout", &layout));
+  ENGRAM_RETURN_IF_ERROR(GetField(j, "file", &file));
+  ENGRAM_RETURN_IF_ERROR(GetField(j, "chunks", &chunks));
+  ENGRAM_RETURN_IF_ERROR(GetField(j, "source", &source));
+  uint32_t page_bytes = 0, rows_per_page = 0;
+  uint64_t header_bytes = 0;
+  ENGRAM_RETURN_IF_ERROR(GetField(layout, "page_bytes", &page_bytes));
+  ENGRAM_RETURN_IF_ERROR(GetField(layout, "rows_per_page", &rows_per_page));
+  ENGRAM_RETURN_IF_ERROR(GetField(layout, "header_bytes", &header_bytes));
+  if (page_bytes != m.layout.page_bytes || rows_per_page != m.layout.rows_per_page ||
+      header_bytes != m.layout.header_bytes) {
+    return absl::InvalidArgumentError("manifest layout does not match rows and row_bytes");
+  }
+  ENGRAM_RETURN_IF_ERROR(GetField(file, "name", &m.row_file));
+  ENGRAM_RETURN_IF_ERROR(GetField(file, "bytes", &m.file_bytes));
+  ENGRAM_RETURN_IF_ERROR(GetField(file, "header_crc32c", &m.header_crc32c));
+  ENGRAM_RETURN_IF_ERROR(GetField(chunks, "bytes", &m.chunk_bytes));
+  ENGRAM_RETURN_IF_ERROR(GetField(chunks, "crc32c", &m.chunk_crc32c));
+  ENGRAM_RETURN_IF_ERROR(GetField(source, "files", &m.source.files));
+  ENGRAM_RETURN_IF_ERROR(GetField(source, "tensors", &m.source.tensors));
+  ENGRAM_RETURN_IF_ERROR(GetField(source, "dtype", &m.source.dtype));
+  ENGRAM_RETURN_IF_ERROR(GetField(source, "bytes", &m.source.bytes));
+  ENGRAM_RETURN_IF_ERROR(GetField(source, "crc32c", &m.source.crc32c));
+  ENGRAM_RETURN_IF_ERROR(GetField(source, "fingerprint", &m.source.fingerprint));
+  ENGRAM_RETURN_IF_ERROR(GetField(j, "created", &m.created));
+  if (m.chunk_bytes == 0 || m.chunk_bytes % m.layout.page_bytes != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("manifest chunk size ", m.chunk_bytes, " is not a multiple of the page size"));
+  }
+  if (m.file_bytes != m.layout.file_bytes()) {
+    return absl::InvalidArgumentError(absl::StrCat("manifest file size ", m.file_bytes,
+                                                   " does not match the layout's ",
+                                                   m.layout.file_bytes()));
+  }
+  if (m.chunk_crc32c.size() != m.num_chunks()) {
+    return absl::InvalidArgumentError(absl::StrCat("manifest lists ", m.chunk_crc32c.size(),
+                                                   " chunk checksums, the layout has ",
+                                                   m.num_chunks(), " chunks"));
+  }
+  return m;
+}
+
+absl::Status WriteManifest(const std::string& path, const Manifest& manifest) {
+  return WriteFileAtomically(path, manifest.ToJson().dump(1) + "\n");
+}
+
+absl::StatusOr<Manifest> ReadManifest(const std::string& path) {
+  ENGRAM_ASSIGN_OR_RETURN(nlohmann::json j, ReadJsonFile(path));
+  auto m = Manifest::FromJson(j);
+  if (!m.ok()) return Annotate(m.status(), path);
+  return m;
+}
+
+// ---- Writer ------------------------------------------------------------------------------------
+
+absl::StatusOr<std::unique_ptr<RowFileWriter>> RowFileWriter::Create(const std::string& path,
+                                                                     const Manifest& manifest) {
+  if (manifest.chunk_bytes == 0 || manifest.chunk_bytes % manifest.layout.page_bytes != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "chunk size ", manifest.chunk_bytes, " must be a positive multiple of ",
+        manifest.layout.page_bytes));
+  }
+  auto w = std::unique_ptr<RowFileWriter>(new RowFileWriter());
+  w->path_ = path;
+  w->manifest_ = manifest;
+  ENGRAM_ASSIGN_OR_RETURN(w->fd_, OpenFile(path, O_WRONLY | O_CREAT | O_TRUNC));
+  w->chunk_.assign(manifest.chunk_bytes, 0);
+  return w;
+}
+
+RowFileWriter::~RowFileWriter() = default;
+
+absl::Status RowFileWriter::FlushChunk() {
+  if (chunk_fill_ == 0) return absl::OkStatus();
+  const uint64_t offset = manifest_.ChunkBegin(chunks_written_);
+  crcs_.push_back(Crc32c(0, chunk_.data(), chunk_fill_));
+  ENGRAM_RETURN_IF_ERROR(PwriteAll(fd_.get(), chunk_.data(), chunk_fill_, offset, path_));
+  // Tables can be far larger than RAM: start write-back now and drop what was written two
+  // chunks ago from the page cache, so an import does not evict everything else on the host.
+  sync_file_range(fd_.get(), static_cast<off_t>(offset), static_cast<off_t>(chunk_fill_),
+                  SYNC_FILE_RANGE_WRITE);
+  if (chunks_written_ >= 2) {
+    const uint64_t old = manifest_.ChunkBegin(chunks_written_ - 2);
+    sync_file_range(fd_.get(), static_cast<off_t>(old), static_cast<off_t>(manifest_.chunk_bytes),
+                    SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+                        SYNC_FILE_RANGE_WAIT_AFTER);
+    posix_fadvise(fd_.get(), static_cast<off_t>(old), static_cast<off_t>(manifest_.chunk_bytes),
+                  POSIX_FADV_DONTNEED);
+  }
+  ++chunks_written_;
+  std::memset(chunk_.data(), 0, chunk_.size());
+  chunk_fill_ = 0;
+  return absl::OkStatus();
+}
+
+absl::Status RowFileWriter::Append(const uint8_t* rows, uint64_t n) {
+  const RowLayout& l = manifest_.layout;
+  if (rows_written_ + n > l.rows) {
+    return absl::InvalidArgumentError(absl::StrCat("row file ", path_, " takes ", l.rows,
+                                                   " rows; got ", rows_written_ + n));
+  }
+  // chunk_fill_ counts the complete pages in chunk_; the current page starts there.
+  for (uint64_t i = 0; i < n;) {
+    const uint64_t k = std::min<uint64_t>(n - i, l.rows_per_page - page_fill_);
+    std::memcpy(chunk_.data() + chunk_fill_ + page_fill_ * l.row_bytes, rows + i * l.row_bytes,
+                k * l.row_bytes);
+    page_fill_ += static_cast<uint32_t>(k);
+    i += k;
+    rows_written_ += k;
+    if (page_fill_ == l.rows_per_page) {
+      chunk_fill_ += l.page_bytes;  // padding after the last row stays zero
+      page_fill_ = 0;
+      if (chunk_fill_ == chunk_.size()) ENGRAM_RETURN_IF_ERROR(FlushChunk());
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RowFileWriter::Finish(Manifest* manifest) {
+  const RowLayout& l = manifest_.layout;
+  if (rows_written_ != l.rows) {
+    return absl::FailedPreconditionError(absl::StrCat("row file ", path_, " got ", rows_written_,
+                                                      " of ", l.rows, " rows"));
+  }
+  if (page_fill_ > 0) {  // the last, partly filled page
+    chunk_fill_ += l.page_bytes;
+    page_fill_ = 0;
+  }
+  ENGRAM_RETURN_IF_ERROR(FlushChunk());
+  uint32_t header_crc = 0;
+  std::vector<uint8_t> header = EncodeHeader(manifest_, &header_crc);
+  ENGRAM_RETURN_IF_ERROR(PwriteAll(fd_.get(), header.data(), header.size(), 0, path_));
+  if (::fdatasync(fd_.get()) != 0) return PosixError("cannot fsync", path_, errno);
+  manifest->file_bytes = l.file_bytes();
+  manifest->header_crc32c = header_crc;
+  manifest->chunk_crc32c = crcs_;
+  return absl::OkStatus();
+}
+
+// ---- Verification ------------------------------------------------------------------------------
+
+absl::Status QuickCheckRowFile(const Manifest& m, const std::string& path) {
+  ENGRAM_ASSIGN_OR_RETURN(ScopedFd fd, OpenFile(path, O_RDONLY));
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) return PosixError("cannot stat", path, errno);
+  std::vector<uint8_t> header(kRowFileHeaderBytes);
+  if (static_cast<uint64_t>(st.st_size) < kRowFileHeaderBytes) {
+    return absl::DataLossError(absl::StrCat(path, ": file truncated: ", st.st_size,
+                                            " bytes, shorter than the header"));
+  }
+  ENGRAM_RETURN_IF_ERROR(PreadAll(fd.get(), header.data(), header.size(), 0, path));
+  ENGRAM_RETURN_IF_ERROR(CheckHeader(m, header.data(), path));
+  if (static_cast<uint64_t>(st.st_size) != m.file_bytes) {
+    return absl::DataLossError(absl::StrCat(path, ": file has ", st.st_size, " bytes, the manifest ",
+                                            m.file_bytes, " (truncated or extended)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ReadVerifiedChunks(const Manifest& m, const std::string& path, const ChunkFn& fn) {
+  ENGRAM_ASSIGN_OR_RETURN(ScopedFd fd, OpenFile(path, O_RDONLY));
+  posix_fadvise(fd.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) return PosixError("cannot stat", path, errno);
+  const uint64_t size = static_cast<uint64_t>(st.st_size);
+  std::vector<uint8_t> buf(std::max<uint64_t>(m.chunk_bytes, kRowFileHeaderBytes));
+  if (size < kRowFileHeaderBytes) {
+    return absl::DataLossError(absl::StrCat(path, ": file truncated to ", size,
+                                            " bytes, inside the header"));
+  }
+  ENGRAM_RETURN_IF_ERROR(PreadAll(fd.get(), buf.data(), kRowFileHeaderBytes, 0, path));
+  ENGRAM_RETURN_IF_ERROR(CheckHeader(m, buf.data(), path));
+  const uint64_t chunks = m.num_chunks();
+  for (uint64_t c = 0; c < chunks; ++c) {
+    const uint64_t begin = m.ChunkBegin(c), end = m.ChunkEnd(c);
+    if (size < end) {
+      return absl::DataLossError(absl::StrFormat(
+          "%s: chunk %d of %d [%d, %d): file truncated (file has %d bytes, needs %d)", path, c,
+          chunks, begin, end, size, m.file_bytes));
+    }
+    ENGRAM_RETURN_IF_ERROR(PreadAll(fd.get(), buf.data(), end - begin, begin, path));
+    const uint32_t crc = Crc32c(0, buf.data(), end - begin);
+    if (crc != m.chunk_crc32c[c]) {
+      return absl::DataLossError(absl::StrFormat(
+          "%s: chunk %d of %d [%d, %d): checksum mismatch (manifest 0x%08x, file 0x%08x)", path, c,
+          chunks, begin, end, m.chunk_crc32c[c], crc));
+    }
+    if (fn) ENGRAM_RETURN_IF_ERROR(fn(c, begin, buf.data(), end - begin));
+    posix_fadvise(fd.get(), static_cast<off_t>(begin), static_cast<off_t>(end - begin),
+                  POSIX_FADV_DONTNEED);
+  }
+  if (size != m.file_bytes) {
+    return absl::DataLossError(absl::StrCat(path, ": file has ", size, " bytes, the manifest ",
+                                            m.file_bytes, " (extended after import?)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status VerifyRowFile(const Manifest& manifest, const std::string& path) {
+  return ReadVerifiedChunks(manifest, path, nullptr);
+}
+
+}  // namespace engram

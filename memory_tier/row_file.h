@@ -1,0 +1,154 @@
+// File: memory_tier/row_file.h
+//
+// The on-disk format of an Engram table version: one row file per (model, layer, version) plus a
+// JSON manifest beside it. DESIGN.md §3: fixed-size records, no row crosses a 4 KiB page, row id ->
+// (page, slot) by arithmetic, no per-row index, a checksum per chunk.
+//
+// Row file (all integers little-endian):
+//   [0, 4096)           RowFileHeader (magic "ENGRAMRF", format 1, geometry, dtype, model, layer,
+//                       version, CRC-32C of the header)
+//   [4096, file_bytes)  pages of page_bytes = 4096 bytes; page p holds rows
+//                       [p * rows_per_page, (p + 1) * rows_per_page), rows_per_page =
+//                       4096 / row_bytes, packed from the page start, zero padding after the last
+//                       row of the page. The file always ends on a page boundary, so every page is
+//                       one aligned O_DIRECT read.
+//   row r lives at 4096 + (r / rows_per_page) * 4096 + (r % rows_per_page) * row_bytes.
+//
+// Manifest (v<V>.manifest.json): model, layer, version, rows, row_bytes, dtype, head_dim, the
+// layout, the file's name and size, the header's CRC-32C, the chunk size and one CRC-32C
+// (common/crc32c.h) per chunk of the data region [header_bytes, file_bytes) (the last chunk may be
+// shorter), and where the rows came from (source files, tensors, their CRC-32C and a stat
+// fingerprint used by the importer's idempotence check). docs/memory-tier.md shows an example.
+#ifndef ENGRAM_MEMORY_TIER_ROW_FILE_H_
+#define ENGRAM_MEMORY_TIER_ROW_FILE_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "memory_tier/posix_file.h"
+#include "nlohmann/json_fwd.hpp"
+
+namespace engram {
+
+inline constexpr uint32_t kRowFilePageBytes = 4096;
+inline constexpr uint64_t kRowFileHeaderBytes = 4096;
+inline constexpr uint64_t kDefaultChunkBytes = 1 << 20;  // 256 pages
+inline constexpr uint32_t kRowFileFormatVersion = 1;
+
+// Row id -> file offset arithmetic of one row file.
+struct RowLayout {
+  uint64_t rows = 0;
+  uint32_t row_bytes = 0;
+  uint32_t rows_per_page = 0;
+  uint32_t page_bytes = kRowFilePageBytes;
+  uint64_t header_bytes = kRowFileHeaderBytes;
+
+  // INVALID_ARGUMENT when row_bytes is 0 or larger than a page.
+  static absl::StatusOr<RowLayout> For(uint64_t rows, uint32_t row_bytes);
+
+  uint64_t pages() const { return (rows + rows_per_page - 1) / rows_per_page; }
+  uint64_t file_bytes() const { return header_bytes + pages() * page_bytes; }
+  uint64_t PageOf(uint64_t row) const { return row / rows_per_page; }
+  uint64_t PageOffset(uint64_t page) const { return header_bytes + page * page_bytes; }
+  uint32_t InPageOffset(uint64_t row) const {
+    return static_cast<uint32_t>(row % rows_per_page) * row_bytes;
+  }
+  uint64_t RowOffset(uint64_t row) const { return PageOffset(PageOf(row)) + InPageOffset(row); }
+};
+
+// Where a table version's rows came from.
+struct SourceInfo {
+  std::vector<std::string> files;    // safetensors files (absolute paths)
+  std::vector<std::string> tensors;  // tensor names (weight, then scale for FP8)
+  std::string dtype;                 // source dtype(s), e.g. "BF16" or "F8_E4M3+F8_E8M0"
+  uint64_t bytes = 0;                // tensor bytes read
+  uint32_t crc32c = 0;               // CRC-32C of those bytes in row order
+  std::string fingerprint;           // size, mtime and tensor offsets of the files (stat only)
+};
+
+// The manifest of one table version.
+struct Manifest {
+  std::string model;
+  uint32_t layer = 0;
+  uint64_t version = 0;
+  std::string dtype;                 // common/row_format.h name
+  int head_dim = 0;
+  RowLayout layout;
+  std::string row_file;              // path relative to the store directory
+  uint64_t file_bytes = 0;
+  uint32_t header_crc32c = 0;
+  uint64_t chunk_bytes = kDefaultChunkBytes;
+  std::vector<uint32_t> chunk_crc32c;
+  SourceInfo source;
+  std::string created;               // RFC 3339 UTC
+
+  uint64_t num_chunks() const;
+  // [begin, end) file offsets of chunk i.
+  uint64_t ChunkBegin(uint64_t i) const { return layout.header_bytes + i * chunk_bytes; }
+  uint64_t ChunkEnd(uint64_t i) const;
+
+  nlohmann::json ToJson() const;
+  // Parses and checks internal consistency (geometry, chunk count); the error names the field.
+  static absl::StatusOr<Manifest> FromJson(const nlohmann::json& json);
+};
+
+absl::Status WriteManifest(const std::string& path, const Manifest& manifest);
+absl::StatusOr<Manifest> ReadManifest(const std::string& path);
+
+// Streams rows into a new row file; computes the chunk checksums on the way.
+//
+//   ENGRAM_ASSIGN_OR_RETURN(auto writer, RowFileWriter::Create(tmp_path, manifest));
+//   while (...) ENGRAM_RETURN_IF_ERROR(writer->Append(rows, n));
+//   ENGRAM_RETURN_IF_ERROR(writer->Finish(&manifest));   // fills checksums and sizes; fsyncs
+class RowFileWriter {
+ public:
+  // `manifest` supplies model, layer, version, dtype, head_dim, layout and chunk_bytes (a
+  // positive multiple of the page size).
+  static absl::StatusOr<std::unique_ptr<RowFileWriter>> Create(const std::string& path,
+                                                               const Manifest& manifest);
+  ~RowFileWriter();
+  // Appends `n` rows of layout.row_bytes bytes each, packed back to back in `rows`.
+  absl::Status Append(const uint8_t* rows, uint64_t n);
+  uint64_t rows_written() const { return rows_written_; }
+  // Requires every row written; writes the header, fsyncs, and fills manifest->file_bytes,
+  // header_crc32c and chunk_crc32c.
+  absl::Status Finish(Manifest* manifest);
+
+ private:
+  RowFileWriter() = default;
+  absl::Status FlushChunk();
+
+  std::string path_;
+  ScopedFd fd_;
+  Manifest manifest_;
+  std::vector<uint8_t> chunk_;       // chunk_bytes of pages being filled
+  size_t chunk_fill_ = 0;            // bytes of complete pages in chunk_
+  uint32_t page_fill_ = 0;           // rows in the current page
+  uint64_t rows_written_ = 0;
+  uint64_t chunks_written_ = 0;
+  std::vector<uint32_t> crcs_;
+};
+
+// Reads a row file chunk by chunk, checks the header against the manifest and every chunk's
+// CRC-32C, and hands each verified chunk to `fn(chunk index, file offset, bytes, size)`.
+// DATA_LOSS naming the first bad chunk and its byte range ("chunk 12 [12587008, 13635584):
+// checksum mismatch ..." or "... file truncated ..."); NOT_FOUND when the file is missing.
+using ChunkFn = std::function<absl::Status(uint64_t chunk, uint64_t offset, const uint8_t* data,
+                                           size_t size)>;
+absl::Status ReadVerifiedChunks(const Manifest& manifest, const std::string& path,
+                                const ChunkFn& fn);
+// ReadVerifiedChunks with nothing to do per chunk.
+absl::Status VerifyRowFile(const Manifest& manifest, const std::string& path);
+// Checks only the header and the file size (cheap; used when full verification is off).
+absl::Status QuickCheckRowFile(const Manifest& manifest, const std::string& path);
+
+}  // namespace engram
+
+#endif  // ENGRAM_MEMORY_TIER_ROW_FILE_H_
