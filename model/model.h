@@ -63,7 +63,11 @@ class Model {
     return *engram_modules_[engram_layer_index];
   }
   // All modules, in engram layer index order.
-  std::vector<const EngramModule*> engram_modules() const;
+  std::vector<const EngramModule*> engram_modules() const {
+    std::vector<const EngramModule*> out;
+    for (const auto& m : engram_modules_) out.push_back(m.get());
+    return out;
+  }
   // Name of the table tensor of Engram layer index `engram_layer_index`.
   std::string EngramTableName(int engram_layer_index) const;
 

@@ -1,0 +1,91 @@
+// Helpers shared by the model tests: the golden backbone model (tests/golden/backbone/model) loaded
+// without a tokenizer, and an EngramRowSource over rows prepared by the test.
+#ifndef ENGRAM_TESTS_MODEL_TEST_UTIL_H_
+#define ENGRAM_TESTS_MODEL_TEST_UTIL_H_
+
+#include <cmath>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/safetensors.h"
+#include "common/status.h"
+#include "model/cpu_backbone.h"
+#include "model/engram_module.h"
+#include "model/model_config.h"
+#include "model/weights.h"
+
+namespace engram::testing_util {
+
+inline std::string SourceDir() {
+  const char* src = std::getenv("ENGRAM_SOURCE_DIR");
+  return src ? src : ".";
+}
+
+inline std::string GoldenDir() { return SourceDir() + "/tests/golden/backbone"; }
+
+// Config, weights and Engram modules of a model directory, for CpuBackbone's Model-free constructor.
+struct LoadedModel {
+  ModelConfig config;
+  std::unique_ptr<SafetensorsDir> tensors;
+  BackboneWeights weights;
+  std::vector<std::unique_ptr<EngramModule>> modules;
+
+  std::vector<const EngramModule*> module_ptrs() const {
+    std::vector<const EngramModule*> out;
+    for (const auto& m : modules) out.push_back(m.get());
+    return out;
+  }
+};
+
+inline absl::StatusOr<std::unique_ptr<LoadedModel>> LoadModelDir(const std::string& dir) {
+  auto m = std::make_unique<LoadedModel>();
+  ENGRAM_ASSIGN_OR_RETURN(m->config, LoadModelConfig(dir));
+  ENGRAM_ASSIGN_OR_RETURN(m->tensors, SafetensorsDir::Open(dir));
+  ENGRAM_ASSIGN_OR_RETURN(m->weights, LoadBackboneWeights(*m->tensors, m->config));
+  for (int id : m->config.engram.layer_ids) {
+    ENGRAM_ASSIGN_OR_RETURN(
+        EngramModuleWeights w,
+        LoadEngramModuleWeights(LookupIn(*m->tensors), absl::StrCat("model.layers.", id, ".engram."),
+                                m->config.engram));
+    ENGRAM_ASSIGN_OR_RETURN(EngramModule module, EngramModule::Create(std::move(w)));
+    m->modules.push_back(std::make_unique<EngramModule>(std::move(module)));
+  }
+  return m;
+}
+
+// Rows handed over per (item, engram layer index); errors injected per (item, layer).
+class FixedRowSource : public EngramRowSource {
+ public:
+  // rows[item][layer]: (tokens, d_mem).
+  std::vector<std::vector<std::vector<float>>> rows;
+  std::map<std::pair<size_t, int>, absl::Status> errors;
+  std::vector<std::pair<size_t, int>> calls;
+
+  absl::StatusOr<absl::Span<const float>> Rows(size_t item, int layer) override {
+    calls.emplace_back(item, layer);
+    if (auto it = errors.find({item, layer}); it != errors.end()) return it->second;
+    return absl::MakeConstSpan(rows.at(item).at(layer));
+  }
+};
+
+// Deterministic rows of a sequence `seq` at absolute positions [start, start + n) of one layer: a
+// pure function of (seq, layer, position), so any chunking sees the same rows.
+inline std::vector<float> SyntheticRows(int seq, int layer, int start, int n, int d_mem) {
+  std::vector<float> out(size_t(n) * d_mem);
+  for (int t = 0; t < n; ++t) {
+    for (int j = 0; j < d_mem; ++j) {
+      double x = 0.37 * (start + t) + 0.11 * j + 1.7 * layer + 2.3 * seq;
+      out[size_t(t) * d_mem + j] = static_cast<float>(std::sin(x) + 0.5 * std::cos(3.1 * x));
+    }
+  }
+  return out;
+}
+
+}  // namespace engram::testing_util
+
+#endif  // ENGRAM_TESTS_MODEL_TEST_UTIL_H_
