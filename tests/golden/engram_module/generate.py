@@ -329,13 +329,13 @@ def write_safetensors(path, tensors, metadata):
 # ---- The four cases ------------------------------------------------------------------------------
 
 CASES = [
-    # name, hc_mult, kernel_size, max_ngram_size, engram_vocab_size, stored dtype, seed, pad_id
     dict(name="hc1_conv_bf16", hc_mult=1, kernel_size=4, max_ngram_size=3,
          engram_vocab_size=[53, 61], dtype=torch.bfloat16, seed=0, pad_id=2, hidden_size=32),
     dict(name="hc1_noconv_f32", hc_mult=1, kernel_size=0, max_ngram_size=4,
          engram_vocab_size=[41, 43, 47], dtype=torch.float32, seed=7, pad_id=50256, hidden_size=48),
     dict(name="hc4_conv_f32", hc_mult=4, kernel_size=4, max_ngram_size=3,
-         engram_vocab_size=[59, 59], dtype=torch.float32, seed=0, pad_id=2, hidden_size=32),
+         engram_vocab_size=[59, 59], dtype=torch.float32, seed=0, pad_id=2, hidden_size=32,
+         small_activations=True),
     dict(name="hc4_noconv_f64", hc_mult=4, kernel_size=0, max_ngram_size=3,
          engram_vocab_size=[37, 71], dtype=torch.float64, seed=3, pad_id=50256, hidden_size=40),
 ]
@@ -366,6 +366,10 @@ def generate(case, compressed):
         for name, p in module.named_parameters():
             if "norm" in name:
                 p.copy_(1 + 0.2 * torch.randn_like(p))
+            # Keys and values ~1e-3: mean squares (~1e-6) then sit near the RMSNorm eps, so this
+            # file tells eps = finfo(f32).eps (gate norms) and 1e-5 (conv norms) from other choices.
+            if case.get("small_activations") and ("key_projs" in name or "value_proj" in name):
+                p.mul_(1e-3)
     dtype = case["dtype"]
     compute = torch.float64 if dtype == torch.float64 else torch.float32
     # Values are rounded to the stored dtype first, so the reference runs on exactly the numbers
