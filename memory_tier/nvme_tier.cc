@@ -1,0 +1,118 @@
+#include "memory_tier/nvme_tier.h"
+
+#include <fcntl.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "common/status.h"
+
+namespace engram {
+
+absl::StatusOr<std::unique_ptr<NvmeTier>> NvmeTier::Open(const Manifest& manifest,
+                                                         const std::string& path,
+                                                         const Options& options) {
+  ENGRAM_RETURN_IF_ERROR(QuickCheckRowFile(manifest, path));
+  if (options.max_readers < 1) return absl::InvalidArgumentError("max_readers must be >= 1");
+  auto tier = std::unique_ptr<NvmeTier>(new NvmeTier());
+  tier->path_ = path;
+  tier->layout_ = manifest.layout;
+  tier->options_ = options;
+  if (options.direct_io) {
+    auto fd = OpenFile(path, O_RDONLY | O_DIRECT);
+    if (fd.ok()) {
+      tier->fd_ = std::move(*fd);
+      tier->direct_ = true;
+    } else if (fd.status().code() != absl::StatusCode::kInvalidArgument) {
+      return fd.status();
+    } else {
+      ENGRAM_LOG(WARNING).With("file", path) << "O_DIRECT refused here; reading through the page cache";
+    }
+  }
+  if (!tier->fd_.valid()) {
+    ENGRAM_ASSIGN_OR_RETURN(tier->fd_, OpenFile(path, O_RDONLY));
+  }
+  // One reader now: I/O set-up errors surface at open, and the backend is known.
+  ENGRAM_ASSIGN_OR_RETURN(auto reader, tier->Acquire());
+  tier->backend_ = reader->backend();
+  tier->registered_buffers_ = reader->registered_buffers();
+  tier->Release(std::move(reader));
+  return tier;
+}
+
+NvmeTier::~NvmeTier() = default;
+
+absl::StatusOr<std::unique_ptr<IoReader>> NvmeTier::Acquire() {
+  absl::MutexLock lock(&mu_);
+  auto available = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return !idle_.empty() || readers_ < options_.max_readers;
+  };
+  mu_.Await(absl::Condition(&available));
+  if (!idle_.empty()) {
+    auto r = std::move(idle_.back());
+    idle_.pop_back();
+    return r;
+  }
+  ++readers_;
+  auto r = IoReader::Create(fd_.get(), path_, options_.io, &counters_);
+  if (!r.ok()) --readers_;
+  return r;
+}
+
+void NvmeTier::Release(std::unique_ptr<IoReader> reader) {
+  absl::MutexLock lock(&mu_);
+  idle_.push_back(std::move(reader));
+}
+
+absl::Status NvmeTier::Lookup(absl::Span<const uint64_t> row_ids, uint8_t* out,
+                              std::vector<uint32_t>* missing) {
+  const RowLayout& l = layout_;
+  for (uint64_t id : row_ids) {
+    if (id >= l.rows) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("row id ", id, " is out of range (table has ", l.rows, " rows)"));
+    }
+  }
+  if (row_ids.empty()) return absl::OkStatus();
+  // Positions sorted by page: each distinct page is read once, adjacent pages in one run.
+  std::vector<uint32_t> order(row_ids.size());
+  for (uint32_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) {
+    return l.PageOf(row_ids[a]) < l.PageOf(row_ids[b]);
+  });
+  const uint64_t max_pages = options_.io.max_read_bytes / l.page_bytes;
+  std::vector<ReadRun> runs;
+  std::vector<uint64_t> run_first_page;
+  std::vector<size_t> run_begin;  // index into `order` of the run's first row
+  for (size_t k = 0; k < order.size(); ++k) {
+    const uint64_t page = l.PageOf(row_ids[order[k]]);
+    if (!runs.empty()) {
+      const uint64_t last = run_first_page.back() + runs.back().length / l.page_bytes - 1;
+      if (page == last) continue;  // same page: already being read
+      if (page == last + 1 && runs.back().length / l.page_bytes < max_pages) {
+        runs.back().length += l.page_bytes;
+        continue;
+      }
+    }
+    runs.push_back(ReadRun{l.PageOffset(page), l.page_bytes});
+    run_first_page.push_back(page);
+    run_begin.push_back(k);
+  }
+  run_begin.push_back(order.size());
+  ENGRAM_ASSIGN_OR_RETURN(std::unique_ptr<IoReader> reader, Acquire());
+  absl::Status s = reader->ReadRuns(runs, [&](size_t run, const uint8_t* data) {
+    for (size_t k = run_begin[run]; k < run_begin[run + 1]; ++k) {
+      const uint32_t pos = order[k];
+      const uint64_t row = row_ids[pos];
+      const uint64_t in_run = (l.PageOf(row) - run_first_page[run]) * l.page_bytes;
+      std::memcpy(out + static_cast<size_t>(pos) * l.row_bytes, data + in_run + l.InPageOffset(row),
+                  l.row_bytes);
+    }
+  });
+  Release(std::move(reader));
+  return s;
+}
+
+}  // namespace engram
