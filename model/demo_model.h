@@ -20,8 +20,9 @@ namespace engram {
 struct DemoModelOptions {
   // tokenizer.json to copy; empty = DefaultDemoTokenizerPath().
   std::string tokenizer_path;
-  // config.json "model_name"; empty = the directory's basename (ModelName).
-  std::string model_name;
+  // config.json "model_name" (the key of its tables in the memory tier); empty = the directory's
+  // basename (ModelName).
+  std::string model_name = "engram-demo";
   // Backbone shape. vocab_size is the tokenizer's size.
   int hidden_size = 64;
   int intermediate_size = 192;

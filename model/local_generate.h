@@ -27,8 +27,11 @@ namespace engram {
 // history (the last N-1 compressed ids), so rows are right for chunked prefill and decode alike.
 class TableRowSource : public EngramRowSource {
  public:
-  // Hashing history of one sequence; starts empty (positions before the start are the pad id).
-  class History;
+  // Hashing history of one sequence: its last N-1 compressed ids, oldest first; starts empty
+  // (positions before the start hash as the pad id).
+  struct History {
+    std::vector<int64_t> context;
+  };
 
   static absl::StatusOr<std::unique_ptr<TableRowSource>> Create(const Model& model);
   ~TableRowSource() override;
@@ -58,6 +61,8 @@ struct LocalGenerateOptions {
   int max_context = 0;
   // Threads of the backbone; 0 = its default.
   int threads = 0;
+  // Leave special tokens out of the text (GenerateRequest.skip_special_tokens).
+  bool skip_special_tokens = false;
 };
 
 struct LocalGenerateResult {

@@ -1,0 +1,200 @@
+#include "model/local_generate.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "common/ngram_hash.h"
+#include "common/row_format.h"
+#include "common/status.h"
+#include "model/engram_constants.h"
+#include "model/tokenizer.h"
+
+namespace engram {
+
+struct TableRowSource::Impl {
+  const Model& model;
+  std::vector<const TensorView*> tables;  // [engram layer index]
+  std::vector<RowDType> dtypes;           // [engram layer index]
+  std::vector<size_t> row_bytes;          // [engram layer index]
+  std::vector<std::vector<std::vector<float>>> rows;  // [item][engram layer index] (n, d_mem)
+
+  explicit Impl(const Model& m) : model(m) {}
+};
+
+TableRowSource::TableRowSource(const Model& model) : impl_(std::make_unique<Impl>(model)) {}
+TableRowSource::~TableRowSource() = default;
+
+absl::StatusOr<std::unique_ptr<TableRowSource>> TableRowSource::Create(const Model& model) {
+  std::unique_ptr<TableRowSource> source(new TableRowSource(model));
+  Impl& impl = *source->impl_;
+  const EngramConfig& ec = model.config().engram;
+  for (size_t li = 0; li < ec.layer_ids.size(); ++li) {
+    const std::string name = model.EngramTableName(static_cast<int>(li));
+    const TensorView* t = model.tensors().Find(name);
+    if (t == nullptr) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the model directory ", model.dir(), " has no table ", name,
+          " (in-process generation reads the tables from the model's safetensors)"));
+    }
+    RowDType dtype;
+    switch (t->dtype) {
+      case DType::kF32: dtype = RowDType::kF32; break;
+      case DType::kBF16: dtype = RowDType::kBF16; break;
+      case DType::kF16: dtype = RowDType::kF16; break;
+      default:
+        return absl::UnimplementedError(absl::StrCat("table ", name, " has dtype ",
+                                                     DTypeName(t->dtype),
+                                                     "; in-process generation reads F32, BF16, F16"));
+    }
+    ENGRAM_RETURN_IF_ERROR(ExpectShape(*t, {model.hash_constants().rows_per_layer[li], ec.head_dim}));
+    ENGRAM_ASSIGN_OR_RETURN(size_t bytes, RowBytes(dtype, ec.head_dim));
+    impl.tables.push_back(t);
+    impl.dtypes.push_back(dtype);
+    impl.row_bytes.push_back(bytes);
+  }
+  return source;
+}
+
+std::unique_ptr<TableRowSource::History> TableRowSource::NewHistory() const {
+  return std::make_unique<History>();
+}
+
+absl::Status TableRowSource::Prepare(absl::Span<const BatchItem> items,
+                                     absl::Span<History* const> histories) {
+  if (items.size() != histories.size()) {
+    return absl::InvalidArgumentError("Prepare: one history per item is needed");
+  }
+  Impl& impl = *impl_;
+  const EngramConstants& constants = impl.model.engram_constants();
+  const EngramHashConstants& hash = constants.hash;
+  const int head_dim = impl.model.config().engram.head_dim;
+  const int columns = hash.columns();
+  impl.rows.assign(items.size(), {});
+  for (size_t i = 0; i < items.size(); ++i) {
+    ENGRAM_ASSIGN_OR_RETURN(std::vector<int64_t> ids, constants.Compress(items[i].tokens));
+    const size_t n = ids.size();
+    std::vector<int64_t> row_ids(n * columns);
+    for (int li = 0; li < hash.num_layers(); ++li) {
+      ENGRAM_RETURN_IF_ERROR(ComputeNgramRowIds(hash, li, histories[i]->context, ids,
+                                                absl::MakeSpan(row_ids)));
+      // (n, columns) rows of head_dim = (n, d_mem), in (order, head) column order.
+      std::vector<float> rows(n * columns * head_dim);
+      for (size_t r = 0; r < row_ids.size(); ++r) {
+        const uint8_t* src = impl.tables[li]->data + size_t(row_ids[r]) * impl.row_bytes[li];
+        ENGRAM_RETURN_IF_ERROR(DecodeRows(impl.dtypes[li], src, 1, head_dim, &rows[r * head_dim]));
+      }
+      impl.rows[i].push_back(std::move(rows));
+    }
+    // Keep the last N-1 ids for the next chunk.
+    std::vector<int64_t>& ctx = histories[i]->context;
+    ctx.insert(ctx.end(), ids.begin(), ids.end());
+    const size_t keep = static_cast<size_t>(hash.max_ngram_size - 1);
+    if (ctx.size() > keep) ctx.erase(ctx.begin(), ctx.end() - keep);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<absl::Span<const float>> TableRowSource::Rows(size_t item, int engram_layer_index) {
+  if (item >= impl_->rows.size() || engram_layer_index < 0 ||
+      engram_layer_index >= static_cast<int>(impl_->rows[item].size())) {
+    return absl::FailedPreconditionError("TableRowSource: no rows prepared for this item and layer");
+  }
+  return absl::MakeConstSpan(impl_->rows[item][engram_layer_index]);
+}
+
+namespace {
+
+absl::Status Check(const Model& model, absl::Span<const uint32_t> prompt,
+                   const LocalGenerateOptions& options, int context) {
+  if (prompt.empty()) return absl::InvalidArgumentError("the prompt is empty");
+  for (size_t i = 0; i < prompt.size(); ++i) {
+    if (prompt[i] >= static_cast<uint32_t>(model.config().vocab_size)) {
+      return absl::InvalidArgumentError(absl::StrCat("prompt token ", i, " (id ", prompt[i],
+                                                     ") is outside the vocabulary"));
+    }
+  }
+  if (static_cast<int>(prompt.size()) >= context) {
+    return absl::InvalidArgumentError(absl::StrCat("the prompt has ", prompt.size(),
+                                                   " tokens; the context holds ", context));
+  }
+  if (options.stop.max_tokens < 1) return absl::InvalidArgumentError("max_tokens must be >= 1");
+  return ValidateSamplingParams(options.sampling);
+}
+
+}  // namespace
+
+absl::StatusOr<LocalGenerateResult> LocalGenerate(const Model& model,
+                                                  absl::Span<const uint32_t> prompt,
+                                                  const LocalGenerateOptions& options) {
+  const int max_context = model.config().max_position_embeddings;
+  const int context = options.max_context > 0 ? std::min(options.max_context, max_context) : max_context;
+  ENGRAM_RETURN_IF_ERROR(Check(model, prompt, options, context));
+
+  CpuBackbone backbone(model, CpuBackboneOptions{.threads = options.threads});
+  std::unique_ptr<SequenceState> seq = backbone.NewSequence(context);
+  std::unique_ptr<TableRowSource> rows;
+  std::unique_ptr<TableRowSource::History> history;
+  if (model.config().has_engram()) {
+    ENGRAM_ASSIGN_OR_RETURN(rows, TableRowSource::Create(model));
+    history = rows->NewHistory();
+  }
+  std::vector<float> logits(model.config().vocab_size);
+  // One step of the sequence alone: the same path a scheduler step takes with a batch of one.
+  auto step = [&](absl::Span<const uint32_t> tokens) -> absl::Status {
+    BatchItem item{seq.get(), tokens};
+    TableRowSource::History* h = history.get();
+    if (rows) ENGRAM_RETURN_IF_ERROR(rows->Prepare({item}, {&h, 1}));
+    struct NoRows : EngramRowSource {
+      absl::StatusOr<absl::Span<const float>> Rows(size_t, int) override {
+        return absl::InternalError("the model has no Engram layers");
+      }
+    } no_rows;
+    std::vector<absl::Status> status;
+    ENGRAM_RETURN_IF_ERROR(backbone.Forward({item}, rows ? static_cast<EngramRowSource&>(*rows) : no_rows,
+                                            logits.data(), &status));
+    return status[0];
+  };
+
+  const size_t chunk = options.prefill_chunk > 0 ? options.prefill_chunk : prompt.size();
+  for (size_t begin = 0; begin < prompt.size(); begin += chunk) {
+    ENGRAM_RETURN_IF_ERROR(step(prompt.subspan(begin, std::min(chunk, prompt.size() - begin))));
+  }
+
+  LocalGenerateResult result;
+  Sampler sampler(options.sampling);
+  DecodeStream detok(model.tokenizer(), options.skip_special_tokens);
+  StopStringMatcher stop_strings(options.stop.stop_strings);
+  const int prompt_tokens = static_cast<int>(prompt.size());
+  for (int generated = 1;; ++generated) {
+    const uint32_t token = sampler.Sample(logits);
+    FinishReason reason = CheckStopToken(options.stop, token, generated);
+    if (reason == FinishReason::kEos || reason == FinishReason::kStop) {
+      result.finish_reason = reason;
+      break;
+    }
+    result.tokens.push_back(token);
+    bool stopped = false;
+    result.text += stop_strings.Push(detok.Step(token), &stopped);
+    if (stopped) {
+      result.finish_reason = FinishReason::kStop;
+      break;
+    }
+    if (reason == FinishReason::kNone && prompt_tokens + generated >= context) {
+      reason = FinishReason::kContext;
+    }
+    if (reason != FinishReason::kNone) {
+      result.finish_reason = reason;
+      break;
+    }
+    ENGRAM_RETURN_IF_ERROR(step({&token, 1}));
+  }
+  if (!stop_strings.stopped()) {  // bytes held back for an incomplete character
+    bool stopped = false;
+    result.text += stop_strings.Push(detok.Flush(), &stopped);
+    if (stopped) result.finish_reason = FinishReason::kStop;
+    result.text += stop_strings.Flush();
+  }
+  return result;
+}
+
+}  // namespace engram
