@@ -152,7 +152,9 @@ absl::Status ApplyJsonConfig(const nlohmann::json& json, WorkerConfig* config) {
 
 absl::Status WorkerConfig::Validate() const {
   if (model.dir.empty()) return Bad("model.dir", "is required (--model DIR)");
-  if (memory_tier.address.empty()) return Bad("memory_tier.address", "is required (--memory HOST:PORT)");
+  if (!memory_tier.address.empty() && memory_tier.address.find(':') == std::string::npos) {
+    return Bad("memory_tier.address", absl::StrCat("\"", memory_tier.address, "\" is not host:port"));
+  }
   if (server.listen.empty() || server.listen.find(':') == std::string::npos) {
     return Bad("server.listen", absl::StrCat("\"", server.listen, "\" is not host:port"));
   }

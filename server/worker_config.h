@@ -47,7 +47,8 @@ struct WorkerConfig {
   } model;
 
   struct MemoryTier {
-    // Address of engram-memory (host:port). Required. Flag --memory.
+    // Address of engram-memory (host:port). Required for a model with Engram layers.
+    // Flag --memory.
     std::string address;
     // Read rows from the tier's shared-memory arena when it runs on the same host; otherwise (or
     // when false) every row travels inside the Prefetch stream. Flag --shared-memory. Default true.

@@ -1,0 +1,273 @@
+#include "server/engram_rows.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/safetensors.h"
+#include "model/engram_constants.h"
+#include "model/model.h"
+#include "server/worker_metrics.h"
+
+namespace engram {
+
+// ---- RowFetch ----------------------------------------------------------------------------------
+
+RowFetch::RowFetch(int engram_layer_index, int head_dim, std::vector<uint64_t> row_ids)
+    : engram_layer_index_(engram_layer_index),
+      head_dim_(head_dim),
+      row_ids_(std::move(row_ids)),
+      rows_(row_ids_.size() * static_cast<size_t>(head_dim)) {}
+
+void RowFetch::Complete(absl::Status status) {
+  absl::MutexLock lock(&mu_);
+  if (done_) return;
+  done_ = true;
+  status_ = std::move(status);
+  ready_at_ = absl::Now();
+}
+
+bool RowFetch::WaitUntil(absl::Time until, absl::Time* ready_at) {
+  absl::MutexLock lock(&mu_);
+  auto is_done = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return done_; };
+  if (!mu_.AwaitWithDeadline(absl::Condition(&is_done), until)) return false;
+  *ready_at = ready_at_;
+  return true;
+}
+
+bool RowFetch::done() const {
+  absl::MutexLock lock(&mu_);
+  return done_;
+}
+
+absl::Status RowFetch::status() const {
+  absl::MutexLock lock(&mu_);
+  return status_;
+}
+
+// ---- SequenceRows ------------------------------------------------------------------------------
+
+SequenceRows::SequenceRows(const EngramConstants& constants, int head_dim, RowBackend& backend,
+                           uint64_t sequence_id)
+    : constants_(constants),
+      head_dim_(head_dim),
+      backend_(backend),
+      sequence_id_(sequence_id),
+      state_(constants.hash) {}
+
+absl::Status SequenceRows::FetchPrompt(absl::Span<const uint32_t> prompt) {
+  if (next_position_ != 0) return absl::FailedPreconditionError("FetchPrompt called twice");
+  auto compressed = constants_.Compress(prompt);
+  if (!compressed.ok()) return compressed.status();
+  const EngramHashConstants& hash = constants_.hash;
+  const size_t n = compressed->size() * hash.columns();
+  std::vector<std::vector<uint64_t>> ids(hash.num_layers());
+  std::vector<int64_t> out(n);
+  for (int li = 0; li < hash.num_layers(); ++li) {
+    absl::Status s = ComputeNgramRowIds(hash, li, /*context=*/{}, *compressed, absl::MakeSpan(out));
+    if (!s.ok()) return s;
+    ids[li].assign(out.begin(), out.end());
+  }
+  for (int64_t c : *compressed) {
+    absl::Status s = state_.Push(c);
+    if (!s.ok()) return s;
+  }
+  return FetchSpan(0, static_cast<int>(prompt.size()), std::move(ids), /*step=*/0);
+}
+
+absl::Status SequenceRows::FetchNext(uint32_t token, uint64_t step) {
+  auto compressed = constants_.Compress(token);
+  if (!compressed.ok()) return compressed.status();
+  absl::Status s = state_.Push(*compressed);
+  if (!s.ok()) return s;
+  const EngramHashConstants& hash = constants_.hash;
+  std::vector<std::vector<uint64_t>> ids(hash.num_layers());
+  scratch_.resize(hash.columns());
+  for (int li = 0; li < hash.num_layers(); ++li) {
+    state_.RowIds(hash, li, scratch_.data());
+    ids[li].assign(scratch_.begin(), scratch_.end());
+  }
+  return FetchSpan(next_position_, 1, std::move(ids), step);
+}
+
+absl::Status SequenceRows::FetchSpan(int begin, int count, std::vector<std::vector<uint64_t>> ids,
+                                     uint64_t step) {
+  Span span;
+  span.begin = begin;
+  span.count = count;
+  for (size_t li = 0; li < ids.size(); ++li) {
+    span.by_layer.push_back(
+        std::make_shared<RowFetch>(static_cast<int>(li), head_dim_, std::move(ids[li])));
+  }
+  next_position_ = begin + count;
+  spans_.push_back(span);
+  // Earliest Engram layer first: it is the first to need its rows.
+  for (const auto& fetch : span.by_layer) backend_.Fetch(fetch, sequence_id_, step);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::pair<RowFetch*, int>> SequenceRows::Find(int begin, int count,
+                                                             int engram_layer_index) const {
+  for (const Span& span : spans_) {
+    if (span.begin <= begin && begin + count <= span.begin + span.count) {
+      if (engram_layer_index < 0 || engram_layer_index >= static_cast<int>(span.by_layer.size())) {
+        return absl::InvalidArgumentError(absl::StrCat("Engram layer index ", engram_layer_index,
+                                                       " out of range"));
+      }
+      return std::make_pair(span.by_layer[engram_layer_index].get(), begin - span.begin);
+    }
+  }
+  return absl::FailedPreconditionError(absl::StrCat("no Engram rows were fetched for positions [",
+                                                    begin, ", ", begin + count, ")"));
+}
+
+void SequenceRows::ReleaseBefore(int position) {
+  while (!spans_.empty() && spans_.front().begin + spans_.front().count <= position) {
+    spans_.pop_front();
+  }
+}
+
+// ---- StepRows ----------------------------------------------------------------------------------
+
+StepRows::StepRows(int num_engram_layers, int columns, int head_dim, absl::Duration rows_timeout)
+    : columns_(columns), head_dim_(head_dim), rows_timeout_(rows_timeout), timings_(num_engram_layers) {}
+
+void StepRows::AddItem(const SequenceRows* rows, int begin, int count, absl::Time deadline) {
+  items_.push_back(Item{rows, begin, count, deadline});
+}
+
+absl::StatusOr<absl::Span<const float>> StepRows::Rows(size_t item, int engram_layer_index) {
+  if (item >= items_.size()) return absl::InvalidArgumentError("item out of range");
+  const Item& it = items_[item];
+  auto found = it.rows->Find(it.begin, it.count, engram_layer_index);
+  if (!found.ok()) return found.status();
+  auto [fetch, offset] = *found;
+
+  const absl::Time needed_at = absl::Now();
+  const absl::Time until = std::min(it.deadline, needed_at + rows_timeout_);
+  absl::Time ready_at;
+  LayerTiming& timing = timings_[engram_layer_index];
+  timing.measured = true;
+  if (!fetch->WaitUntil(until, &ready_at)) {
+    timing.stalled = true;
+    timing.stall += absl::Now() - needed_at;
+    timing.min_slack = absl::ZeroDuration();
+    const bool deadline = until == it.deadline;
+    return absl::UnavailableError(absl::StrCat(
+        "Engram rows for layer index ", engram_layer_index, " did not arrive ",
+        deadline ? "before the request's deadline" : absl::StrCat("within ", absl::FormatDuration(rows_timeout_)),
+        " (the memory tier is slow or away)"));
+  }
+  if (ready_at > needed_at) {
+    timing.stalled = true;
+    timing.stall += ready_at - needed_at;
+    timing.min_slack = absl::ZeroDuration();
+  } else {
+    timing.min_slack = std::min(timing.min_slack, needed_at - ready_at);
+  }
+  absl::Status status = fetch->status();
+  if (!status.ok()) return status;
+  const size_t width = static_cast<size_t>(columns_) * head_dim_;
+  return fetch->rows().subspan(static_cast<size_t>(offset) * width,
+                               static_cast<size_t>(it.count) * width);
+}
+
+void StepRows::Record(WorkerMetrics& metrics) const {
+  for (size_t li = 0; li < timings_.size(); ++li) {
+    const LayerTiming& t = timings_[li];
+    if (!t.measured) continue;
+    metrics.prefetch_slack(static_cast<int>(li)).Observe(absl::ToDoubleSeconds(t.min_slack));
+    if (t.stalled) {
+      metrics.prefetch_stalls(static_cast<int>(li)).Increment();
+      metrics.prefetch_stall_seconds(static_cast<int>(li)).Increment(absl::ToDoubleSeconds(t.stall));
+    }
+  }
+}
+
+// ---- LocalRowBackend ---------------------------------------------------------------------------
+
+LocalRowBackend::LocalRowBackend(const Model& model) : model_(model) {}
+
+absl::StatusOr<std::unique_ptr<LocalRowBackend>> LocalRowBackend::Create(const Model& model) {
+  const ModelConfig& config = model.config();
+  for (size_t li = 0; li < config.engram.layer_ids.size(); ++li) {
+    std::string name = model.EngramTableName(static_cast<int>(li));
+    auto tensor = model.tensors().Get(name);
+    if (!tensor.ok()) return tensor.status();
+    const TensorView& t = **tensor;
+    if (t.shape.size() != 2 || t.shape[1] != config.engram.head_dim) {
+      return absl::FailedPreconditionError(absl::StrCat(name, " has shape ", t.ShapeString(),
+                                                        ", expected [rows, ", config.engram.head_dim, "]"));
+    }
+  }
+  return std::unique_ptr<LocalRowBackend>(new LocalRowBackend(model));
+}
+
+void LocalRowBackend::Serve(RowFetch& fetch) const {
+  const TensorView* t = model_.tensors().Find(model_.EngramTableName(fetch.engram_layer_index()));
+  const int head_dim = fetch.head_dim();
+  const size_t row_bytes = DTypeSize(t->dtype) * head_dim;
+  const uint64_t rows = static_cast<uint64_t>(t->shape[0]);
+  float* out = fetch.mutable_rows();
+  for (uint64_t id : fetch.row_ids()) {
+    if (id >= rows) {
+      fetch.Complete(absl::InvalidArgumentError(absl::StrCat("row id ", id, " >= ", rows)));
+      return;
+    }
+    absl::Status s = ConvertToF32(t->dtype, t->data + id * row_bytes, head_dim, out);
+    if (!s.ok()) {
+      fetch.Complete(s);
+      return;
+    }
+    out += head_dim;
+  }
+  fetch.Complete(absl::OkStatus());
+}
+
+void LocalRowBackend::Fetch(const std::shared_ptr<RowFetch>& fetch, uint64_t, uint64_t) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!available_) {
+      fetch->Complete(absl::UnavailableError("local row backend is unavailable"));
+      return;
+    }
+    ++fetches_;
+    if (hold_) {
+      held_.push_back(fetch);
+      return;
+    }
+  }
+  Serve(*fetch);
+}
+
+absl::Status LocalRowBackend::Ready() const {
+  absl::MutexLock lock(&mu_);
+  return available_ ? absl::OkStatus() : absl::UnavailableError("local row backend is unavailable");
+}
+
+void LocalRowBackend::SetHold(bool hold) {
+  std::vector<std::shared_ptr<RowFetch>> release;
+  {
+    absl::MutexLock lock(&mu_);
+    hold_ = hold;
+    if (!hold) release.swap(held_);
+  }
+  for (const auto& f : release) Serve(*f);
+}
+
+void LocalRowBackend::SetAvailable(bool available) {
+  std::vector<std::shared_ptr<RowFetch>> fail;
+  {
+    absl::MutexLock lock(&mu_);
+    available_ = available;
+    if (!available) fail.swap(held_);
+  }
+  for (const auto& f : fail) f->Complete(absl::UnavailableError("local row backend is unavailable"));
+}
+
+int64_t LocalRowBackend::fetches() const {
+  absl::MutexLock lock(&mu_);
+  return fetches_;
+}
+
+}  // namespace engram

@@ -1,0 +1,198 @@
+// Engram rows ahead of need: the worker side of DESIGN.md §4.
+//
+// Row ids depend only on token ids, so the worker asks for rows long before a layer reads them:
+//   - on admission, the row ids of every prompt position and every Engram layer are computed
+//     (SequenceRows::FetchPrompt) and handed to the RowBackend at once;
+//   - during decode, the moment a sequence's token is sampled, the row ids of its next position
+//     are computed from a small per-sequence hash state and handed over (SequenceRows::FetchNext),
+//     before the next step starts;
+//   - the forward pass waits only when it reaches the Engram layer that needs them
+//     (StepRows::Rows, the model's EngramRowSource), and records how early they arrived.
+// Rows for the earliest Engram layer are always requested first.
+//
+// A RowFetch is one such request: the row ids of consecutive positions of one sequence for one
+// Engram layer, completed asynchronously by a RowBackend with the rows decoded to f32. Backends:
+// TierRowBackend (server/tier_rows.h: the memory tier, shared-memory arena + Prefetch stream) and
+// LocalRowBackend (below: the model's own tables, for tests and in-process checks).
+#ifndef ENGRAM_SERVER_ENGRAM_ROWS_H_
+#define ENGRAM_SERVER_ENGRAM_ROWS_H_
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "common/ngram_hash.h"
+#include "model/cpu_backbone.h"
+
+namespace engram {
+
+class Model;
+struct EngramConstants;
+class WorkerMetrics;
+
+// The rows of consecutive positions of one sequence for one Engram layer. Created by
+// SequenceRows, completed once by a RowBackend (from any thread), read by the forward pass.
+class RowFetch {
+ public:
+  // `row_ids`: positions * columns ids, position-major, in (order, head) column order.
+  RowFetch(int engram_layer_index, int head_dim, std::vector<uint64_t> row_ids);
+  RowFetch(const RowFetch&) = delete;
+  RowFetch& operator=(const RowFetch&) = delete;
+
+  int engram_layer_index() const { return engram_layer_index_; }
+  int head_dim() const { return head_dim_; }
+  absl::Span<const uint64_t> row_ids() const { return row_ids_; }
+
+  // ---- Backend side ----
+  // Destination of row i: rows()[i * head_dim, (i + 1) * head_dim). Write before Complete.
+  float* mutable_rows() { return rows_.data(); }
+  // Marks the fetch done (the first call wins; later ones are ignored) and wakes the waiter.
+  void Complete(absl::Status status);
+
+  // ---- Forward-pass side ----
+  // Blocks until the fetch is complete or `until` passes. Returns true when complete, with
+  // *ready_at = when it completed.
+  bool WaitUntil(absl::Time until, absl::Time* ready_at);
+  bool done() const;
+  // The completion status (valid once done).
+  absl::Status status() const;
+  // Decoded rows, row_ids().size() * head_dim floats (valid once done with OK).
+  absl::Span<const float> rows() const { return rows_; }
+
+ private:
+  const int engram_layer_index_;
+  const int head_dim_;
+  const std::vector<uint64_t> row_ids_;
+  std::vector<float> rows_;
+  mutable absl::Mutex mu_;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status status_ ABSL_GUARDED_BY(mu_);
+  absl::Time ready_at_ ABSL_GUARDED_BY(mu_);
+};
+
+// Where rows come from. Implementations are thread-safe.
+class RowBackend {
+ public:
+  virtual ~RowBackend() = default;
+  // Starts fetching and returns without waiting for the network; completes `fetch` later (or
+  // before returning, e.g. from shared memory). `sequence_id` and `step` are for tracing.
+  virtual void Fetch(const std::shared_ptr<RowFetch>& fetch, uint64_t sequence_id,
+                     uint64_t step) = 0;
+  // OK while fetches can be served; UNAVAILABLE with the reason otherwise (the tier is away).
+  virtual absl::Status Ready() const = 0;
+};
+
+// The Engram hash state and the outstanding fetches of one sequence. Used by the scheduler's loop
+// thread only.
+class SequenceRows {
+ public:
+  SequenceRows(const EngramConstants& constants, int head_dim, RowBackend& backend,
+               uint64_t sequence_id);
+
+  // Computes the row ids of every prompt position for every Engram layer and fetches them, one
+  // fetch per layer, earliest layer first. Call once, first.
+  absl::Status FetchPrompt(absl::Span<const uint32_t> prompt);
+  // Computes the row ids of the position of `token` (the token just sampled, which the next step
+  // feeds) and fetches them. `step` is for tracing.
+  absl::Status FetchNext(uint32_t token, uint64_t step);
+
+  // The fetch of `engram_layer_index` covering positions [begin, begin + count), and the index of
+  // `begin` inside it. FAILED_PRECONDITION when no single fetch covers them (a scheduler bug).
+  absl::StatusOr<std::pair<RowFetch*, int>> Find(int begin, int count, int engram_layer_index) const;
+  // Drops the fetches that end at or before `position` (rows already consumed).
+  void ReleaseBefore(int position);
+
+ private:
+  struct Span {
+    int begin = 0;
+    int count = 0;
+    std::vector<std::shared_ptr<RowFetch>> by_layer;  // [engram layer index]
+  };
+  absl::Status FetchSpan(int begin, int count, std::vector<std::vector<uint64_t>> ids, uint64_t step);
+
+  const EngramConstants& constants_;
+  const int head_dim_;
+  RowBackend& backend_;
+  const uint64_t sequence_id_;
+  NgramState state_;
+  int next_position_ = 0;  // position of the next token pushed into state_
+  std::deque<Span> spans_;
+  std::vector<int64_t> scratch_;  // one position's row ids
+};
+
+// The EngramRowSource of one batched step: maps the backbone's (item, layer) calls to the items'
+// fetches, waits where rows are not there yet, and records slack and stalls per layer.
+class StepRows : public EngramRowSource {
+ public:
+  // `rows_timeout`: the longest wait for one fetch (also bounded by each item's deadline).
+  StepRows(int num_engram_layers, int columns, int head_dim, absl::Duration rows_timeout);
+
+  // Item i of the step reads positions [begin, begin + count) of `rows`.
+  void AddItem(const SequenceRows* rows, int begin, int count, absl::Time deadline);
+
+  absl::StatusOr<absl::Span<const float>> Rows(size_t item, int engram_layer_index) override;
+
+  // Per Engram layer, over the step's items: the smallest slack (how long before the layer asked
+  // the rows had been ready; 0 after a stall), whether any item stalled, and the total stall time.
+  struct LayerTiming {
+    bool measured = false;
+    absl::Duration min_slack = absl::InfiniteDuration();
+    bool stalled = false;
+    absl::Duration stall = absl::ZeroDuration();
+  };
+  const std::vector<LayerTiming>& timings() const { return timings_; }
+  // Adds this step's timings to the prefetch metrics.
+  void Record(WorkerMetrics& metrics) const;
+
+ private:
+  struct Item {
+    const SequenceRows* rows;
+    int begin;
+    int count;
+    absl::Time deadline;
+  };
+  const int columns_;
+  const int head_dim_;
+  const absl::Duration rows_timeout_;
+  std::vector<Item> items_;
+  std::vector<LayerTiming> timings_;
+};
+
+// Rows straight from the model's own tables (model.layers.{i}.engram.multi_head_embedding.
+// embedding.weight), completed inside Fetch. For tests and in-process runs. Tests can hold
+// fetches back (SetHold) to model a slow tier, or make the backend unavailable.
+class LocalRowBackend : public RowBackend {
+ public:
+  static absl::StatusOr<std::unique_ptr<LocalRowBackend>> Create(const Model& model);
+
+  void Fetch(const std::shared_ptr<RowFetch>& fetch, uint64_t sequence_id, uint64_t step) override;
+  absl::Status Ready() const override;
+
+  // While held, fetches stay pending; releasing completes them all.
+  void SetHold(bool hold);
+  // While unavailable, Ready() is UNAVAILABLE and fetches fail with UNAVAILABLE.
+  void SetAvailable(bool available);
+  // Fetches completed so far.
+  int64_t fetches() const;
+
+ private:
+  explicit LocalRowBackend(const Model& model);
+  void Serve(RowFetch& fetch) const;
+
+  const Model& model_;
+  mutable absl::Mutex mu_;
+  bool hold_ ABSL_GUARDED_BY(mu_) = false;
+  bool available_ ABSL_GUARDED_BY(mu_) = true;
+  int64_t fetches_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<std::shared_ptr<RowFetch>> held_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace engram
+
+#endif  // ENGRAM_SERVER_ENGRAM_ROWS_H_

@@ -1,0 +1,208 @@
+// engram-worker: the public inference server (DESIGN.md §1).
+//
+//   engram-worker --model DIR --memory HOST:PORT [--listen HOST:PORT] [--metrics-port P] ...
+//
+// Start-up: parse and print the config, serve /metrics and gRPC at once (health NOT_SERVING while
+// loading), load the model, start the scheduler, connect to the memory tier in the background.
+// Health turns SERVING when the model is loaded and the tier is connected, and back to NOT_SERVING
+// whenever the tier goes away. SIGTERM/SIGINT drain: health NOT_SERVING, new requests refused,
+// running ones finish within --drain-timeout (then they are ended), then the process exits.
+// The request path itself: inference_service.cc -> scheduler.cc -> model/cpu_backbone.cc.
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "common/lifecycle.h"
+#include "common/log.h"
+#include "common/metrics_server.h"
+#include "common/status.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server.h"
+#include "grpcpp/server_builder.h"
+#include "model/cpu_backbone.h"
+#include "model/model.h"
+#include "model/model_config.h"
+#include "server/inference_service.h"
+#include "server/scheduler.h"
+#include "server/tier_rows.h"
+#include "server/worker_config.h"
+#include "server/worker_metrics.h"
+
+namespace engram {
+namespace {
+
+constexpr char kServiceName[] = "engram.v1.Inference";
+
+absl::Status WritePortFile(const std::string& path, int grpc_port, int metrics_port) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp);
+    out << "{\"grpc\": " << grpc_port << ", \"metrics\": " << metrics_port << "}\n";
+    if (!out) return absl::InternalError(absl::StrCat("cannot write ", tmp));
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    return absl::InternalError(absl::StrCat("cannot rename ", tmp, " to ", path));
+  }
+  return absl::OkStatus();
+}
+
+// Health follows two facts: the worker is ready (model loaded, not draining) and the memory tier
+// is usable. Both can change on different threads.
+class HealthState {
+ public:
+  explicit HealthState(grpc::HealthCheckServiceInterface* health) : health_(health) { Publish(); }
+  void SetReady(bool ready) { Update(&ready_, ready); }
+  void SetTierUp(bool up) { Update(&tier_up_, up); }
+
+ private:
+  void Update(bool* field, bool value) {
+    absl::MutexLock lock(&mu_);
+    *field = value;
+    Publish();
+  }
+  void Publish() {
+    const bool serving = ready_ && tier_up_;
+    health_->SetServingStatus("", serving);
+    health_->SetServingStatus(kServiceName, serving);
+  }
+
+  absl::Mutex mu_;
+  grpc::HealthCheckServiceInterface* health_;
+  bool ready_ = false;
+  bool tier_up_ = false;
+};
+
+absl::Status Run(const WorkerConfig& config, Lifecycle& lifecycle) {
+  // The config alone (cheap) gives the metric labels, so /metrics is up while the model loads.
+  ENGRAM_ASSIGN_OR_RETURN(ModelConfig model_config, LoadModelConfig(config.model.dir));
+  if (model_config.has_engram() && config.memory_tier.address.empty()) {
+    return absl::InvalidArgumentError("the model has Engram layers: --memory HOST:PORT is required");
+  }
+  auto registry = std::make_shared<prometheus::Registry>();
+  WorkerMetrics metrics(registry, model_config.engram.layer_ids);
+  MetricsServer metrics_server(registry);
+  if (config.server.metrics_port >= 0) {
+    ENGRAM_RETURN_IF_ERROR(metrics_server.Start(config.server.metrics_host, config.server.metrics_port));
+  }
+
+  InferenceServiceOptions service_options;
+  service_options.limits.max_context_tokens = config.scheduler.max_context_tokens > 0
+                                                  ? config.scheduler.max_context_tokens
+                                                  : model_config.max_position_embeddings;
+  service_options.limits.max_context_tokens =
+      std::min(service_options.limits.max_context_tokens, model_config.max_position_embeddings);
+  service_options.limits.default_max_tokens = config.scheduler.default_max_tokens;
+  service_options.memory_tier_address = config.memory_tier.address;
+  InferenceService service(metrics, service_options);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int grpc_port = 0;
+  builder.AddListeningPort(config.server.listen, grpc::InsecureServerCredentials(), &grpc_port);
+  builder.SetMaxReceiveMessageSize(64 << 20);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || grpc_port == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", config.server.listen, " (port in use?)"));
+  }
+  HealthState health(server->GetHealthCheckService());
+  ENGRAM_LOG(INFO).With("listen", config.server.listen).With("grpc_port", grpc_port)
+          .With("metrics_port", metrics_server.port())
+      << "serving gRPC (NOT_SERVING until the model and the memory tier are ready)";
+  if (!config.server.port_file.empty()) {
+    ENGRAM_RETURN_IF_ERROR(WritePortFile(config.server.port_file, grpc_port, metrics_server.port()));
+  }
+
+  const absl::Time load_start = absl::Now();
+  ENGRAM_ASSIGN_OR_RETURN(std::unique_ptr<const Model> model, Model::Load(config.model.dir));
+  CpuBackboneOptions backbone_options;
+  backbone_options.threads = config.model.threads;
+  CpuBackbone backbone(*model, backbone_options);
+  ENGRAM_LOG(INFO).With("model", model->name()).With("layers", model_config.num_hidden_layers)
+          .With("engram_layers", model_config.engram.layer_ids.size())
+          .With("seconds", absl::ToDoubleSeconds(absl::Now() - load_start))
+      << "model loaded";
+
+  std::unique_ptr<TierRowBackend> rows;
+  if (model_config.has_engram()) {
+    TierRowBackendOptions tier;
+    tier.address = config.memory_tier.address;
+    tier.shared_memory = config.memory_tier.shared_memory;
+    tier.reconnect_initial_backoff = config.memory_tier.reconnect_initial_backoff;
+    tier.reconnect_max_backoff = config.memory_tier.reconnect_max_backoff;
+    tier.max_rows_per_batch = config.memory_tier.max_rows_per_batch;
+    rows = std::make_unique<TierRowBackend>(*model, tier, metrics);
+    rows->SetListener([&health](bool up) { health.SetTierUp(up); });
+  } else {
+    health.SetTierUp(true);
+  }
+
+  SchedulerOptions scheduler_options;
+  scheduler_options.max_running_requests = config.scheduler.max_running_requests;
+  scheduler_options.max_queued_requests = config.scheduler.max_queued_requests;
+  scheduler_options.prefill_chunk_tokens = config.scheduler.prefill_chunk_tokens;
+  scheduler_options.max_step_tokens = config.scheduler.max_step_tokens;
+  scheduler_options.max_context_tokens = service_options.limits.max_context_tokens;
+  scheduler_options.rows_timeout = config.memory_tier.rows_timeout;
+  Scheduler scheduler(*model, backbone, rows.get(), metrics, scheduler_options);
+  scheduler.Start();
+  service.Attach(model.get(), &scheduler);
+  if (rows) rows->Start();
+
+  if (lifecycle.state() == LifecycleState::kLoading) lifecycle.Set(LifecycleState::kReady);
+  health.SetReady(lifecycle.state() == LifecycleState::kReady);
+  lifecycle.WaitFor(LifecycleState::kDraining);
+
+  // Drain: refuse new work, let running requests finish, then end what is left.
+  ENGRAM_LOG(INFO).With("running", scheduler.running()).With("queued", scheduler.queued())
+          .With("timeout", absl::FormatDuration(config.server.drain_timeout))
+      << "draining";
+  health.SetReady(false);
+  scheduler.StopAccepting();
+  if (!scheduler.WaitIdle(absl::Now() + config.server.drain_timeout)) {
+    ENGRAM_LOG(WARNING) << "drain timeout: ending the remaining requests";
+  }
+  scheduler.Stop(absl::UnavailableError("the worker shut down before the request finished"));
+  // Every stream got its last message; give them a moment to flush.
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  server->Wait();
+  metrics_server.Stop();
+  lifecycle.Set(LifecycleState::kStopped);
+  ENGRAM_LOG(INFO) << "stopped";
+  return absl::OkStatus();
+}
+
+}  // namespace
+}  // namespace engram
+
+int main(int argc, char** argv) {
+  engram::Lifecycle lifecycle;
+  // First, before any other thread exists, so every thread inherits the blocked signals.
+  engram::SignalWatcher signals([&lifecycle](int signal) {
+    ENGRAM_LOG(INFO).With("signal", signal) << "termination signal received";
+    if (lifecycle.state() != engram::LifecycleState::kStopped) {
+      lifecycle.Set(engram::LifecycleState::kDraining);
+    }
+  });
+  auto config = engram::ParseWorkerCommandLine(argc, argv);
+  if (!config.ok()) {
+    std::fprintf(stderr, "engram-worker: %s\n", std::string(config.status().message()).c_str());
+    return 2;
+  }
+  engram::LogLevel level;
+  engram::ParseLogLevel(config->log_level, &level);
+  engram::SetLogLevel(level);
+  ENGRAM_LOG(INFO).With("config", config->ToJson().dump()) << "engram-worker starting";
+  absl::Status status = engram::Run(*config, lifecycle);
+  if (!status.ok()) {
+    ENGRAM_LOG(ERROR).With("code", absl::StatusCodeToString(status.code())) << status.message();
+    std::fprintf(stderr, "engram-worker: %s\n", std::string(status.message()).c_str());
+    return 1;
+  }
+  return 0;
+}

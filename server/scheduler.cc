@@ -1,0 +1,407 @@
+#include "server/scheduler.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "common/status.h"
+#include "model/cpu_backbone.h"
+#include "model/model.h"
+#include "model/sampler.h"
+#include "model/tokenizer.h"
+#include "server/engram_rows.h"
+#include "server/worker_metrics.h"
+
+namespace engram {
+
+// One request from Submit to its last event. Owned by the loop thread once taken from incoming_.
+struct Sequence {
+  Sequence(uint64_t handle, GenerateParams p, std::shared_ptr<GenerateSink> sink,
+           const Tokenizer& tokenizer)
+      : handle(handle),
+        params(std::move(p)),
+        sink(std::move(sink)),
+        sampler(params.sampling),
+        detokenizer(tokenizer, params.skip_special_tokens),
+        stop_strings(params.stop.stop_strings) {}
+
+  const uint64_t handle;
+  const GenerateParams params;
+  std::shared_ptr<GenerateSink> sink;
+  Sampler sampler;
+  DecodeStream detokenizer;
+  StopStringMatcher stop_strings;
+
+  // Set on admission.
+  std::unique_ptr<SequenceState> state;
+  std::unique_ptr<SequenceRows> rows;
+  // Most tokens this request may generate: max_tokens, less when the context is smaller.
+  int max_new_tokens = 0;
+  // Prompt tokens already run through the backbone.
+  int prefilled = 0;
+  // The last sampled token, fed by the next step (valid once prefill is complete).
+  uint32_t next_token = 0;
+  int generated = 0;
+  uint32_t emitted = 0;
+  // In running_ (counted in running_count_).
+  bool running = false;
+  absl::Time last_token_at;
+
+  bool prefill_done() const { return prefilled == static_cast<int>(params.prompt.size()); }
+};
+
+// A step item and the sequence it belongs to.
+struct StepItem {
+  Sequence* sequence;
+  bool prefill;
+  int tokens;
+};
+
+Scheduler::Scheduler(const Model& model, CpuBackbone& backbone, RowBackend* rows,
+                     WorkerMetrics& metrics, SchedulerOptions options)
+    : model_(model), backbone_(backbone), rows_(rows), metrics_(metrics), options_(options) {}
+
+Scheduler::~Scheduler() { Stop(); }
+
+void Scheduler::SetStepObserver(std::function<void(const StepInfo&)> observer) {
+  observer_ = std::move(observer);
+}
+
+void Scheduler::Start() { thread_ = std::thread([this] { Loop(); }); }
+
+absl::StatusOr<uint64_t> Scheduler::Submit(GenerateParams params, std::shared_ptr<GenerateSink> sink) {
+  if (rows_ != nullptr) {
+    absl::Status ready = rows_->Ready();
+    if (!ready.ok()) return ready;
+  }
+  absl::MutexLock lock(&mu_);
+  if (stop_ || !accepting_) return absl::UnavailableError("the worker is draining; retry on another worker");
+  if (live_.contains(params.request_id)) {
+    return absl::AlreadyExistsError(absl::StrCat("request id \"", params.request_id,
+                                                 "\" is already running"));
+  }
+  const int capacity = options_.max_running_requests + options_.max_queued_requests;
+  if (static_cast<int>(live_.size()) >= capacity) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the worker is full: ", running_count_, " requests running and ",
+        live_.size() - running_count_, " queued (max ", options_.max_queued_requests,
+        " queued); retry later"));
+  }
+  const uint64_t handle = next_handle_++;
+  live_[params.request_id] = handle;
+  incoming_.push_back(std::make_unique<Sequence>(handle, std::move(params), std::move(sink),
+                                                 model_.tokenizer()));
+  metrics_.queue_length.Set(static_cast<double>(live_.size() - running_count_));
+  return handle;
+}
+
+void Scheduler::Cancel(uint64_t handle, absl::Status status) {
+  absl::MutexLock lock(&mu_);
+  cancels_.emplace_back(handle, std::move(status));
+}
+
+bool Scheduler::Abort(const std::string& request_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = live_.find(request_id);
+  if (it == live_.end()) return false;
+  aborts_.push_back(it->second);
+  return true;
+}
+
+void Scheduler::StopAccepting() {
+  absl::MutexLock lock(&mu_);
+  accepting_ = false;
+}
+
+bool Scheduler::WaitIdle(absl::Time deadline) {
+  absl::MutexLock lock(&mu_);
+  auto idle = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return live_.empty(); };
+  return mu_.AwaitWithDeadline(absl::Condition(&idle), deadline);
+}
+
+void Scheduler::Stop(absl::Status status) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!stop_) {
+      stop_ = true;
+      stop_status_ = std::move(status);
+    }
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+int Scheduler::running() const {
+  absl::MutexLock lock(&mu_);
+  return running_count_;
+}
+
+int Scheduler::queued() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int>(live_.size()) - running_count_;
+}
+
+void Scheduler::Loop() {
+  for (;;) {
+    bool stop = false;
+    TakeIncoming(&stop);
+    if (stop) break;
+    ExpireDeadlines();
+    Admit();
+    if (!running_.empty()) RunStep();
+    PublishGauges();
+  }
+  absl::Status status;
+  {
+    absl::MutexLock lock(&mu_);
+    status = stop_status_;
+    for (auto& s : incoming_) waiting_.push_back(std::move(s));
+    incoming_.clear();
+  }
+  for (auto* list : {&running_, &waiting_}) {
+    for (auto& s : *list) Finish(*s, status, FinishReason::kNone);
+    list->clear();
+  }
+  PublishGauges();
+}
+
+void Scheduler::TakeIncoming(bool* stop) {
+  std::vector<std::unique_ptr<Sequence>> incoming;
+  std::vector<std::pair<uint64_t, absl::Status>> cancels;
+  std::vector<uint64_t> aborts;
+  {
+    absl::MutexLock lock(&mu_);
+    // Sleep only when nothing can make progress: no running sequence, and no queued request that
+    // could be admitted.
+    auto work = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+      return stop_ || !incoming_.empty() || !cancels_.empty() || !aborts_.empty() ||
+             !running_.empty() ||
+             (!waiting_.empty() && static_cast<int>(running_.size()) < options_.max_running_requests);
+    };
+    // Waiting requests can expire while nothing else happens: wake for the nearest deadline.
+    absl::Time wake = absl::InfiniteFuture();
+    for (const auto& s : waiting_) wake = std::min(wake, s->params.deadline);
+    mu_.AwaitWithDeadline(absl::Condition(&work), wake);
+    *stop = stop_;
+    incoming.swap(incoming_);
+    cancels.swap(cancels_);
+    aborts.swap(aborts_);
+  }
+  for (auto& s : incoming) waiting_.push_back(std::move(s));
+  auto end = [&](uint64_t handle, const absl::Status& status, FinishReason reason) {
+    for (auto* list : {&waiting_, &running_}) {
+      for (auto it = list->begin(); it != list->end(); ++it) {
+        if ((*it)->handle != handle) continue;
+        Finish(**it, status, reason);
+        list->erase(it);
+        return;
+      }
+    }
+  };
+  for (auto& [handle, status] : cancels) end(handle, status, FinishReason::kNone);
+  for (uint64_t handle : aborts) end(handle, absl::OkStatus(), FinishReason::kAborted);
+}
+
+void Scheduler::ExpireDeadlines() {
+  const absl::Time now = absl::Now();
+  for (auto* list : {&waiting_, &running_}) {
+    for (auto it = list->begin(); it != list->end();) {
+      Sequence& s = **it;
+      if (s.params.deadline > now) {
+        ++it;
+        continue;
+      }
+      Finish(s, absl::DeadlineExceededError(absl::StrCat(
+                    "deadline exceeded ", s.running ? "while generating" : "while queued",
+                    " (", s.emitted, " tokens generated)")),
+             FinishReason::kNone);
+      it = list->erase(it);
+    }
+  }
+}
+
+void Scheduler::Admit() {
+  while (!waiting_.empty() && static_cast<int>(running_.size()) < options_.max_running_requests) {
+    std::unique_ptr<Sequence> s = std::move(waiting_.front());
+    waiting_.pop_front();
+    const int prompt = static_cast<int>(s->params.prompt.size());
+    s->max_new_tokens = std::min(s->params.stop.max_tokens, options_.max_context_tokens - prompt);
+    s->state = backbone_.NewSequence(prompt + s->max_new_tokens);
+    absl::Status status;
+    if (rows_ != nullptr) {
+      // The whole prompt's row ids go out now, long before its chunks reach the Engram layers.
+      status = rows_->Ready();
+      if (status.ok()) {
+        s->rows = std::make_unique<SequenceRows>(model_.engram_constants(),
+                                                 model_.config().engram.head_dim, *rows_, s->handle);
+        status = s->rows->FetchPrompt(s->params.prompt);
+      }
+    }
+    if (!status.ok()) {
+      Finish(*s, status, FinishReason::kNone);
+      continue;
+    }
+    const absl::Time now = absl::Now();
+    metrics_.request_queue_time.Observe(absl::ToDoubleSeconds(now - s->params.received));
+    metrics_.prompt_tokens.Increment(prompt);
+    s->running = true;
+    running_.push_back(std::move(s));
+    absl::MutexLock lock(&mu_);
+    ++running_count_;
+  }
+}
+
+void Scheduler::RunStep() {
+  ++step_;
+  const ModelConfig& config = model_.config();
+  std::vector<StepItem> items;
+  std::vector<BatchItem> batch;
+  StepRows rows(static_cast<int>(config.engram.layer_ids.size()), config.engram.columns(),
+                config.engram.head_dim, options_.rows_timeout);
+  StepInfo info;
+  info.step = step_;
+  auto add = [&](Sequence& s, bool prefill, absl::Span<const uint32_t> tokens) {
+    const int begin = s.state->position();
+    items.push_back(StepItem{&s, prefill, static_cast<int>(tokens.size())});
+    batch.push_back(BatchItem{s.state.get(), tokens});
+    rows.AddItem(s.rows.get(), begin, static_cast<int>(tokens.size()), s.params.deadline);
+    if (observer_) info.items.push_back({s.params.request_id, begin, static_cast<int>(tokens.size()), prefill});
+  };
+  // Decode tokens first: one per sequence, so no running sequence starves.
+  int budget = options_.max_step_tokens;
+  for (auto& s : running_) {
+    if (!s->prefill_done()) continue;
+    add(*s, false, absl::MakeConstSpan(&s->next_token, 1));
+    --budget;
+  }
+  for (auto& s : running_) {
+    if (s->prefill_done() || budget <= 0) continue;
+    const int n = std::min({options_.prefill_chunk_tokens,
+                            static_cast<int>(s->params.prompt.size()) - s->prefilled, budget});
+    add(*s, true, absl::MakeConstSpan(s->params.prompt).subspan(s->prefilled, n));
+    budget -= n;
+  }
+  if (observer_) observer_(info);
+
+  const int vocab = backbone_.vocab_size();
+  logits_.resize(items.size() * static_cast<size_t>(vocab));
+  std::vector<absl::Status> item_status;
+  const absl::Time start = absl::Now();
+  absl::Status forward = backbone_.Forward(batch, rows, logits_.data(), &item_status);
+  metrics_.step_duration.Observe(absl::ToDoubleSeconds(absl::Now() - start));
+  metrics_.step_tokens.Observe(options_.max_step_tokens - budget);
+  rows.Record(metrics_);
+  if (!forward.ok()) {
+    // A malformed batch is a scheduler bug: fail the step's requests rather than loop on it.
+    ENGRAM_LOG(ERROR).With("step", step_) << "forward pass failed: " << forward;
+    item_status.assign(items.size(), absl::InternalError(absl::StrCat("forward pass: ", forward.message())));
+  }
+
+  // Pass 1: sample and, for every sequence that goes on, send the next row ids at once.
+  std::vector<FinishReason> reasons(items.size(), FinishReason::kNone);
+  std::vector<bool> sampled(items.size(), false);
+  for (size_t i = 0; i < items.size(); ++i) {
+    Sequence& s = *items[i].sequence;
+    if (!item_status[i].ok()) continue;
+    if (items[i].prefill) {
+      s.prefilled += items[i].tokens;
+      if (!s.prefill_done()) continue;
+    }
+    const uint32_t token =
+        s.sampler.Sample(absl::MakeConstSpan(logits_).subspan(i * static_cast<size_t>(vocab), vocab));
+    sampled[i] = true;
+    s.next_token = token;
+    ++s.generated;
+    reasons[i] = CheckStopToken(s.params.stop, token, s.generated);
+    if (reasons[i] == FinishReason::kNone && s.generated >= s.max_new_tokens) {
+      reasons[i] = FinishReason::kContext;
+    }
+    if (reasons[i] == FinishReason::kNone && s.rows != nullptr) {
+      item_status[i] = s.rows->FetchNext(token, step_);
+    }
+  }
+
+  // Pass 2: stream the step's tokens and end finished requests.
+  const absl::Time now = absl::Now();
+  std::vector<uint64_t> finished;
+  for (size_t i = 0; i < items.size(); ++i) {
+    Sequence& s = *items[i].sequence;
+    if (!item_status[i].ok()) {
+      Finish(s, Annotate(item_status[i], absl::StrCat("request ", s.params.request_id)),
+             FinishReason::kNone);
+      finished.push_back(s.handle);
+      continue;
+    }
+    if (s.rows != nullptr) s.rows->ReleaseBefore(s.state->position());
+    if (!sampled[i]) continue;
+    FinishReason reason = reasons[i];
+    GenerateEvent event;
+    // A token that ends the generation as eos or a stop token id is not part of the output.
+    if (reason != FinishReason::kEos && reason != FinishReason::kStop) {
+      event.token_ids.push_back(s.next_token);
+      bool stopped = false;
+      event.text = s.stop_strings.Push(s.detokenizer.Step(s.next_token), &stopped);
+      if (stopped) reason = FinishReason::kStop;
+      ++s.emitted;
+      metrics_.generation_tokens.Increment();
+      if (s.emitted == 1) {
+        metrics_.time_to_first_token.Observe(absl::ToDoubleSeconds(now - s.params.received));
+      } else {
+        metrics_.inter_token_latency.Observe(absl::ToDoubleSeconds(now - s.last_token_at));
+      }
+      s.last_token_at = now;
+    }
+    if (reason != FinishReason::kNone) {
+      Finish(s, absl::OkStatus(), reason, std::move(event));  // with this step's token
+      finished.push_back(s.handle);
+      continue;
+    }
+    s.sink->OnEvent(std::move(event));
+  }
+  if (!finished.empty()) {
+    running_.remove_if([&](const std::unique_ptr<Sequence>& s) {
+      return std::find(finished.begin(), finished.end(), s->handle) != finished.end();
+    });
+  }
+}
+
+void Scheduler::Finish(Sequence& s, absl::Status status, FinishReason reason, GenerateEvent event) {
+  event.last = true;
+  event.status = status;
+  event.finish_reason = status.ok() ? reason : FinishReason::kNone;
+  if (!status.ok()) {
+    event.token_ids.clear();
+    event.text.clear();
+  } else if (!s.stop_strings.stopped()) {
+    // Text held back (an incomplete character, a possible stop string prefix) ends here.
+    bool stopped = false;
+    event.text += s.stop_strings.Push(s.detokenizer.Flush(), &stopped);
+    if (stopped) {
+      event.finish_reason = FinishReason::kStop;
+    } else {
+      event.text += s.stop_strings.Flush();
+    }
+  }
+  event.prompt_tokens = static_cast<uint32_t>(s.params.prompt.size());
+  event.completion_tokens = s.emitted;
+  metrics_.requests(status.code()).Increment();
+  metrics_.e2e_request_latency.Observe(absl::ToDoubleSeconds(absl::Now() - s.params.received));
+  {
+    absl::MutexLock lock(&mu_);
+    live_.erase(s.params.request_id);
+    if (s.running) --running_count_;
+  }
+  if (!status.ok()) {
+    ENGRAM_LOG(INFO).With("request", s.params.request_id).With("code", absl::StatusCodeToString(status.code()))
+        << "request failed: " << status.message();
+  }
+  s.sink->OnEvent(std::move(event));
+}
+
+void Scheduler::PublishGauges() {
+  absl::MutexLock lock(&mu_);
+  metrics_.running_requests.Set(running_count_);
+  metrics_.queue_length.Set(static_cast<double>(live_.size()) - running_count_);
+}
+
+}  // namespace engram

@@ -1,0 +1,373 @@
+#include "server/tier_rows.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "common/status.h"
+#include "common/row_format.h"
+#include "memory_tier/tier_client.h"
+#include "model/engram_constants.h"
+#include "model/model.h"
+#include "server/worker_metrics.h"
+
+namespace engram {
+namespace {
+
+// Arena hits are reported to the tier piggybacked on the next batch of the same layer, or in a
+// report of their own once this many have accumulated.
+constexpr size_t kArenaReportRows = 4096;
+// How long one connection attempt waits for the channel; short, so shutdown stays prompt.
+constexpr absl::Duration kConnectTimeout = absl::Seconds(1);
+
+}  // namespace
+
+// One working connection to the tier. Replaced as a whole on reconnect.
+struct TierRowBackend::Connection {
+  uint64_t generation = 0;
+  std::unique_ptr<TierClient> client;
+  std::vector<TableDescription> tables;              // [engram layer index]
+  std::vector<std::unique_ptr<ArenaReader>> arenas;  // [engram layer index]; null = not shared
+  std::unique_ptr<PrefetchStream> stream;
+};
+
+// One batch on the stream: which fetch it fills and where.
+struct TierRowBackend::Pending {
+  std::shared_ptr<RowFetch> fetch;
+  std::vector<uint32_t> positions;         // indices into fetch->row_ids()
+  std::shared_ptr<std::atomic<int>> left;  // batches of the fetch still outstanding
+  RowDType dtype;
+  uint32_t row_bytes;
+};
+
+TierRowBackend::TierRowBackend(const Model& model, TierRowBackendOptions options,
+                               WorkerMetrics& metrics)
+    : model_(model), options_(std::move(options)), metrics_(metrics) {
+  absl::MutexLock lock(&mu_);
+  arena_hits_.resize(model_.config().engram.layer_ids.size());
+  unavailable_reason_ = absl::UnavailableError(
+      absl::StrCat("not connected to the memory tier at ", options_.address, " yet"));
+}
+
+TierRowBackend::~TierRowBackend() {
+  std::shared_ptr<Connection> connection;
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+    connection = connection_;
+  }
+  if (thread_.joinable()) thread_.join();
+  if (connection && connection->stream) connection->stream->Cancel();
+  std::vector<std::shared_ptr<Pending>> pending;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto& [id, p] : pending_) pending.push_back(p);
+    pending_.clear();
+    connection_.reset();
+    retired_.clear();
+  }
+  for (auto& p : pending) p->fetch->Complete(absl::UnavailableError("the worker is shutting down"));
+  // The stream (and its callbacks into this object) ends with the last Connection reference.
+  if (connection) connection->stream.reset();
+}
+
+void TierRowBackend::SetListener(std::function<void(bool)> listener) { listener_ = std::move(listener); }
+
+void TierRowBackend::Start() { thread_ = std::thread([this] { ConnectLoop(); }); }
+
+bool TierRowBackend::WaitConnected(absl::Time deadline) const {
+  absl::MutexLock lock(&mu_);
+  auto connected = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return connection_ != nullptr; };
+  return mu_.AwaitWithDeadline(absl::Condition(&connected), deadline);
+}
+
+bool TierRowBackend::shared_memory_active() const {
+  absl::MutexLock lock(&mu_);
+  if (!connection_) return false;
+  for (const auto& a : connection_->arenas) {
+    if (!a) return false;
+  }
+  return true;
+}
+
+absl::Status TierRowBackend::Ready() const {
+  absl::MutexLock lock(&mu_);
+  return connection_ ? absl::OkStatus() : unavailable_reason_;
+}
+
+void TierRowBackend::ConnectLoop() {
+  absl::Duration backoff = options_.reconnect_initial_backoff;
+  absl::Status last_error;
+  std::vector<std::shared_ptr<Connection>> retired;
+  for (;;) {
+    uint64_t generation;
+    {
+      absl::MutexLock lock(&mu_);
+      // Connected: sleep until the stream breaks (OnBroken clears connection_) or stop.
+      auto idle = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stop_ || connection_ == nullptr; };
+      mu_.Await(absl::Condition(&idle));
+      if (stop_) return;
+      generation = ++generation_;
+      retired.swap(retired_);
+    }
+    retired.clear();
+    auto connection = Connect(generation);
+    if (connection.ok()) {
+      backoff = options_.reconnect_initial_backoff;
+      last_error = absl::OkStatus();
+      SetConnected(*std::move(connection), absl::OkStatus());
+      continue;
+    }
+    // Log each distinct failure once, not every retry.
+    if (connection.status() != last_error) {
+      ENGRAM_LOG(WARNING).With("memory", options_.address).With("retry_in", absl::FormatDuration(backoff))
+          << "memory tier not usable: " << connection.status().message();
+      last_error = connection.status();
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      unavailable_reason_ = absl::UnavailableError(absl::StrCat(
+          "the memory tier at ", options_.address, " is unavailable: ", connection.status().message()));
+      auto stopping = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stop_; };
+      mu_.AwaitWithTimeout(absl::Condition(&stopping), backoff);
+      if (stop_) return;
+    }
+    backoff = std::min(backoff * 2, options_.reconnect_max_backoff);
+  }
+}
+
+absl::StatusOr<std::shared_ptr<TierRowBackend::Connection>> TierRowBackend::Connect(uint64_t generation) {
+  auto c = std::make_shared<Connection>();
+  c->generation = generation;
+  TierClientOptions client_options;
+  client_options.address = options_.address;
+  client_options.connect_timeout = kConnectTimeout;
+  auto client = TierClient::Connect(client_options);
+  if (!client.ok()) return client.status();
+  c->client = *std::move(client);
+
+  const ModelConfig& config = model_.config();
+  const EngramHashConstants& hash = model_.hash_constants();
+  for (size_t li = 0; li < config.engram.layer_ids.size(); ++li) {
+    const int layer = config.engram.layer_ids[li];
+    auto table = c->client->FindTable(model_.name(), static_cast<uint32_t>(layer));
+    if (!table.ok()) {
+      return Annotate(table.status(), absl::StrCat("table of model \"", model_.name(), "\" layer ",
+                                                   layer, " (run `engram table import`)"));
+    }
+    const std::string what = absl::StrCat("memory tier table ", model_.name(), "/", layer, ": ");
+    if (!table->serving) {
+      return absl::FailedPreconditionError(absl::StrCat(what, "not serving: ", table->unavailable_reason));
+    }
+    if (table->rows != static_cast<uint64_t>(hash.rows_per_layer[li])) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          what, table->rows, " rows, but the model's hash addresses ", hash.rows_per_layer[li],
+          " (imported from a different model?)"));
+    }
+    if (table->head_dim != config.engram.head_dim) {
+      return absl::FailedPreconditionError(absl::StrCat(what, "head_dim ", table->head_dim,
+                                                        ", the model needs ", config.engram.head_dim));
+    }
+    auto row_bytes = RowBytes(table->dtype, table->head_dim);
+    if (!row_bytes.ok() || *row_bytes != table->row_bytes) {
+      return absl::FailedPreconditionError(absl::StrCat(what, "row_bytes ", table->row_bytes,
+                                                        " does not match its dtype"));
+    }
+    std::unique_ptr<ArenaReader> arena;
+    if (options_.shared_memory) {
+      auto opened = ArenaReader::Open(*table);
+      if (opened.ok()) {
+        arena = *std::move(opened);
+      } else {
+        ENGRAM_LOG(INFO).With("layer", layer)
+            << "rows come in the Prefetch stream (no shared-memory arena: " << opened.status().message() << ")";
+      }
+    }
+    c->tables.push_back(*std::move(table));
+    c->arenas.push_back(std::move(arena));
+  }
+
+  PrefetchStreamOptions stream_options;
+  stream_options.on_result = [this, generation](PrefetchResult r) { OnResult(generation, std::move(r)); };
+  stream_options.on_broken = [this, generation](const absl::Status& s) { OnBroken(generation, s); };
+  auto stream = c->client->OpenPrefetchStream(std::move(stream_options));
+  if (!stream.ok()) return stream.status();
+  c->stream = *std::move(stream);
+  return c;
+}
+
+void TierRowBackend::SetConnected(std::shared_ptr<Connection> connection, const absl::Status&) {
+  bool reconnect;
+  int shared = 0;
+  for (const auto& a : connection->arenas) shared += a != nullptr;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stop_) return;
+    connection_ = std::move(connection);
+    reconnect = ever_connected_;
+    ever_connected_ = true;
+  }
+  metrics_.memory_tier_up.Set(1);
+  if (reconnect) metrics_.memory_tier_reconnects.Increment();
+  ENGRAM_LOG(INFO).With("memory", options_.address).With("shared_memory_layers", shared)
+      << (reconnect ? "reconnected to the memory tier" : "connected to the memory tier");
+  if (listener_) listener_(true);
+}
+
+void TierRowBackend::OnBroken(uint64_t generation, const absl::Status& status) {
+  std::shared_ptr<Connection> old;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!connection_ || connection_->generation != generation) return;
+    old = std::move(connection_);
+    connection_ = nullptr;
+    unavailable_reason_ = absl::UnavailableError(absl::StrCat(
+        "the memory tier at ", options_.address, " went away: ", status.message()));
+  }
+  metrics_.memory_tier_up.Set(0);
+  ENGRAM_LOG(WARNING).With("memory", options_.address) << "memory tier stream broke: " << status.message();
+  if (listener_) listener_(false);
+  // This runs inside the stream's own callback, where the stream must not be destroyed: the
+  // connect thread releases it before reconnecting.
+  absl::MutexLock lock(&mu_);
+  retired_.push_back(std::move(old));
+}
+
+void TierRowBackend::Fetch(const std::shared_ptr<RowFetch>& fetch, uint64_t sequence_id, uint64_t step) {
+  std::shared_ptr<Connection> c;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!connection_) {
+      fetch->Complete(unavailable_reason_);
+      return;
+    }
+    c = connection_;
+  }
+  const int li = fetch->engram_layer_index();
+  const TableDescription& table = c->tables[li];
+  absl::Span<const uint64_t> ids = fetch->row_ids();
+  const int head_dim = fetch->head_dim();
+
+  std::vector<uint32_t> missing;
+  ArenaReader* arena = c->arenas[li].get();
+  if (arena != nullptr && arena->valid()) {
+    std::vector<uint8_t> raw(ids.size() * table.row_bytes);
+    absl::Status s = arena->Lookup(ids, raw.data(), &missing);
+    if (s.ok()) {
+      // Decode every row; the misses' garbage is overwritten when their batch arrives.
+      s = DecodeRows(table.dtype, raw.data(), ids.size(), head_dim, fetch->mutable_rows());
+    }
+    if (!s.ok()) {
+      missing.resize(ids.size());
+      for (size_t i = 0; i < ids.size(); ++i) missing[i] = static_cast<uint32_t>(i);
+    }
+    const size_t hits = ids.size() - missing.size();
+    metrics_.engram_rows(RowTier::kDramShm).Increment(static_cast<double>(hits));
+    if (hits > 0) {
+      absl::MutexLock lock(&mu_);
+      auto& report = arena_hits_[li];
+      size_t m = 0;
+      for (size_t i = 0; i < ids.size(); ++i) {
+        if (m < missing.size() && missing[m] == i) {
+          ++m;
+          continue;
+        }
+        report.push_back(ids[i]);
+      }
+    }
+  } else {
+    missing.resize(ids.size());
+    for (size_t i = 0; i < ids.size(); ++i) missing[i] = static_cast<uint32_t>(i);
+  }
+
+  std::vector<uint64_t> report;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!missing.empty() || arena_hits_[li].size() >= kArenaReportRows) report.swap(arena_hits_[li]);
+  }
+  if (missing.empty()) {
+    fetch->Complete(absl::OkStatus());
+    if (report.empty()) return;
+  }
+
+  // The misses, in batches the tier accepts; each batch carries the positions it fills.
+  const size_t per_batch = static_cast<size_t>(options_.max_rows_per_batch);
+  const size_t batches = missing.empty() ? 0 : (missing.size() + per_batch - 1) / per_batch;
+  auto left = std::make_shared<std::atomic<int>>(static_cast<int>(batches));
+  TableKey key = table.key;
+  for (size_t b = 0; b < std::max<size_t>(batches, 1); ++b) {
+    PrefetchBatch batch;
+    batch.batch_id = next_batch_id_.fetch_add(1);
+    batch.table = key;
+    batch.sequence_id = sequence_id;
+    batch.step = step;
+    auto p = std::make_shared<Pending>();
+    if (batches > 0) {
+      p->fetch = fetch;
+      p->left = left;
+      p->dtype = table.dtype;
+      p->row_bytes = table.row_bytes;
+      const size_t begin = b * per_batch, end = std::min(missing.size(), begin + per_batch);
+      p->positions.assign(missing.begin() + begin, missing.begin() + end);
+      for (uint32_t pos : p->positions) batch.row_ids.push_back(ids[pos]);
+    }
+    if (b == 0) batch.arena_hits = std::move(report);
+    {
+      absl::MutexLock lock(&mu_);
+      if (p->fetch) pending_[batch.batch_id] = p;
+    }
+    const uint64_t id = batch.batch_id;
+    absl::Status s = c->stream->Send(std::move(batch));
+    metrics_.prefetch_batches.Increment();
+    if (!s.ok()) {
+      absl::MutexLock lock(&mu_);
+      pending_.erase(id);
+      if (p->fetch) {
+        fetch->Complete(absl::UnavailableError(absl::StrCat(
+            "sending row ids to the memory tier at ", options_.address, " failed: ", s.message())));
+      }
+    }
+  }
+}
+
+void TierRowBackend::OnResult(uint64_t generation, PrefetchResult r) {
+  std::shared_ptr<Pending> p;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = pending_.find(r.batch_id);
+    if (it == pending_.end()) return;  // an arena-hit report, or already failed
+    p = std::move(it->second);
+    pending_.erase(it);
+  }
+  metrics_.prefetch_round_trip.Observe(absl::ToDoubleSeconds(r.round_trip));
+  RowFetch& fetch = *p->fetch;
+  if (!r.status.ok()) {
+    absl::StatusCode code = r.status.code() == absl::StatusCode::kCancelled ? absl::StatusCode::kUnavailable
+                                                                            : r.status.code();
+    fetch.Complete(absl::Status(code, absl::StrCat("memory tier at ", options_.address, ": ",
+                                                   r.status.message())));
+    return;
+  }
+  if (r.row_bytes != p->row_bytes || r.rows.size() != p->positions.size() * p->row_bytes) {
+    fetch.Complete(absl::InternalError(absl::StrCat("memory tier answered ", r.rows.size(),
+                                                    " bytes for ", p->positions.size(), " rows of ",
+                                                    p->row_bytes, " bytes")));
+    return;
+  }
+  const int head_dim = fetch.head_dim();
+  const auto* raw = reinterpret_cast<const uint8_t*>(r.rows.data());
+  for (size_t j = 0; j < p->positions.size(); ++j) {
+    absl::Status s = DecodeRows(p->dtype, raw + j * p->row_bytes, 1, head_dim,
+                                fetch.mutable_rows() + static_cast<size_t>(p->positions[j]) * head_dim);
+    if (!s.ok()) {
+      fetch.Complete(s);
+      return;
+    }
+  }
+  metrics_.engram_rows(RowTier::kDram).Increment(static_cast<double>(r.served_by.dram));
+  metrics_.engram_rows(RowTier::kNvme).Increment(static_cast<double>(r.served_by.nvme));
+  if (p->left->fetch_sub(1) == 1) fetch.Complete(absl::OkStatus());
+}
+
+}  // namespace engram

@@ -1,0 +1,105 @@
+// TierRowBackend: Engram rows from engram-memory, the worker's RowBackend in production.
+//
+// Connection: a background thread connects to the tier (memory_tier/tier_client.h), checks that it
+// serves a table for every Engram layer of the model with the right row count, width and dtype,
+// opens the tables' shared-memory arenas when the tier runs on this host (ArenaReader) and opens
+// one Prefetch stream. When the stream breaks (the tier died, drains or the network failed) the
+// backend turns unavailable at once and reconnects with exponential backoff
+// (reconnect_initial_backoff doubling up to reconnect_max_backoff) until the tier is back.
+//
+// Fetch, per RowFetch:
+//   1. co-located: read the rows from the arena (a resident arena holds every row; a cache arena
+//      what it has), decode them to f32 and count them as tier "dram_shm";
+//   2. the rest goes on the Prefetch stream in batches of at most max_rows_per_batch ids (with the
+//      arena hits read since the last report, so the tier's access statistics stay complete);
+//   3. each answer is decoded into the fetch's rows on the gRPC thread that delivers it; the
+//      fetch completes when its last batch is in.
+// While the tier is away, fetches fail at once with UNAVAILABLE naming the tier and the reason:
+// waiting would hold batch slots through an outage of unknown length, and UNAVAILABLE is the
+// code clients retry on. Fetches in flight when the stream breaks fail the same way.
+#ifndef ENGRAM_SERVER_TIER_ROWS_H_
+#define ENGRAM_SERVER_TIER_ROWS_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "server/engram_rows.h"
+
+namespace engram {
+
+class Model;
+class WorkerMetrics;
+struct PrefetchResult;
+
+struct TierRowBackendOptions {
+  // engram-memory's host:port.
+  std::string address;
+  // Read rows from the tier's shared-memory arena when co-located.
+  bool shared_memory = true;
+  absl::Duration reconnect_initial_backoff = absl::Milliseconds(100);
+  absl::Duration reconnect_max_backoff = absl::Seconds(5);
+  // Row ids per Prefetch message at most.
+  int max_rows_per_batch = 8192;
+};
+
+class TierRowBackend : public RowBackend {
+ public:
+  // `model` and `metrics` must outlive the backend.
+  TierRowBackend(const Model& model, TierRowBackendOptions options, WorkerMetrics& metrics);
+  // Stops reconnecting, cancels the stream; pending fetches fail with UNAVAILABLE.
+  ~TierRowBackend() override;
+
+  // Called with true when the tier becomes usable and false when it goes away, on the backend's
+  // threads. Set before Start().
+  void SetListener(std::function<void(bool connected)> listener);
+  // Starts connecting in the background (returns at once).
+  void Start();
+  // Blocks until connected or `deadline`; true when connected.
+  bool WaitConnected(absl::Time deadline) const;
+  // True when rows are read through shared memory for every Engram layer (co-located tier).
+  bool shared_memory_active() const;
+
+  void Fetch(const std::shared_ptr<RowFetch>& fetch, uint64_t sequence_id, uint64_t step) override;
+  absl::Status Ready() const override;
+
+ private:
+  struct Connection;
+  struct Pending;
+  void ConnectLoop();
+  absl::StatusOr<std::shared_ptr<Connection>> Connect(uint64_t generation);
+  void OnResult(uint64_t generation, PrefetchResult result);
+  void OnBroken(uint64_t generation, const absl::Status& status);
+  void SetConnected(std::shared_ptr<Connection> connection, const absl::Status& reason);
+
+  const Model& model_;
+  const TierRowBackendOptions options_;
+  WorkerMetrics& metrics_;
+  std::function<void(bool)> listener_;
+  std::thread thread_;
+  std::atomic<uint64_t> next_batch_id_{1};
+
+  mutable absl::Mutex mu_;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::shared_ptr<Connection> connection_ ABSL_GUARDED_BY(mu_);
+  absl::Status unavailable_reason_ ABSL_GUARDED_BY(mu_);
+  uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
+  bool ever_connected_ ABSL_GUARDED_BY(mu_) = false;
+  absl::flat_hash_map<uint64_t, std::shared_ptr<Pending>> pending_ ABSL_GUARDED_BY(mu_);
+  // Per Engram layer index: arena hits not yet reported to the tier.
+  std::vector<std::vector<uint64_t>> arena_hits_ ABSL_GUARDED_BY(mu_);
+  // Connections whose stream broke, released by the connect thread (not inside a callback).
+  std::vector<std::shared_ptr<Connection>> retired_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace engram
+
+#endif  // ENGRAM_SERVER_TIER_ROWS_H_
