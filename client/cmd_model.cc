@@ -42,14 +42,15 @@ absl::StatusOr<std::string> OneDir(const Args& args) {
 }
 
 absl::Status InitDemo(int argc, char** argv) {
-  ENGRAM_ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, {"tokenizer", "name", "engram-vocab-size"}));
+  ENGRAM_ASSIGN_OR_RETURN(Args args,
+                          Args::Parse(argc, argv, {"tokenizer", "name", "engram-vocab-size"}));
   ENGRAM_ASSIGN_OR_RETURN(std::string dir, OneDir(args));
   DemoModelOptions options;
   options.tokenizer_path = args.GetOr("tokenizer", "");
   options.model_name = args.GetOr("name", options.model_name);
-  ENGRAM_ASSIGN_OR_RETURN(options.engram_vocab_size,
-                          args.GetInt("engram-vocab-size", options.engram_vocab_size, 2,
-                                      int64_t{1} << 32));
+  ENGRAM_ASSIGN_OR_RETURN(
+      options.engram_vocab_size,
+      args.GetInt("engram-vocab-size", options.engram_vocab_size, 2, int64_t{1} << 32));
   ENGRAM_RETURN_IF_ERROR(WriteDemoModel(dir, options));
   std::printf("demo model ready in %s\n", dir.c_str());
   return absl::OkStatus();
@@ -101,7 +102,8 @@ absl::Status Run(int argc, char** argv) {
     for (absl::string_view piece : absl::StrSplit(*args.Get("tokens"), ',')) {
       uint32_t id;
       if (!absl::SimpleAtoi(piece, &id)) {
-        return absl::InvalidArgumentError(absl::StrCat("--tokens: \"", piece, "\" is not a token id"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("--tokens: \"", piece, "\" is not a token id"));
       }
       prompt.push_back(id);
     }
@@ -117,8 +119,10 @@ absl::Status Run(int argc, char** argv) {
   ENGRAM_ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed", 0, 0, INT64_MAX));
   ENGRAM_ASSIGN_OR_RETURN(int64_t chunk, args.GetInt("prefill-chunk", 0, 0, 1 << 20));
   ENGRAM_ASSIGN_OR_RETURN(int64_t threads, args.GetInt("threads", 0, 0, 256));
-  o.sampling = {.temperature = static_cast<float>(temperature), .top_k = static_cast<int>(top_k),
-                .top_p = static_cast<float>(top_p), .seed = static_cast<uint64_t>(seed)};
+  o.sampling = {.temperature = static_cast<float>(temperature),
+                .top_k = static_cast<int>(top_k),
+                .top_p = static_cast<float>(top_p),
+                .seed = static_cast<uint64_t>(seed)};
   o.prefill_chunk = static_cast<int>(chunk);
   o.threads = static_cast<int>(threads);
   ENGRAM_ASSIGN_OR_RETURN(LocalGenerateResult r, LocalGenerate(*model, prompt, o));

@@ -59,9 +59,8 @@ std::unique_ptr<SequenceState> CpuBackbone::NewSequence(int max_tokens) const {
   max_tokens = std::clamp(max_tokens, 1, config_.max_position_embeddings);
   std::unique_ptr<SequenceState> s(new SequenceState(config_, max_tokens));
   for (const EngramModule* module : engram_modules_) {
-    s->conv_.push_back(module->has_conv()
-                           ? std::make_unique<EngramConvState>(module->NewConvState())
-                           : nullptr);
+    s->conv_.push_back(
+        module->has_conv() ? std::make_unique<EngramConvState>(module->NewConvState()) : nullptr);
   }
   return s;
 }
@@ -96,8 +95,8 @@ absl::Status CpuBackbone::Forward(absl::Span<const BatchItem> items, EngramRowSo
     }
     for (size_t j = 0; st.ok() && j < item.tokens.size(); ++j) {
       if (item.tokens[j] >= static_cast<uint32_t>(V)) {
-        st = absl::InvalidArgumentError(absl::StrCat("token id ", item.tokens[j],
-                                                     " is outside the vocabulary (size ", V, ")"));
+        st = absl::InvalidArgumentError(
+            absl::StrCat("token id ", item.tokens[j], " is outside the vocabulary (size ", V, ")"));
       }
     }
     if (st.ok()) {
@@ -113,7 +112,8 @@ absl::Status CpuBackbone::Forward(absl::Span<const BatchItem> items, EngramRowSo
   std::vector<std::vector<EngramConvState>> saved_conv(n_items);
   for (size_t i = 0; i < n_items; ++i) {
     if (!live(i)) continue;
-    for (const auto& c : items[i].sequence->conv_) saved_conv[i].push_back(c ? *c : EngramConvState{});
+    for (const auto& c : items[i].sequence->conv_)
+      saved_conv[i].push_back(c ? *c : EngramConvState{});
   }
 
   Scratch& s = *scratch_;
@@ -146,8 +146,8 @@ absl::Status CpuBackbone::Forward(absl::Span<const BatchItem> items, EngramRowSo
       for (size_t i = 0; i < n_items; ++i) {
         if (!live(i)) continue;
         const int n = static_cast<int>(items[i].tokens.size());
-        float* h_i = &s.h[row0[i] * H];                                      // (n, H)
-        absl::StatusOr<absl::Span<const float>> r = rows.Rows(i, li);        // (n, d_mem)
+        float* h_i = &s.h[row0[i] * H];                                // (n, H)
+        absl::StatusOr<absl::Span<const float>> r = rows.Rows(i, li);  // (n, d_mem)
         if (r.ok() && r->size() != size_t(n) * module.d_mem()) {
           r = absl::InternalError(absl::StrCat("Engram row source returned ", r->size(),
                                                " floats for layer ", l, ", expected ",
@@ -159,7 +159,7 @@ absl::Status CpuBackbone::Forward(absl::Span<const BatchItem> items, EngramRowSo
         }
         s.engram.resize(n * H);
         absl::Status st = module.Forward(r->data(), h_i, n, items[i].sequence->conv_[li].get(),
-                                         s.engram.data());                   // Y: (n, H)
+                                         s.engram.data());  // Y: (n, H)
         if (!st.ok()) {
           (*item_status)[i] = Annotate(st, absl::StrCat("Engram layer ", l));
           continue;
@@ -170,19 +170,19 @@ absl::Status CpuBackbone::Forward(absl::Span<const BatchItem> items, EngramRowSo
 
     // ---- Attention: h += o_proj(GQA(RoPE(q), RoPE(k), v)) of RMSNorm(h) ---------------------
     RmsNorm(s.h.data(), w.input_layernorm.data, T, H, config_.rms_norm_eps, s.xn.data());  // (T, H)
-    MatMul(pool, s.xn.data(), w.q_proj.data, w.q_bias.data, T, H, Q, s.q.data());     // (T, Nq*D)
-    MatMul(pool, s.xn.data(), w.k_proj.data, w.k_bias.data, T, H, KV, s.k.data());    // (T, Nkv*D)
-    MatMul(pool, s.xn.data(), w.v_proj.data, w.v_bias.data, T, H, KV, s.v.data());    // (T, Nkv*D)
+    MatMul(pool, s.xn.data(), w.q_proj.data, w.q_bias.data, T, H, Q, s.q.data());   // (T, Nq*D)
+    MatMul(pool, s.xn.data(), w.k_proj.data, w.k_bias.data, T, H, KV, s.k.data());  // (T, Nkv*D)
+    MatMul(pool, s.xn.data(), w.v_proj.data, w.v_bias.data, T, H, KV, s.v.data());  // (T, Nkv*D)
     for (size_t i = 0; i < n_items; ++i) {
       if (!live(i)) continue;
       SequenceState& seq = *items[i].sequence;
       const int n = static_cast<int>(items[i].tokens.size());
       const int pos = seq.position_;
-      float* q_i = &s.q[row0[i] * Q];                                        // (n, Nq, D)
-      float* k_i = &s.k[row0[i] * KV];                                       // (n, Nkv, D)
+      float* q_i = &s.q[row0[i] * Q];   // (n, Nq, D)
+      float* k_i = &s.k[row0[i] * KV];  // (n, Nkv, D)
       ApplyRope(q_i, n, Nq, D, pos, config_.rope_theta);
       ApplyRope(k_i, n, Nkv, D, pos, config_.rope_theta);
-      for (int j = 0; j < n; ++j) {                                          // cache[pos + j] = k, v
+      for (int j = 0; j < n; ++j) {  // cache[pos + j] = k, v
         std::memcpy(seq.kv_.Keys(l, pos + j), k_i + j * KV, KV * sizeof(float));
         std::memcpy(seq.kv_.Values(l, pos + j), &s.v[(row0[i] + j) * KV], KV * sizeof(float));
       }
@@ -193,10 +193,10 @@ absl::Status CpuBackbone::Forward(absl::Span<const BatchItem> items, EngramRowSo
 
     // ---- MLP: h += down_proj(SiLU(gate_proj(x)) * up_proj(x)), x = RMSNorm(h) --------------
     RmsNorm(s.h.data(), w.post_attention_layernorm.data, T, H, config_.rms_norm_eps,
-            s.xn.data());                                                    // (T, H)
-    MatMul(pool, s.xn.data(), w.gate_proj.data, nullptr, T, H, I, s.gate.data());  // (T, I)
-    MatMul(pool, s.xn.data(), w.up_proj.data, nullptr, T, H, I, s.up.data());      // (T, I)
-    SwiGlu(s.gate.data(), s.up.data(), T * I);                                     // (T, I)
+            s.xn.data());                                                            // (T, H)
+    MatMul(pool, s.xn.data(), w.gate_proj.data, nullptr, T, H, I, s.gate.data());    // (T, I)
+    MatMul(pool, s.xn.data(), w.up_proj.data, nullptr, T, H, I, s.up.data());        // (T, I)
+    SwiGlu(s.gate.data(), s.up.data(), T * I);                                       // (T, I)
     MatMul(pool, s.gate.data(), w.down_proj.data, nullptr, T, I, H, s.proj.data());  // (T, H)
     AddInPlace(s.h.data(), s.proj.data(), T * H);
   }

@@ -29,9 +29,9 @@
 namespace engram {
 
 class Model;
-class EngramModule;     // model/engram_module.h
+class EngramModule;      // model/engram_module.h
 struct EngramConvState;  // model/engram_module.h
-class ThreadPool;       // model/thread_pool.h
+class ThreadPool;        // model/thread_pool.h
 
 // Per-sequence state owned by the scheduler: KV cache, Engram conv states, position. Created by
 // CpuBackbone::NewSequence(max_tokens). Not thread-safe; one step at a time per sequence.
@@ -65,10 +65,10 @@ struct BatchItem {
   absl::Span<const uint32_t> tokens;
 };
 
-// Supplies the Engram rows of an item for an Engram layer. Called by the forward pass exactly when it
-// reaches that layer (that is where the worker waits for prefetched rows). Returns [tokens, d_mem] f32
-// rows in (order, head) column order, or an error (e.g. UNAVAILABLE when the memory tier is gone)
-// which fails the step for that item only.
+// Supplies the Engram rows of an item for an Engram layer. Called by the forward pass exactly when
+// it reaches that layer (that is where the worker waits for prefetched rows). Returns [tokens,
+// d_mem] f32 rows in (order, head) column order, or an error (e.g. UNAVAILABLE when the memory tier
+// is gone) which fails the step for that item only.
 //
 // Call pattern: from the thread that called Forward, in layer order, for each Engram layer index
 // all live items in item order; at most once per (item, layer); never for an item that has already

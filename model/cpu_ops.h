@@ -22,8 +22,8 @@ float Dot(const float* a, const float* b, int64_t n);
 // out may equal x.
 void RmsNorm(const float* x, const float* weight, int64_t T, int64_t H, float eps, float* out);
 
-// out[t, n] = <x[t, :], w[n, :]> + bias[n]      x: (T, K); w: (N, K); bias: (N) or null; out: (T, N).
-// Split over n across the pool (null pool = inline).
+// out[t, n] = <x[t, :], w[n, :]> + bias[n]      x: (T, K); w: (N, K); bias: (N) or null; out: (T,
+// N). Split over n across the pool (null pool = inline).
 void MatMul(ThreadPool* pool, const float* x, const float* w, const float* bias, int64_t T,
             int64_t K, int64_t N, float* out);
 

@@ -52,7 +52,8 @@ float Value(uint64_t key, uint64_t index, float std) {
   return static_cast<float>((2.0 * u - 1.0) * 1.7320508075688772 * std);
 }
 
-std::vector<float> Fill(uint64_t seed, const std::string& name, int64_t n, float std, float mean = 0) {
+std::vector<float> Fill(uint64_t seed, const std::string& name, int64_t n, float std,
+                        float mean = 0) {
   const uint64_t key = StreamKey(seed, name);
   std::vector<float> v(n);
   for (int64_t i = 0; i < n; ++i) v[i] = mean + Value(key, i, std);
@@ -76,7 +77,8 @@ absl::Status WriteFileAtomically(const std::string& path, absl::string_view data
   }
   std::error_code ec;
   fs::rename(tmp, path, ec);
-  if (ec) return absl::InternalError(absl::StrCat("rename ", tmp, " -> ", path, ": ", ec.message()));
+  if (ec)
+    return absl::InternalError(absl::StrCat("rename ", tmp, " -> ", path, ": ", ec.message()));
   return absl::OkStatus();
 }
 
@@ -194,8 +196,9 @@ absl::Status Write(const std::string& dir, const DemoModelOptions& options) {
       options.tokenizer_path.empty() ? DefaultDemoTokenizerPath() : options.tokenizer_path;
   absl::StatusOr<std::string> tokenizer_text = ReadFile(tokenizer_path);
   if (!tokenizer_text.ok()) {
-    return absl::NotFoundError(absl::StrCat("cannot read the tokenizer ", tokenizer_path,
-                                            " (run scripts/fetch-testdata.sh, or pass --tokenizer)"));
+    return absl::NotFoundError(
+        absl::StrCat("cannot read the tokenizer ", tokenizer_path,
+                     " (run scripts/fetch-testdata.sh, or pass --tokenizer)"));
   }
   absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::FromFile(tokenizer_path);
   if (!tokenizer.ok()) return Annotate(tokenizer.status(), tokenizer_path);
@@ -211,13 +214,15 @@ absl::Status Write(const std::string& dir, const DemoModelOptions& options) {
     return absl::OkStatus();
   }
 
-  ENGRAM_ASSIGN_OR_RETURN(ModelConfig config,
-                          ParseModelConfig(nlohmann::json::parse(config_text, nullptr, false), dir));
+  ENGRAM_ASSIGN_OR_RETURN(
+      ModelConfig config,
+      ParseModelConfig(nlohmann::json::parse(config_text, nullptr, false), dir));
   ENGRAM_ASSIGN_OR_RETURN(EngramConstants constants,
                           ComputeEngramConstants(config.engram, **tokenizer));
   std::error_code ec;
   fs::create_directories(dir, ec);
-  if (ec) return absl::PermissionDeniedError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
+  if (ec)
+    return absl::PermissionDeniedError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
   // config.json goes last: its presence with the expected content marks a complete model.
   fs::remove(dir + "/config.json", ec);
 

@@ -2,10 +2,10 @@
 // tokenizer.json), a Llama-style backbone of a few MB with deterministic weights and Engram modules
 // at two layers whose tables hold some millions of bf16 rows.
 //
-// Files written into DIR: tokenizer.json (a copy), config.json, model.safetensors (backbone in bf16,
-// Engram module weights in f32, tables in bf16) and engram_constants.json. All weights come from a
-// fixed seed, so the same options always give byte-identical files. Writing is idempotent: when DIR
-// already holds a complete demo model written with the same options, nothing is rewritten.
+// Files written into DIR: tokenizer.json (a copy), config.json, model.safetensors (backbone in
+// bf16, Engram module weights in f32, tables in bf16) and engram_constants.json. All weights come
+// from a fixed seed, so the same options always give byte-identical files. Writing is idempotent:
+// when DIR already holds a complete demo model written with the same options, nothing is rewritten.
 #ifndef ENGRAM_MODEL_DEMO_MODEL_H_
 #define ENGRAM_MODEL_DEMO_MODEL_H_
 

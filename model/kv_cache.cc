@@ -15,9 +15,8 @@ KvCache::KvCache(int num_layers, int num_kv_heads, int head_dim, int max_tokens)
 
 absl::Status KvCache::Reserve(int n) {
   if (n < 0 || n > max_tokens_) {
-    return absl::OutOfRangeError(
-        absl::StrCat("KV cache: ", n, " positions requested, the sequence holds at most ",
-                     max_tokens_));
+    return absl::OutOfRangeError(absl::StrCat(
+        "KV cache: ", n, " positions requested, the sequence holds at most ", max_tokens_));
   }
   if (n <= capacity_) return absl::OkStatus();
   // Doubling keeps the number of copies logarithmic in the sequence length.
@@ -30,6 +29,8 @@ absl::Status KvCache::Reserve(int n) {
   return absl::OkStatus();
 }
 
-size_t KvCache::bytes() const { return size_t(2) * num_layers_ * capacity_ * width_ * sizeof(float); }
+size_t KvCache::bytes() const {
+  return size_t(2) * num_layers_ * capacity_ * width_ * sizeof(float);
+}
 
 }  // namespace engram

@@ -13,9 +13,9 @@ namespace engram {
 
 struct TableRowSource::Impl {
   const Model& model;
-  std::vector<const TensorView*> tables;  // [engram layer index]
-  std::vector<RowDType> dtypes;           // [engram layer index]
-  std::vector<size_t> row_bytes;          // [engram layer index]
+  std::vector<const TensorView*> tables;              // [engram layer index]
+  std::vector<RowDType> dtypes;                       // [engram layer index]
+  std::vector<size_t> row_bytes;                      // [engram layer index]
   std::vector<std::vector<std::vector<float>>> rows;  // [item][engram layer index] (n, d_mem)
 
   explicit Impl(const Model& m) : model(m) {}
@@ -32,21 +32,28 @@ absl::StatusOr<std::unique_ptr<TableRowSource>> TableRowSource::Create(const Mod
     const std::string name = model.EngramTableName(static_cast<int>(li));
     const TensorView* t = model.tensors().Find(name);
     if (t == nullptr) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "the model directory ", model.dir(), " has no table ", name,
-          " (in-process generation reads the tables from the model's safetensors)"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("the model directory ", model.dir(), " has no table ", name,
+                       " (in-process generation reads the tables from the model's safetensors)"));
     }
     RowDType dtype;
     switch (t->dtype) {
-      case DType::kF32: dtype = RowDType::kF32; break;
-      case DType::kBF16: dtype = RowDType::kBF16; break;
-      case DType::kF16: dtype = RowDType::kF16; break;
+      case DType::kF32:
+        dtype = RowDType::kF32;
+        break;
+      case DType::kBF16:
+        dtype = RowDType::kBF16;
+        break;
+      case DType::kF16:
+        dtype = RowDType::kF16;
+        break;
       default:
-        return absl::UnimplementedError(absl::StrCat("table ", name, " has dtype ",
-                                                     DTypeName(t->dtype),
-                                                     "; in-process generation reads F32, BF16, F16"));
+        return absl::UnimplementedError(
+            absl::StrCat("table ", name, " has dtype ", DTypeName(t->dtype),
+                         "; in-process generation reads F32, BF16, F16"));
     }
-    ENGRAM_RETURN_IF_ERROR(ExpectShape(*t, {model.hash_constants().rows_per_layer[li], ec.head_dim}));
+    ENGRAM_RETURN_IF_ERROR(
+        ExpectShape(*t, {model.hash_constants().rows_per_layer[li], ec.head_dim}));
     ENGRAM_ASSIGN_OR_RETURN(size_t bytes, RowBytes(dtype, ec.head_dim));
     impl.tables.push_back(t);
     impl.dtypes.push_back(dtype);
@@ -75,8 +82,8 @@ absl::Status TableRowSource::Prepare(absl::Span<const BatchItem> items,
     const size_t n = ids.size();
     std::vector<int64_t> row_ids(n * columns);
     for (int li = 0; li < hash.num_layers(); ++li) {
-      ENGRAM_RETURN_IF_ERROR(ComputeNgramRowIds(hash, li, histories[i]->context, ids,
-                                                absl::MakeSpan(row_ids)));
+      ENGRAM_RETURN_IF_ERROR(
+          ComputeNgramRowIds(hash, li, histories[i]->context, ids, absl::MakeSpan(row_ids)));
       // (n, columns) rows of head_dim = (n, d_mem), in (order, head) column order.
       std::vector<float> rows(n * columns * head_dim);
       for (size_t r = 0; r < row_ids.size(); ++r) {
@@ -97,7 +104,8 @@ absl::Status TableRowSource::Prepare(absl::Span<const BatchItem> items,
 absl::StatusOr<absl::Span<const float>> TableRowSource::Rows(size_t item, int engram_layer_index) {
   if (item >= impl_->rows.size() || engram_layer_index < 0 ||
       engram_layer_index >= static_cast<int>(impl_->rows[item].size())) {
-    return absl::FailedPreconditionError("TableRowSource: no rows prepared for this item and layer");
+    return absl::FailedPreconditionError(
+        "TableRowSource: no rows prepared for this item and layer");
   }
   return absl::MakeConstSpan(impl_->rows[item][engram_layer_index]);
 }
@@ -109,13 +117,13 @@ absl::Status Check(const Model& model, absl::Span<const uint32_t> prompt,
   if (prompt.empty()) return absl::InvalidArgumentError("the prompt is empty");
   for (size_t i = 0; i < prompt.size(); ++i) {
     if (prompt[i] >= static_cast<uint32_t>(model.config().vocab_size)) {
-      return absl::InvalidArgumentError(absl::StrCat("prompt token ", i, " (id ", prompt[i],
-                                                     ") is outside the vocabulary"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("prompt token ", i, " (id ", prompt[i], ") is outside the vocabulary"));
     }
   }
   if (static_cast<int>(prompt.size()) >= context) {
-    return absl::InvalidArgumentError(absl::StrCat("the prompt has ", prompt.size(),
-                                                   " tokens; the context holds ", context));
+    return absl::InvalidArgumentError(
+        absl::StrCat("the prompt has ", prompt.size(), " tokens; the context holds ", context));
   }
   if (options.stop.max_tokens < 1) return absl::InvalidArgumentError("max_tokens must be >= 1");
   return ValidateSamplingParams(options.sampling);
@@ -127,7 +135,8 @@ absl::StatusOr<LocalGenerateResult> LocalGenerate(const Model& model,
                                                   absl::Span<const uint32_t> prompt,
                                                   const LocalGenerateOptions& options) {
   const int max_context = model.config().max_position_embeddings;
-  const int context = options.max_context > 0 ? std::min(options.max_context, max_context) : max_context;
+  const int context =
+      options.max_context > 0 ? std::min(options.max_context, max_context) : max_context;
   ENGRAM_RETURN_IF_ERROR(Check(model, prompt, options, context));
 
   CpuBackbone backbone(model, CpuBackboneOptions{.threads = options.threads});
@@ -150,8 +159,8 @@ absl::StatusOr<LocalGenerateResult> LocalGenerate(const Model& model,
       }
     } no_rows;
     std::vector<absl::Status> status;
-    ENGRAM_RETURN_IF_ERROR(backbone.Forward({item}, rows ? static_cast<EngramRowSource&>(*rows) : no_rows,
-                                            logits.data(), &status));
+    ENGRAM_RETURN_IF_ERROR(backbone.Forward(
+        {item}, rows ? static_cast<EngramRowSource&>(*rows) : no_rows, logits.data(), &status));
     return status[0];
   };
 

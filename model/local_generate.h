@@ -1,5 +1,5 @@
-// In-process reference generation: Model + CpuBackbone + Sampler, with the Engram rows read straight
-// from the model's own safetensors tables (no memory tier, no scheduler).
+// In-process reference generation: Model + CpuBackbone + Sampler, with the Engram rows read
+// straight from the model's own safetensors tables (no memory tier, no scheduler).
 //
 // This is the yardstick of the end-to-end tests: the worker's streamed output must equal
 // LocalGenerate token for token under greedy sampling. It follows the same rules as the worker:
@@ -23,8 +23,9 @@
 namespace engram {
 
 // An EngramRowSource over the model's tables (model.layers.{i}.engram.multi_head_embedding.
-// embedding.weight, any float dtype) for a batch of sequences. Each sequence carries its own hashing
-// history (the last N-1 compressed ids), so rows are right for chunked prefill and decode alike.
+// embedding.weight, any float dtype) for a batch of sequences. Each sequence carries its own
+// hashing history (the last N-1 compressed ids), so rows are right for chunked prefill and decode
+// alike.
 class TableRowSource : public EngramRowSource {
  public:
   // Hashing history of one sequence: its last N-1 compressed ids, oldest first; starts empty

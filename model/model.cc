@@ -69,9 +69,9 @@ absl::Status LoadInto(const std::string& dir, ModelConfig* config,
 absl::StatusOr<std::unique_ptr<const Model>> Model::Load(const std::string& dir) {
   std::unique_ptr<Model> model(new Model());
   model->dir_ = dir;
-  absl::Status st = LoadInto(dir, &model->config_, &model->tensors_, &model->weights_,
-                             &model->tokenizer_, &model->engram_constants_,
-                             &model->engram_modules_);
+  absl::Status st =
+      LoadInto(dir, &model->config_, &model->tensors_, &model->weights_, &model->tokenizer_,
+               &model->engram_constants_, &model->engram_modules_);
   if (!st.ok()) return Annotate(st, absl::StrCat("loading model ", dir));
   ENGRAM_LOG(INFO)
           .With("dir", dir)

@@ -4,7 +4,8 @@
 // Directory layout (Hugging Face style, DESIGN.md §2):
 //   config.json              model_config.h
 //   *.safetensors            backbone tensors (weights.h) + per Engram layer the module weights and
-//                            the table model.layers.{i}.engram.multi_head_embedding.embedding.weight
+//                            the table
+//                            model.layers.{i}.engram.multi_head_embedding.embedding.weight
 //   tokenizer.json           model/tokenizer.h
 //   engram_constants.json    optional; when present it must agree with the constants computed from
 //                            the config and the tokenizer (model/engram_constants.h)
@@ -53,7 +54,8 @@ class Model {
 
   // ---- Engram (valid only when config().has_engram()) ----
   // The frozen constants: token map (raw id -> compressed id, EngramConstants::Compress), V', pad'
-  // and per Engram layer the multipliers, primes, offsets and row counts (model/engram_constants.h).
+  // and per Engram layer the multipliers, primes, offsets and row counts
+  // (model/engram_constants.h).
   const EngramConstants& engram_constants() const { return *engram_constants_; }
   // engram_constants().hash: what common/ngram_hash.h (NgramState, ComputeNgramRowIds) needs. Index
   // = position of the layer in config().engram.layer_ids.

@@ -56,14 +56,14 @@ absl::Status ModelConfig::Validate() const {
   if (num_hidden_layers < 1) return Bad("num_hidden_layers", "must be >= 1");
   if (num_attention_heads < 1) return Bad("num_attention_heads", "must be >= 1");
   if (num_key_value_heads < 1 || num_key_value_heads > num_attention_heads) {
-    return Bad("num_key_value_heads", absl::StrCat(num_key_value_heads, " is outside [1, ",
-                                                   "num_attention_heads = ", num_attention_heads,
-                                                   "]"));
+    return Bad("num_key_value_heads",
+               absl::StrCat(num_key_value_heads, " is outside [1, ",
+                            "num_attention_heads = ", num_attention_heads, "]"));
   }
   if (num_attention_heads % num_key_value_heads != 0) {
     return Bad("num_key_value_heads",
-               absl::StrCat(num_key_value_heads, " does not divide num_attention_heads = ",
-                            num_attention_heads));
+               absl::StrCat(num_key_value_heads,
+                            " does not divide num_attention_heads = ", num_attention_heads));
   }
   if (head_dim < 2 || head_dim % 2 != 0) {
     return Bad("head_dim", absl::StrCat(head_dim, " must be even and >= 2 (RoPE rotates halves)"));
@@ -72,7 +72,8 @@ absl::Status ModelConfig::Validate() const {
   if (!(rope_theta > 0)) return Bad("rope_theta", "must be > 0");
   if (max_position_embeddings < 1) return Bad("max_position_embeddings", "must be >= 1");
   if (bos_token_id && *bos_token_id >= static_cast<uint32_t>(vocab_size)) {
-    return Bad("bos_token_id", absl::StrCat(*bos_token_id, " is not below vocab_size = ", vocab_size));
+    return Bad("bos_token_id",
+               absl::StrCat(*bos_token_id, " is not below vocab_size = ", vocab_size));
   }
   for (uint32_t id : eos_token_ids) {
     if (id >= static_cast<uint32_t>(vocab_size)) {
@@ -83,8 +84,9 @@ absl::Status ModelConfig::Validate() const {
     ENGRAM_RETURN_IF_ERROR(engram.Validate());
     for (int id : engram.layer_ids) {
       if (id >= num_hidden_layers) {
-        return Bad("engram_layer_ids", absl::StrCat("layer ", id, " does not exist (num_hidden_layers = ",
-                                                    num_hidden_layers, ")"));
+        return Bad("engram_layer_ids",
+                   absl::StrCat("layer ", id,
+                                " does not exist (num_hidden_layers = ", num_hidden_layers, ")"));
       }
     }
     if (engram.hidden_size != hidden_size) {
@@ -115,7 +117,8 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const nlohmann::json& config,
   ENGRAM_RETURN_IF_ERROR(ReadInt(config, "head_dim", false, &c.head_dim));
   ENGRAM_RETURN_IF_ERROR(ReadFloat(config, "rms_norm_eps", &c.rms_norm_eps));
   ENGRAM_RETURN_IF_ERROR(ReadFloat(config, "rope_theta", &c.rope_theta));
-  ENGRAM_RETURN_IF_ERROR(ReadInt(config, "max_position_embeddings", false, &c.max_position_embeddings));
+  ENGRAM_RETURN_IF_ERROR(
+      ReadInt(config, "max_position_embeddings", false, &c.max_position_embeddings));
   if (auto it = config.find("tie_word_embeddings"); it != config.end() && !it->is_null()) {
     if (!it->is_boolean()) return Bad("tie_word_embeddings", "must be true or false");
     c.tie_word_embeddings = it->get<bool>();

@@ -2,9 +2,9 @@
 //
 // Backbone keys use the Hugging Face Llama names (vocab_size, hidden_size, intermediate_size,
 // num_hidden_layers, num_attention_heads, num_key_value_heads, head_dim, rms_norm_eps, rope_theta,
-// max_position_embeddings, tie_word_embeddings, bos_token_id, eos_token_id, torch_dtype); the Engram
-// keys are those of common/engram_config.h (DESIGN.md §2). A config without engram_layer_ids is a
-// plain Llama-style model (no Engram module anywhere).
+// max_position_embeddings, tie_word_embeddings, bos_token_id, eos_token_id, torch_dtype); the
+// Engram keys are those of common/engram_config.h (DESIGN.md §2). A config without engram_layer_ids
+// is a plain Llama-style model (no Engram module anywhere).
 #ifndef ENGRAM_MODEL_MODEL_CONFIG_H_
 #define ENGRAM_MODEL_MODEL_CONFIG_H_
 
@@ -33,7 +33,8 @@ struct ModelConfig {
   int num_hidden_layers = 0;
   // Query heads. Key num_attention_heads. Required.
   int num_attention_heads = 0;
-  // Key/value heads (grouped-query attention). Key num_key_value_heads. Default num_attention_heads.
+  // Key/value heads (grouped-query attention). Key num_key_value_heads. Default
+  // num_attention_heads.
   int num_key_value_heads = 0;
   // Width of one attention head. Key head_dim. Default hidden_size / num_attention_heads.
   int head_dim = 0;

@@ -5,9 +5,9 @@
 //   temperature  > 0   softmax(logits / temperature), then keep the top_k most likely tokens
 //                      (0 = all), then the smallest set of the most likely ones whose probability
 //                      reaches top_p (always at least one), renormalise and draw.
-// Each request owns a Sampler seeded with its seed; every draw consumes exactly one 64-bit number of
-// the request's own generator (SplitMix64), so a request's tokens depend only on its seed and its
-// logits: reproducible across runs, machines and batch compositions.
+// Each request owns a Sampler seeded with its seed; every draw consumes exactly one 64-bit number
+// of the request's own generator (SplitMix64), so a request's tokens depend only on its seed and
+// its logits: reproducible across runs, machines and batch compositions.
 #ifndef ENGRAM_MODEL_SAMPLER_H_
 #define ENGRAM_MODEL_SAMPLER_H_
 
@@ -89,8 +89,8 @@ struct StopConditions {
 // returned); one that reaches max_tokens is.
 FinishReason CheckStopToken(const StopConditions& stop, uint32_t token, int generated);
 
-// Watches streamed text for stop strings. Text that could still be the beginning of a stop string is
-// held back until it is decided.
+// Watches streamed text for stop strings. Text that could still be the beginning of a stop string
+// is held back until it is decided.
 class StopStringMatcher {
  public:
   explicit StopStringMatcher(std::vector<std::string> stop_strings);

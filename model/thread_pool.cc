@@ -22,7 +22,8 @@ ThreadPool::~ThreadPool() {
 void ThreadPool::ParallelFor(int64_t n, int64_t min_chunk,
                              const std::function<void(int64_t, int64_t)>& fn) {
   if (n <= 0) return;
-  int64_t parts = std::min<int64_t>(threads(), std::max<int64_t>(1, n / std::max<int64_t>(min_chunk, 1)));
+  int64_t parts =
+      std::min<int64_t>(threads(), std::max<int64_t>(1, n / std::max<int64_t>(min_chunk, 1)));
   if (parts <= 1) {
     fn(0, n);
     return;

@@ -1,8 +1,8 @@
 // A small fixed thread pool for data-parallel loops of the CPU backend.
 //
-// ParallelFor splits [0, n) into at most threads() contiguous ranges, runs one on the calling thread
-// and the rest on the workers, and returns when all are done. Work is only ever split by range, so
-// which thread computes an element never changes what is computed.
+// ParallelFor splits [0, n) into at most threads() contiguous ranges, runs one on the calling
+// thread and the rest on the workers, and returns when all are done. Work is only ever split by
+// range, so which thread computes an element never changes what is computed.
 #ifndef ENGRAM_MODEL_THREAD_POOL_H_
 #define ENGRAM_MODEL_THREAD_POOL_H_
 

@@ -3,8 +3,8 @@
 // Tensor names are the Hugging Face Llama ones (DESIGN.md §2):
 //   model.embed_tokens.weight                              [V, H]
 //   model.layers.{i}.input_layernorm.weight                [H]
-//   model.layers.{i}.self_attn.{q,k,v,o}_proj.weight       [Nq*D, H], [Nkv*D, H], [Nkv*D, H], [H, Nq*D]
-//   model.layers.{i}.self_attn.{q,k,v,o}_proj.bias         optional, [rows of the weight]
+//   model.layers.{i}.self_attn.{q,k,v,o}_proj.weight       [Nq*D, H], [Nkv*D, H], [Nkv*D, H], [H,
+//   Nq*D] model.layers.{i}.self_attn.{q,k,v,o}_proj.bias         optional, [rows of the weight]
 //   model.layers.{i}.post_attention_layernorm.weight       [H]
 //   model.layers.{i}.mlp.{gate,up}_proj.weight             [I, H]
 //   model.layers.{i}.mlp.down_proj.weight                  [H, I]

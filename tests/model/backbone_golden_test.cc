@@ -27,11 +27,13 @@ constexpr float kRtol = 5e-5f;
 
 struct Golden {
   int B = 0, L = 0, V = 0, d_mem = 0;
-  std::vector<std::vector<uint32_t>> ids;       // [b][t]
-  std::vector<std::vector<float>> rows;         // [layer] (B, L, d_mem)
-  std::vector<float> logits;                    // (B, L, V)
+  std::vector<std::vector<uint32_t>> ids;  // [b][t]
+  std::vector<std::vector<float>> rows;    // [layer] (B, L, d_mem)
+  std::vector<float> logits;               // (B, L, V)
 
-  const float* Rows(int layer, int b, int t) const { return &rows[layer][(size_t(b) * L + t) * d_mem]; }
+  const float* Rows(int layer, int b, int t) const {
+    return &rows[layer][(size_t(b) * L + t) * d_mem];
+  }
   const float* Logits(int b, int t) const { return &logits[(size_t(b) * L + t) * V]; }
 };
 
@@ -89,8 +91,8 @@ class BackboneGoldenTest : public ::testing::Test {
     golden_ = ReadGolden(2);
     ASSERT_EQ(golden_.V, model_->config.vocab_size);
     ASSERT_EQ(golden_.d_mem, model_->config.engram.d_mem());
-    backbone_ = std::make_unique<CpuBackbone>(model_->config, model_->weights,
-                                              model_->module_ptrs(), CpuBackboneOptions{.threads = 2});
+    backbone_ = std::make_unique<CpuBackbone>(
+        model_->config, model_->weights, model_->module_ptrs(), CpuBackboneOptions{.threads = 2});
   }
 
   // Rows of sequence b, positions [start, start + n), every Engram layer.
@@ -120,7 +122,8 @@ TEST_F(BackboneGoldenTest, DecodeTokenByTokenMatchesEveryPosition) {
       BatchItem item{seq.get(), absl::MakeConstSpan(&golden_.ids[b][t], 1)};
       ASSERT_TRUE(backbone_->Forward({item}, rows, logits.data(), &status).ok());
       ASSERT_TRUE(status[0].ok()) << status[0];
-      ExpectClose(logits.data(), golden_.Logits(b, t), V, absl::StrCat("sequence ", b, " position ", t));
+      ExpectClose(logits.data(), golden_.Logits(b, t), V,
+                  absl::StrCat("sequence ", b, " position ", t));
     }
     EXPECT_EQ(seq->position(), golden_.L);
   }

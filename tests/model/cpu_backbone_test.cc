@@ -1,6 +1,7 @@
 // CPU backbone behaviour beyond the golden numbers: chunked prefill == one-shot prefill, a batch ==
 // each sequence alone, thread count does not matter, per-item failures stay per item, bad items and
-// malformed calls are refused. Uses the golden model (GQA, biases, Engram with conv at layers 0, 2).
+// malformed calls are refused. Uses the golden model (GQA, biases, Engram with conv at layers 0,
+// 2).
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -16,7 +17,8 @@ using testing_util::SyntheticRows;
 
 std::vector<uint32_t> Tokens(int seq, int n, int vocab) {
   std::vector<uint32_t> t;
-  for (int i = 0; i < n; ++i) t.push_back(static_cast<uint32_t>((seq * 31 + i * 17 + i * i) % vocab));
+  for (int i = 0; i < n; ++i)
+    t.push_back(static_cast<uint32_t>((seq * 31 + i * 17 + i * i) % vocab));
   return t;
 }
 
@@ -106,7 +108,8 @@ TEST_F(CpuBackboneTest, ChunkedPrefillEqualsOneShotPrefill) {
 
 TEST_F(CpuBackboneTest, BatchEqualsEachSequenceAlone) {
   auto backbone = Backbone(2);
-  std::vector<std::vector<uint32_t>> tokens = {Tokens(0, 30, V_), Tokens(1, 30, V_), Tokens(2, 30, V_)};
+  std::vector<std::vector<uint32_t>> tokens = {Tokens(0, 30, V_), Tokens(1, 30, V_),
+                                               Tokens(2, 30, V_)};
   // Schedules: sequence 0 prefills 12 then decodes; 1 joins one step later with 20; 2 prefills in
   // chunks of 4 the whole time: prefill and decode items share steps.
   std::vector<std::vector<int>> sizes = {{12, 1, 1, 1, 1}, {20, 1, 1, 1}, {4, 4, 4, 4, 4}};
@@ -146,7 +149,8 @@ TEST_F(CpuBackboneTest, ThreadCountDoesNotChangeResults) {
 
 TEST_F(CpuBackboneTest, FailedItemKeepsItsStateAndTheOthersComplete) {
   auto backbone = Backbone(2);
-  std::vector<std::vector<uint32_t>> tokens = {Tokens(0, 20, V_), Tokens(1, 20, V_), Tokens(2, 20, V_)};
+  std::vector<std::vector<uint32_t>> tokens = {Tokens(0, 20, V_), Tokens(1, 20, V_),
+                                               Tokens(2, 20, V_)};
   auto alone1 = RunAlone(*backbone, 1, tokens[1], {10, 3});
   auto alone0 = RunAlone(*backbone, 0, tokens[0], {10, 3});
   auto alone2 = RunAlone(*backbone, 2, tokens[2], {10, 3});
@@ -172,9 +176,10 @@ TEST_F(CpuBackboneTest, FailedItemKeepsItsStateAndTheOthersComplete) {
   EXPECT_EQ(logits[2], alone2[1]);
   EXPECT_EQ(st[1]->position(), 10);  // not advanced
   // Rows were requested in layer order, every live item per layer, none for item 1 after it failed.
-  EXPECT_THAT(rows.calls, ::testing::ElementsAre(std::pair<size_t, int>{0, 0}, std::pair<size_t, int>{1, 0},
-                                                 std::pair<size_t, int>{2, 0}, std::pair<size_t, int>{0, 1},
-                                                 std::pair<size_t, int>{1, 1}, std::pair<size_t, int>{2, 1}));
+  EXPECT_THAT(rows.calls,
+              ::testing::ElementsAre(std::pair<size_t, int>{0, 0}, std::pair<size_t, int>{1, 0},
+                                     std::pair<size_t, int>{2, 0}, std::pair<size_t, int>{0, 1},
+                                     std::pair<size_t, int>{1, 1}, std::pair<size_t, int>{2, 1}));
   // Retried, it gives what it would have given without the failure (its conv history was restored).
   auto retry = Step(*backbone, {{1, st[1].get(), &tokens[1], 10, 3}});
   EXPECT_EQ(retry[0], alone1[1]);
@@ -192,10 +197,8 @@ TEST_F(CpuBackboneTest, BadItemsFailAloneAndMalformedCallsAreRefused) {
                         five = {1, 2, 3, 4, 5};
   FixedRowSource rows;
   rows.rows.assign(4, {SyntheticRows(0, 0, 0, 3, d_mem_), SyntheticRows(0, 1, 0, 3, d_mem_)});
-  std::vector<BatchItem> items = {{good.get(), ok_tokens},
-                                  {bad_id.get(), bad_tokens},
-                                  {empty.get(), {}},
-                                  {full.get(), five}};
+  std::vector<BatchItem> items = {
+      {good.get(), ok_tokens}, {bad_id.get(), bad_tokens}, {empty.get(), {}}, {full.get(), five}};
   std::vector<float> logits(4 * V_);
   std::vector<absl::Status> status;
   ASSERT_TRUE(backbone->Forward(items, rows, logits.data(), &status).ok());
@@ -213,12 +216,15 @@ TEST_F(CpuBackboneTest, BadItemsFailAloneAndMalformedCallsAreRefused) {
   // Wrong-sized rows fail the item.
   FixedRowSource short_rows;
   short_rows.rows = {{std::vector<float>(5), std::vector<float>(5)}};
-  ASSERT_TRUE(backbone->Forward({{bad_id.get(), ok_tokens}}, short_rows, logits.data(), &status).ok());
+  ASSERT_TRUE(
+      backbone->Forward({{bad_id.get(), ok_tokens}}, short_rows, logits.data(), &status).ok());
   EXPECT_EQ(status[0].code(), absl::StatusCode::kInternal);
 
   // The same sequence twice, or null outputs: the call is refused and nothing changes.
-  EXPECT_FALSE(backbone->Forward({{good.get(), ok_tokens}, {good.get(), ok_tokens}}, rows,
-                                 logits.data(), &status).ok());
+  EXPECT_FALSE(backbone
+                   ->Forward({{good.get(), ok_tokens}, {good.get(), ok_tokens}}, rows,
+                             logits.data(), &status)
+                   .ok());
   EXPECT_FALSE(backbone->Forward({{good.get(), ok_tokens}}, rows, nullptr, &status).ok());
   EXPECT_FALSE(backbone->Forward({{good.get(), ok_tokens}}, rows, logits.data(), nullptr).ok());
   EXPECT_EQ(good->position(), 3);

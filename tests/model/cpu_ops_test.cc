@@ -35,8 +35,8 @@ void ExpectNear(const std::vector<float>& got, const std::vector<double>& want, 
 
 TEST(CpuOpsTest, MatMulMatchesNaiveAndIgnoresTheThreadSplit) {
   ThreadPool pool3(3), pool2(2);
-  for (auto [T, K, N] : {std::tuple<int, int, int>{1, 19, 111}, {19, 111, 1}, {111, 7, 19},
-                         {3, 1000, 700}}) {
+  for (auto [T, K, N] :
+       {std::tuple<int, int, int>{1, 19, 111}, {19, 111, 1}, {111, 7, 19}, {3, 1000, 700}}) {
     auto x = Random(size_t(T) * K, 1), w = Random(size_t(N) * K, 2), b = Random(N, 3);
     std::vector<double> want(size_t(T) * N);
     for (int t = 0; t < T; ++t) {
@@ -126,13 +126,15 @@ TEST(CpuOpsTest, GroupedQueryAttentionIsCausal) {
       double mx = -1e300, sum = 0;
       for (int j = 0; j <= last; ++j) {
         double d = 0;
-        for (int i = 0; i < D; ++i) d += double(q[(t * Nq + h) * D + i]) * k[(j * Nkv + kvh) * D + i];
+        for (int i = 0; i < D; ++i)
+          d += double(q[(t * Nq + h) * D + i]) * k[(j * Nkv + kvh) * D + i];
         s[j] = d / std::sqrt(double(D));
         mx = std::max(mx, s[j]);
       }
       for (int j = 0; j <= last; ++j) sum += (s[j] = std::exp(s[j] - mx));
       for (int j = 0; j <= last; ++j) {
-        for (int i = 0; i < D; ++i) want[(t * Nq + h) * D + i] += s[j] / sum * v[(j * Nkv + kvh) * D + i];
+        for (int i = 0; i < D; ++i)
+          want[(t * Nq + h) * D + i] += s[j] / sum * v[(j * Nkv + kvh) * D + i];
       }
     }
   }
@@ -147,7 +149,8 @@ TEST(CpuOpsTest, GroupedQueryAttentionIsCausal) {
 TEST(CpuOpsTest, SwiGluAndAdd) {
   std::vector<float> gate = {-2.0f, 0.0f, 1.5f}, up = {1.0f, 3.0f, -2.0f};
   SwiGlu(gate.data(), up.data(), 3);
-  ExpectNear(gate, {-2.0 / (1 + std::exp(2.0)), 0.0, 1.5 / (1 + std::exp(-1.5)) * -2.0}, 1e-6, 1e-6);
+  ExpectNear(gate, {-2.0 / (1 + std::exp(2.0)), 0.0, 1.5 / (1 + std::exp(-1.5)) * -2.0}, 1e-6,
+             1e-6);
   std::vector<float> a = {1, 2, 3}, b = {0.5f, -2, 1};
   AddInPlace(a.data(), b.data(), 3);
   EXPECT_EQ(a, (std::vector<float>{1.5f, 0, 4}));

@@ -177,9 +177,8 @@ TEST_F(LocalGenerateTest, RowsAreTheTableRowsOfTheHashedIds) {
 }
 
 TEST_F(LocalGenerateTest, BatchedGreedyEqualsEachAlone) {
-  std::vector<std::vector<uint32_t>> prompts = {Encode("First prompt"),
-                                                Encode("A second, longer prompt with more words"),
-                                                Encode("3")};
+  std::vector<std::vector<uint32_t>> prompts = {
+      Encode("First prompt"), Encode("A second, longer prompt with more words"), Encode("3")};
   const int steps = 6;
   std::vector<std::vector<uint32_t>> alone;
   for (const auto& p : prompts) alone.push_back(Run(p, Greedy(steps)).tokens);

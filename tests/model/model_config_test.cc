@@ -1,4 +1,6 @@
 // config.json parsing and validation, backbone weight loading and its refusals.
+#include "model/model_config.h"
+
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -8,7 +10,6 @@
 #include "common/safetensors.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "model/model_config.h"
 #include "model/weights.h"
 #include "nlohmann/json.hpp"
 
@@ -18,8 +19,10 @@ namespace {
 using ::testing::HasSubstr;
 
 nlohmann::json BaseConfig() {
-  return nlohmann::json{{"vocab_size", 100},       {"hidden_size", 32},
-                        {"intermediate_size", 64}, {"num_hidden_layers", 3},
+  return nlohmann::json{{"vocab_size", 100},
+                        {"hidden_size", 32},
+                        {"intermediate_size", 64},
+                        {"num_hidden_layers", 3},
                         {"num_attention_heads", 4}};
 }
 
@@ -239,8 +242,9 @@ TEST(WeightsTest, MisShapedTensorIsNamedWithBothShapes) {
   auto w = LoadFrom(Variant("shape", "", "model.layers.1.self_attn.k_proj.weight"), &keep);
   ASSERT_FALSE(w.ok());
   EXPECT_EQ(w.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(w.status().message()),
-              HasSubstr("model.layers.1.self_attn.k_proj.weight\" has shape [3, 5], expected [16, 32]"));
+  EXPECT_THAT(
+      std::string(w.status().message()),
+      HasSubstr("model.layers.1.self_attn.k_proj.weight\" has shape [3, 5], expected [16, 32]"));
   // A mis-shaped optional bias is refused too.
   w = LoadFrom(Variant("bias", "", "model.layers.0.self_attn.v_proj.bias"), &keep);
   ASSERT_FALSE(w.ok());

@@ -105,7 +105,8 @@ TEST_F(ModelTest, DemoWriterIsDeterministicAndIdempotent) {
   std::string other = testing::TempDir() + "/model_test_demo_again";
   fs::remove_all(other);
   ASSERT_TRUE(WriteDemoModel(other, Small()).ok());
-  for (const char* f : {"config.json", "model.safetensors", "tokenizer.json", "engram_constants.json"}) {
+  for (const char* f :
+       {"config.json", "model.safetensors", "tokenizer.json", "engram_constants.json"}) {
     EXPECT_EQ(Slurp(*dir_ + "/" + f), Slurp(other + "/" + f)) << f;
   }
   auto before = fs::last_write_time(other + "/model.safetensors");
@@ -196,7 +197,8 @@ TEST_F(ModelTest, StoredConstantsMustAgree) {
   fs::remove(d + "/engram_constants.json");
   m = Model::Load(d);
   ASSERT_FALSE(m.ok());
-  EXPECT_THAT(std::string(m.status().message()), HasSubstr("multi_head_embedding.embedding.weight"));
+  EXPECT_THAT(std::string(m.status().message()),
+              HasSubstr("multi_head_embedding.embedding.weight"));
 }
 
 TEST_F(ModelTest, MissingEngramModuleTensorIsNamed) {
@@ -213,7 +215,8 @@ TEST_F(ModelTest, MissingEngramModuleTensorIsNamed) {
   fs::rename(d + "/rewritten.tmpfile", d + "/model.safetensors");
   auto m = Model::Load(d);
   ASSERT_FALSE(m.ok());
-  EXPECT_THAT(std::string(m.status().message()), HasSubstr("model.layers.2.engram.key_projs.0.weight"));
+  EXPECT_THAT(std::string(m.status().message()),
+              HasSubstr("model.layers.2.engram.key_projs.0.weight"));
 }
 
 }  // namespace

@@ -86,7 +86,8 @@ TEST(SamplerTest, TopPKeepsTheSmallestSetReachingTheMass) {
   auto logits = LogProbs({0.5, 0.3, 0.15, 0.05});
   // 0.5 < 0.6 <= 0.8: ids 0 and 1.
   std::map<uint32_t, int> counts;
-  for (uint32_t t : Draw({.temperature = 1.0f, .top_p = 0.6f, .seed = 4}, logits, 5000)) counts[t]++;
+  for (uint32_t t : Draw({.temperature = 1.0f, .top_p = 0.6f, .seed = 4}, logits, 5000))
+    counts[t]++;
   EXPECT_THAT(counts, testing::SizeIs(2));
   EXPECT_NEAR(counts[0] / 5000.0, 0.5 / 0.8, 0.03);
   // A tiny mass still keeps one token: the most likely.
@@ -109,7 +110,8 @@ TEST(SamplerTest, ValidationNamesTheField) {
 }
 
 TEST(StopTest, TokenStopPrecedence) {
-  StopConditions stop{.max_tokens = 3, .stop_token_ids = {7}, .eos_token_ids = {2}, .stop_strings = {}};
+  StopConditions stop{
+      .max_tokens = 3, .stop_token_ids = {7}, .eos_token_ids = {2}, .stop_strings = {}};
   EXPECT_EQ(CheckStopToken(stop, 5, 1), FinishReason::kNone);
   EXPECT_EQ(CheckStopToken(stop, 2, 1), FinishReason::kEos);
   EXPECT_EQ(CheckStopToken(stop, 7, 1), FinishReason::kStop);

@@ -28,7 +28,8 @@ inline std::string SourceDir() {
 
 inline std::string GoldenDir() { return SourceDir() + "/tests/golden/backbone"; }
 
-// Config, weights and Engram modules of a model directory, for CpuBackbone's Model-free constructor.
+// Config, weights and Engram modules of a model directory, for CpuBackbone's Model-free
+// constructor.
 struct LoadedModel {
   ModelConfig config;
   std::unique_ptr<SafetensorsDir> tensors;
@@ -50,8 +51,8 @@ inline absl::StatusOr<std::unique_ptr<LoadedModel>> LoadModelDir(const std::stri
   for (int id : m->config.engram.layer_ids) {
     ENGRAM_ASSIGN_OR_RETURN(
         EngramModuleWeights w,
-        LoadEngramModuleWeights(LookupIn(*m->tensors), absl::StrCat("model.layers.", id, ".engram."),
-                                m->config.engram));
+        LoadEngramModuleWeights(LookupIn(*m->tensors),
+                                absl::StrCat("model.layers.", id, ".engram."), m->config.engram));
     ENGRAM_ASSIGN_OR_RETURN(EngramModule module, EngramModule::Create(std::move(w)));
     m->modules.push_back(std::make_unique<EngramModule>(std::move(module)));
   }
