@@ -1,0 +1,417 @@
+#include "memory_tier/memory_tier_service.h"
+
+#include <chrono>
+#include <deque>
+
+#include "absl/strings/str_cat.h"
+#include "common/grpc_status.h"
+#include "common/log.h"
+#include "memory_tier/arena.h"
+
+namespace engram {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point from, Clock::time_point to) {
+  return std::chrono::duration<double>(to - from).count();
+}
+uint64_t Micros(Clock::time_point from, Clock::time_point to) {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(to - from).count());
+}
+
+}  // namespace
+
+// One Prefetch stream. Batches run on the scheduler; their responses queue in `outbox_` and are
+// written one at a time (the callback API allows one outstanding write). The reactor finishes when
+// the client is done writing (or the call is cancelled, or the server drains) and every batch
+// taken in has been answered, so no scheduled task can outlive it.
+class PrefetchReactor : public grpc::ServerBidiReactor<v1::PrefetchRequest, v1::PrefetchResponse> {
+ public:
+  PrefetchReactor(MemoryTierService* service) : service_(service) {
+    service_->Register(this);
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      {
+        absl::MutexLock lock(&mu_);
+        reads_done_ = true;
+      }
+      MaybeFinish();
+      return;
+    }
+    const auto received = Clock::now();
+    auto request = std::make_shared<v1::PrefetchRequest>(std::move(request_));
+    request_.Clear();
+    service_->RecordArenaHits(*request);
+    absl::StatusOr<ServedTable*> table =
+        request->row_ids().empty() ? absl::StatusOr<ServedTable*>(nullptr)
+                                   : service_->Admit(request->table(), request->row_ids().size());
+    bool overloaded = false;
+    {
+      absl::MutexLock lock(&mu_);
+      overloaded = pending_ >= service_->options_.max_pending_per_stream;
+      ++pending_;  // answered below or by the task
+    }
+    if (overloaded) {
+      table = absl::ResourceExhaustedError(absl::StrCat(
+          "more than ", service_->options_.max_pending_per_stream,
+          " prefetch batches pending on this stream; slow down"));
+    }
+    if (!table.ok() || *table == nullptr) {
+      Complete(*request, table.status(), nullptr, received, received);
+    } else {
+      ServedTable* t = *table;
+      service_->scheduler_->Submit(request->table().layer(), [this, request, t, received] {
+        const auto started = Clock::now();
+        auto response = std::make_unique<v1::PrefetchResponse>();
+        uint64_t version = 0;
+        uint32_t row_bytes = 0;
+        absl::Status s = service_->RunBatch(t, request->row_ids(), response->mutable_rows(),
+                                            &version, &row_bytes, response->mutable_served_by());
+        response->set_version(version);
+        response->set_row_bytes(row_bytes);
+        Complete(*request, s, std::move(response), received, started);
+      });
+    }
+    StartRead(&request_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    bool next = false;
+    {
+      absl::MutexLock lock(&mu_);
+      writing_ = false;
+      if (!ok) {
+        broken_ = true;  // the client is gone; drop what is left
+        outbox_.clear();
+      } else if (!outbox_.empty()) {
+        current_ = std::move(outbox_.front());
+        outbox_.pop_front();
+        writing_ = next = true;
+      }
+    }
+    if (next) {
+      StartWrite(current_.get());
+    } else {
+      MaybeFinish();
+    }
+  }
+
+  void OnCancel() override {
+    {
+      absl::MutexLock lock(&mu_);
+      cancelled_ = true;
+    }
+    MaybeFinish();
+  }
+
+  void OnDone() override {
+    service_->Unregister(this);
+    delete this;
+  }
+
+  // The server drains: finish once the batches already taken in are answered.
+  void Drain() {
+    {
+      absl::MutexLock lock(&mu_);
+      draining_ = true;
+    }
+    MaybeFinish();
+  }
+
+ private:
+  // Answers one batch (on a scheduler thread, or inline for a rejected batch).
+  void Complete(const v1::PrefetchRequest& request, const absl::Status& status,
+                std::unique_ptr<v1::PrefetchResponse> response, Clock::time_point received,
+                Clock::time_point started) {
+    if (!response) response = std::make_unique<v1::PrefetchResponse>();
+    response->set_batch_id(request.batch_id());
+    if (!status.ok()) {
+      response->clear_rows();
+      response->clear_served_by();
+      response->set_error_code(static_cast<int32_t>(status.code()));
+      response->set_error_message(std::string(status.message()));
+      service_->metrics_->prefetch_batch_errors->Increment();
+    }
+    const auto now = Clock::now();
+    response->set_queue_us(Micros(received, started));
+    response->set_server_latency_us(Micros(received, now));
+    TierMetrics* m = service_->metrics_;
+    m->prefetch_batches->Increment();
+    m->prefetch_batch_latency->Observe(Seconds(received, now));
+    m->prefetch_queue->Observe(Seconds(received, started));
+    m->CountRpc(RpcMethod::kPrefetch, status.code());
+    bool write = false;
+    {
+      absl::MutexLock lock(&mu_);
+      --pending_;
+      if (!broken_ && !finished_) {
+        if (writing_) {
+          outbox_.push_back(std::move(response));
+        } else {
+          current_ = std::move(response);
+          writing_ = write = true;
+        }
+      }
+    }
+    if (write) {
+      StartWrite(current_.get());
+    } else {
+      MaybeFinish();
+    }
+  }
+
+  void MaybeFinish() {
+    grpc::Status status;
+    {
+      absl::MutexLock lock(&mu_);
+      if (finished_ || pending_ > 0 || writing_ || !outbox_.empty()) return;
+      if (!(reads_done_ || cancelled_ || broken_ || draining_)) return;
+      finished_ = true;
+      if (draining_ && !reads_done_) {
+        status = grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                              "engram-memory is draining; reconnect to another replica");
+      }
+    }
+    Finish(status);
+  }
+
+  MemoryTierService* service_;
+  v1::PrefetchRequest request_;  // only touched by the read chain
+  absl::Mutex mu_;
+  std::unique_ptr<v1::PrefetchResponse> current_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::unique_ptr<v1::PrefetchResponse>> outbox_ ABSL_GUARDED_BY(mu_);
+  int pending_ ABSL_GUARDED_BY(mu_) = 0;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  bool broken_ ABSL_GUARDED_BY(mu_) = false;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+MemoryTierService::MemoryTierService(const Options& options, TierMetrics* metrics)
+    : options_(options), metrics_(metrics),
+      scheduler_(std::make_unique<BatchScheduler>(options.lookup_threads)),
+      host_id_(LocalHostId()) {}
+
+MemoryTierService::~MemoryTierService() { scheduler_.reset(); }
+
+void MemoryTierService::SetTables(TableSet* tables) { tables_.store(tables); }
+
+void MemoryTierService::StartDrain() {
+  draining_.store(true);
+  absl::MutexLock lock(&streams_mu_);
+  for (PrefetchReactor* r : streams_) r->Drain();
+}
+
+void MemoryTierService::Register(PrefetchReactor* reactor) {
+  absl::MutexLock lock(&streams_mu_);
+  streams_.insert(reactor);
+  if (draining_.load()) reactor->Drain();
+}
+
+void MemoryTierService::Unregister(PrefetchReactor* reactor) {
+  absl::MutexLock lock(&streams_mu_);
+  streams_.erase(reactor);
+}
+
+absl::StatusOr<ServedTable*> MemoryTierService::Admit(const v1::TableRef& table, size_t rows) {
+  if (draining_.load()) {
+    return absl::UnavailableError("engram-memory is draining; retry on another replica");
+  }
+  TableSet* tables = tables_.load();
+  if (tables == nullptr) return absl::UnavailableError("engram-memory is loading its tables");
+  if (rows > options_.max_batch_rows) {
+    return absl::InvalidArgumentError(absl::StrCat("batch of ", rows, " row ids exceeds the limit of ",
+                                                   options_.max_batch_rows, " (max_batch_rows)"));
+  }
+  return tables->Resolve(table.model(), table.layer(), table.version());
+}
+
+absl::Status MemoryTierService::RunBatch(ServedTable* table,
+                                         const google::protobuf::RepeatedField<uint64_t>& ids,
+                                         std::string* rows, uint64_t* version, uint32_t* row_bytes,
+                                         google::protobuf::RepeatedPtrField<v1::TierCount>* served_by) {
+  metrics_->batch_rows->Observe(static_cast<double>(ids.size()));
+  *version = table->manifest.version;
+  *row_bytes = table->manifest.layout.row_bytes;
+  rows->resize(static_cast<size_t>(ids.size()) * *row_bytes);
+  std::vector<uint64_t> served;
+  absl::Status s = table->store->Lookup(absl::MakeConstSpan(ids.data(), ids.size()),
+                                        reinterpret_cast<uint8_t*>(rows->data()), &served);
+  if (!s.ok()) {
+    if (s.code() != absl::StatusCode::kInvalidArgument) {
+      ENGRAM_LOG(ERROR).With("table", table->label).With("error", s.message()) << "lookup failed";
+    }
+    return s;
+  }
+  const std::vector<Tier*>& tiers = table->store->tiers();
+  for (size_t k = 0; k < tiers.size(); ++k) {
+    if (served[k] == 0) continue;
+    v1::TierCount* c = served_by->Add();
+    c->set_tier(std::string(tiers[k]->name()));
+    c->set_rows(served[k]);
+  }
+  return absl::OkStatus();
+}
+
+void MemoryTierService::RecordArenaHits(const v1::PrefetchRequest& request) {
+  if (request.arena_hits().empty()) return;
+  TableSet* tables = tables_.load();
+  if (tables == nullptr) return;
+  const v1::TableRef& ref =
+      request.has_arena_hits_table() ? request.arena_hits_table() : request.table();
+  auto table = tables->Resolve(ref.model(), ref.layer(), 0);
+  if (!table.ok()) return;
+  (*table)->store->RecordExternalHits(
+      absl::MakeConstSpan(request.arena_hits().data(), request.arena_hits().size()));
+  TierMetrics::TierChildren& c = metrics_->tier(TierKind::kArena);
+  const double n = static_cast<double>(request.arena_hits().size());
+  c.rows_served->Increment(n);
+  c.bytes_read->Increment(n * (*table)->manifest.layout.row_bytes);
+}
+
+grpc::ServerUnaryReactor* MemoryTierService::Lookup(grpc::CallbackServerContext* context,
+                                                    const v1::LookupRequest* request,
+                                                    v1::LookupResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<ServedTable*> table = Admit(request->table(), request->row_ids().size());
+  if (!table.ok()) {
+    metrics_->CountRpc(RpcMethod::kLookup, table.status().code());
+    reactor->Finish(ToGrpcStatus(table.status()));
+    return reactor;
+  }
+  ServedTable* t = *table;
+  scheduler_->Submit(request->table().layer(), [this, context, request, response, reactor, t] {
+    absl::Status s;
+    if (context->IsCancelled()) {
+      s = absl::CancelledError("the client cancelled the lookup");
+    } else {
+      uint64_t version = 0;
+      uint32_t row_bytes = 0;
+      s = RunBatch(t, request->row_ids(), response->mutable_rows(), &version, &row_bytes,
+                   response->mutable_served_by());
+      response->set_version(version);
+      response->set_row_bytes(row_bytes);
+    }
+    metrics_->CountRpc(RpcMethod::kLookup, s.code());
+    reactor->Finish(ToGrpcStatus(s));
+  });
+  return reactor;
+}
+
+grpc::ServerBidiReactor<v1::PrefetchRequest, v1::PrefetchResponse>* MemoryTierService::Prefetch(
+    grpc::CallbackServerContext* context) {
+  return new PrefetchReactor(this);
+}
+
+grpc::ServerUnaryReactor* MemoryTierService::TableInfo(grpc::CallbackServerContext* context,
+                                                       const v1::TableInfoRequest* request,
+                                                       v1::TableInfoResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  TableSet* tables = tables_.load();
+  if (tables == nullptr) {
+    metrics_->CountRpc(RpcMethod::kTableInfo, absl::StatusCode::kUnavailable);
+    reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "engram-memory is loading its tables"));
+    return reactor;
+  }
+  response->set_host_id(host_id_);
+  for (const auto& t : tables->tables()) {
+    if (!request->model().empty() && t->record.model != request->model()) continue;
+    v1::TableInfo* info = response->add_tables();
+    info->mutable_table()->set_model(t->record.model);
+    info->mutable_table()->set_layer(t->record.layer);
+    info->mutable_table()->set_version(t->manifest.version);
+    for (uint64_t v : t->record.versions) info->add_versions(v);
+    info->set_serving(t->serving);
+    info->set_unavailable_reason(t->unavailable_reason);
+    if (t->manifest.layout.rows == 0) continue;  // no readable manifest
+    const RowLayout& l = t->manifest.layout;
+    info->set_rows(l.rows);
+    info->set_row_bytes(l.row_bytes);
+    info->set_dtype(t->manifest.dtype);
+    info->set_head_dim(static_cast<uint32_t>(t->manifest.head_dim));
+    info->set_rows_per_page(l.rows_per_page);
+    info->set_page_bytes(l.page_bytes);
+    info->set_header_bytes(l.header_bytes);
+    if (t->dram) {
+      const ArenaHeader& h = t->dram->arena().header();
+      v1::SharedArena* a = info->mutable_arena();
+      a->set_shm_name(t->dram->arena().shm_name());
+      a->set_size_bytes(h.size_bytes);
+      a->set_layout(std::string(ArenaLayoutName(static_cast<ArenaLayout>(h.layout))));
+      a->set_data_offset(h.data_offset);
+      a->set_slot_bytes(h.slot_bytes);
+      a->set_slots(h.slots);
+      a->set_ways(h.ways);
+      a->set_host_id(host_id_);
+      a->set_arena_id(h.arena_id);
+      a->set_slot_header_offset(h.slot_header_offset);
+      a->set_huge_pages(t->dram->arena().huge_pages());
+      a->set_locked(t->dram->arena().locked());
+    }
+  }
+  metrics_->CountRpc(RpcMethod::kTableInfo, absl::StatusCode::kOk);
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* MemoryTierService::Stats(grpc::CallbackServerContext* context,
+                                                   const v1::StatsRequest* request,
+                                                   v1::StatsResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  TableSet* tables = tables_.load();
+  if (tables == nullptr) {
+    metrics_->CountRpc(RpcMethod::kStats, absl::StatusCode::kUnavailable);
+    reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "engram-memory is loading its tables"));
+    return reactor;
+  }
+  v1::TierStats by_kind[2];
+  by_kind[0].set_tier("dram");
+  by_kind[1].set_tier("nvme");
+  const size_t top = std::min<size_t>(request->top_rows(), 100000);
+  for (const auto& t : tables->tables()) {
+    if (!t->serving) continue;
+    const std::vector<Tier*>& tiers = t->store->tiers();
+    for (size_t k = 0; k < tiers.size(); ++k) {
+      v1::TierStats& s = by_kind[tiers[k] == t->dram.get() ? 0 : 1];
+      const TierCounters& c = t->store->counters(k);
+      s.set_lookups(s.lookups() + c.lookups.load());
+      s.set_hits(s.hits() + c.hits.load());
+      s.set_misses(s.misses() + c.misses.load());
+      s.set_bytes(s.bytes() + c.bytes.load());
+    }
+    by_kind[1].set_capacity_rows(by_kind[1].capacity_rows() + t->manifest.layout.rows);
+    by_kind[1].set_resident_rows(by_kind[1].resident_rows() + t->manifest.layout.rows);
+    v1::TableStats* ts = response->add_tables();
+    ts->mutable_table()->set_model(t->manifest.model);
+    ts->mutable_table()->set_layer(t->manifest.layer);
+    ts->mutable_table()->set_version(t->manifest.version);
+    if (t->dram) {
+      by_kind[0].set_capacity_rows(by_kind[0].capacity_rows() + t->dram->capacity_rows());
+      by_kind[0].set_resident_rows(by_kind[0].resident_rows() + t->dram->occupied_rows());
+      ts->set_arena_rows(t->dram->occupied_rows());
+      ts->set_arena_capacity_rows(t->dram->capacity_rows());
+    }
+    ts->set_promotions(t->store->promotions());
+    ts->set_rejections(t->store->rejections());
+    if (top > 0) {
+      for (const RowCount& rc : t->store->Hottest(top)) {
+        v1::HotRow* h = ts->add_hottest();
+        h->set_row_id(rc.row);
+        h->set_count(rc.count);
+      }
+    }
+  }
+  *response->add_tiers() = by_kind[0];
+  *response->add_tiers() = by_kind[1];
+  metrics_->CountRpc(RpcMethod::kStats, absl::StatusCode::kOk);
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+}  // namespace engram

@@ -1,0 +1,85 @@
+// File: memory_tier/memory_tier_service.h
+//
+// engram.v1.MemoryTier on the gRPC callback API (no hand-written completion-queue state
+// machines). Requests are validated on the gRPC thread and executed by the BatchScheduler's lookup
+// threads, earliest Engram layer first; responses go back from there. This file and the worker's
+// inference service are the only places that convert absl::Status to grpc::Status.
+//
+// Prefetch streams: each request is one batch answered by one response with the same batch_id;
+// responses leave in completion order. A failed batch carries its error in the response and the
+// stream goes on. More than max_pending_per_stream unanswered batches: the extra batch is answered
+// RESOURCE_EXHAUSTED. When the server drains, streams end with UNAVAILABLE once their queued
+// batches are answered.
+#ifndef ENGRAM_MEMORY_TIER_MEMORY_TIER_SERVICE_H_
+#define ENGRAM_MEMORY_TIER_MEMORY_TIER_SERVICE_H_
+
+#include <atomic>
+#include <memory>
+#include <set>
+#include <string>
+
+#include "absl/synchronization/mutex.h"
+#include "engram/v1/memory_tier.grpc.pb.h"
+#include "memory_tier/batch_scheduler.h"
+#include "memory_tier/table_set.h"
+#include "memory_tier/tier_metrics.h"
+
+namespace engram {
+
+class PrefetchReactor;
+
+class MemoryTierService final : public v1::MemoryTier::CallbackService {
+ public:
+  struct Options {
+    uint32_t max_batch_rows = 262144;
+    int lookup_threads = 4;
+    int max_pending_per_stream = 4096;
+  };
+  MemoryTierService(const Options& options, TierMetrics* metrics);
+  // Runs the queued batches, then stops the lookup threads (destroy after the gRPC server).
+  ~MemoryTierService() override;
+
+  // Until this is called every request gets UNAVAILABLE ("loading"). Not owned.
+  void SetTables(TableSet* tables);
+  // From now on new work gets UNAVAILABLE; open Prefetch streams end once their batches are done.
+  void StartDrain();
+
+  grpc::ServerUnaryReactor* Lookup(grpc::CallbackServerContext* context,
+                                   const v1::LookupRequest* request,
+                                   v1::LookupResponse* response) override;
+  grpc::ServerBidiReactor<v1::PrefetchRequest, v1::PrefetchResponse>* Prefetch(
+      grpc::CallbackServerContext* context) override;
+  grpc::ServerUnaryReactor* TableInfo(grpc::CallbackServerContext* context,
+                                      const v1::TableInfoRequest* request,
+                                      v1::TableInfoResponse* response) override;
+  grpc::ServerUnaryReactor* Stats(grpc::CallbackServerContext* context,
+                                  const v1::StatsRequest* request,
+                                  v1::StatsResponse* response) override;
+
+ private:
+  friend class PrefetchReactor;
+
+  // The table of a request, or why it cannot be served (loading, draining, unknown, refused).
+  absl::StatusOr<ServedTable*> Admit(const v1::TableRef& table, size_t rows);
+  // Looks up `ids` into `rows` and fills the version, row size and per-tier counts.
+  absl::Status RunBatch(ServedTable* table, const google::protobuf::RepeatedField<uint64_t>& ids,
+                        std::string* rows, uint64_t* version, uint32_t* row_bytes,
+                        google::protobuf::RepeatedPtrField<v1::TierCount>* served_by);
+  // Counts a client's arena reads (best effort: an unknown table or id is ignored).
+  void RecordArenaHits(const v1::PrefetchRequest& request);
+  void Register(PrefetchReactor* reactor);
+  void Unregister(PrefetchReactor* reactor);
+
+  Options options_;
+  TierMetrics* metrics_;
+  std::atomic<TableSet*> tables_{nullptr};
+  std::atomic<bool> draining_{false};
+  std::unique_ptr<BatchScheduler> scheduler_;
+  std::string host_id_;
+  absl::Mutex streams_mu_;
+  std::set<PrefetchReactor*> streams_ ABSL_GUARDED_BY(streams_mu_);
+};
+
+}  // namespace engram
+
+#endif  // ENGRAM_MEMORY_TIER_MEMORY_TIER_SERVICE_H_

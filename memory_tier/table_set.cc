@@ -1,0 +1,292 @@
+#include "memory_tier/table_set.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "common/crc32c.h"
+#include "common/log.h"
+#include "common/status.h"
+
+namespace engram {
+namespace {
+
+// Maps the cascade's tier indices to the metric children of their kinds.
+class MetricsObserver : public StoreObserver {
+ public:
+  MetricsObserver(TierMetrics* metrics, std::vector<TierKind> kinds) {
+    for (TierKind k : kinds) children_.push_back(&metrics->tier(k));
+  }
+  void OnTierLookup(size_t tier, uint64_t asked, uint64_t served, uint64_t bytes,
+                    double seconds) override {
+    TierMetrics::TierChildren* c = children_[tier];
+    c->lookups->Increment();
+    c->rows_served->Increment(static_cast<double>(served));
+    c->bytes_read->Increment(static_cast<double>(bytes));
+    c->misses->Increment(static_cast<double>(asked - served));
+    c->latency->Observe(seconds);
+  }
+
+ private:
+  std::vector<TierMetrics::TierChildren*> children_;
+};
+
+IoReaderOptions IoOptions(const TierConfig& c) {
+  IoReaderOptions o;
+  o.backend = *ParseIoBackend(c.nvme.io_backend);
+  o.depth = c.nvme.io_depth;
+  o.max_read_bytes = c.nvme.max_read_bytes;
+  o.register_buffers = c.nvme.register_buffers;
+  o.register_files = c.nvme.register_buffers;
+  return o;
+}
+
+// Opens the tiers of one table; an error here refuses the table.
+absl::Status OpenTable(ServedTable& t, const TierConfig& config, uint64_t dram_budget) {
+  const std::string path = config.store.dir + "/" + t.manifest.row_file;
+  NvmeTier::Options no;
+  no.io = IoOptions(config);
+  no.direct_io = config.nvme.direct_io;
+  no.max_readers = config.nvme.readers_per_table;
+  ENGRAM_ASSIGN_OR_RETURN(t.nvme, NvmeTier::Open(t.manifest, path, no));
+  const RowLayout& l = t.manifest.layout;
+  const bool resident = dram_budget >= ResidentGeometry(l.rows, l.row_bytes).size_bytes;
+  // Resident tables are verified while they load; the others here, when asked to.
+  if (!resident && config.store.verify == "full") {
+    ENGRAM_RETURN_IF_ERROR(VerifyRowFile(t.manifest, path));
+  }
+  if (dram_budget > 0) {
+    DramTier::Options d;
+    d.shm_name = ArenaShmName(config.dram.shm_prefix, config.store.dir, t.manifest.model,
+                              t.manifest.layer, t.manifest.version);
+    d.budget_bytes = dram_budget;
+    d.ways = config.dram.ways;
+    d.huge_pages = config.dram.huge_pages;
+    d.lock = config.dram.lock;
+    d.model = t.manifest.model;
+    d.layer = t.manifest.layer;
+    d.version = t.manifest.version;
+    auto dram = DramTier::Create(d, l.rows, l.row_bytes);
+    if (dram.ok()) {
+      t.dram = std::move(*dram);
+      if (t.dram->resident()) ENGRAM_RETURN_IF_ERROR(t.dram->LoadResident(t.manifest, path));
+    } else if (dram.status().code() == absl::StatusCode::kInvalidArgument) {
+      ENGRAM_LOG(WARNING).With("table", t.label) << "DRAM share too small for one cache set; NVMe only";
+    } else {
+      return dram.status();
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::string ArenaShmName(const std::string& prefix, const std::string& store_dir,
+                         const std::string& model, uint32_t layer, uint64_t version) {
+  std::error_code ec;
+  const std::string canonical = std::filesystem::weakly_canonical(store_dir, ec).string();
+  std::string safe;
+  for (char c : model.substr(0, 64)) {
+    safe.push_back(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' ? c : '_');
+  }
+  return absl::StrFormat("/%s-%08x-%s-L%u-v%u", prefix,
+                         Crc32c(0, canonical.data(), canonical.size()), safe, layer, version);
+}
+
+absl::StatusOr<std::unique_ptr<TableSet>> TableSet::Load(Catalog& catalog, const TierConfig& config,
+                                                         TierMetrics* metrics) {
+  auto set = std::unique_ptr<TableSet>(new TableSet());
+  set->config_ = config;
+  set->metrics_ = metrics;
+  ENGRAM_ASSIGN_OR_RETURN(std::vector<TableRecord> records, catalog.ListTables());
+  for (TableRecord& r : records) {
+    if (r.live_version == 0) continue;
+    auto t = std::make_unique<ServedTable>();
+    t->label = absl::StrCat(r.model, "/", r.layer);
+    t->record = std::move(r);
+    auto m = catalog.GetManifest(t->record.model, t->record.layer, t->record.live_version);
+    if (m.ok()) {
+      t->manifest = std::move(*m);
+    } else {
+      t->unavailable_reason = std::string(m.status().message());
+    }
+    set->tables_.push_back(std::move(t));
+  }
+  // The DRAM plan: resident by layer order while whole tables fit, then shares of the rest.
+  std::vector<ServedTable*> order;
+  for (auto& t : set->tables_) {
+    if (t->unavailable_reason.empty()) order.push_back(t.get());
+  }
+  std::stable_sort(order.begin(), order.end(), [](const ServedTable* a, const ServedTable* b) {
+    return a->manifest.layer != b->manifest.layer ? a->manifest.layer < b->manifest.layer
+                                                  : a->manifest.model < b->manifest.model;
+  });
+  std::vector<uint64_t> budget(order.size(), 0);
+  uint64_t remaining = config.dram.bytes, rest_bytes = 0;
+  for (size_t i = 0; i < order.size(); ++i) {
+    const RowLayout& l = order[i]->manifest.layout;
+    const uint64_t size = ResidentGeometry(l.rows, l.row_bytes).size_bytes;
+    if (size <= remaining) {
+      budget[i] = size;
+      remaining -= size;
+    } else {
+      rest_bytes += size;
+    }
+  }
+  for (size_t i = 0; i < order.size(); ++i) {
+    if (budget[i] > 0) continue;
+    const RowLayout& l = order[i]->manifest.layout;
+    const double share = static_cast<double>(ResidentGeometry(l.rows, l.row_bytes).size_bytes) /
+                         static_cast<double>(rest_bytes);
+    budget[i] = static_cast<uint64_t>(share * static_cast<double>(remaining));
+  }
+  for (size_t i = 0; i < order.size(); ++i) {
+    ServedTable& t = *order[i];
+    const auto start = std::chrono::steady_clock::now();
+    absl::Status s = OpenTable(t, config, budget[i]);
+    if (!s.ok()) {
+      t.unavailable_reason = absl::StrCat("version ", t.manifest.version, " refused: ", s.message());
+      t.dram.reset();
+      t.nvme.reset();
+      continue;
+    }
+    std::vector<Tier*> tiers;
+    std::vector<TierKind> kinds;
+    if (t.dram) {
+      tiers.push_back(t.dram.get());
+      kinds.push_back(TierKind::kDram);
+    }
+    tiers.push_back(t.nvme.get());
+    kinds.push_back(TierKind::kNvme);
+    t.observer = std::make_unique<MetricsObserver>(metrics, kinds);
+    TieredStore::Options so;
+    so.queue_rows = config.placement.queue_rows;
+    so.promote = config.placement.promote;
+    so.stats.tracked_rows = config.placement.tracked_rows;
+    so.stats.sketch_width = t.dram ? t.dram->capacity_rows() : config.placement.tracked_rows;
+    t.store = std::make_unique<TieredStore>(tiers, t.dram.get(), t.manifest.layout.rows, so,
+                                            t.observer.get());
+    // Warm start: yesterday's hottest rows seed the statistics and fill the cache.
+    ENGRAM_ASSIGN_OR_RETURN(std::vector<RowCount> saved,
+                            catalog.LoadStats(t.manifest.model, t.manifest.layer,
+                                              config.placement.tracked_rows));
+    t.store->SeedStats(saved);
+    if (t.dram && !t.dram->resident()) {
+      absl::Status w = t.store->WarmUp(saved);
+      if (!w.ok()) {
+        ENGRAM_LOG(WARNING).With("table", t.label).With("error", w.message()) << "warm-up failed";
+      }
+      t.dram->MarkReady();
+    }
+    t.metrics = metrics->AddTable(t.label);
+    t.serving = true;
+    ENGRAM_LOG(INFO)
+        .With("table", t.label)
+        .With("version", t.manifest.version)
+        .With("rows", t.manifest.layout.rows)
+        .With("row_bytes", t.manifest.layout.row_bytes)
+        .With("dram", t.dram ? std::string(ArenaLayoutName(t.dram->resident() ? ArenaLayout::kResident
+                                                                              : ArenaLayout::kCache))
+                             : std::string("none"))
+        .With("dram_rows", t.dram ? t.dram->occupied_rows() : 0)
+        .With("io_backend", IoBackendName(t.nvme->backend()))
+        .With("direct_io", t.nvme->direct_io() ? "true" : "false")
+        .With("warm_rows", saved.size())
+        .With("seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count())
+        << "table loaded";
+  }
+  int serving = 0, refused = 0;
+  for (auto& t : set->tables_) {
+    if (t->serving) {
+      ++serving;
+    } else {
+      ++refused;
+      ENGRAM_LOG(ERROR).With("table", t->label).With("reason", t->unavailable_reason)
+          << "refusing to serve table";
+    }
+  }
+  metrics->tables_serving->Set(serving);
+  metrics->tables_refused->Set(refused);
+  set->UpdateGauges();
+  return set;
+}
+
+TableSet::~TableSet() { Retire(); }
+
+absl::StatusOr<ServedTable*> TableSet::Resolve(absl::string_view model, uint32_t layer,
+                                               uint64_t version) {
+  for (auto& t : tables_) {
+    if (t->record.model != model || t->record.layer != layer) continue;
+    if (!t->serving) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("table ", model, " layer ", layer, " is not served: ", t->unavailable_reason));
+    }
+    if (version != 0 && version != t->manifest.version) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "table ", model, " layer ", layer, " version ", version, " is not served (serving v",
+          t->manifest.version, ")"));
+    }
+    return t.get();
+  }
+  std::vector<std::string> names;
+  for (auto& t : tables_) names.push_back(t->label);
+  return absl::InvalidArgumentError(absl::StrCat("unknown table ", model, " layer ", layer,
+                                                 " (tables: ", absl::StrJoin(names, ", "), ")"));
+}
+
+absl::Status TableSet::FlushStats(Catalog& catalog, double elapsed_s) {
+  const double factor = std::pow(0.5, elapsed_s / config_.placement.half_life_s);
+  for (auto& t : tables_) {
+    if (!t->serving) continue;
+    t->store->DecayStats(factor);
+    std::vector<RowCount> hot = t->store->Hottest(config_.placement.tracked_rows);
+    ENGRAM_RETURN_IF_ERROR(catalog.SaveStats(t->manifest.model, t->manifest.layer, hot));
+  }
+  metrics_->stats_flushes->Increment();
+  return absl::OkStatus();
+}
+
+void TableSet::UpdateGauges() {
+  absl::MutexLock lock(&gauges_mu_);
+  int64_t in_flight = 0;
+  uint64_t reads = 0, short_reads = 0, retries = 0, admitted = 0, rejected = 0, dropped = 0;
+  for (auto& t : tables_) {
+    if (!t->serving) continue;
+    const IoCounters& c = t->nvme->counters();
+    in_flight += c.in_flight.load();
+    reads += c.reads.load();
+    short_reads += c.short_reads.load();
+    retries += c.retries.load();
+    admitted += t->store->promotions();
+    rejected += t->store->rejections();
+    dropped += t->store->dropped();
+    if (t->dram) {
+      t->metrics.occupancy->Set(static_cast<double>(t->dram->occupied_rows()) /
+                                static_cast<double>(t->dram->capacity_rows()));
+      t->metrics.arena_bytes->Set(static_cast<double>(t->dram->arena().size()));
+    }
+  }
+  metrics_->nvme_queue_depth->Set(static_cast<double>(in_flight));
+  auto advance = [](prometheus::Counter* c, uint64_t now, uint64_t* exported) {
+    if (now > *exported) c->Increment(static_cast<double>(now - *exported));
+    *exported = now;
+  };
+  advance(metrics_->nvme_reads, reads, &exported_reads_);
+  advance(metrics_->nvme_short_reads, short_reads, &exported_short_);
+  advance(metrics_->nvme_retries, retries, &exported_retries_);
+  advance(metrics_->promotions_admitted, admitted, &exported_admitted_);
+  advance(metrics_->promotions_rejected, rejected, &exported_rejected_);
+  advance(metrics_->promotions_dropped, dropped, &exported_dropped_);
+}
+
+void TableSet::Retire() {
+  for (auto& t : tables_) {
+    if (t->dram) t->dram->Retire();
+  }
+}
+
+}  // namespace engram

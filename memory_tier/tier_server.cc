@@ -1,0 +1,147 @@
+#include "memory_tier/tier_server.h"
+
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "common/metrics_server.h"
+#include "common/status.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "memory_tier/catalog.h"
+#include "memory_tier/memory_tier_service.h"
+#include "memory_tier/table_set.h"
+#include "memory_tier/tier_metrics.h"
+
+namespace engram {
+namespace {
+
+constexpr char kServiceName[] = "engram.v1.MemoryTier";
+
+double SteadySeconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<TierServer>> TierServer::Start(const TierConfig& config) {
+  ENGRAM_RETURN_IF_ERROR(config.Validate());
+  auto s = std::unique_ptr<TierServer>(new TierServer());
+  s->config_ = config;
+  s->metrics_ = std::make_unique<TierMetrics>(std::make_shared<prometheus::Registry>());
+  s->metrics_->state->Set(0);
+  if (config.server.metrics_port >= 0) {
+    s->metrics_server_ = std::make_unique<MetricsServer>(s->metrics_->registry());
+    TierServer* raw = s.get();
+    s->metrics_server_->SetBeforeScrape([raw] {
+      if (raw->lifecycle_.state() == LifecycleState::kReady) raw->tables_->UpdateGauges();
+    });
+    ENGRAM_RETURN_IF_ERROR(
+        s->metrics_server_->Start(config.server.metrics_host, config.server.metrics_port));
+  }
+  ENGRAM_ASSIGN_OR_RETURN(s->catalog_, Catalog::Open(config.store.dir, Catalog::Mode::kReadWrite));
+
+  MemoryTierService::Options so;
+  so.max_batch_rows = config.server.max_batch_rows;
+  so.lookup_threads = config.server.lookup_threads;
+  so.max_pending_per_stream = config.server.max_pending_per_stream;
+  s->service_ = std::make_unique<MemoryTierService>(so, s->metrics_.get());
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(config.server.listen, grpc::InsecureServerCredentials(), &s->port_);
+  builder.RegisterService(s->service_.get());
+  builder.SetMaxReceiveMessageSize(static_cast<int>(config.server.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(config.server.max_message_bytes));
+  s->server_ = builder.BuildAndStart();
+  if (!s->server_ || s->port_ == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", config.server.listen, " (address in use?)"));
+  }
+  grpc::HealthCheckServiceInterface* health = s->server_->GetHealthCheckService();
+  auto set_health = [health](bool serving) {
+    health->SetServingStatus(serving);
+    health->SetServingStatus(kServiceName, serving);
+  };
+  set_health(false);
+  TierMetrics* metrics = s->metrics_.get();
+  s->lifecycle_.OnChange([set_health, metrics](LifecycleState state) {
+    set_health(state == LifecycleState::kReady);
+    metrics->state->Set(static_cast<double>(state));
+    ENGRAM_LOG(INFO).With("state", std::string(LifecycleStateName(state))) << "lifecycle";
+  });
+  ENGRAM_LOG(INFO).With("addr", config.server.listen).With("port", s->port_)
+      .With("metrics_port", s->metrics_port()) << "listening; loading tables";
+
+  auto tables = TableSet::Load(*s->catalog_, config, s->metrics_.get());
+  if (!tables.ok()) {
+    s->server_->Shutdown();
+    return Annotate(tables.status(), "loading tables");
+  }
+  s->tables_ = std::move(*tables);
+  s->service_->SetTables(s->tables_.get());
+  s->last_flush_ = SteadySeconds();
+  s->stats_thread_ = std::thread([raw = s.get()] { raw->StatsLoop(); });
+  s->lifecycle_.Set(LifecycleState::kReady);
+  return s;
+}
+
+TierServer::~TierServer() { Shutdown(); }
+
+int TierServer::metrics_port() const { return metrics_server_ ? metrics_server_->port() : -1; }
+
+void TierServer::StatsLoop() {
+  const absl::Duration interval = absl::Seconds(config_.placement.stats_flush_interval_s);
+  while (!stop_stats_.WaitForNotificationWithTimeout(interval)) {
+    absl::Status s = FlushStats();
+    if (!s.ok()) {
+      ENGRAM_LOG(WARNING).With("error", s.message()) << "persisting statistics failed";
+    }
+  }
+}
+
+absl::Status TierServer::FlushStats() {
+  absl::MutexLock lock(&flush_mu_);
+  if (!tables_) return absl::OkStatus();
+  for (auto& t : tables_->tables()) {
+    if (t->serving) t->store->Flush();
+  }
+  const double now = SteadySeconds();
+  absl::Status s = tables_->FlushStats(*catalog_, now - last_flush_);
+  last_flush_ = now;
+  return s;
+}
+
+void TierServer::Shutdown() {
+  if (shut_down_) return;
+  shut_down_ = true;
+  if (server_) {
+    lifecycle_.Set(LifecycleState::kDraining);
+    service_->StartDrain();
+    const auto deadline = std::chrono::system_clock::now() +
+                          std::chrono::milliseconds(
+                              static_cast<int64_t>(config_.server.drain_timeout_s * 1000));
+    server_->Shutdown(deadline);
+    server_->Wait();
+  }
+  if (stats_thread_.joinable()) {
+    stop_stats_.Notify();
+    stats_thread_.join();
+  }
+  if (tables_) {
+    absl::Status s = FlushStats();
+    if (!s.ok()) {
+      ENGRAM_LOG(WARNING).With("error", s.message()) << "persisting statistics failed";
+    }
+  }
+  lifecycle_.Set(LifecycleState::kStopped);
+  if (metrics_server_) metrics_server_->Stop();
+  server_.reset();
+  service_.reset();  // nothing is queued any more: stops the lookup threads
+  if (tables_) tables_->Retire();
+  tables_.reset();
+  catalog_.reset();
+}
+
+}  // namespace engram

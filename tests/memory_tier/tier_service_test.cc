@@ -1,0 +1,371 @@
+// engram.v1.MemoryTier end to end over loopback gRPC with an in-process server on 127.0.0.1:0:
+// rows byte-exact against the source safetensors through Lookup, Prefetch and the shared-memory
+// arena, from both tiers; concurrent clients; bad input; a refused corrupt table; drain; a restart
+// that comes back warm from the persisted statistics.
+#include <unistd.h>
+
+#include <filesystem>
+#include <random>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "common/row_format.h"
+#include "engram/v1/memory_tier.pb.h"
+#include "gtest/gtest.h"
+#include "httplib.h"
+#include "memory_tier/catalog.h"
+#include "memory_tier/importer.h"
+#include "memory_tier/table_set.h"
+#include "memory_tier/tier_client.h"
+#include "memory_tier/tier_server.h"
+#include "tests/memory_tier/test_model.h"
+
+namespace engram {
+namespace {
+
+using testing::SourceRows;
+using testing::TempDir;
+using testing::TestModelSpec;
+
+class TierServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    spec_.dtype = "bf16";
+    spec_.layer_ids = {1, 3};
+    ASSERT_TRUE(testing::WriteTestModel(model_dir(), spec_).ok());
+    auto catalog = Catalog::Open(store_dir(), Catalog::Mode::kReadWrite);
+    ASSERT_TRUE(catalog.ok());
+    ImportOptions io;
+    io.model_dir = model_dir();
+    io.chunk_bytes = 8192;
+    ASSERT_TRUE(ImportModel(**catalog, io).ok());
+    for (uint32_t layer : {1u, 3u}) {
+      size_t rb = 0;
+      auto rows = SourceRows(model_dir(), layer, &rb);
+      ASSERT_TRUE(rows.ok());
+      source_[layer] = std::move(*rows);
+      row_bytes_ = rb;
+    }
+    rows_ = testing::TestModelRows(spec_)[0];
+    layer_rows_[1] = testing::TestModelRows(spec_)[0];
+    layer_rows_[3] = testing::TestModelRows(spec_)[1];
+  }
+
+  std::string model_dir() const { return tmp_.path() + "/model"; }
+  std::string store_dir() const { return tmp_.path() + "/store"; }
+
+  // Layer 1 fits the DRAM budget whole (resident); layer 3 gets a small cache.
+  TierConfig Config() const {
+    TierConfig c;
+    c.store.dir = store_dir();
+    c.server.listen = "127.0.0.1:0";
+    c.server.metrics_host = "127.0.0.1";
+    c.server.metrics_port = 0;
+    c.server.max_batch_rows = 5000;
+    c.server.lookup_threads = 2;
+    c.server.drain_timeout_s = 5;
+    c.dram.bytes = 4096 + rows_ * row_bytes_ + 40 * 1024;
+    c.dram.ways = 4;
+    c.dram.lock = false;
+    c.dram.shm_prefix = absl::StrCat("engram-test-", getpid());
+    c.nvme.io_depth = 16;
+    c.placement.stats_flush_interval_s = 3600;  // flushed explicitly
+    return c;
+  }
+
+  void StartServer() {
+    auto server = TierServer::Start(Config());
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = std::move(*server);
+    auto client = TierClient::Connect({.address = absl::StrCat("127.0.0.1:", server_->port())});
+    ASSERT_TRUE(client.ok()) << client.status();
+    client_ = std::move(*client);
+  }
+
+  void ExpectRows(uint32_t layer, const std::vector<uint64_t>& ids, const std::string& rows) {
+    ASSERT_EQ(rows.size(), ids.size() * row_bytes_);
+    for (size_t i = 0; i < ids.size(); ++i) {
+      ASSERT_EQ(0, std::memcmp(rows.data() + i * row_bytes_,
+                               source_[layer].data() + ids[i] * row_bytes_, row_bytes_))
+          << "layer " << layer << " row " << ids[i] << " at " << i;
+    }
+  }
+
+  std::vector<uint64_t> RandomIds(std::mt19937_64& rng, size_t n) {
+    std::vector<uint64_t> ids(n);
+    for (auto& id : ids) id = rng() % rows_;
+    return ids;
+  }
+
+  TempDir tmp_;
+  TestModelSpec spec_;
+  std::map<uint32_t, std::vector<uint8_t>> source_;
+  size_t row_bytes_ = 0;
+  uint64_t rows_ = 0;  // of layer 1, the smaller table: random ids stay below both
+  std::map<uint32_t, uint64_t> layer_rows_;
+  std::unique_ptr<TierServer> server_;
+  std::unique_ptr<TierClient> client_;
+};
+
+TEST_F(TierServiceTest, TableInfoDescribesBothTablesAndTheirArenas) {
+  StartServer();
+  ASSERT_TRUE(client_->CheckHealth().ok());
+  auto tables = client_->TableInfo();
+  ASSERT_TRUE(tables.ok()) << tables.status();
+  ASSERT_EQ(tables->size(), 2u);
+  for (const TableDescription& t : *tables) {
+    EXPECT_TRUE(t.serving) << t.unavailable_reason;
+    EXPECT_EQ(t.key.model, "testmodel");
+    EXPECT_EQ(t.key.version, 1u);
+    EXPECT_EQ(t.rows, layer_rows_[t.key.layer]);
+    EXPECT_EQ(t.row_bytes, row_bytes_);
+    EXPECT_EQ(t.dtype, RowDType::kBF16);
+    EXPECT_EQ(t.head_dim, spec_.head_dim);
+    EXPECT_EQ(t.rows_per_page, 4096 / row_bytes_);
+    EXPECT_EQ(t.versions, std::vector<uint64_t>{1});
+    EXPECT_EQ(t.arena.host_id, LocalHostId());
+    EXPECT_FALSE(t.arena.shm_name.empty());
+    EXPECT_EQ(t.arena.layout, t.key.layer == 1 ? "resident" : "cache");
+  }
+  EXPECT_EQ(client_->FindTable("testmodel", 2).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(TierServiceTest, LookupAndPrefetchAreByteExactFromBothTiers) {
+  StartServer();
+  std::mt19937_64 rng(1);
+  TierCounts total;
+  for (uint32_t layer : {1u, 3u}) {
+    for (size_t n : {1, 48, 768}) {
+      auto ids = RandomIds(rng, n);
+      auto r = client_->Lookup({"testmodel", layer, 0}, ids);
+      ASSERT_TRUE(r.ok()) << r.status();
+      EXPECT_EQ(r->version, 1u);
+      EXPECT_EQ(r->served_by.dram + r->served_by.nvme, n);
+      ExpectRows(layer, ids, r->rows);
+      total.dram += r->served_by.dram;
+      total.nvme += r->served_by.nvme;
+    }
+  }
+  EXPECT_GT(total.dram, 0u);
+  EXPECT_GT(total.nvme, 0u);
+
+  // Prefetch: many batches in flight on one stream, answered by batch id.
+  auto stream = client_->OpenPrefetchStream({});
+  ASSERT_TRUE(stream.ok());
+  std::vector<std::future<PrefetchResult>> futures;
+  std::vector<std::pair<uint32_t, std::vector<uint64_t>>> sent;
+  for (uint64_t b = 0; b < 40; ++b) {
+    const uint32_t layer = b % 2 ? 3 : 1;
+    PrefetchBatch batch{.batch_id = 100 + b, .table = {"testmodel", layer, 0}, .sequence_id = b,
+                        .step = b, .row_ids = RandomIds(rng, 1 + b * 20)};
+    sent.emplace_back(layer, batch.row_ids);
+    futures.push_back((*stream)->SendAsync(std::move(batch)));
+  }
+  TierCounts prefetched;
+  for (size_t b = 0; b < futures.size(); ++b) {
+    PrefetchResult r = futures[b].get();
+    ASSERT_TRUE(r.status.ok()) << r.status;
+    EXPECT_EQ(r.batch_id, 100 + b);
+    ExpectRows(sent[b].first, sent[b].second, r.rows);
+    EXPECT_GE(r.server_latency_us, r.queue_us);
+    prefetched.dram += r.served_by.dram;
+    prefetched.nvme += r.served_by.nvme;
+  }
+  EXPECT_GT(prefetched.dram, 0u);
+  EXPECT_GT(prefetched.nvme, 0u);
+  EXPECT_TRUE((*stream)->Finish().ok());
+}
+
+TEST_F(TierServiceTest, ConcurrentClientsGetTheirOwnRows) {
+  StartServer();
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([this, t] {
+      auto client = TierClient::Connect({.address = absl::StrCat("127.0.0.1:", server_->port())});
+      ASSERT_TRUE(client.ok());
+      std::mt19937_64 rng(50 + t);
+      absl::Mutex mu;
+      int answered = 0;
+      std::vector<std::pair<uint32_t, std::vector<uint64_t>>> sent(30);
+      auto stream = (*client)->OpenPrefetchStream({.on_result = [&](PrefetchResult r) {
+        EXPECT_TRUE(r.status.ok()) << r.status;
+        absl::MutexLock lock(&mu);
+        ExpectRows(sent[r.batch_id].first, sent[r.batch_id].second, r.rows);
+        ++answered;
+      }});
+      ASSERT_TRUE(stream.ok());
+      for (uint64_t b = 0; b < 30; ++b) {
+        const uint32_t layer = (b + t) % 2 ? 3 : 1;
+        {
+          absl::MutexLock lock(&mu);
+          sent[b] = {layer, RandomIds(rng, 200)};
+        }
+        ASSERT_TRUE((*stream)->Send({.batch_id = b, .table = {"testmodel", layer, 0},
+                                     .row_ids = sent[b].second}).ok());
+        auto ids = RandomIds(rng, 100);
+        auto r = (*client)->Lookup({"testmodel", layer, 1}, ids);
+        ASSERT_TRUE(r.ok()) << r.status();
+        ExpectRows(layer, ids, r->rows);
+      }
+      ASSERT_TRUE((*stream)->Finish().ok());
+      absl::MutexLock lock(&mu);
+      EXPECT_EQ(answered, 30);
+    });
+  }
+  for (auto& th : threads) th.join();
+}
+
+TEST_F(TierServiceTest, CoLocatedClientReadsTheArenaAndReportsItsHits) {
+  StartServer();
+  auto resident = client_->FindTable("testmodel", 1);
+  auto cache = client_->FindTable("testmodel", 3);
+  ASSERT_TRUE(resident.ok() && cache.ok());
+  auto res_reader = ArenaReader::Open(*resident);
+  ASSERT_TRUE(res_reader.ok()) << res_reader.status();
+  EXPECT_TRUE((*res_reader)->resident());
+  std::mt19937_64 rng(3);
+  auto ids = RandomIds(rng, 500);
+  std::string rows(ids.size() * row_bytes_, '\0');
+  std::vector<uint32_t> missing;
+  ASSERT_TRUE((*res_reader)->Lookup(ids, reinterpret_cast<uint8_t*>(rows.data()), &missing).ok());
+  EXPECT_TRUE(missing.empty());
+  ExpectRows(1, ids, rows);
+
+  // The cache arena fills as the server promotes rows the client asked for.
+  auto cache_reader = ArenaReader::Open(*cache);
+  ASSERT_TRUE(cache_reader.ok()) << cache_reader.status();
+  EXPECT_FALSE((*cache_reader)->resident());
+  std::vector<uint64_t> hot = {5, 50, 500, 1500};
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(client_->Lookup({"testmodel", 3, 0}, hot).ok());
+  for (auto& t : server_->tables()->tables()) t->store->Flush();
+  rows.assign(hot.size() * row_bytes_, '\0');
+  missing.clear();
+  ASSERT_TRUE((*cache_reader)->Lookup(hot, reinterpret_cast<uint8_t*>(rows.data()), &missing).ok());
+  EXPECT_TRUE(missing.empty());
+  ExpectRows(3, hot, rows);
+
+  // Arena hits reported on the stream count as tier "arena" and feed the statistics.
+  auto stream = client_->OpenPrefetchStream({});
+  ASSERT_TRUE(stream.ok());
+  PrefetchBatch report{.batch_id = 1, .table = {"testmodel", 1, 0}};
+  report.arena_hits.assign(200, 77);
+  PrefetchResult r = (*stream)->SendAsync(report).get();
+  EXPECT_TRUE(r.status.ok()) << r.status;
+  EXPECT_TRUE(r.rows.empty());
+  ASSERT_TRUE((*stream)->Finish().ok());
+  for (auto& t : server_->tables()->tables()) t->store->Flush();
+  auto stats = client_->Stats(1);
+  ASSERT_TRUE(stats.ok());
+  bool found = false;
+  for (const auto& t : stats->tables()) {
+    if (t.table().layer() == 1) {
+      ASSERT_EQ(t.hottest_size(), 1);
+      EXPECT_EQ(t.hottest(0).row_id(), 77u);
+      found = true;
+    }
+  }
+  EXPECT_TRUE(found);
+  httplib::Client http("127.0.0.1", server_->metrics_port());
+  auto res = http.Get("/metrics");
+  ASSERT_TRUE(res);
+  EXPECT_NE(res->body.find("engram_tier_rows_served_total{tier=\"arena\"} 200"), std::string::npos)
+      << res->body.substr(0, 2000);
+}
+
+TEST_F(TierServiceTest, BadInputGetsClearErrorsAndTheStreamGoesOn) {
+  StartServer();
+  auto unknown = client_->Lookup({"nosuchmodel", 1, 0}, std::vector<uint64_t>{1});
+  EXPECT_EQ(unknown.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(unknown.status().message().find("unknown table nosuchmodel layer 1"),
+            absl::string_view::npos) << unknown.status();
+  auto version = client_->Lookup({"testmodel", 1, 9}, std::vector<uint64_t>{1});
+  EXPECT_EQ(version.status().code(), absl::StatusCode::kFailedPrecondition) << version.status();
+  auto range = client_->Lookup({"testmodel", 1, 0}, std::vector<uint64_t>{1, rows_ + 5});
+  EXPECT_EQ(range.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(range.status().message().find(absl::StrCat(rows_ + 5)), absl::string_view::npos);
+  auto big = client_->Lookup({"testmodel", 1, 0}, std::vector<uint64_t>(5001, 1));
+  EXPECT_EQ(big.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(big.status().message().find("5001"), absl::string_view::npos) << big.status();
+
+  auto stream = client_->OpenPrefetchStream({});
+  ASSERT_TRUE(stream.ok());
+  auto bad = (*stream)->SendAsync({.batch_id = 1, .table = {"testmodel", 3, 0},
+                                   .row_ids = {layer_rows_[3]}});
+  auto good = (*stream)->SendAsync({.batch_id = 2, .table = {"testmodel", 3, 0},
+                                    .row_ids = {4, 3}});
+  PrefetchResult b = bad.get(), g = good.get();
+  EXPECT_EQ(b.status.code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(g.status.ok()) << g.status;
+  ExpectRows(3, {4, 3}, g.rows);
+  EXPECT_EQ((*stream)->Send({.batch_id = 3}).code(), absl::StatusCode::kFailedPrecondition)
+      << "Send without on_result";
+  EXPECT_TRUE((*stream)->Finish().ok());
+  EXPECT_TRUE(client_->CheckHealth().ok());
+}
+
+TEST_F(TierServiceTest, ACorruptRowFileIsRefusedAndTheOtherTableServed) {
+  {
+    auto catalog = Catalog::Open(store_dir(), Catalog::Mode::kReadOnly);
+    ASSERT_TRUE(catalog.ok());
+    auto m = (*catalog)->GetManifest("testmodel", 3, 1);
+    ASSERT_TRUE(m.ok());
+    const std::string path = store_dir() + "/" + m->row_file;
+    auto f = ReadWholeFile(path);
+    ASSERT_TRUE(f.ok());
+    (*f)[m->ChunkBegin(1) + 10] ^= 0x40;
+    ASSERT_TRUE(WriteFileAtomically(path, *f).ok());
+  }
+  StartServer();
+  auto t3 = client_->FindTable("testmodel", 3);
+  ASSERT_TRUE(t3.ok());
+  EXPECT_FALSE(t3->serving);
+  EXPECT_NE(t3->unavailable_reason.find("chunk 1 of"), std::string::npos) << t3->unavailable_reason;
+  auto r = client_->Lookup({"testmodel", 3, 0}, std::vector<uint64_t>{1});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(r.status().message().find("checksum mismatch"), absl::string_view::npos) << r.status();
+  auto ok = client_->Lookup({"testmodel", 1, 0}, std::vector<uint64_t>{1, 2});
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  ExpectRows(1, {1, 2}, ok->rows);
+}
+
+TEST_F(TierServiceTest, DrainEndsStreamsWithUnavailableAndRestartComesBackWarm) {
+  StartServer();
+  std::vector<uint64_t> hot = {11, 222, 1333, 444};
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(client_->Lookup({"testmodel", 3, 0}, hot).ok());
+  absl::Notification broken;
+  absl::Status broken_status;
+  auto stream = client_->OpenPrefetchStream({.on_result = [](PrefetchResult) {},
+                                             .on_broken = [&](const absl::Status& s) {
+                                               broken_status = s;
+                                               broken.Notify();
+                                             }});
+  ASSERT_TRUE(stream.ok());
+  ASSERT_TRUE((*stream)->Send({.batch_id = 1, .table = {"testmodel", 1, 0}, .row_ids = {1}}).ok());
+  server_->Shutdown();
+  broken.WaitForNotification();
+  EXPECT_EQ(broken_status.code(), absl::StatusCode::kUnavailable) << broken_status;
+  EXPECT_EQ((*stream)->Send({.batch_id = 2, .table = {"testmodel", 1, 0}, .row_ids = {1}}).code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_EQ((*stream)->Finish().code(), absl::StatusCode::kUnavailable);
+  stream->reset();
+  client_.reset();
+  server_.reset();
+
+  // The statistics were persisted at drain: the restarted server's cache holds the hot rows.
+  {
+    auto catalog = Catalog::Open(store_dir(), Catalog::Mode::kReadOnly);
+    ASSERT_TRUE(catalog.ok());
+    auto saved = (*catalog)->LoadStats("testmodel", 3, 4);
+    ASSERT_TRUE(saved.ok());
+    ASSERT_EQ(saved->size(), 4u);
+    for (const RowCount& rc : *saved) EXPECT_TRUE(std::count(hot.begin(), hot.end(), rc.row));
+  }
+  StartServer();
+  auto r = client_->Lookup({"testmodel", 3, 0}, hot);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->served_by.dram, hot.size()) << "the hot rows should be in DRAM at start";
+  ExpectRows(3, hot, r->rows);
+}
+
+}  // namespace
+}  // namespace engram
