@@ -1,0 +1,52 @@
+# engram-serve container image: one image with engram-worker, engram-memory and the engram CLI.
+#
+# Stage 1 builds on Debian bookworm with the same packages as scripts/install-deps.sh (CUDA parts
+# build when the base image carries nvcc at /usr/local/cuda; pass --build-arg BUILDER=<a bookworm
+# image with CUDA 13> for that). Stage 2 carries only the binaries and the shared libraries they load.
+#
+#   podman build -t engram-serve:0.1.0 .        (or docker build)
+#
+# Without registry access, make the base image locally first (see docs/operations.md):
+#   debootstrap --variant=minbase bookworm /tmp/rootfs http://deb.debian.org/debian
+#   tar -C /tmp/rootfs -c . | podman import - debian:bookworm
+ARG BUILDER=debian:bookworm
+ARG RUNTIME=debian:bookworm
+
+FROM ${BUILDER} AS build
+RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      build-essential cmake ninja-build pkg-config \
+      libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev \
+      librocksdb-dev liburing-dev prometheus-cpp-dev libicu-dev libpcre2-dev \
+      nlohmann-json3-dev libcpp-httplib-dev \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY CMakeLists.txt ./
+COPY cmake cmake
+COPY proto proto
+COPY common common
+COPY model model
+COPY memory_tier memory_tier
+COPY server server
+COPY client client
+RUN cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release \
+         -DENGRAM_BUILD_TESTS=OFF -DENGRAM_BUILD_BENCH=OFF \
+    && cmake --build build -j"$(nproc)" --target engram engram-memory engram-worker \
+    && mkdir -p /out/bin /out/lib \
+    && cp build/client/engram build/memory_tier/engram-memory build/server/engram-worker /out/bin/ \
+    && for b in /out/bin/*; do \
+         ldd "$b" | awk '/=> \//{print $3}' | grep -vE '/(libc|libm|libdl|libpthread|librt|libstdc\+\+|libgcc_s|ld-linux)[.-]' \
+           | xargs -r -I{} cp -Ln {} /out/lib/; \
+       done
+
+FROM ${RUNTIME}
+RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      ca-certificates && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home /var/lib/engram engram
+COPY --from=build /out/lib/ /usr/local/lib/engram/
+COPY --from=build /out/bin/ /usr/local/bin/
+RUN echo /usr/local/lib/engram > /etc/ld.so.conf.d/engram.conf && ldconfig \
+    && engram help 2>&1 | head -1
+USER engram
+EXPOSE 50051 50052 9091 9092
+ENTRYPOINT []
+CMD ["/usr/local/bin/engram-worker", "--help"]
