@@ -208,6 +208,12 @@ void MemoryTierService::StartDrain() {
   for (PrefetchReactor* r : streams_) r->Drain();
 }
 
+bool MemoryTierService::WaitForStreams(absl::Time deadline) {
+  absl::MutexLock lock(&streams_mu_);
+  auto none = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(streams_mu_) { return streams_.empty(); };
+  return streams_mu_.AwaitWithDeadline(absl::Condition(&none), deadline);
+}
+
 void MemoryTierService::Register(PrefetchReactor* reactor) {
   absl::MutexLock lock(&streams_mu_);
   streams_.insert(reactor);

@@ -19,6 +19,7 @@
 #include <string>
 
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "engram/v1/memory_tier.grpc.pb.h"
 #include "memory_tier/batch_scheduler.h"
 #include "memory_tier/table_set.h"
@@ -43,6 +44,9 @@ class MemoryTierService final : public v1::MemoryTier::CallbackService {
   void SetTables(TableSet* tables);
   // From now on new work gets UNAVAILABLE; open Prefetch streams end once their batches are done.
   void StartDrain();
+  // Waits until every Prefetch stream has finished (its final status sent), or `deadline`.
+  // Returns whether all did.
+  bool WaitForStreams(absl::Time deadline);
 
   grpc::ServerUnaryReactor* Lookup(grpc::CallbackServerContext* context,
                                    const v1::LookupRequest* request,

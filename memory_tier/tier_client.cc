@@ -184,6 +184,13 @@ class PrefetchStreamImpl final : public PrefetchStream,
     absl::Status orphan_status;
     {
       absl::MutexLock lock(&mu_);
+      // CANCELLED that we did not ask for: the server cancelled the call (shutting down), which
+      // for the caller means the tier is away: UNAVAILABLE, retry elsewhere or later.
+      if (final_status.code() == absl::StatusCode::kCancelled && !cancelled_) {
+        final_status = absl::UnavailableError(
+            absl::StrCat("the memory tier cancelled the prefetch stream (shutting down?): ",
+                         final_status.message()));
+      }
       orphans.swap(pending_);
       if (cancelled_) {
         orphan_status = absl::CancelledError("prefetch stream cancelled");

@@ -119,10 +119,13 @@ void TierServer::Shutdown() {
   if (server_) {
     lifecycle_.Set(LifecycleState::kDraining);
     service_->StartDrain();
-    const auto deadline = std::chrono::system_clock::now() +
-                          std::chrono::milliseconds(
-                              static_cast<int64_t>(config_.server.drain_timeout_s * 1000));
-    server_->Shutdown(deadline);
+    // Streams end by themselves once their batches are answered; give them the drain timeout so
+    // their final UNAVAILABLE reaches the clients before the transport closes.
+    const absl::Time deadline = absl::Now() + absl::Seconds(config_.server.drain_timeout_s);
+    if (!service_->WaitForStreams(deadline)) {
+      ENGRAM_LOG(WARNING) << "drain timeout: cancelling the remaining streams";
+    }
+    server_->Shutdown(absl::ToChronoTime(deadline));
     server_->Wait();
   }
   if (stats_thread_.joinable()) {

@@ -341,6 +341,10 @@ TEST_F(TierServiceTest, DrainEndsStreamsWithUnavailableAndRestartComesBackWarm) 
                                              }});
   ASSERT_TRUE(stream.ok());
   ASSERT_TRUE((*stream)->Send({.batch_id = 1, .table = {"testmodel", 1, 0}, .row_ids = {1}}).ok());
+  // The stream is established once its first batch is answered.
+  PrefetchResult first = (*stream)->SendAsync({.batch_id = 9, .table = {"testmodel", 1, 0},
+                                              .row_ids = {2}}).get();
+  ASSERT_TRUE(first.status.ok()) << first.status;
   server_->Shutdown();
   broken.WaitForNotification();
   EXPECT_EQ(broken_status.code(), absl::StatusCode::kUnavailable) << broken_status;
