@@ -1,0 +1,112 @@
+// Test harness for the worker's end-to-end tests: real engram-memory and engram-worker processes on
+// loopback, serving a tiny Engram model that the harness writes (model/demo_model.h) and imports
+// (`engram table import`) into a fresh store. The same model is loaded in-process for the reference
+// generation (model/local_generate.h).
+//
+// Binaries come from $ENGRAM_BINARY_DIR (set by ctest); logs go to the test's temp directory and
+// are printed when a process fails to come up.
+#ifndef ENGRAM_TESTS_INTEGRATION_WORKER_CLUSTER_H_
+#define ENGRAM_TESTS_INTEGRATION_WORKER_CLUSTER_H_
+
+#include <sys/types.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "client/engram_client.h"
+#include "model/model.h"
+
+namespace engram::testing {
+
+// A child process (fork + exec), killed when its parent dies or when this object is destroyed.
+class Process {
+ public:
+  // Starts `argv[0]` with `argv`; stdout and stderr go to `log_path`.
+  static absl::StatusOr<std::unique_ptr<Process>> Start(const std::vector<std::string>& argv,
+                                                        const std::string& log_path);
+  ~Process();
+
+  pid_t pid() const { return pid_; }
+  // Sends `signal` (if still running).
+  void Signal(int signal);
+  // Waits up to `timeout` for the exit; the wait status, or DEADLINE_EXCEEDED.
+  absl::StatusOr<int> Wait(absl::Duration timeout);
+  bool running();
+  const std::string& log_path() const { return log_path_; }
+  // The log's last `bytes` bytes (for failure messages).
+  std::string LogTail(size_t bytes = 4000) const;
+
+ private:
+  pid_t pid_ = -1;
+  bool reaped_ = false;
+  std::string log_path_;
+};
+
+// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+int FreePort();
+// Polls `condition` every 20 ms until it holds or `timeout` passes.
+bool WaitUntil(const std::function<bool()>& condition, absl::Duration timeout);
+// grpc.health.v1 Check of the whole server at `address`: SERVING or not (false when unreachable).
+bool IsServing(const std::string& address);
+// GET http://127.0.0.1:port/path; the body, or an error.
+absl::StatusOr<std::string> HttpGet(int port, const std::string& path);
+// The value of the first sample of `metric` (exact name plus optional {labels}) in a Prometheus
+// text exposition, or -1 when absent.
+double MetricValue(const std::string& exposition, const std::string& metric);
+
+struct ClusterOptions {
+  // Worker reads rows through the tier's shared-memory arena (else every row is streamed).
+  bool shared_memory = true;
+  // Extra engram-worker flags.
+  std::vector<std::string> worker_flags;
+  // Context window of the tiny model.
+  int max_position_embeddings = 256;
+};
+
+class WorkerCluster {
+ public:
+  // Writes and imports the model, starts both processes and waits until the worker is SERVING.
+  static absl::StatusOr<std::unique_ptr<WorkerCluster>> Start(ClusterOptions options = {});
+  ~WorkerCluster();
+
+  const Model& model() const { return *model_; }
+  const std::string& worker_address() const { return worker_address_; }
+  const std::string& memory_address() const { return memory_address_; }
+  int worker_metrics_port() const { return worker_metrics_port_; }
+  int memory_metrics_port() const { return memory_metrics_port_; }
+  const std::string& dir() const { return dir_; }
+  // A client of the worker with `timeout` per call.
+  std::unique_ptr<EngramClient> Client(absl::Duration timeout = absl::Seconds(60)) const;
+
+  // Kills engram-memory with SIGKILL (an outage, not a drain) and reaps it.
+  absl::Status KillMemory();
+  // Starts engram-memory again on the same address and store; waits until it is SERVING.
+  absl::Status StartMemory();
+  // Both logs' tails, for failure messages.
+  std::string Logs() const;
+
+ private:
+  WorkerCluster() = default;
+  absl::Status StartWorker(const ClusterOptions& options);
+
+  std::string dir_;
+  std::string bin_;
+  std::unique_ptr<const Model> model_;
+  std::unique_ptr<Process> memory_;
+  std::unique_ptr<Process> worker_;
+  std::string memory_address_;
+  std::string worker_address_;
+  int memory_port_ = 0;
+  int memory_metrics_port_ = 0;
+  int worker_metrics_port_ = 0;
+  int memory_starts_ = 0;
+};
+
+}  // namespace engram::testing
+
+#endif  // ENGRAM_TESTS_INTEGRATION_WORKER_CLUSTER_H_

@@ -1,0 +1,104 @@
+// The memory tier goes away mid-generation (SIGKILL, not a drain): the in-flight request fails
+// with UNAVAILABLE well within its deadline, health turns NOT_SERVING, new requests are refused
+// with UNAVAILABLE, and after the tier restarts the worker reconnects by itself and serves again
+// (with output equal to the in-process reference). The worker runs with rows streamed over the
+// Prefetch stream (no shared memory), the remote-worker path.
+#include <iostream>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "model/local_generate.h"
+#include "model/tokenizer.h"
+#include "tests/integration/worker_cluster.h"
+
+namespace engram {
+namespace {
+
+using testing::ClusterOptions;
+using testing::HttpGet;
+using testing::IsServing;
+using testing::MetricValue;
+using testing::WaitUntil;
+using testing::WorkerCluster;
+
+TEST(WorkerOutageTest, TierKilledMidGenerationThenRestarted) {
+  ClusterOptions options;
+  options.shared_memory = false;
+  auto started = WorkerCluster::Start(options);
+  ASSERT_TRUE(started.ok()) << started.status();
+  WorkerCluster& cluster = **started;
+  const absl::Duration kDeadline = absl::Seconds(20);
+  auto client = cluster.Client(kDeadline);
+
+  auto m = HttpGet(cluster.worker_metrics_port(), "/metrics");
+  ASSERT_TRUE(m.ok());
+  EXPECT_GT(MetricValue(*m, "engram_worker_memory_tier_up"), 0);
+
+  // A long generation; the tier dies right after the first streamed message.
+  v1::GenerateRequest r;
+  r.set_text("The tier will die while this request generates");
+  r.mutable_stopping()->set_max_tokens(200);
+  r.mutable_stopping()->set_ignore_eos(true);
+  bool killed = false;
+  int tokens_after_kill = 0;
+  const absl::Time start = absl::Now();
+  absl::Status s = client->Generate(r, [&](const v1::GenerateResponse& msg) {
+    if (killed) tokens_after_kill += msg.token_ids_size();
+    if (!killed) {
+      EXPECT_TRUE(cluster.KillMemory().ok());
+      killed = true;
+    }
+    return true;
+  });
+  const absl::Duration took = absl::Now() - start;
+  std::cout << "in-flight request after the kill: " << s << " (" << tokens_after_kill
+            << " tokens streamed after the kill, " << absl::FormatDuration(took) << ")\n";
+  ASSERT_TRUE(killed);
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s << cluster.Logs();
+  EXPECT_NE(s.message().find("memory tier"), std::string::npos) << s;
+  EXPECT_LT(took, kDeadline);
+  // At most the step already in flight finishes after the kill is noticed.
+  EXPECT_LT(tokens_after_kill, 200);
+
+  // Health follows the tier; new work is refused with UNAVAILABLE (retryable), not hung.
+  EXPECT_TRUE(WaitUntil([&] { return !IsServing(cluster.worker_address()); }, absl::Seconds(10)));
+  v1::GenerateRequest small;
+  small.set_text("while the tier is away");
+  small.mutable_stopping()->set_max_tokens(4);
+  const absl::Time refused_at = absl::Now();
+  auto refused = client->GenerateAll(small);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable) << refused.status();
+  EXPECT_LT(absl::Now() - refused_at, absl::Seconds(5));
+  m = HttpGet(cluster.worker_metrics_port(), "/metrics");
+  ASSERT_TRUE(m.ok());
+  EXPECT_EQ(MetricValue(*m, "engram_worker_memory_tier_up"), 0);
+
+  // The tier comes back on the same address: the worker reconnects on its own.
+  ASSERT_TRUE(cluster.StartMemory().ok()) << cluster.Logs();
+  ASSERT_TRUE(WaitUntil([&] { return IsServing(cluster.worker_address()); }, absl::Seconds(30)))
+      << cluster.Logs();
+  auto again = client->GenerateAll(small);
+  ASSERT_TRUE(again.ok()) << again.status() << cluster.Logs();
+  LocalGenerateOptions o;
+  o.stop.max_tokens = 4;
+  o.stop.eos_token_ids = cluster.model().config().eos_token_ids;
+  o.threads = 1;
+  auto want = LocalGenerate(cluster.model(), *cluster.model().tokenizer().Encode(small.text()), o);
+  ASSERT_TRUE(want.ok()) << want.status();
+  EXPECT_EQ(again->token_ids, want->tokens);
+
+  m = HttpGet(cluster.worker_metrics_port(), "/metrics");
+  ASSERT_TRUE(m.ok());
+  EXPECT_GE(MetricValue(*m, "engram_worker_memory_tier_reconnects_total"), 1);
+  EXPECT_EQ(MetricValue(*m, "engram_worker_memory_tier_up"), 1);
+  // Streamed rows are counted by the tier that served them.
+  EXPECT_GT(MetricValue(*m, "engram_worker_engram_rows_total{tier=\"dram\"}") +
+                MetricValue(*m, "engram_worker_engram_rows_total{tier=\"nvme\"}"),
+            0)
+      << *m;
+  EXPECT_GE(MetricValue(*m, "engram_worker_requests_total{code=\"UNAVAILABLE\"}"), 2);
+}
+
+}  // namespace
+}  // namespace engram
