@@ -13,6 +13,7 @@
 #include "memory_tier/catalog.h"
 #include "memory_tier/importer.h"
 #include "memory_tier/row_file.h"
+#include "memory_tier/table_profile.h"
 
 namespace engram::cli {
 namespace {
@@ -23,7 +24,7 @@ constexpr char kUsage[] =
     "  engram table inspect --store DIR [--model M] [--layer L] [--top N]\n"
     "  engram table verify (--store DIR [--model M] [--layer L] [--all-versions] |\n"
     "                       --manifest FILE)\n"
-    ;
+    "  engram table profile MODEL_DIR --store DIR --corpus FILE [--max-bytes N] [--top N]\n";
 
 std::string HumanBytes(double b) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
@@ -196,6 +197,38 @@ int Verify(const Args& args) {
   return failures == 0 ? 0 : 1;
 }
 
+int Profile(const Args& args) {
+  if (args.positional().size() != 2) {
+    return Fail("table profile", absl::InvalidArgumentError("needs exactly one MODEL_DIR"), 2);
+  }
+  auto store = args.Require("store");
+  if (!store.ok()) return Fail("table profile", store.status(), 2);
+  auto corpus = args.Require("corpus");
+  if (!corpus.ok()) return Fail("table profile", corpus.status(), 2);
+  auto max_bytes = args.GetInt("max-bytes", 0, 0, INT64_MAX);
+  auto top = args.GetInt("top", 1 << 20, 1, int64_t{1} << 30);
+  if (!max_bytes.ok()) return Fail("table profile", max_bytes.status(), 2);
+  if (!top.ok()) return Fail("table profile", top.status(), 2);
+  ProfileOptions options;
+  options.model_dir = args.positional()[1];
+  options.corpus_path = *corpus;
+  options.max_bytes = static_cast<uint64_t>(*max_bytes);
+  options.keep_rows = static_cast<size_t>(*top);
+  auto catalog = Catalog::Open(*store, Catalog::Mode::kReadWrite);
+  if (!catalog.ok()) return Fail("table profile", catalog.status());
+  auto result = ProfileTables(**catalog, options);
+  if (!result.ok()) return Fail("table profile", result.status());
+  std::printf("%s: %llu tokens profiled from %s\n", result->model.c_str(),
+              static_cast<unsigned long long>(result->tokens), corpus->c_str());
+  for (const auto& l : result->layers) {
+    std::printf("  layer %u: %llu distinct rows seen, %zu stored; the top %zu rows take %.1f%% of "
+                "lookups\n",
+                l.layer, static_cast<unsigned long long>(l.distinct_rows), l.stored_rows,
+                l.top1pct_rows, 100 * l.top1pct_share);
+  }
+  return 0;
+}
+
 int RunTable(int argc, char** argv) {
   auto args = Args::Parse(argc, argv, {"store", "chunk-bytes", "model", "layer", "top", "manifest",
                                        "corpus", "max-bytes"},
@@ -209,6 +242,7 @@ int RunTable(int argc, char** argv) {
   if (action == "import") return Import(*args);
   if (action == "inspect") return Inspect(*args);
   if (action == "verify") return Verify(*args);
+  if (action == "profile") return Profile(*args);
   std::fprintf(stderr, "engram table: unknown action \"%s\"\n%s", action.c_str(), kUsage);
   return 2;
 }

@@ -1,0 +1,112 @@
+#include "memory_tier/table_profile.h"
+
+#include <algorithm>
+#include <fstream>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "common/engram_config.h"
+#include "common/ngram_hash.h"
+#include "common/status.h"
+#include "model/engram_constants.h"
+#include "model/tokenizer.h"
+#include "nlohmann/json.hpp"
+
+namespace engram {
+namespace {
+
+constexpr size_t kMaxDocumentBytes = 64 * 1024;
+
+// Yields documents: runs of lines ended by a blank line, cut at kMaxDocumentBytes on a line end.
+class DocumentReader {
+ public:
+  DocumentReader(std::istream& in, uint64_t max_bytes) : in_(in), max_bytes_(max_bytes) {}
+  bool Next(std::string* doc) {
+    doc->clear();
+    std::string line;
+    while ((max_bytes_ == 0 || read_ < max_bytes_) && std::getline(in_, line)) {
+      read_ += line.size() + 1;
+      if (line.empty()) {
+        if (!doc->empty()) return true;
+        continue;
+      }
+      doc->append(line).push_back('\n');
+      if (doc->size() >= kMaxDocumentBytes) return true;
+    }
+    return !doc->empty();
+  }
+  uint64_t bytes_read() const { return read_; }
+
+ private:
+  std::istream& in_;
+  uint64_t max_bytes_;
+  uint64_t read_ = 0;
+};
+
+}  // namespace
+
+absl::StatusOr<ProfileResult> ProfileTables(Catalog& catalog, const ProfileOptions& options) {
+  const std::string& dir = options.model_dir;
+  ENGRAM_ASSIGN_OR_RETURN(nlohmann::json config_json, ReadJsonFile(dir + "/config.json"));
+  auto config = ParseEngramConfig(config_json);
+  if (!config.ok()) return Annotate(config.status(), dir + "/config.json");
+  auto tokenizer = Tokenizer::FromFile(dir + "/tokenizer.json");
+  if (!tokenizer.ok()) return Annotate(tokenizer.status(), dir + "/tokenizer.json");
+  ENGRAM_ASSIGN_OR_RETURN(EngramConstants constants,
+                          LoadEngramConstants(dir, *config, **tokenizer));
+  std::ifstream corpus(options.corpus_path);
+  if (!corpus) {
+    return absl::NotFoundError(absl::StrCat("cannot read corpus ", options.corpus_path));
+  }
+  ProfileResult result;
+  result.model = ModelName(config_json, dir);
+  const EngramHashConstants& hash = constants.hash;
+  const size_t columns = static_cast<size_t>(hash.columns());
+  std::vector<absl::flat_hash_map<uint64_t, uint64_t>> counts(hash.num_layers());
+  DocumentReader reader(corpus, options.max_bytes);
+  std::string doc;
+  std::vector<int64_t> row_ids;
+  while (reader.Next(&doc)) {
+    ENGRAM_ASSIGN_OR_RETURN(std::vector<uint32_t> tokens, (*tokenizer)->Encode(doc));
+    if (tokens.empty()) continue;
+    ENGRAM_ASSIGN_OR_RETURN(std::vector<int64_t> ids, constants.Compress(tokens));
+    result.tokens += ids.size();
+    row_ids.resize(ids.size() * columns);
+    for (int li = 0; li < hash.num_layers(); ++li) {
+      ENGRAM_RETURN_IF_ERROR(ComputeNgramRowIds(hash, li, {}, ids, absl::MakeSpan(row_ids)));
+      for (int64_t r : row_ids) ++counts[li][static_cast<uint64_t>(r)];
+    }
+  }
+  if (corpus.bad()) return absl::DataLossError(absl::StrCat("error reading ", options.corpus_path));
+  result.bytes = reader.bytes_read();
+  if (result.tokens == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("corpus ", options.corpus_path, " has no text"));
+  }
+  for (int li = 0; li < hash.num_layers(); ++li) {
+    std::vector<RowCount> rows;
+    rows.reserve(counts[li].size());
+    uint64_t lookups = 0;
+    for (const auto& [row, n] : counts[li]) {
+      rows.push_back({row, static_cast<double>(n)});
+      lookups += n;
+    }
+    std::sort(rows.begin(), rows.end(), [](const RowCount& a, const RowCount& b) {
+      return a.count != b.count ? a.count > b.count : a.row < b.row;
+    });
+    LayerProfile lp;
+    lp.layer = static_cast<uint32_t>(hash.layer_ids[li]);
+    lp.lookups = lookups;
+    lp.distinct_rows = rows.size();
+    lp.top1pct_rows = std::max<size_t>(1, static_cast<size_t>(hash.rows_per_layer[li] / 100));
+    double top = 0;
+    for (size_t i = 0; i < std::min(lp.top1pct_rows, rows.size()); ++i) top += rows[i].count;
+    lp.top1pct_share = lookups ? top / static_cast<double>(lookups) : 0;
+    if (rows.size() > options.keep_rows) rows.resize(options.keep_rows);
+    lp.stored_rows = rows.size();
+    ENGRAM_RETURN_IF_ERROR(catalog.SaveStats(result.model, lp.layer, rows));
+    result.layers.push_back(lp);
+  }
+  return result;
+}
+
+}  // namespace engram
