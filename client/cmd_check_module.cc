@@ -16,11 +16,11 @@ int RunCheckModule(int argc, char** argv) {
   auto args = Args::Parse(argc, argv, {"tokenizer", "atol", "rtol"});
   if (!args.ok()) return Fail("check-module", args.status(), 2);
   if (args->positional().size() != 1) {
-    return Fail("check-module",
-                absl::InvalidArgumentError(
-                    "usage: engram check-module FILE.safetensors [--tokenizer FILE] "
-                    "[--atol X --rtol Y]"),
-                2);
+    return Fail(
+        "check-module",
+        absl::InvalidArgumentError("usage: engram check-module FILE.safetensors [--tokenizer FILE] "
+                                   "[--atol X --rtol Y]"),
+        2);
   }
   EngramModuleCheckOptions options;
   options.tokenizer_path = args->GetOr("tokenizer", "");

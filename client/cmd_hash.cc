@@ -1,9 +1,9 @@
 // `engram hash`: the Engram row ids of a token sequence, as the worker computes them.
 //
 //   engram hash --model DIR (--tokens 1,2,3 | --text TEXT)
-// prints {"compressed_ids": [...], "layers": {"<layer id>": {"hash_ids": [[...]], "row_ids": [[...]]}}}
-// with one inner list per position of (max_ngram_size-1) * n_heads values in (order, head) order;
-// hash ids are before the per-column offsets, row ids after. DIR holds config.json and
+// prints {"compressed_ids": [...], "layers": {"<layer id>": {"hash_ids": [[...]], "row_ids":
+// [[...]]}}} with one inner list per position of (max_ngram_size-1) * n_heads values in (order,
+// head) order; hash ids are before the per-column offsets, row ids after. DIR holds config.json and
 // tokenizer.json (and engram_constants.json, which must then agree with them).
 #include <cstdio>
 #include <filesystem>
@@ -43,7 +43,8 @@ absl::StatusOr<nlohmann::json> Hash(const Args& args) {
     return absl::InvalidArgumentError("give exactly one of --tokens and --text");
   }
   const std::filesystem::path model(dir);
-  ENGRAM_ASSIGN_OR_RETURN(nlohmann::json config_json, ReadJsonFile((model / "config.json").string()));
+  ENGRAM_ASSIGN_OR_RETURN(nlohmann::json config_json,
+                          ReadJsonFile((model / "config.json").string()));
   auto config = ParseEngramConfig(config_json);
   if (!config.ok()) return Annotate(config.status(), (model / "config.json").string());
   ENGRAM_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer,
@@ -67,8 +68,10 @@ absl::StatusOr<nlohmann::json> Hash(const Args& args) {
     ENGRAM_RETURN_IF_ERROR(ComputeNgramRowIds(hash, li, {}, compressed, absl::MakeSpan(row_ids)));
     nlohmann::json h = nlohmann::json::array(), r = nlohmann::json::array();
     for (size_t t = 0; t < compressed.size(); ++t) {
-      h.push_back(std::vector<int64_t>(hash_ids.begin() + t * cols, hash_ids.begin() + (t + 1) * cols));
-      r.push_back(std::vector<int64_t>(row_ids.begin() + t * cols, row_ids.begin() + (t + 1) * cols));
+      h.push_back(
+          std::vector<int64_t>(hash_ids.begin() + t * cols, hash_ids.begin() + (t + 1) * cols));
+      r.push_back(
+          std::vector<int64_t>(row_ids.begin() + t * cols, row_ids.begin() + (t + 1) * cols));
     }
     layers[std::to_string(hash.layer_ids[li])] = {{"hash_ids", h}, {"row_ids", r}};
   }

@@ -65,8 +65,8 @@ void HashWindow(const EngramHashConstants& c, int layer_index, const int64_t* wi
 
 absl::Status CheckId(int64_t id, int64_t vocab_size) {
   if (id < 0 || id >= vocab_size) {
-    return absl::InvalidArgumentError(absl::StrCat("compressed token id ", id,
-                                                   " is outside [0, ", vocab_size, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("compressed token id ", id, " is outside [0, ", vocab_size, ")"));
   }
   return absl::OkStatus();
 }
@@ -75,14 +75,13 @@ absl::Status ComputeIds(const EngramHashConstants& c, int layer_index,
                         absl::Span<const int64_t> context, absl::Span<const int64_t> ids,
                         absl::Span<int64_t> out, bool add_offsets) {
   if (layer_index < 0 || layer_index >= c.num_layers()) {
-    return absl::InvalidArgumentError(absl::StrCat("Engram layer index ", layer_index,
-                                                   " is outside [0, ", c.num_layers(), ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("Engram layer index ", layer_index, " is outside [0, ", c.num_layers(), ")"));
   }
   const size_t columns = static_cast<size_t>(c.columns());
   if (out.size() != ids.size() * columns) {
-    return absl::InvalidArgumentError(absl::StrCat("row id output holds ", out.size(),
-                                                   " values, expected ", ids.size(), " x ",
-                                                   columns));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "row id output holds ", out.size(), " values, expected ", ids.size(), " x ", columns));
   }
   const int history = c.max_ngram_size - 1;
   // ext = [pad' ... | last N-1 of context | ids]: position t's window is ext[t .. t + N - 1].
@@ -224,14 +223,14 @@ absl::StatusOr<EngramHashConstants> ComputeEngramHashConstants(const EngramConfi
 }
 
 absl::Status ComputeNgramHashIds(const EngramHashConstants& constants, int layer_index,
-                                 absl::Span<const int64_t> context,
-                                 absl::Span<const int64_t> ids, absl::Span<int64_t> out) {
+                                 absl::Span<const int64_t> context, absl::Span<const int64_t> ids,
+                                 absl::Span<int64_t> out) {
   return ComputeIds(constants, layer_index, context, ids, out, /*add_offsets=*/false);
 }
 
 absl::Status ComputeNgramRowIds(const EngramHashConstants& constants, int layer_index,
-                                absl::Span<const int64_t> context,
-                                absl::Span<const int64_t> ids, absl::Span<int64_t> out) {
+                                absl::Span<const int64_t> context, absl::Span<const int64_t> ids,
+                                absl::Span<int64_t> out) {
   return ComputeIds(constants, layer_index, context, ids, out, /*add_offsets=*/true);
 }
 
@@ -252,8 +251,7 @@ void NgramState::HashIds(const EngramHashConstants& constants, int layer_index,
   HashWindow(constants, layer_index, window_.data(), /*add_offsets=*/false, out);
 }
 
-void NgramState::RowIds(const EngramHashConstants& constants, int layer_index,
-                        int64_t* out) const {
+void NgramState::RowIds(const EngramHashConstants& constants, int layer_index, int64_t* out) const {
   HashWindow(constants, layer_index, window_.data(), /*add_offsets=*/true, out);
 }
 

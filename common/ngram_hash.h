@@ -37,11 +37,11 @@ inline constexpr int kMaxNgramSize = 16;
 // Everything the hash needs, derived from an EngramConfig, V' and the compressed pad id.
 // Immutable after construction; shared by all sequences.
 struct EngramHashConstants {
-  std::vector<int> layer_ids;      // copy of EngramConfig::layer_ids
-  int max_ngram_size = 0;          // N
-  int n_heads = 0;                 // K
-  int64_t compressed_vocab_size = 0;  // V'
-  int64_t compressed_pad_id = 0;      // pad' = token map of the raw pad id
+  std::vector<int> layer_ids;                     // copy of EngramConfig::layer_ids
+  int max_ngram_size = 0;                         // N
+  int n_heads = 0;                                // K
+  int64_t compressed_vocab_size = 0;              // V'
+  int64_t compressed_pad_id = 0;                  // pad' = token map of the raw pad id
   std::vector<std::vector<int64_t>> multipliers;  // [layer index][k], k < N; odd, m = 2r + 1
   std::vector<std::vector<int64_t>> primes;       // [layer index][column]
   std::vector<std::vector<int64_t>> offsets;      // [layer index][column], exclusive prefix sums
@@ -84,12 +84,12 @@ absl::StatusOr<EngramHashConstants> ComputeEngramHashConstants(const EngramConfi
 
 // Hash ids (before offsets): out[t * columns + c] < primes[layer_index][c].
 absl::Status ComputeNgramHashIds(const EngramHashConstants& constants, int layer_index,
-                                 absl::Span<const int64_t> context,
-                                 absl::Span<const int64_t> ids, absl::Span<int64_t> out);
+                                 absl::Span<const int64_t> context, absl::Span<const int64_t> ids,
+                                 absl::Span<int64_t> out);
 // Row ids (hash id + offset): out[t * columns + c] < rows_per_layer[layer_index].
 absl::Status ComputeNgramRowIds(const EngramHashConstants& constants, int layer_index,
-                                absl::Span<const int64_t> context,
-                                absl::Span<const int64_t> ids, absl::Span<int64_t> out);
+                                absl::Span<const int64_t> context, absl::Span<const int64_t> ids,
+                                absl::Span<int64_t> out);
 
 // ---- Decode: one position per token ------------------------------------------------------------
 
@@ -114,7 +114,8 @@ class NgramState {
   absl::Span<const int64_t> Context() const;
 
  private:
-  std::array<int64_t, kMaxNgramSize> window_{};  // window_[n_ - 1] = current, window_[n_-1-k] = x_{t-k}
+  std::array<int64_t, kMaxNgramSize>
+      window_{};  // window_[n_ - 1] = current, window_[n_-1-k] = x_{t-k}
   int n_ = 0;
   int64_t vocab_size_ = 0;
 };

@@ -140,7 +140,8 @@ uint64_t NumpyRng::BoundedUint64(uint64_t rng) {
 }
 
 absl::StatusOr<std::vector<int64_t>> NumpyRng::Integers(int64_t high, int64_t n) {
-  if (high <= 0) return absl::InvalidArgumentError(absl::StrCat("integers: high <= 0 (", high, ")"));
+  if (high <= 0)
+    return absl::InvalidArgumentError(absl::StrCat("integers: high <= 0 (", high, ")"));
   if (n < 0) return absl::InvalidArgumentError(absl::StrCat("integers: negative size ", n));
   std::vector<int64_t> out(n);
   const uint64_t rng = static_cast<uint64_t>(high) - 1;

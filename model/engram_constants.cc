@@ -95,8 +95,8 @@ absl::StatusOr<EngramConstants> ComputeEngramConstants(const EngramConfig& confi
   c.token_map = std::move(token_map);
   c.pad_token_id = config.pad_token_id;
   ENGRAM_ASSIGN_OR_RETURN(const int64_t compressed_pad, c.Compress(config.pad_token_id));
-  ENGRAM_ASSIGN_OR_RETURN(c.hash, ComputeEngramHashConstants(config, compressed_vocab_size,
-                                                             compressed_pad));
+  ENGRAM_ASSIGN_OR_RETURN(
+      c.hash, ComputeEngramHashConstants(config, compressed_vocab_size, compressed_pad));
   return c;
 }
 
@@ -215,15 +215,13 @@ absl::Status CompareEngramConstants(const EngramConstants& stored,
   }
   for (size_t i = 0; i < stored.token_map.size(); ++i) {
     if (stored.token_map[i] != computed.token_map[i]) {
-      return Differ(absl::StrCat("token_map[", i, "]"), stored.token_map[i],
-                    computed.token_map[i]);
+      return Differ(absl::StrCat("token_map[", i, "]"), stored.token_map[i], computed.token_map[i]);
     }
   }
   if (s.layer_ids != c.layer_ids) {
-    return absl::FailedPreconditionError(absl::StrCat("layer ids: stored [",
-                                                      absl::StrJoin(s.layer_ids, ", "),
-                                                      "], computed [",
-                                                      absl::StrJoin(c.layer_ids, ", "), "]"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("layer ids: stored [", absl::StrJoin(s.layer_ids, ", "), "], computed [",
+                     absl::StrJoin(c.layer_ids, ", "), "]"));
   }
   for (int li = 0; li < c.num_layers(); ++li) {
     const int id = c.layer_ids[li];
@@ -238,20 +236,18 @@ absl::Status CompareEngramConstants(const EngramConstants& stored,
   return absl::OkStatus();
 }
 
-absl::Status CheckPublishedConstants(const EngramConfig& config,
-                                     const EngramConstants& constants) {
+absl::Status CheckPublishedConstants(const EngramConfig& config, const EngramConstants& constants) {
   if (config.compressed_vocab_size &&
       *config.compressed_vocab_size != constants.hash.compressed_vocab_size) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "config.json engram_compressed_vocab_size is ", *config.compressed_vocab_size,
-        " but the tokenizer gives ", constants.hash.compressed_vocab_size,
-        " (wrong tokenizer.json for this model?)"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("config.json engram_compressed_vocab_size is ", *config.compressed_vocab_size,
+                     " but the tokenizer gives ", constants.hash.compressed_vocab_size,
+                     " (wrong tokenizer.json for this model?)"));
   }
   if (!config.num_embeddings.empty()) {
     for (int li = 0; li < constants.hash.num_layers(); ++li) {
-      const int64_t published = li < static_cast<int>(config.num_embeddings.size())
-                                    ? config.num_embeddings[li]
-                                    : -1;
+      const int64_t published =
+          li < static_cast<int>(config.num_embeddings.size()) ? config.num_embeddings[li] : -1;
       if (published != constants.hash.rows_per_layer[li]) {
         return absl::FailedPreconditionError(absl::StrCat(
             "config.json engram_num_embeddings[", li, "] (layer ", constants.hash.layer_ids[li],

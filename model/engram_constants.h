@@ -37,7 +37,8 @@ struct EngramConstants {
   int64_t pad_token_id = 0;        // raw pad id (EngramConfig::pad_token_id)
   EngramHashConstants hash;        // V', pad', multipliers, primes, offsets, rows per layer
 
-  // Raw id -> compressed id. INVALID_ARGUMENT naming the id when it is outside the map or unassigned.
+  // Raw id -> compressed id. INVALID_ARGUMENT naming the id when it is outside the map or
+  // unassigned.
   absl::StatusOr<int64_t> Compress(int64_t raw_id) const;
   // Whole sequence; the error names the first bad id and its position.
   absl::StatusOr<std::vector<int64_t>> Compress(absl::Span<const uint32_t> raw_ids) const;

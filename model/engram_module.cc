@@ -61,8 +61,8 @@ absl::StatusOr<std::vector<float>> LoadF32(const TensorLookup& lookup, const std
 }
 
 // Appends tensor `name` to `dst`.
-absl::Status Append(const TensorLookup& lookup, const std::string& name,
-                    std::vector<int64_t> shape, bool required, std::vector<float>* dst) {
+absl::Status Append(const TensorLookup& lookup, const std::string& name, std::vector<int64_t> shape,
+                    bool required, std::vector<float>* dst) {
   size_t count = 1;
   for (int64_t d : shape) count *= static_cast<size_t>(d);
   ENGRAM_ASSIGN_OR_RETURN(std::vector<float> v, LoadF32(lookup, name, shape, required, count));
@@ -120,8 +120,8 @@ absl::StatusOr<EngramModuleWeights> LoadEngramModuleWeights(const TensorLookup& 
                           LoadF32(lookup, prefix + "value_proj.bias", {h}, false, h));
   for (int m = 0; m < w.hc_mult; ++m) {
     const std::string b = absl::StrCat(m);
-    ENGRAM_RETURN_IF_ERROR(Append(lookup, prefix + "key_projs." + b + ".weight", {h, d}, true,
-                                  &w.key_proj_weight));
+    ENGRAM_RETURN_IF_ERROR(
+        Append(lookup, prefix + "key_projs." + b + ".weight", {h, d}, true, &w.key_proj_weight));
     ENGRAM_RETURN_IF_ERROR(
         Append(lookup, prefix + "key_projs." + b + ".bias", {h}, false, &w.key_proj_bias));
     ENGRAM_RETURN_IF_ERROR(
@@ -129,14 +129,14 @@ absl::StatusOr<EngramModuleWeights> LoadEngramModuleWeights(const TensorLookup& 
     ENGRAM_RETURN_IF_ERROR(
         Append(lookup, prefix + "norm2." + b + ".weight", {h}, true, &w.query_norm_weight));
     if (w.kernel_size > 0) {
-      ENGRAM_RETURN_IF_ERROR(Append(lookup, prefix + "short_conv.norms." + b + ".weight", {h},
-                                    true, &w.conv_norm_weight));
+      ENGRAM_RETURN_IF_ERROR(Append(lookup, prefix + "short_conv.norms." + b + ".weight", {h}, true,
+                                    &w.conv_norm_weight));
     }
   }
   if (w.kernel_size > 0) {
-    ENGRAM_ASSIGN_OR_RETURN(
-        w.conv_weight, LoadF32(lookup, prefix + "short_conv.conv.weight",
-                               {int64_t{w.hc_mult} * h, 1, w.kernel_size}, true));
+    ENGRAM_ASSIGN_OR_RETURN(w.conv_weight,
+                            LoadF32(lookup, prefix + "short_conv.conv.weight",
+                                    {int64_t{w.hc_mult} * h, 1, w.kernel_size}, true));
   }
   ENGRAM_RETURN_IF_ERROR(w.Validate());
   return w;
@@ -155,9 +155,8 @@ absl::StatusOr<EngramModule> EngramModule::Create(EngramModuleWeights weights) {
 EngramConvState EngramModule::NewConvState() const {
   EngramConvState state;
   if (has_conv()) {
-    state.history.assign(static_cast<size_t>(w_.kernel_size - 1) * w_.dilation * w_.hc_mult *
-                             w_.hidden_size,
-                         0.0f);
+    state.history.assign(
+        static_cast<size_t>(w_.kernel_size - 1) * w_.dilation * w_.hc_mult * w_.hidden_size, 0.0f);
   }
   return state;
 }
@@ -224,7 +223,7 @@ absl::Status EngramModule::Forward(const float* rows, const float* hidden, int T
               kEngramConvNormEps, normed.data() + at);
     }
   }
-  const int64_t start = conv_state->positions;  // absolute position of t = 0
+  const int64_t start = conv_state->positions;   // absolute position of t = 0
   auto input = [&](int64_t q) -> const float* {  // normalised conv input at absolute position q
     if (q >= start) return normed.data() + static_cast<size_t>(q - start) * C;
     return conv_state->history.data() + static_cast<size_t>(q % ring) * C;

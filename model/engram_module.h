@@ -44,11 +44,11 @@ inline constexpr float kEngramGateClamp = 1e-6f;
 // The module's small weights, all f32, row-major (PyTorch layouts). H = hidden_size,
 // M = hc_mult, D = d_mem = (max_ngram_size - 1) * n_heads * head_dim, K = kernel_size.
 struct EngramModuleWeights {
-  int hidden_size = 0;   // H
-  int hc_mult = 1;       // M
-  int d_mem = 0;         // D
-  int kernel_size = 0;   // K; 0 = no conv
-  int dilation = 1;      // = max_ngram_size
+  int hidden_size = 0;                   // H
+  int hc_mult = 1;                       // M
+  int d_mem = 0;                         // D
+  int kernel_size = 0;                   // K; 0 = no conv
+  int dilation = 1;                      // = max_ngram_size
   std::vector<float> value_proj_weight;  // [H, D]      value_proj.weight
   std::vector<float> value_proj_bias;    // [H]         value_proj.bias (zeros when absent)
   std::vector<float> key_proj_weight;    // [M, H, D]   key_projs.{m}.weight
@@ -68,11 +68,13 @@ TensorLookup LookupIn(const SafetensorsFile& file);
 TensorLookup LookupIn(const SafetensorsDir& dir);
 
 // Loads `<prefix>value_proj.weight`, `<prefix>key_projs.{m}.weight`, `<prefix>norm1.{m}.weight`,
-// `<prefix>norm2.{m}.weight`, `<prefix>short_conv.conv.weight`, `<prefix>short_conv.norms.{m}.weight`
+// `<prefix>norm2.{m}.weight`, `<prefix>short_conv.conv.weight`,
+// `<prefix>short_conv.norms.{m}.weight`
 // (+ the optional .bias of each Linear), e.g. prefix "model.layers.1.engram.", in any float dtype
 // (F64, F32, F16, BF16), converted to f32. Dimensions come from `config` (hidden_size, hc_mult,
 // kernel_size, max_ngram_size, n_heads, head_dim). NOT_FOUND / INVALID_ARGUMENT naming the tensor
-// when one is missing or mis-shaped. The table (multi_head_embedding.embedding.weight) is not loaded.
+// when one is missing or mis-shaped. The table (multi_head_embedding.embedding.weight) is not
+// loaded.
 absl::StatusOr<EngramModuleWeights> LoadEngramModuleWeights(const TensorLookup& lookup,
                                                             const std::string& prefix,
                                                             const EngramConfig& config);

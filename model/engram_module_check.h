@@ -23,7 +23,8 @@
 namespace engram {
 
 struct EngramModuleCheckOptions {
-  // tokenizer.json that defines the compressed vocabulary; empty = "tokenizer.json" beside the file.
+  // tokenizer.json that defines the compressed vocabulary; empty = "tokenizer.json" beside the
+  // file.
   std::string tokenizer_path;
   // An output value passes when |got - want| <= atol + rtol * |want|.
   double atol = 1e-4;
@@ -33,14 +34,14 @@ struct EngramModuleCheckOptions {
 struct EngramModuleCheckResult {
   int layer_id = 0;
   int batch = 0, length = 0, hc_mult = 0, hidden_size = 0;
-  int columns = 0;                   // row ids per position: (N-1) * K
+  int columns = 0;  // row ids per position: (N-1) * K
   int64_t compressed_vocab_size = 0;
-  bool hash_ids_checked = false;     // io.hash_ids was present
+  bool hash_ids_checked = false;  // io.hash_ids was present
   int64_t hash_ids_compared = 0;
   int64_t hash_id_mismatches = 0;
-  std::string first_hash_mismatch;   // "b 0 t 3 column 5: got 12, want 17"; empty when none
+  std::string first_hash_mismatch;  // "b 0 t 3 column 5: got 12, want 17"; empty when none
   int64_t values_compared = 0;
-  int64_t output_mismatches = 0;     // values past atol + rtol * |want|
+  int64_t output_mismatches = 0;  // values past atol + rtol * |want|
   double max_abs_error = 0;
   std::string first_output_mismatch;
 

@@ -46,8 +46,7 @@ TEST_P(GoldenFiles, MatchesTheReference) {
   SCOPED_TRACE(result->Summary());
   EXPECT_TRUE(result->hash_ids_checked);
   EXPECT_GT(result->columns, 0);
-  EXPECT_EQ(result->hash_ids_compared,
-            int64_t{result->batch} * result->length * result->columns);
+  EXPECT_EQ(result->hash_ids_compared, int64_t{result->batch} * result->length * result->columns);
   EXPECT_EQ(result->hash_id_mismatches, 0) << result->first_hash_mismatch;
   EXPECT_EQ(result->values_compared,
             int64_t{result->batch} * result->length * result->hc_mult * result->hidden_size);
@@ -105,20 +104,23 @@ TEST(GoldenCheck, RefusesBadInput) {
   EXPECT_FALSE(missing.ok());
   EXPECT_THAT(missing.status().message(), HasSubstr("no_such_file"));
 
-  const std::string garbage = ::testing::TempDir() + "/" + std::to_string(getpid()) + "_bad.safetensors";
+  const std::string garbage =
+      ::testing::TempDir() + "/" + std::to_string(getpid()) + "_bad.safetensors";
   std::ofstream(garbage) << "this is not a safetensors file at all";
   EXPECT_FALSE(CheckEngramModuleFile(garbage, options).ok());
   std::filesystem::remove(garbage);
 
   // A tokenizer with a different compressed vocabulary is named as the likely cause.
   EngramModuleCheckOptions gpt4 = options;
-  gpt4.tokenizer_path = Env("ENGRAM_TESTDATA_DIR") + "/tokenizer-gpt4/package/models/tokenizer.json";
+  gpt4.tokenizer_path =
+      Env("ENGRAM_TESTDATA_DIR") + "/tokenizer-gpt4/package/models/tokenizer.json";
   auto wrong = CheckEngramModuleFile(GoldenDir() + "/hc1_conv_bf16.safetensors", gpt4);
   ASSERT_FALSE(wrong.ok());
   EXPECT_THAT(wrong.status().message(), HasSubstr("compressed vocabulary"));
 
   // No tokenizer.json beside the file and none given.
-  const std::string alone = CopyToTemp(GoldenDir() + "/hc1_noconv_f32.safetensors", "alone.safetensors");
+  const std::string alone =
+      CopyToTemp(GoldenDir() + "/hc1_noconv_f32.safetensors", "alone.safetensors");
   auto no_tokenizer = CheckEngramModuleFile(alone, EngramModuleCheckOptions{});
   EXPECT_FALSE(no_tokenizer.ok());
   EXPECT_THAT(no_tokenizer.status().message(), HasSubstr("tokenizer.json"));

@@ -59,7 +59,8 @@ std::vector<double> Reference(const EngramModuleWeights& w, const std::vector<fl
     std::vector<double> v(H), k(H), nk(H), q(H), nq(H);
     for (int o = 0; o < H; ++o) {
       double acc = w.value_proj_bias[o];
-      for (int d = 0; d < D; ++d) acc += double(w.value_proj_weight[size_t(o) * D + d]) * rows[size_t(t) * D + d];
+      for (int d = 0; d < D; ++d)
+        acc += double(w.value_proj_weight[size_t(o) * D + d]) * rows[size_t(t) * D + d];
       v[o] = acc;
     }
     for (int m = 0; m < M; ++m) {
@@ -95,7 +96,8 @@ std::vector<double> Reference(const EngramModuleWeights& w, const std::vector<fl
   for (int t = 0; t < T; ++t) {
     for (int c = 0; c < C; ++c) {
       double y = 0;
-      for (int j = 0; j < K; ++j) y += double(w.conv_weight[size_t(c) * K + j]) * xp[size_t(t + j * w.dilation) * C + c];
+      for (int j = 0; j < K; ++j)
+        y += double(w.conv_weight[size_t(c) * K + j]) * xp[size_t(t + j * w.dilation) * C + c];
       out[size_t(t) * C + c] += y / (1.0 + std::exp(-y));
     }
   }
@@ -151,8 +153,10 @@ TEST(EngramModuleTest, ChunkedPrefillAndDecodeEqualOneShot) {
   EngramConvState state = module->NewConvState();
   int t = 0;
   for (int chunk : {1, 2, 11, 5, 1, 1, 1, 3, 15}) {  // a prompt in chunks, then decode steps
-    ASSERT_TRUE(module->Forward(rows.data() + size_t(t) * D, hidden.data() + size_t(t) * M * H,
-                                chunk, &state, pieces.data() + size_t(t) * M * H).ok());
+    ASSERT_TRUE(module
+                    ->Forward(rows.data() + size_t(t) * D, hidden.data() + size_t(t) * M * H, chunk,
+                              &state, pieces.data() + size_t(t) * M * H)
+                    .ok());
     t += chunk;
   }
   ASSERT_EQ(t, T);
@@ -168,7 +172,8 @@ TEST(EngramModuleTest, ChunkedPrefillAndDecodeEqualOneShot) {
 }
 
 TEST(EngramModuleTest, ZeroScoreGivesHalfGate) {
-  // All key weights and biases zero: RMSNorm(0) = 0, so s = 0, sign(0) = 0 and a = sigmoid(0) = 0.5.
+  // All key weights and biases zero: RMSNorm(0) = 0, so s = 0, sign(0) = 0 and a = sigmoid(0) =
+  // 0.5.
   const int H = 8, D = 8;
   EngramModuleWeights w = RandomWeights(H, 1, D, 0, 3, 1);
   std::fill(w.key_proj_weight.begin(), w.key_proj_weight.end(), 0.0f);
@@ -214,8 +219,10 @@ std::string WriteModuleFile(const EngramModuleWeights& w, const std::string& pre
     };
     writer.AddF32As(prefix + "key_projs." + b + ".weight", DType::kF32, {H, D},
                     part(w.key_proj_weight, H * D));
-    writer.AddF32As(prefix + "key_projs." + b + ".bias", DType::kF16, {H}, part(w.key_proj_bias, H));
-    writer.AddF32As(prefix + "norm1." + b + ".weight", DType::kF32, {H}, part(w.key_norm_weight, H));
+    writer.AddF32As(prefix + "key_projs." + b + ".bias", DType::kF16, {H},
+                    part(w.key_proj_bias, H));
+    writer.AddF32As(prefix + "norm1." + b + ".weight", DType::kF32, {H},
+                    part(w.key_norm_weight, H));
     if (!drop_norm2) {
       writer.AddF32As(prefix + "norm2." + b + ".weight", DType::kF32, {H},
                       part(w.query_norm_weight, H));
@@ -223,8 +230,9 @@ std::string WriteModuleFile(const EngramModuleWeights& w, const std::string& pre
     writer.AddF32As(prefix + "short_conv.norms." + b + ".weight", DType::kF32, {H},
                     part(w.conv_norm_weight, H));
   }
-  const std::vector<int64_t> conv_shape =
-      bad_conv_shape ? std::vector<int64_t>{w.hc_mult * H, K} : std::vector<int64_t>{w.hc_mult * H, 1, K};
+  const std::vector<int64_t> conv_shape = bad_conv_shape
+                                              ? std::vector<int64_t>{w.hc_mult * H, K}
+                                              : std::vector<int64_t>{w.hc_mult * H, 1, K};
   writer.AddF32As(prefix + "short_conv.conv.weight", DType::kF32, conv_shape, w.conv_weight);
   static int counter = 0;
   const std::string path = ::testing::TempDir() + "/engram_module_" + std::to_string(getpid()) +

@@ -52,11 +52,11 @@ TEST(IsPrimeTest, AgreesWithASieveAndKnownHardCases) {
     ASSERT_EQ(IsPrime(n), n >= 2 && !composite[n]) << n;
   }
   EXPECT_TRUE(IsPrime((uint64_t{1} << 61) - 1));
-  EXPECT_TRUE(IsPrime(18446744073709551557ULL));   // largest 64-bit prime
+  EXPECT_TRUE(IsPrime(18446744073709551557ULL));  // largest 64-bit prime
   EXPECT_FALSE(IsPrime(18446744073709551559ULL));
-  EXPECT_FALSE(IsPrime(3215031751ULL));            // strong pseudoprime to bases 2, 3, 5, 7
-  EXPECT_FALSE(IsPrime(3825123056546413051ULL));   // strong pseudoprime to bases 2 .. 23
-  EXPECT_FALSE(IsPrime(4294967297ULL));            // 641 * 6700417
+  EXPECT_FALSE(IsPrime(3215031751ULL));           // strong pseudoprime to bases 2, 3, 5, 7
+  EXPECT_FALSE(IsPrime(3825123056546413051ULL));  // strong pseudoprime to bases 2 .. 23
+  EXPECT_FALSE(IsPrime(4294967297ULL));           // 641 * 6700417
 }
 
 TEST(MultipliersTest, V41PublicValues) {
@@ -212,7 +212,8 @@ TEST(HashTest, PrefillChunkedPrefillAndDecodeAgree) {
     for (size_t chunk : {1, 2, 19, 111, 124}) {
       absl::Span<const int64_t> part(ids.data() + t, chunk);
       std::vector<int64_t> out(chunk * cols);
-      ASSERT_TRUE(ComputeNgramRowIds(*c, li, chunk_state.Context(), part, absl::MakeSpan(out)).ok());
+      ASSERT_TRUE(
+          ComputeNgramRowIds(*c, li, chunk_state.Context(), part, absl::MakeSpan(out)).ok());
       ASSERT_EQ(out, Slice(prefill, static_cast<int>(t * cols), static_cast<int>(chunk * cols)));
       for (int64_t id : part) ASSERT_TRUE(chunk_state.Push(id).ok());
       t += chunk;
