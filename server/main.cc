@@ -168,8 +168,10 @@ absl::Status Run(const WorkerConfig& config, Lifecycle& lifecycle) {
     ENGRAM_LOG(WARNING) << "drain timeout: ending the remaining requests";
   }
   scheduler.Stop(absl::UnavailableError("the worker shut down before the request finished"));
-  // Every stream got its last message; give them a moment to flush.
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  // Every stream got its last message. gRPC's graceful shutdown also waits for idle client
+  // connections to go away, which clients holding a channel never do: a short grace, then the
+  // library closes them.
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   server->Wait();
   metrics_server.Stop();
   lifecycle.Set(LifecycleState::kStopped);

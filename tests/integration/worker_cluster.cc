@@ -301,6 +301,10 @@ std::unique_ptr<EngramClient> WorkerCluster::Client(absl::Duration timeout) cons
   return client.ok() ? *std::move(client) : nullptr;
 }
 
+void WorkerCluster::SignalWorker(int signal) { worker_->Signal(signal); }
+
+absl::StatusOr<int> WorkerCluster::WaitWorker(absl::Duration timeout) { return worker_->Wait(timeout); }
+
 std::string WorkerCluster::Logs() const {
   std::string out;
   if (worker_) absl::StrAppend(&out, "---- engram-worker log ----\n", worker_->LogTail(), "\n");

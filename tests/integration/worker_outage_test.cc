@@ -1,10 +1,19 @@
+// Lifecycle under failure and shutdown, with real processes.
+//
 // The memory tier goes away mid-generation (SIGKILL, not a drain): the in-flight request fails
 // with UNAVAILABLE well within its deadline, health turns NOT_SERVING, new requests are refused
 // with UNAVAILABLE, and after the tier restarts the worker reconnects by itself and serves again
 // (with output equal to the in-process reference). The worker runs with rows streamed over the
 // Prefetch stream (no shared memory), the remote-worker path.
+//
+// SIGTERM drains: health turns NOT_SERVING, new requests are refused, the running request
+// finishes normally, and the worker exits 0.
 #include <iostream>
+#include <signal.h>
+#include <sys/wait.h>
+
 #include <string>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
@@ -98,6 +107,41 @@ TEST(WorkerOutageTest, TierKilledMidGenerationThenRestarted) {
             0)
       << *m;
   EXPECT_GE(MetricValue(*m, "engram_worker_requests_total{code=\"UNAVAILABLE\"}"), 2);
+}
+
+TEST(WorkerOutageTest, SigtermDrainsTheRunningRequestAndExits) {
+  auto started = WorkerCluster::Start();
+  ASSERT_TRUE(started.ok()) << started.status();
+  WorkerCluster& cluster = **started;
+  auto client = cluster.Client(absl::Seconds(30));
+  v1::GenerateRequest r;
+  r.set_text("Finish me although the worker is asked to stop");
+  r.mutable_stopping()->set_max_tokens(120);
+  r.mutable_stopping()->set_ignore_eos(true);
+  bool signalled = false;
+  absl::StatusOr<GenerateResult> refused = absl::UnknownError("not tried");
+  GenerateResult result;
+  absl::Status s = client->Generate(r, [&](const v1::GenerateResponse& m) {
+    result.token_ids.insert(result.token_ids.end(), m.token_ids().begin(), m.token_ids().end());
+    if (m.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) result.finish_reason = m.finish_reason();
+    if (!signalled) {
+      signalled = true;
+      cluster.SignalWorker(SIGTERM);
+      // Draining: not serving, and new work is refused while this request goes on.
+      EXPECT_TRUE(WaitUntil([&] { return !IsServing(cluster.worker_address()); }, absl::Seconds(10)));
+      v1::GenerateRequest late;
+      late.set_text("too late");
+      refused = cluster.Client(absl::Seconds(10))->GenerateAll(late);
+    }
+    return true;
+  });
+  ASSERT_TRUE(s.ok()) << s << cluster.Logs();
+  EXPECT_EQ(result.token_ids.size(), 120u);
+  EXPECT_EQ(result.finish_reason, v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable) << refused.status();
+  auto status = cluster.WaitWorker(absl::Seconds(30));
+  ASSERT_TRUE(status.ok()) << status.status() << cluster.Logs();
+  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0) << *status << cluster.Logs();
 }
 
 }  // namespace
