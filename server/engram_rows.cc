@@ -129,8 +129,13 @@ void SequenceRows::ReleaseBefore(int position) {
 
 // ---- StepRows ----------------------------------------------------------------------------------
 
-StepRows::StepRows(int num_engram_layers, int columns, int head_dim, absl::Duration rows_timeout)
-    : columns_(columns), head_dim_(head_dim), rows_timeout_(rows_timeout), timings_(num_engram_layers) {}
+StepRows::StepRows(const std::vector<int>& engram_layer_ids, int columns, int head_dim,
+                   absl::Duration rows_timeout)
+    : layer_ids_(engram_layer_ids),
+      columns_(columns),
+      head_dim_(head_dim),
+      rows_timeout_(rows_timeout),
+      timings_(engram_layer_ids.size()) {}
 
 void StepRows::AddItem(const SequenceRows* rows, int begin, int count, absl::Time deadline) {
   items_.push_back(Item{rows, begin, count, deadline});
@@ -154,7 +159,8 @@ absl::StatusOr<absl::Span<const float>> StepRows::Rows(size_t item, int engram_l
     timing.min_slack = absl::ZeroDuration();
     const bool deadline = until == it.deadline;
     return absl::UnavailableError(absl::StrCat(
-        "Engram rows for layer index ", engram_layer_index, " did not arrive ",
+        "Engram rows for layer ", layer_ids_[engram_layer_index], " (positions ", it.begin, "..",
+        it.begin + it.count - 1, ") did not arrive ",
         deadline ? "before the request's deadline" : absl::StrCat("within ", absl::FormatDuration(rows_timeout_)),
         " (the memory tier is slow or away)"));
   }

@@ -130,8 +130,10 @@ class SequenceRows {
 // fetches, waits where rows are not there yet, and records slack and stalls per layer.
 class StepRows : public EngramRowSource {
  public:
-  // `rows_timeout`: the longest wait for one fetch (also bounded by each item's deadline).
-  StepRows(int num_engram_layers, int columns, int head_dim, absl::Duration rows_timeout);
+  // `engram_layer_ids`: the model's Engram layers (for messages); `rows_timeout`: the longest
+  // wait for one fetch (also bounded by each item's deadline).
+  StepRows(const std::vector<int>& engram_layer_ids, int columns, int head_dim,
+           absl::Duration rows_timeout);
 
   // Item i of the step reads positions [begin, begin + count) of `rows`.
   void AddItem(const SequenceRows* rows, int begin, int count, absl::Time deadline);
@@ -157,6 +159,7 @@ class StepRows : public EngramRowSource {
     int count;
     absl::Time deadline;
   };
+  const std::vector<int> layer_ids_;
   const int columns_;
   const int head_dim_;
   const absl::Duration rows_timeout_;

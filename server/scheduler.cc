@@ -256,8 +256,8 @@ void Scheduler::RunStep() {
   const ModelConfig& config = model_.config();
   std::vector<StepItem> items;
   std::vector<BatchItem> batch;
-  StepRows rows(static_cast<int>(config.engram.layer_ids.size()), config.engram.columns(),
-                config.engram.head_dim, options_.rows_timeout);
+  StepRows rows(config.engram.layer_ids, config.engram.columns(), config.engram.head_dim,
+                options_.rows_timeout);
   StepInfo info;
   info.step = step_;
   auto add = [&](Sequence& s, bool prefill, absl::Span<const uint32_t> tokens) {

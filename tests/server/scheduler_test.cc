@@ -220,6 +220,42 @@ TEST_F(SchedulerTest, GreedyOutputEqualsInProcessReference) {
   }
 }
 
+TEST_F(SchedulerTest, StopStringsAndStopTokensEndLikeTheReference) {
+  Build();
+  v1::GenerateRequest plain = Request("Stop conditions are checked on every token", 16);
+  LocalGenerateResult full = Reference(plain);
+  ASSERT_EQ(full.tokens.size(), 16u);
+  ASSERT_GT(full.text.size(), 8u);
+
+  // A stop string taken from the middle of the text: the text ends before it.
+  v1::GenerateRequest with_stop = plain;
+  const std::string stop = full.text.substr(full.text.size() / 2, 3);
+  with_stop.mutable_stopping()->add_stop(stop);
+  auto sink = std::make_shared<Collector>();
+  ASSERT_TRUE(Submit(with_stop, sink).ok());
+  GenerateEvent last = sink->Wait();
+  ASSERT_TRUE(last.status.ok()) << last.status;
+  LocalGenerateResult want = Reference(with_stop);
+  EXPECT_EQ(want.finish_reason, FinishReason::kStop);
+  EXPECT_EQ(last.finish_reason, FinishReason::kStop);
+  EXPECT_EQ(sink->text(), want.text);
+  EXPECT_EQ(sink->tokens(), want.tokens);
+  EXPECT_EQ(sink->text().find(stop), std::string::npos);
+
+  // A stop token id: generation ends there and the token is not returned.
+  v1::GenerateRequest with_stop_id = plain;
+  with_stop_id.mutable_stopping()->add_stop_token_ids(full.tokens[5]);
+  auto sink2 = std::make_shared<Collector>();
+  ASSERT_TRUE(Submit(with_stop_id, sink2).ok());
+  last = sink2->Wait();
+  ASSERT_TRUE(last.status.ok()) << last.status;
+  want = Reference(with_stop_id);
+  EXPECT_EQ(last.finish_reason, FinishReason::kStop);
+  EXPECT_EQ(sink2->tokens(), want.tokens);
+  EXPECT_LE(sink2->tokens().size(), 5u);
+  EXPECT_EQ(last.completion_tokens, sink2->tokens().size());
+}
+
 TEST_F(SchedulerTest, PrefillIsChunkedAndGivesTheSameTokens) {
   SchedulerOptions o;
   o.prefill_chunk_tokens = 5;
