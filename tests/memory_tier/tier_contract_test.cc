@@ -154,7 +154,9 @@ class TierContractTest : public ::testing::Test {
       EXPECT_EQ(0, std::memcmp(&out[i * rb], table_.Row(ids[i]), rb))
           << tier()->name() << ": row " << ids[i] << " at position " << i;
     }
-    if (T::kComplete) EXPECT_TRUE(missing.empty()) << tier()->name();
+    if (T::kComplete) {
+      EXPECT_TRUE(missing.empty()) << tier()->name();
+    }
     return missing;
   }
 
@@ -185,7 +187,9 @@ TYPED_TEST(TierContractTest, HandlesDuplicatesNeighboursAndEdges) {
   // A cache reports duplicates consistently.
   for (uint32_t m : missing) {
     for (size_t i = 0; i < ids.size(); ++i) {
-      if (ids[i] == ids[m]) EXPECT_TRUE(std::count(missing.begin(), missing.end(), i));
+      if (ids[i] == ids[m]) {
+        EXPECT_TRUE(std::count(missing.begin(), missing.end(), i));
+      }
     }
   }
 }

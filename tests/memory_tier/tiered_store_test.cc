@@ -57,7 +57,9 @@ struct Fixture {
     auto d = DramTier::Create(o, rows, kRowBytes);
     EXPECT_TRUE(d.ok()) << d.status();
     dram = std::move(*d);
-    if (dram->resident()) EXPECT_TRUE(dram->LoadResident(manifest, path).ok());
+    if (dram->resident()) {
+      EXPECT_TRUE(dram->LoadResident(manifest, path).ok());
+    }
     auto n = NvmeTier::Open(manifest, path, NvmeTier::Options());
     EXPECT_TRUE(n.ok()) << n.status();
     nvme = std::move(*n);
