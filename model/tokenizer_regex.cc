@@ -1,6 +1,6 @@
 #include "model/tokenizer_regex.h"
 
-#include <cstring>
+#include <algorithm>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -258,9 +258,9 @@ absl::StatusOr<std::string> TranslateOnigPattern(absl::string_view pattern,
 
 std::string EscapeLiteral(absl::string_view text) {
   std::string out;
+  constexpr absl::string_view kMeta = "\\^$.|?*+()[]{}-#&~ \t\n\r\f\v";
   for (char c : text) {
-    if (std::strchr("\\^$.|?*+()[]{}-#&~ \t\n\r\f\v", c) != nullptr && c != '\0')
-      out.push_back('\\');
+    if (kMeta.find(c) != absl::string_view::npos) out.push_back('\\');
     out.push_back(c);
   }
   return out;

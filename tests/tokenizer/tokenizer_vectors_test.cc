@@ -2,6 +2,7 @@
 // vectors (tokenizers 0.23.2), the probes that apply to these files, gpt-tokenizer's TestPlans.txt
 // (tiktoken's cl100k_base and r50k_base = GPT-2 vocabulary) and the goldens made by
 // tests/tokenizer/gen_hf_goldens.py (random texts, decode_stream, every single-id decode).
+#include <functional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -136,6 +137,96 @@ TEST(TokenizerVectorsTest, ProbesThatApplyToTheseFiles) {
     const uint32_t seq[3] = {15339, id, 1917};
     EXPECT_EQ(gpt4->Decode(seq), "hello world");
   }
+}
+
+// The added-token and post-processor probes were made on GPT-2's file with tokens added.
+std::unique_ptr<Tokenizer> ModifiedGpt2(const std::function<void(nlohmann::json*)>& edit) {
+  static const auto* base = new nlohmann::json(ReadJson(testing::Gpt2Path()));
+  nlohmann::json j = *base;
+  edit(&j);
+  absl::StatusOr<std::unique_ptr<Tokenizer>> t = Tokenizer::FromJson(j.dump());
+  EXPECT_TRUE(t.ok()) << t.status();
+  return t.ok() ? *std::move(t) : nullptr;
+}
+
+nlohmann::json Added(uint32_t id, const std::string& content, bool single_word = false,
+                     bool strip = false, bool normalized = false) {
+  return {{"id", id},        {"content", content}, {"single_word", single_word},
+          {"lstrip", strip}, {"rstrip", strip},    {"normalized", normalized},
+          {"special", false}};
+}
+
+std::vector<std::string> Tokens(const Tokenizer& t, const std::string& text) {
+  std::vector<std::string> out;
+  const std::vector<uint32_t> ids = t.Encode(text).value();
+  for (uint32_t id : ids) out.push_back(t.IdToToken(id).value_or("?"));
+  return out;
+}
+
+TEST(TokenizerVectorsTest, AddedTokenAndTemplateProbesOnGpt2) {
+  nlohmann::json p = ReadJson(testing::SharedVectors("hf_tokenizers_probes.json"));
+  const auto& a = p["added_tokens"];
+  ASSERT_TRUE(a.is_object());
+  auto strings = [](const nlohmann::json& j) { return j.get<std::vector<std::string>>(); };
+
+  auto prefix =
+      ModifiedGpt2([](nlohmann::json* j) { (*j)["pre_tokenizer"]["add_prefix_space"] = true; });
+  ASSERT_NE(prefix, nullptr);
+  EXPECT_EQ(Tokens(*prefix, "Hello<|endoftext|>world"), strings(a["prefix_space_around_special"]));
+
+  auto strip = ModifiedGpt2([](nlohmann::json* j) {
+    (*j)["added_tokens"].push_back(Added(50257, "[X]", false, /*strip=*/true));
+  });
+  ASSERT_NE(strip, nullptr);
+  EXPECT_EQ(strip->Encode("a  [X]  b").value(), (std::vector<uint32_t>{64, 50257, 65}));
+  EXPECT_EQ(a["lstrip_rstrip"]["tokens"].size(), 3u);
+
+  // "ab" is a GPT-2 vocab token, so the added token takes its id 397.
+  auto single = ModifiedGpt2([](nlohmann::json* j) {
+    (*j)["added_tokens"].push_back(Added(397, "ab", /*single_word=*/true));
+  });
+  ASSERT_NE(single, nullptr);
+  EXPECT_EQ(Tokens(*single, "ab abc xab ab."), strings(a["single_word"]));
+
+  auto longest = ModifiedGpt2([](nlohmann::json* j) {
+    uint32_t next = 50257;
+    for (const char* s : {"abc", "bcd", "ab", "abcdx"}) {
+      const auto& vocab = (*j)["model"]["vocab"];
+      (*j)["added_tokens"].push_back(
+          Added(vocab.contains(s) ? vocab[s].get<uint32_t>() : next++, s));
+    }
+  });
+  ASSERT_NE(longest, nullptr);
+  for (const auto& [text, tokens] : a["leftmost_longest"].items()) {
+    EXPECT_EQ(Tokens(*longest, text), strings(tokens)) << text;
+  }
+
+  auto rescan = ModifiedGpt2([](nlohmann::json* j) {
+    const auto& vocab = (*j)["model"]["vocab"];
+    (*j)["added_tokens"].push_back(Added(vocab["abc"].get<uint32_t>(), "abc", true));
+    (*j)["added_tokens"].push_back(Added(vocab["bc"].get<uint32_t>(), "bc"));
+  });
+  ASSERT_NE(rescan, nullptr);
+  EXPECT_EQ(Tokens(*rescan, "zabc"), strings(a["discarded_match_not_rescanned"]));
+
+  auto normalized = ModifiedGpt2([](nlohmann::json* j) {
+    (*j)["normalizer"] = {{"type", "Lowercase"}};
+    (*j)["added_tokens"].push_back(Added(50257, "HeLLo", false, false, /*normalized=*/true));
+  });
+  ASSERT_NE(normalized, nullptr);
+  EXPECT_EQ(Tokens(*normalized, "aHELLOb"), strings(a["normalized_added"]["tokens"]));
+  EXPECT_EQ(normalized->IdToToken(50257), a["normalized_added"]["id_to_token"].get<std::string>());
+
+  auto templ = ModifiedGpt2([](nlohmann::json* j) {
+    (*j)["post_processor"] = nlohmann::json::parse(R"({"type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}},
+                   {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [], "special_tokens": {"<|endoftext|>": {"id": "<|endoftext|>", "ids": [50256],
+                                                         "tokens": ["<|endoftext|>"]}}})");
+  });
+  ASSERT_NE(templ, nullptr);
+  EXPECT_EQ(templ->Encode("hi", true).value(), Ids(a["template"]["with"]));
+  EXPECT_EQ(templ->Encode("hi", false).value(), Ids(a["template"]["without"]));
 }
 
 // gpt-tokenizer's TestPlans.txt: blocks of "EncodingName:", "Sample:" and "Encoded:" lines.
