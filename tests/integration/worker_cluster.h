@@ -64,8 +64,9 @@ struct ClusterOptions {
   bool shared_memory = true;
   // Extra engram-worker flags.
   std::vector<std::string> worker_flags;
-  // Context window of the tiny model.
-  int max_position_embeddings = 256;
+  // Context window of the tiny model: long enough that a generation outlasts the test's
+  // reaction (abort, kill) by a wide margin even on a loaded machine.
+  int max_position_embeddings = 1024;
 };
 
 class WorkerCluster {

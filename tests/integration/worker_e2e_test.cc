@@ -134,7 +134,8 @@ TEST_F(WorkerE2eTest, BadInputsAreInvalidArgument) {
   v1::GenerateRequest no_prompt;
   EXPECT_EQ(code(no_prompt), kInvalid);
   v1::GenerateRequest too_long;
-  for (int i = 0; i < 300; ++i) too_long.mutable_token_ids()->add_ids(100 + i);
+  const int context = cluster_->model().config().max_position_embeddings;
+  for (int i = 0; i < context; ++i) too_long.mutable_token_ids()->add_ids(100 + i % 1000);
   auto status = client->GenerateAll(too_long).status();
   EXPECT_EQ(status.code(), kInvalid);
   EXPECT_NE(status.message().find("context"), std::string::npos) << status;
@@ -220,7 +221,7 @@ TEST_F(WorkerE2eTest, ReflectionListsTheServices) {
 TEST_F(WorkerE2eTest, AbortAndClientCancellation) {
   auto client = cluster_->Client();
   auto other = cluster_->Client();
-  v1::GenerateRequest r = Greedy("Abort this long generation", 200);
+  v1::GenerateRequest r = Greedy("Abort this long generation", 1000);
   r.set_request_id("abort-me");
   r.mutable_stopping()->set_ignore_eos(true);
   bool aborted = false;
@@ -237,7 +238,7 @@ TEST_F(WorkerE2eTest, AbortAndClientCancellation) {
   });
   ASSERT_TRUE(s.ok()) << s;
   EXPECT_EQ(collected.finish_reason, v1::FINISH_REASON_ABORTED);
-  EXPECT_LT(collected.token_ids.size(), 200u);
+  EXPECT_LT(collected.token_ids.size(), 1000u);
   auto gone = other->Abort("abort-me");
   ASSERT_TRUE(gone.ok());
   EXPECT_FALSE(*gone);

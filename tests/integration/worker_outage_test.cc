@@ -47,7 +47,7 @@ TEST(WorkerOutageTest, TierKilledMidGenerationThenRestarted) {
   // A long generation; the tier dies right after the first streamed message.
   v1::GenerateRequest r;
   r.set_text("The tier will die while this request generates");
-  r.mutable_stopping()->set_max_tokens(200);
+  r.mutable_stopping()->set_max_tokens(1000);
   r.mutable_stopping()->set_ignore_eos(true);
   bool killed = false;
   int tokens_after_kill = 0;
@@ -68,7 +68,7 @@ TEST(WorkerOutageTest, TierKilledMidGenerationThenRestarted) {
   EXPECT_NE(s.message().find("memory tier"), std::string::npos) << s;
   EXPECT_LT(took, kDeadline);
   // At most the step already in flight finishes after the kill is noticed.
-  EXPECT_LT(tokens_after_kill, 200);
+  EXPECT_LT(tokens_after_kill, 1000);
 
   // Health follows the tier; new work is refused with UNAVAILABLE (retryable), not hung.
   EXPECT_TRUE(WaitUntil([&] { return !IsServing(cluster.worker_address()); }, absl::Seconds(10)));
