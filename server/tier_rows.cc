@@ -55,21 +55,26 @@ TierRowBackend::~TierRowBackend() {
   {
     absl::MutexLock lock(&mu_);
     stop_ = true;
-    connection = connection_;
+    connection.swap(connection_);
   }
   if (thread_.joinable()) thread_.join();
+  std::vector<std::shared_ptr<Connection>> retired;
+  {
+    absl::MutexLock lock(&mu_);
+    retired.swap(retired_);
+  }
+  // Destroying a stream waits for its last callbacks (pending batches complete through
+  // OnResult), so it happens outside mu_.
   if (connection && connection->stream) connection->stream->Cancel();
+  connection.reset();
+  retired.clear();
   std::vector<std::shared_ptr<Pending>> pending;
   {
     absl::MutexLock lock(&mu_);
     for (auto& [id, p] : pending_) pending.push_back(p);
     pending_.clear();
-    connection_.reset();
-    retired_.clear();
   }
   for (auto& p : pending) p->fetch->Complete(absl::UnavailableError("the worker is shutting down"));
-  // The stream (and its callbacks into this object) ends with the last Connection reference.
-  if (connection) connection->stream.reset();
 }
 
 void TierRowBackend::SetListener(std::function<void(bool)> listener) { listener_ = std::move(listener); }
@@ -116,7 +121,7 @@ void TierRowBackend::ConnectLoop() {
     if (connection.ok()) {
       backoff = options_.reconnect_initial_backoff;
       last_error = absl::OkStatus();
-      SetConnected(*std::move(connection), absl::OkStatus());
+      SetConnected(*std::move(connection));
       continue;
     }
     // Log each distinct failure once, not every retry.
@@ -197,7 +202,7 @@ absl::StatusOr<std::shared_ptr<TierRowBackend::Connection>> TierRowBackend::Conn
   return c;
 }
 
-void TierRowBackend::SetConnected(std::shared_ptr<Connection> connection, const absl::Status&) {
+void TierRowBackend::SetConnected(std::shared_ptr<Connection> connection) {
   bool reconnect;
   int shared = 0;
   for (const auto& a : connection->arenas) shared += a != nullptr;
@@ -212,7 +217,20 @@ void TierRowBackend::SetConnected(std::shared_ptr<Connection> connection, const 
   if (reconnect) metrics_.memory_tier_reconnects.Increment();
   ENGRAM_LOG(INFO).With("memory", options_.address).With("shared_memory_layers", shared)
       << (reconnect ? "reconnected to the memory tier" : "connected to the memory tier");
-  if (listener_) listener_(true);
+  NotifyListener();
+}
+
+void TierRowBackend::NotifyListener() {
+  if (!listener_) return;
+  // Publishes the state as it is now, not the event that triggered the call: a break and a
+  // reconnect racing on two threads still leave the listener with the latest state.
+  absl::MutexLock notify(&listener_mu_);
+  bool connected;
+  {
+    absl::MutexLock lock(&mu_);
+    connected = connection_ != nullptr;
+  }
+  listener_(connected);
 }
 
 void TierRowBackend::OnBroken(uint64_t generation, const absl::Status& status) {
@@ -227,7 +245,7 @@ void TierRowBackend::OnBroken(uint64_t generation, const absl::Status& status) {
   }
   metrics_.memory_tier_up.Set(0);
   ENGRAM_LOG(WARNING).With("memory", options_.address) << "memory tier stream broke: " << status.message();
-  if (listener_) listener_(false);
+  NotifyListener();
   // This runs inside the stream's own callback, where the stream must not be destroyed: the
   // connect thread releases it before reconnecting.
   absl::MutexLock lock(&mu_);
@@ -321,12 +339,17 @@ void TierRowBackend::Fetch(const std::shared_ptr<RowFetch>& fetch, uint64_t sequ
     absl::Status s = c->stream->Send(std::move(batch));
     metrics_.prefetch_batches.Increment();
     if (!s.ok()) {
-      absl::MutexLock lock(&mu_);
-      pending_.erase(id);
+      {
+        absl::MutexLock lock(&mu_);
+        pending_.erase(id);
+      }
       if (p->fetch) {
         fetch->Complete(absl::UnavailableError(absl::StrCat(
             "sending row ids to the memory tier at ", options_.address, " failed: ", s.message())));
       }
+      // A stream that ended without reporting (e.g. closed cleanly by the server) is as broken.
+      OnBroken(c->generation, s);
+      return;
     }
   }
 }

@@ -78,12 +78,14 @@ class TierRowBackend : public RowBackend {
   absl::StatusOr<std::shared_ptr<Connection>> Connect(uint64_t generation);
   void OnResult(uint64_t generation, PrefetchResult result);
   void OnBroken(uint64_t generation, const absl::Status& status);
-  void SetConnected(std::shared_ptr<Connection> connection, const absl::Status& reason);
+  void SetConnected(std::shared_ptr<Connection> connection);
+  void NotifyListener();
 
   const Model& model_;
   const TierRowBackendOptions options_;
   WorkerMetrics& metrics_;
   std::function<void(bool)> listener_;
+  absl::Mutex listener_mu_;  // serialises listener calls (taken before mu_)
   std::thread thread_;
   std::atomic<uint64_t> next_batch_id_{1};
 
