@@ -136,11 +136,13 @@ struct PrefetchResult {
 };
 
 struct PrefetchStreamOptions {
-  // Called once per batch with its result, on a gRPC or library thread: keep it short and do
-  // not call Finish() from it. When unset, use SendAsync() futures.
+  // Called once per batch with its result, on a gRPC or library thread: keep it short, and do
+  // not call Finish() or destroy the stream from it (both wait for the stream's own threads).
+  // Send() from it is fine. When unset, use SendAsync() futures.
   std::function<void(PrefetchResult)> on_result;
   // Called once when the stream ends abnormally (server gone, draining, network), after every
-  // pending batch got its UNAVAILABLE result. Not called after Finish() or Cancel().
+  // pending batch got its UNAVAILABLE result. Not called after Finish() or Cancel(). Same
+  // threading rules as on_result: hand the reconnect to another thread.
   std::function<void(const absl::Status&)> on_broken;
 };
 

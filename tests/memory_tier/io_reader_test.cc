@@ -202,6 +202,8 @@ TEST(NvmeTierTest, RefusesATruncatedOrForeignRowFile) {
   Manifest other = t.manifest;
   other.version = 9;
   EXPECT_FALSE(NvmeTier::Open(other, t.path, NvmeTier::Options()).ok());
+  EXPECT_EQ(NvmeTier::Open(t.manifest, t.path + ".missing", NvmeTier::Options()).status().code(),
+            absl::StatusCode::kNotFound);
 }
 
 }  // namespace
