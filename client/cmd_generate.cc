@@ -2,11 +2,12 @@
 //
 //   engram generate --server 127.0.0.1:50051 --prompt "Once upon a time" --max-tokens 64 \
 //       [--temperature 0.8 --top-k 40 --top-p 0.95 --seed 7] [--stop "\n\n" --stop "END"] \
-//       [--tokens 1,2,3 instead of --prompt] [--ignore-eos] [--timeout 60] [--request-id ID] [--quiet]
+//       [--tokens 1,2,3 instead of --prompt] [--ignore-eos] [--timeout 60] [--request-id ID]
+//       [--quiet]
 //
 // Text goes to stdout as it arrives; a summary (finish reason, token counts) goes to stderr unless
-// --quiet. Exit status: 0 on success, 1 on a server error (its code and message on stderr), 2 on bad
-// flags.
+// --quiet. Exit status: 0 on success, 1 on a server error (its code and message on stderr), 2 on
+// bad flags.
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -51,7 +52,8 @@ absl::Status ParseIds(absl::string_view text, absl::string_view flag,
   for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
     uint32_t id;
     if (!absl::SimpleAtoi(part, &id)) {
-      return absl::InvalidArgumentError(absl::StrCat("--", flag, ": \"", part, "\" is not a token id"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", flag, ": \"", part, "\" is not a token id"));
     }
     out->Add(id);
   }
@@ -68,7 +70,8 @@ absl::StatusOr<v1::GenerateRequest> BuildRequest(const Args& args,
   if (args.Has("prompt")) {
     request.set_text(*args.Get("prompt"));
   } else {
-    absl::Status s = ParseIds(*args.Get("tokens"), "tokens", request.mutable_token_ids()->mutable_ids());
+    absl::Status s =
+        ParseIds(*args.Get("tokens"), "tokens", request.mutable_token_ids()->mutable_ids());
     if (!s.ok()) return s;
   }
   request.set_request_id(args.GetOr("request-id", ""));
@@ -93,7 +96,8 @@ absl::StatusOr<v1::GenerateRequest> BuildRequest(const Args& args,
   }
   for (const std::string& s : stops) request.mutable_stopping()->add_stop(s);
   for (const std::string& s : stop_ids) {
-    absl::Status st = ParseIds(s, "stop-token-id", request.mutable_stopping()->mutable_stop_token_ids());
+    absl::Status st =
+        ParseIds(s, "stop-token-id", request.mutable_stopping()->mutable_stop_token_ids());
     if (!st.ok()) return st;
   }
   request.mutable_stopping()->set_ignore_eos(args.Has("ignore-eos"));
@@ -123,7 +127,8 @@ int RunGenerate(int argc, char** argv) {
   if (!request.ok()) return Fail("generate", request.status(), 2);
   auto timeout = args->GetDouble("timeout", 300.0);
   if (!timeout.ok() || *timeout <= 0) {
-    return Fail("generate", absl::InvalidArgumentError("--timeout must be a positive number of seconds"), 2);
+    return Fail("generate",
+                absl::InvalidArgumentError("--timeout must be a positive number of seconds"), 2);
   }
 
   EngramClientOptions options;
@@ -137,7 +142,8 @@ int RunGenerate(int argc, char** argv) {
     std::fwrite(r.text().data(), 1, r.text().size(), stdout);
     std::fflush(stdout);
     printed = printed || !r.text().empty();
-    if (r.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) summary.finish_reason = r.finish_reason();
+    if (r.finish_reason() != v1::FINISH_REASON_UNSPECIFIED)
+      summary.finish_reason = r.finish_reason();
     if (r.has_usage()) summary.usage = r.usage();
     summary.request_id = r.request_id();
     return true;

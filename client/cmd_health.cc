@@ -45,7 +45,7 @@ int RunHealth(int argc, char** argv) {
 
 }  // namespace
 
-ENGRAM_CLI_COMMAND(health, "health", "grpc.health.v1 status of a server (--wait to wait for SERVING)",
-                   RunHealth);
+ENGRAM_CLI_COMMAND(health, "health",
+                   "grpc.health.v1 status of a server (--wait to wait for SERVING)", RunHealth);
 
 }  // namespace engram::cli

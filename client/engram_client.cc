@@ -15,7 +15,8 @@ EngramClient::EngramClient(std::shared_ptr<grpc::Channel> channel, EngramClientO
 absl::StatusOr<std::unique_ptr<EngramClient>> EngramClient::Connect(const std::string& address,
                                                                     EngramClientOptions options) {
   if (address.empty() || address.find(':') == std::string::npos) {
-    return absl::InvalidArgumentError(absl::StrCat("server address \"", address, "\" is not host:port"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("server address \"", address, "\" is not host:port"));
   }
   grpc::ChannelArguments args;
   // Prompts can be long; the default 4 MiB receive limit is plenty for responses.
@@ -61,7 +62,8 @@ absl::StatusOr<GenerateResult> EngramClient::GenerateAll(const v1::GenerateReque
     result.request_id = r.request_id();
     result.token_ids.insert(result.token_ids.end(), r.token_ids().begin(), r.token_ids().end());
     result.text += r.text();
-    if (r.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) result.finish_reason = r.finish_reason();
+    if (r.finish_reason() != v1::FINISH_REASON_UNSPECIFIED)
+      result.finish_reason = r.finish_reason();
     if (r.has_usage()) result.usage = r.usage();
     ++result.messages;
     return true;

@@ -111,14 +111,14 @@ absl::StatusOr<std::pair<RowFetch*, int>> SequenceRows::Find(int begin, int coun
   for (const Span& span : spans_) {
     if (span.begin <= begin && begin + count <= span.begin + span.count) {
       if (engram_layer_index < 0 || engram_layer_index >= static_cast<int>(span.by_layer.size())) {
-        return absl::InvalidArgumentError(absl::StrCat("Engram layer index ", engram_layer_index,
-                                                       " out of range"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("Engram layer index ", engram_layer_index, " out of range"));
       }
       return std::make_pair(span.by_layer[engram_layer_index].get(), begin - span.begin);
     }
   }
-  return absl::FailedPreconditionError(absl::StrCat("no Engram rows were fetched for positions [",
-                                                    begin, ", ", begin + count, ")"));
+  return absl::FailedPreconditionError(
+      absl::StrCat("no Engram rows were fetched for positions [", begin, ", ", begin + count, ")"));
 }
 
 void SequenceRows::ReleaseBefore(int position) {
@@ -158,11 +158,12 @@ absl::StatusOr<absl::Span<const float>> StepRows::Rows(size_t item, int engram_l
     timing.stall += absl::Now() - needed_at;
     timing.min_slack = absl::ZeroDuration();
     const bool deadline = until == it.deadline;
-    return absl::UnavailableError(absl::StrCat(
-        "Engram rows for layer ", layer_ids_[engram_layer_index], " (positions ", it.begin, "..",
-        it.begin + it.count - 1, ") did not arrive ",
-        deadline ? "before the request's deadline" : absl::StrCat("within ", absl::FormatDuration(rows_timeout_)),
-        " (the memory tier is slow or away)"));
+    return absl::UnavailableError(
+        absl::StrCat("Engram rows for layer ", layer_ids_[engram_layer_index], " (positions ",
+                     it.begin, "..", it.begin + it.count - 1, ") did not arrive ",
+                     deadline ? "before the request's deadline"
+                              : absl::StrCat("within ", absl::FormatDuration(rows_timeout_)),
+                     " (the memory tier is slow or away)"));
   }
   if (ready_at > needed_at) {
     timing.stalled = true;
@@ -185,7 +186,8 @@ void StepRows::Record(WorkerMetrics& metrics) const {
     metrics.prefetch_slack(static_cast<int>(li)).Observe(absl::ToDoubleSeconds(t.min_slack));
     if (t.stalled) {
       metrics.prefetch_stalls(static_cast<int>(li)).Increment();
-      metrics.prefetch_stall_seconds(static_cast<int>(li)).Increment(absl::ToDoubleSeconds(t.stall));
+      metrics.prefetch_stall_seconds(static_cast<int>(li))
+          .Increment(absl::ToDoubleSeconds(t.stall));
     }
   }
 }
@@ -202,8 +204,8 @@ absl::StatusOr<std::unique_ptr<LocalRowBackend>> LocalRowBackend::Create(const M
     if (!tensor.ok()) return tensor.status();
     const TensorView& t = **tensor;
     if (t.shape.size() != 2 || t.shape[1] != config.engram.head_dim) {
-      return absl::FailedPreconditionError(absl::StrCat(name, " has shape ", t.ShapeString(),
-                                                        ", expected [rows, ", config.engram.head_dim, "]"));
+      return absl::FailedPreconditionError(absl::StrCat(
+          name, " has shape ", t.ShapeString(), ", expected [rows, ", config.engram.head_dim, "]"));
     }
   }
   return std::unique_ptr<LocalRowBackend>(new LocalRowBackend(model));
@@ -268,7 +270,8 @@ void LocalRowBackend::SetAvailable(bool available) {
     available_ = available;
     if (!available) fail.swap(held_);
   }
-  for (const auto& f : fail) f->Complete(absl::UnavailableError("local row backend is unavailable"));
+  for (const auto& f : fail)
+    f->Complete(absl::UnavailableError("local row backend is unavailable"));
 }
 
 int64_t LocalRowBackend::fetches() const {

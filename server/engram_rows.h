@@ -104,7 +104,8 @@ class SequenceRows {
 
   // The fetch of `engram_layer_index` covering positions [begin, begin + count), and the index of
   // `begin` inside it. FAILED_PRECONDITION when no single fetch covers them (a scheduler bug).
-  absl::StatusOr<std::pair<RowFetch*, int>> Find(int begin, int count, int engram_layer_index) const;
+  absl::StatusOr<std::pair<RowFetch*, int>> Find(int begin, int count,
+                                                 int engram_layer_index) const;
   // Drops the fetches that end at or before `position` (rows already consumed).
   void ReleaseBefore(int position);
 
@@ -114,7 +115,8 @@ class SequenceRows {
     int count = 0;
     std::vector<std::shared_ptr<RowFetch>> by_layer;  // [engram layer index]
   };
-  absl::Status FetchSpan(int begin, int count, std::vector<std::vector<uint64_t>> ids, uint64_t step);
+  absl::Status FetchSpan(int begin, int count, std::vector<std::vector<uint64_t>> ids,
+                         uint64_t step);
 
   const EngramConstants& constants_;
   const int head_dim_;

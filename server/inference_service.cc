@@ -168,10 +168,17 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
 
   void Perform(const Step& step) {
     switch (step.action) {
-      case Step::kNone: return;
-      case Step::kWrite: StartWrite(&response_); return;
-      case Step::kWriteAndFinish: StartWriteAndFinish(&response_, grpc::WriteOptions(), grpc::Status::OK); return;
-      case Step::kFinish: Finish(step.status); return;
+      case Step::kNone:
+        return;
+      case Step::kWrite:
+        StartWrite(&response_);
+        return;
+      case Step::kWriteAndFinish:
+        StartWriteAndFinish(&response_, grpc::WriteOptions(), grpc::Status::OK);
+        return;
+      case Step::kFinish:
+        Finish(step.status);
+        return;
     }
   }
 

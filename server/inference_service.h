@@ -1,4 +1,5 @@
-// InferenceService: engram.v1.Inference over the gRPC callback API (proto/engram/v1/inference.proto).
+// InferenceService: engram.v1.Inference over the gRPC callback API
+// (proto/engram/v1/inference.proto).
 //
 // Generate validates the request (server/request.h), submits it to the Scheduler and streams the
 // scheduler's events back as GenerateResponse messages. The scheduler never waits for a slow

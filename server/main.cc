@@ -80,13 +80,15 @@ absl::Status Run(const WorkerConfig& config, Lifecycle& lifecycle) {
   // The config alone (cheap) gives the metric labels, so /metrics is up while the model loads.
   ENGRAM_ASSIGN_OR_RETURN(ModelConfig model_config, LoadModelConfig(config.model.dir));
   if (model_config.has_engram() && config.memory_tier.address.empty()) {
-    return absl::InvalidArgumentError("the model has Engram layers: --memory HOST:PORT is required");
+    return absl::InvalidArgumentError(
+        "the model has Engram layers: --memory HOST:PORT is required");
   }
   auto registry = std::make_shared<prometheus::Registry>();
   WorkerMetrics metrics(registry, model_config.engram.layer_ids);
   MetricsServer metrics_server(registry);
   if (config.server.metrics_port >= 0) {
-    ENGRAM_RETURN_IF_ERROR(metrics_server.Start(config.server.metrics_host, config.server.metrics_port));
+    ENGRAM_RETURN_IF_ERROR(
+        metrics_server.Start(config.server.metrics_host, config.server.metrics_port));
   }
 
   InferenceServiceOptions service_options;
@@ -108,14 +110,18 @@ absl::Status Run(const WorkerConfig& config, Lifecycle& lifecycle) {
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || grpc_port == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", config.server.listen, " (port in use?)"));
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", config.server.listen, " (port in use?)"));
   }
   HealthState health(server->GetHealthCheckService());
-  ENGRAM_LOG(INFO).With("listen", config.server.listen).With("grpc_port", grpc_port)
+  ENGRAM_LOG(INFO)
+          .With("listen", config.server.listen)
+          .With("grpc_port", grpc_port)
           .With("metrics_port", metrics_server.port())
       << "serving gRPC (NOT_SERVING until the model and the memory tier are ready)";
   if (!config.server.port_file.empty()) {
-    ENGRAM_RETURN_IF_ERROR(WritePortFile(config.server.port_file, grpc_port, metrics_server.port()));
+    ENGRAM_RETURN_IF_ERROR(
+        WritePortFile(config.server.port_file, grpc_port, metrics_server.port()));
   }
 
   const absl::Time load_start = absl::Now();
@@ -123,7 +129,9 @@ absl::Status Run(const WorkerConfig& config, Lifecycle& lifecycle) {
   CpuBackboneOptions backbone_options;
   backbone_options.threads = config.model.threads;
   CpuBackbone backbone(*model, backbone_options);
-  ENGRAM_LOG(INFO).With("model", model->name()).With("layers", model_config.num_hidden_layers)
+  ENGRAM_LOG(INFO)
+          .With("model", model->name())
+          .With("layers", model_config.num_hidden_layers)
           .With("engram_layers", model_config.engram.layer_ids.size())
           .With("seconds", absl::ToDoubleSeconds(absl::Now() - load_start))
       << "model loaded";
@@ -159,7 +167,9 @@ absl::Status Run(const WorkerConfig& config, Lifecycle& lifecycle) {
   lifecycle.WaitFor(LifecycleState::kDraining);
 
   // Drain: refuse new work, let running requests finish, then end what is left.
-  ENGRAM_LOG(INFO).With("running", scheduler.running()).With("queued", scheduler.queued())
+  ENGRAM_LOG(INFO)
+          .With("running", scheduler.running())
+          .With("queued", scheduler.queued())
           .With("timeout", absl::FormatDuration(config.server.drain_timeout))
       << "draining";
   health.SetReady(false);

@@ -68,8 +68,9 @@ absl::Status ResolveSampling(const v1::SamplingParams& in, SamplingParams* out) 
 
 absl::Status ResolveStopping(const v1::StoppingCriteria& in, const ModelConfig& config,
                              const RequestLimits& limits, StopConditions* out) {
-  out->max_tokens = in.max_tokens() == 0 ? limits.default_max_tokens
-                                         : static_cast<int>(std::min<uint32_t>(in.max_tokens(), INT32_MAX));
+  out->max_tokens = in.max_tokens() == 0
+                        ? limits.default_max_tokens
+                        : static_cast<int>(std::min<uint32_t>(in.max_tokens(), INT32_MAX));
   if (in.stop_size() > limits.max_stop_strings) {
     return Invalid(absl::StrCat("stopping.stop has ", in.stop_size(), " strings; at most ",
                                 limits.max_stop_strings, " are allowed"));
@@ -108,7 +109,8 @@ absl::StatusOr<GenerateParams> ValidateGenerateRequest(const v1::GenerateRequest
                                                        absl::Time received, absl::Time deadline) {
   GenerateParams p;
   if (static_cast<int>(request.request_id().size()) > limits.max_request_id_bytes) {
-    return Invalid(absl::StrCat("request_id is longer than ", limits.max_request_id_bytes, " bytes"));
+    return Invalid(
+        absl::StrCat("request_id is longer than ", limits.max_request_id_bytes, " bytes"));
   }
   p.request_id = request.request_id().empty() ? NewRequestId() : request.request_id();
   auto prompt = ResolvePrompt(request, model);
@@ -116,8 +118,7 @@ absl::StatusOr<GenerateParams> ValidateGenerateRequest(const v1::GenerateRequest
   p.prompt = *std::move(prompt);
   if (static_cast<int>(p.prompt.size()) >= limits.max_context_tokens) {
     return Invalid(absl::StrCat("prompt has ", p.prompt.size(), " tokens; the context window is ",
-                                limits.max_context_tokens,
-                                " tokens, so a prompt may have at most ",
+                                limits.max_context_tokens, " tokens, so a prompt may have at most ",
                                 limits.max_context_tokens - 1));
   }
   absl::Status s = ResolveSampling(request.sampling(), &p.sampling);
@@ -132,12 +133,18 @@ absl::StatusOr<GenerateParams> ValidateGenerateRequest(const v1::GenerateRequest
 
 v1::FinishReason ToProto(FinishReason reason) {
   switch (reason) {
-    case FinishReason::kNone: return v1::FINISH_REASON_UNSPECIFIED;
-    case FinishReason::kLength: return v1::FINISH_REASON_LENGTH;
-    case FinishReason::kStop: return v1::FINISH_REASON_STOP;
-    case FinishReason::kEos: return v1::FINISH_REASON_EOS;
-    case FinishReason::kContext: return v1::FINISH_REASON_CONTEXT;
-    case FinishReason::kAborted: return v1::FINISH_REASON_ABORTED;
+    case FinishReason::kNone:
+      return v1::FINISH_REASON_UNSPECIFIED;
+    case FinishReason::kLength:
+      return v1::FINISH_REASON_LENGTH;
+    case FinishReason::kStop:
+      return v1::FINISH_REASON_STOP;
+    case FinishReason::kEos:
+      return v1::FINISH_REASON_EOS;
+    case FinishReason::kContext:
+      return v1::FINISH_REASON_CONTEXT;
+    case FinishReason::kAborted:
+      return v1::FINISH_REASON_ABORTED;
   }
   return v1::FINISH_REASON_UNSPECIFIED;
 }

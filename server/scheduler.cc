@@ -68,30 +68,34 @@ void Scheduler::SetStepObserver(std::function<void(const StepInfo&)> observer) {
   observer_ = std::move(observer);
 }
 
-void Scheduler::Start() { thread_ = std::thread([this] { Loop(); }); }
+void Scheduler::Start() {
+  thread_ = std::thread([this] { Loop(); });
+}
 
-absl::StatusOr<uint64_t> Scheduler::Submit(GenerateParams params, std::shared_ptr<GenerateSink> sink) {
+absl::StatusOr<uint64_t> Scheduler::Submit(GenerateParams params,
+                                           std::shared_ptr<GenerateSink> sink) {
   if (rows_ != nullptr) {
     absl::Status ready = rows_->Ready();
     if (!ready.ok()) return ready;
   }
   absl::MutexLock lock(&mu_);
-  if (stop_ || !accepting_) return absl::UnavailableError("the worker is draining; retry on another worker");
+  if (stop_ || !accepting_)
+    return absl::UnavailableError("the worker is draining; retry on another worker");
   if (live_.contains(params.request_id)) {
-    return absl::AlreadyExistsError(absl::StrCat("request id \"", params.request_id,
-                                                 "\" is already running"));
+    return absl::AlreadyExistsError(
+        absl::StrCat("request id \"", params.request_id, "\" is already running"));
   }
   const int capacity = options_.max_running_requests + options_.max_queued_requests;
   if (static_cast<int>(live_.size()) >= capacity) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the worker is full: ", running_count_, " requests running and ",
-        live_.size() - running_count_, " queued (max ", options_.max_queued_requests,
-        " queued); retry later"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the worker is full: ", running_count_, " requests running and ",
+                     live_.size() - running_count_, " queued (max ", options_.max_queued_requests,
+                     " queued); retry later"));
   }
   const uint64_t handle = next_handle_++;
   live_[params.request_id] = handle;
-  incoming_.push_back(std::make_unique<Sequence>(handle, std::move(params), std::move(sink),
-                                                 model_.tokenizer()));
+  incoming_.push_back(
+      std::make_unique<Sequence>(handle, std::move(params), std::move(sink), model_.tokenizer()));
   metrics_.queue_length.Set(static_cast<double>(live_.size() - running_count_));
   return handle;
 }
@@ -176,7 +180,8 @@ void Scheduler::TakeIncoming(bool* stop) {
     auto work = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
       return stop_ || !incoming_.empty() || !cancels_.empty() || !aborts_.empty() ||
              !running_.empty() ||
-             (!waiting_.empty() && static_cast<int>(running_.size()) < options_.max_running_requests);
+             (!waiting_.empty() &&
+              static_cast<int>(running_.size()) < options_.max_running_requests);
     };
     // Waiting requests can expire while nothing else happens: wake for the nearest deadline.
     absl::Time wake = absl::InfiniteFuture();
@@ -211,9 +216,10 @@ void Scheduler::ExpireDeadlines() {
         ++it;
         continue;
       }
-      Finish(s, absl::DeadlineExceededError(absl::StrCat(
-                    "deadline exceeded ", s.running ? "while generating" : "while queued",
-                    " (", s.emitted, " tokens generated)")),
+      Finish(s,
+             absl::DeadlineExceededError(
+                 absl::StrCat("deadline exceeded ", s.running ? "while generating" : "while queued",
+                              " (", s.emitted, " tokens generated)")),
              FinishReason::kNone);
       it = list->erase(it);
     }
@@ -232,8 +238,8 @@ void Scheduler::Admit() {
       // The whole prompt's row ids go out now, long before its chunks reach the Engram layers.
       status = rows_->Ready();
       if (status.ok()) {
-        s->rows = std::make_unique<SequenceRows>(model_.engram_constants(),
-                                                 model_.config().engram.head_dim, *rows_, s->handle);
+        s->rows = std::make_unique<SequenceRows>(
+            model_.engram_constants(), model_.config().engram.head_dim, *rows_, s->handle);
         status = s->rows->FetchPrompt(s->params.prompt);
       }
     }
@@ -265,7 +271,8 @@ void Scheduler::RunStep() {
     items.push_back(StepItem{&s, prefill, static_cast<int>(tokens.size())});
     batch.push_back(BatchItem{s.state.get(), tokens});
     rows.AddItem(s.rows.get(), begin, static_cast<int>(tokens.size()), s.params.deadline);
-    if (observer_) info.items.push_back({s.params.request_id, begin, static_cast<int>(tokens.size()), prefill});
+    if (observer_)
+      info.items.push_back({s.params.request_id, begin, static_cast<int>(tokens.size()), prefill});
   };
   // Decode tokens first: one per sequence, so no running sequence starves.
   int budget = options_.max_step_tokens;
@@ -294,7 +301,8 @@ void Scheduler::RunStep() {
   if (!forward.ok()) {
     // A malformed batch is a scheduler bug: fail the step's requests rather than loop on it.
     ENGRAM_LOG(ERROR).With("step", step_) << "forward pass failed: " << forward;
-    item_status.assign(items.size(), absl::InternalError(absl::StrCat("forward pass: ", forward.message())));
+    item_status.assign(items.size(),
+                       absl::InternalError(absl::StrCat("forward pass: ", forward.message())));
   }
 
   // Pass 1: sample and, for every sequence that goes on, send the next row ids at once.
@@ -307,8 +315,8 @@ void Scheduler::RunStep() {
       s.prefilled += items[i].tokens;
       if (!s.prefill_done()) continue;
     }
-    const uint32_t token =
-        s.sampler.Sample(absl::MakeConstSpan(logits_).subspan(i * static_cast<size_t>(vocab), vocab));
+    const uint32_t token = s.sampler.Sample(
+        absl::MakeConstSpan(logits_).subspan(i * static_cast<size_t>(vocab), vocab));
     sampled[i] = true;
     s.next_token = token;
     ++s.generated;
@@ -392,7 +400,9 @@ void Scheduler::Finish(Sequence& s, absl::Status status, FinishReason reason, Ge
     if (s.running) --running_count_;
   }
   if (!status.ok()) {
-    ENGRAM_LOG(INFO).With("request", s.params.request_id).With("code", absl::StatusCodeToString(status.code()))
+    ENGRAM_LOG(INFO)
+            .With("request", s.params.request_id)
+            .With("code", absl::StatusCodeToString(status.code()))
         << "request failed: " << status.message();
   }
   s.sink->OnEvent(std::move(event));

@@ -6,8 +6,8 @@
 //      cancellations (Cancel, Abort). Cancelled requests end now, queued or running.
 //   2. End every request whose deadline has passed (DEADLINE_EXCEEDED).
 //   3. Admit queued requests, oldest first, while fewer than max_running_requests run: create the
-//      sequence (KV cache, Engram state) and compute and send the row ids of the whole prompt to the
-//      memory tier at once (SequenceRows::FetchPrompt). New requests therefore join the running
+//      sequence (KV cache, Engram state) and compute and send the row ids of the whole prompt to
+//      the memory tier at once (SequenceRows::FetchPrompt). New requests therefore join the running
 //      batch between steps.
 //   4. Form the step: one decode token for every sequence past its prompt, then prompt chunks of at
 //      most prefill_chunk_tokens per sequence (prefill chunking) while the step has fewer than

@@ -5,8 +5,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
-#include "common/status.h"
 #include "common/row_format.h"
+#include "common/status.h"
 #include "memory_tier/tier_client.h"
 #include "model/engram_constants.h"
 #include "model/model.h"
@@ -77,9 +77,13 @@ TierRowBackend::~TierRowBackend() {
   for (auto& p : pending) p->fetch->Complete(absl::UnavailableError("the worker is shutting down"));
 }
 
-void TierRowBackend::SetListener(std::function<void(bool)> listener) { listener_ = std::move(listener); }
+void TierRowBackend::SetListener(std::function<void(bool)> listener) {
+  listener_ = std::move(listener);
+}
 
-void TierRowBackend::Start() { thread_ = std::thread([this] { ConnectLoop(); }); }
+void TierRowBackend::Start() {
+  thread_ = std::thread([this] { ConnectLoop(); });
+}
 
 bool TierRowBackend::WaitConnected(absl::Time deadline) const {
   absl::MutexLock lock(&mu_);
@@ -110,7 +114,8 @@ void TierRowBackend::ConnectLoop() {
     {
       absl::MutexLock lock(&mu_);
       // Connected: sleep until the stream breaks (OnBroken clears connection_) or stop.
-      auto idle = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stop_ || connection_ == nullptr; };
+      auto idle = [this]()
+                      ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stop_ || connection_ == nullptr; };
       mu_.Await(absl::Condition(&idle));
       if (stop_) return;
       generation = ++generation_;
@@ -126,14 +131,17 @@ void TierRowBackend::ConnectLoop() {
     }
     // Log each distinct failure once, not every retry.
     if (connection.status() != last_error) {
-      ENGRAM_LOG(WARNING).With("memory", options_.address).With("retry_in", absl::FormatDuration(backoff))
+      ENGRAM_LOG(WARNING)
+              .With("memory", options_.address)
+              .With("retry_in", absl::FormatDuration(backoff))
           << "memory tier not usable: " << connection.status().message();
       last_error = connection.status();
     }
     {
       absl::MutexLock lock(&mu_);
-      unavailable_reason_ = absl::UnavailableError(absl::StrCat(
-          "the memory tier at ", options_.address, " is unavailable: ", connection.status().message()));
+      unavailable_reason_ =
+          absl::UnavailableError(absl::StrCat("the memory tier at ", options_.address,
+                                              " is unavailable: ", connection.status().message()));
       auto stopping = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stop_; };
       mu_.AwaitWithTimeout(absl::Condition(&stopping), backoff);
       if (stop_) return;
@@ -142,7 +150,8 @@ void TierRowBackend::ConnectLoop() {
   }
 }
 
-absl::StatusOr<std::shared_ptr<TierRowBackend::Connection>> TierRowBackend::Connect(uint64_t generation) {
+absl::StatusOr<std::shared_ptr<TierRowBackend::Connection>> TierRowBackend::Connect(
+    uint64_t generation) {
   auto c = std::make_shared<Connection>();
   c->generation = generation;
   TierClientOptions client_options;
@@ -163,21 +172,22 @@ absl::StatusOr<std::shared_ptr<TierRowBackend::Connection>> TierRowBackend::Conn
     }
     const std::string what = absl::StrCat("memory tier table ", model_.name(), "/", layer, ": ");
     if (!table->serving) {
-      return absl::FailedPreconditionError(absl::StrCat(what, "not serving: ", table->unavailable_reason));
+      return absl::FailedPreconditionError(
+          absl::StrCat(what, "not serving: ", table->unavailable_reason));
     }
     if (table->rows != static_cast<uint64_t>(hash.rows_per_layer[li])) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          what, table->rows, " rows, but the model's hash addresses ", hash.rows_per_layer[li],
-          " (imported from a different model?)"));
+      return absl::FailedPreconditionError(
+          absl::StrCat(what, table->rows, " rows, but the model's hash addresses ",
+                       hash.rows_per_layer[li], " (imported from a different model?)"));
     }
     if (table->head_dim != config.engram.head_dim) {
-      return absl::FailedPreconditionError(absl::StrCat(what, "head_dim ", table->head_dim,
-                                                        ", the model needs ", config.engram.head_dim));
+      return absl::FailedPreconditionError(absl::StrCat(
+          what, "head_dim ", table->head_dim, ", the model needs ", config.engram.head_dim));
     }
     auto row_bytes = RowBytes(table->dtype, table->head_dim);
     if (!row_bytes.ok() || *row_bytes != table->row_bytes) {
-      return absl::FailedPreconditionError(absl::StrCat(what, "row_bytes ", table->row_bytes,
-                                                        " does not match its dtype"));
+      return absl::FailedPreconditionError(
+          absl::StrCat(what, "row_bytes ", table->row_bytes, " does not match its dtype"));
     }
     std::unique_ptr<ArenaReader> arena;
     if (options_.shared_memory) {
@@ -186,7 +196,8 @@ absl::StatusOr<std::shared_ptr<TierRowBackend::Connection>> TierRowBackend::Conn
         arena = *std::move(opened);
       } else {
         ENGRAM_LOG(INFO).With("layer", layer)
-            << "rows come in the Prefetch stream (no shared-memory arena: " << opened.status().message() << ")";
+            << "rows come in the Prefetch stream (no shared-memory arena: "
+            << opened.status().message() << ")";
       }
     }
     c->tables.push_back(*std::move(table));
@@ -194,7 +205,9 @@ absl::StatusOr<std::shared_ptr<TierRowBackend::Connection>> TierRowBackend::Conn
   }
 
   PrefetchStreamOptions stream_options;
-  stream_options.on_result = [this, generation](PrefetchResult r) { OnResult(generation, std::move(r)); };
+  stream_options.on_result = [this, generation](PrefetchResult r) {
+    OnResult(generation, std::move(r));
+  };
   stream_options.on_broken = [this, generation](const absl::Status& s) { OnBroken(generation, s); };
   auto stream = c->client->OpenPrefetchStream(std::move(stream_options));
   if (!stream.ok()) return stream.status();
@@ -240,11 +253,12 @@ void TierRowBackend::OnBroken(uint64_t generation, const absl::Status& status) {
     if (!connection_ || connection_->generation != generation) return;
     old = std::move(connection_);
     connection_ = nullptr;
-    unavailable_reason_ = absl::UnavailableError(absl::StrCat(
-        "the memory tier at ", options_.address, " went away: ", status.message()));
+    unavailable_reason_ = absl::UnavailableError(
+        absl::StrCat("the memory tier at ", options_.address, " went away: ", status.message()));
   }
   metrics_.memory_tier_up.Set(0);
-  ENGRAM_LOG(WARNING).With("memory", options_.address) << "memory tier stream broke: " << status.message();
+  ENGRAM_LOG(WARNING).With("memory", options_.address)
+      << "memory tier stream broke: " << status.message();
   NotifyListener();
   // This runs inside the stream's own callback, where the stream must not be destroyed: the
   // connect thread releases it before reconnecting.
@@ -252,7 +266,8 @@ void TierRowBackend::OnBroken(uint64_t generation, const absl::Status& status) {
   retired_.push_back(std::move(old));
 }
 
-void TierRowBackend::Fetch(const std::shared_ptr<RowFetch>& fetch, uint64_t sequence_id, uint64_t step) {
+void TierRowBackend::Fetch(const std::shared_ptr<RowFetch>& fetch, uint64_t sequence_id,
+                           uint64_t step) {
   std::shared_ptr<Connection> c;
   {
     absl::MutexLock lock(&mu_);
@@ -302,7 +317,8 @@ void TierRowBackend::Fetch(const std::shared_ptr<RowFetch>& fetch, uint64_t sequ
   std::vector<uint64_t> report;
   {
     absl::MutexLock lock(&mu_);
-    if (!missing.empty() || arena_hits_[li].size() >= kArenaReportRows) report.swap(arena_hits_[li]);
+    if (!missing.empty() || arena_hits_[li].size() >= kArenaReportRows)
+      report.swap(arena_hits_[li]);
   }
   if (missing.empty()) {
     fetch->Complete(absl::OkStatus());
@@ -366,10 +382,11 @@ void TierRowBackend::OnResult(uint64_t generation, PrefetchResult r) {
   metrics_.prefetch_round_trip.Observe(absl::ToDoubleSeconds(r.round_trip));
   RowFetch& fetch = *p->fetch;
   if (!r.status.ok()) {
-    absl::StatusCode code = r.status.code() == absl::StatusCode::kCancelled ? absl::StatusCode::kUnavailable
-                                                                            : r.status.code();
-    fetch.Complete(absl::Status(code, absl::StrCat("memory tier at ", options_.address, ": ",
-                                                   r.status.message())));
+    absl::StatusCode code = r.status.code() == absl::StatusCode::kCancelled
+                                ? absl::StatusCode::kUnavailable
+                                : r.status.code();
+    fetch.Complete(absl::Status(
+        code, absl::StrCat("memory tier at ", options_.address, ": ", r.status.message())));
     return;
   }
   if (r.row_bytes != p->row_bytes || r.rows.size() != p->positions.size() * p->row_bytes) {
@@ -381,8 +398,9 @@ void TierRowBackend::OnResult(uint64_t generation, PrefetchResult r) {
   const int head_dim = fetch.head_dim();
   const auto* raw = reinterpret_cast<const uint8_t*>(r.rows.data());
   for (size_t j = 0; j < p->positions.size(); ++j) {
-    absl::Status s = DecodeRows(p->dtype, raw + j * p->row_bytes, 1, head_dim,
-                                fetch.mutable_rows() + static_cast<size_t>(p->positions[j]) * head_dim);
+    absl::Status s =
+        DecodeRows(p->dtype, raw + j * p->row_bytes, 1, head_dim,
+                   fetch.mutable_rows() + static_cast<size_t>(p->positions[j]) * head_dim);
     if (!s.ok()) {
       fetch.Complete(s);
       return;

@@ -14,7 +14,8 @@
 
 // Flags are optional-valued so "not given" is distinguishable from "given the default value";
 // defaults live in the struct only (worker_config.h), never twice.
-ABSL_FLAG(std::optional<std::string>, config, std::nullopt, "JSON config file (see worker_config.h)");
+ABSL_FLAG(std::optional<std::string>, config, std::nullopt,
+          "JSON config file (see worker_config.h)");
 ABSL_FLAG(std::optional<std::string>, listen, std::nullopt, "gRPC listen address host:port");
 ABSL_FLAG(std::optional<std::string>, metrics_host, std::nullopt, "/metrics host");
 ABSL_FLAG(std::optional<int>, metrics_port, std::nullopt, "/metrics port (0 = any, -1 = off)");
@@ -32,10 +33,13 @@ ABSL_FLAG(std::optional<absl::Duration>, rows_timeout, std::nullopt,
           "longest wait for Engram rows at a layer");
 ABSL_FLAG(std::optional<int>, max_rows_per_batch, std::nullopt, "row ids per Prefetch message");
 ABSL_FLAG(std::optional<int>, max_running_requests, std::nullopt, "sequences per batch");
-ABSL_FLAG(std::optional<int>, max_queued_requests, std::nullopt, "waiting requests before RESOURCE_EXHAUSTED");
-ABSL_FLAG(std::optional<int>, prefill_chunk_tokens, std::nullopt, "prompt tokens per sequence per step");
+ABSL_FLAG(std::optional<int>, max_queued_requests, std::nullopt,
+          "waiting requests before RESOURCE_EXHAUSTED");
+ABSL_FLAG(std::optional<int>, prefill_chunk_tokens, std::nullopt,
+          "prompt tokens per sequence per step");
 ABSL_FLAG(std::optional<int>, max_step_tokens, std::nullopt, "tokens per step");
-ABSL_FLAG(std::optional<int>, default_max_tokens, std::nullopt, "max_tokens when a request gives 0");
+ABSL_FLAG(std::optional<int>, default_max_tokens, std::nullopt,
+          "max_tokens when a request gives 0");
 ABSL_FLAG(std::optional<int>, max_context_tokens, std::nullopt, "context window (0 = model's)");
 ABSL_FLAG(std::optional<std::string>, log_level, std::nullopt, "debug|info|warning|error");
 
@@ -85,12 +89,14 @@ absl::Status FromJsonValue(const nlohmann::json& j, absl::string_view key, std::
   return absl::OkStatus();
 }
 absl::Status FromJsonValue(const nlohmann::json& j, absl::string_view key, int* out) {
-  if (!j.is_number_integer()) return absl::InvalidArgumentError(absl::StrCat(key, " must be an integer"));
+  if (!j.is_number_integer())
+    return absl::InvalidArgumentError(absl::StrCat(key, " must be an integer"));
   *out = j.get<int>();
   return absl::OkStatus();
 }
 absl::Status FromJsonValue(const nlohmann::json& j, absl::string_view key, bool* out) {
-  if (!j.is_boolean()) return absl::InvalidArgumentError(absl::StrCat(key, " must be true or false"));
+  if (!j.is_boolean())
+    return absl::InvalidArgumentError(absl::StrCat(key, " must be true or false"));
   *out = j.get<bool>();
   return absl::OkStatus();
 }
@@ -133,13 +139,15 @@ nlohmann::json WorkerConfig::ToJson() const {
 }
 
 absl::Status ApplyJsonConfig(const nlohmann::json& json, WorkerConfig* config) {
-  if (!json.is_object()) return absl::InvalidArgumentError("worker config file must hold a JSON object");
+  if (!json.is_object())
+    return absl::InvalidArgumentError("worker config file must hold a JSON object");
   std::set<std::string> known;
   VisitFields(*config, [&](absl::string_view key, auto&) { known.insert(std::string(key)); });
   std::vector<std::string> leaves;
   LeafKeys(json, "", &leaves);
   for (const std::string& key : leaves) {
-    if (!known.count(key)) return absl::InvalidArgumentError(absl::StrCat("unknown worker config key ", key));
+    if (!known.count(key))
+      return absl::InvalidArgumentError(absl::StrCat("unknown worker config key ", key));
   }
   absl::Status status;
   VisitFields(*config, [&](absl::string_view key, auto& field) {
@@ -153,7 +161,8 @@ absl::Status ApplyJsonConfig(const nlohmann::json& json, WorkerConfig* config) {
 absl::Status WorkerConfig::Validate() const {
   if (model.dir.empty()) return Bad("model.dir", "is required (--model DIR)");
   if (!memory_tier.address.empty() && memory_tier.address.find(':') == std::string::npos) {
-    return Bad("memory_tier.address", absl::StrCat("\"", memory_tier.address, "\" is not host:port"));
+    return Bad("memory_tier.address",
+               absl::StrCat("\"", memory_tier.address, "\" is not host:port"));
   }
   if (server.listen.empty() || server.listen.find(':') == std::string::npos) {
     return Bad("server.listen", absl::StrCat("\"", server.listen, "\" is not host:port"));
@@ -161,26 +170,35 @@ absl::Status WorkerConfig::Validate() const {
   if (server.metrics_port < -1 || server.metrics_port > 65535) {
     return Bad("server.metrics_port", "must be in [-1, 65535]");
   }
-  if (server.drain_timeout < absl::ZeroDuration()) return Bad("server.drain_timeout", "must be >= 0");
-  if (model.threads < 0 || model.threads > 1024) return Bad("model.threads", "must be in [0, 1024]");
+  if (server.drain_timeout < absl::ZeroDuration())
+    return Bad("server.drain_timeout", "must be >= 0");
+  if (model.threads < 0 || model.threads > 1024)
+    return Bad("model.threads", "must be in [0, 1024]");
   if (memory_tier.reconnect_initial_backoff <= absl::ZeroDuration() ||
       memory_tier.reconnect_max_backoff < memory_tier.reconnect_initial_backoff) {
     return Bad("memory_tier.reconnect_*_backoff", "need 0 < initial <= max");
   }
-  if (memory_tier.rows_timeout <= absl::ZeroDuration()) return Bad("memory_tier.rows_timeout", "must be > 0");
-  if (memory_tier.max_rows_per_batch < 1) return Bad("memory_tier.max_rows_per_batch", "must be >= 1");
-  if (scheduler.max_running_requests < 1) return Bad("scheduler.max_running_requests", "must be >= 1");
-  if (scheduler.max_queued_requests < 0) return Bad("scheduler.max_queued_requests", "must be >= 0");
-  if (scheduler.prefill_chunk_tokens < 1) return Bad("scheduler.prefill_chunk_tokens", "must be >= 1");
+  if (memory_tier.rows_timeout <= absl::ZeroDuration())
+    return Bad("memory_tier.rows_timeout", "must be > 0");
+  if (memory_tier.max_rows_per_batch < 1)
+    return Bad("memory_tier.max_rows_per_batch", "must be >= 1");
+  if (scheduler.max_running_requests < 1)
+    return Bad("scheduler.max_running_requests", "must be >= 1");
+  if (scheduler.max_queued_requests < 0)
+    return Bad("scheduler.max_queued_requests", "must be >= 0");
+  if (scheduler.prefill_chunk_tokens < 1)
+    return Bad("scheduler.prefill_chunk_tokens", "must be >= 1");
   if (scheduler.max_step_tokens < scheduler.max_running_requests) {
-    return Bad("scheduler.max_step_tokens",
-               "must be >= max_running_requests (every running sequence decodes one token per step)");
+    return Bad(
+        "scheduler.max_step_tokens",
+        "must be >= max_running_requests (every running sequence decodes one token per step)");
   }
   if (scheduler.default_max_tokens < 1) return Bad("scheduler.default_max_tokens", "must be >= 1");
   if (scheduler.max_context_tokens < 0) return Bad("scheduler.max_context_tokens", "must be >= 0");
   LogLevel level;
   if (!ParseLogLevel(log_level, &level)) {
-    return Bad("log_level", absl::StrCat("\"", log_level, "\" is not debug, info, warning or error"));
+    return Bad("log_level",
+               absl::StrCat("\"", log_level, "\" is not debug, info, warning or error"));
   }
   return absl::OkStatus();
 }

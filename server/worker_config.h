@@ -35,7 +35,8 @@ struct WorkerConfig {
     // Flag --drain-timeout. Default 30s.
     absl::Duration drain_timeout = absl::Seconds(30);
     // Writes the bound gRPC and metrics ports as JSON {"grpc": P, "metrics": Q} to this file once
-    // serving (for tests and scripts that start the worker on port 0). Flag --port-file. Default "".
+    // serving (for tests and scripts that start the worker on port 0). Flag --port-file. Default
+    // "".
     std::string port_file;
   } server;
 

@@ -25,37 +25,30 @@ prometheus::Histogram& Latency(prometheus::Registry& r, const char* name, const 
 }
 
 const std::vector<double>& TokenBuckets() {
-  static const std::vector<double> buckets = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096};
+  static const std::vector<double> buckets = {1,   2,   4,   8,    16,   32,  64,
+                                              128, 256, 512, 1024, 2048, 4096};
   return buckets;
 }
 
 // Status code names as gRPC spells them (the label values users see in other gRPC servers).
-const char* kCodeNames[17] = {"OK",
-                              "CANCELLED",
-                              "UNKNOWN",
-                              "INVALID_ARGUMENT",
-                              "DEADLINE_EXCEEDED",
-                              "NOT_FOUND",
-                              "ALREADY_EXISTS",
-                              "PERMISSION_DENIED",
-                              "RESOURCE_EXHAUSTED",
-                              "FAILED_PRECONDITION",
-                              "ABORTED",
-                              "OUT_OF_RANGE",
-                              "UNIMPLEMENTED",
-                              "INTERNAL",
-                              "UNAVAILABLE",
-                              "DATA_LOSS",
-                              "UNAUTHENTICATED"};
+const char* kCodeNames[17] = {
+    "OK",        "CANCELLED",      "UNKNOWN",           "INVALID_ARGUMENT",   "DEADLINE_EXCEEDED",
+    "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+    "ABORTED",   "OUT_OF_RANGE",   "UNIMPLEMENTED",     "INTERNAL",           "UNAVAILABLE",
+    "DATA_LOSS", "UNAUTHENTICATED"};
 
 }  // namespace
 
 const char* RowTierName(RowTier tier) {
   switch (tier) {
-    case RowTier::kDramShm: return "dram_shm";
-    case RowTier::kDram: return "dram";
-    case RowTier::kNvme: return "nvme";
-    case RowTier::kOther: return "other";
+    case RowTier::kDramShm:
+      return "dram_shm";
+    case RowTier::kDram:
+      return "dram";
+    case RowTier::kNvme:
+      return "nvme";
+    case RowTier::kOther:
+      return "other";
   }
   return "other";
 }
@@ -70,8 +63,8 @@ WorkerMetrics::WorkerMetrics(std::shared_ptr<prometheus::Registry> registry,
                              const std::vector<int>& engram_layer_ids)
     : queue_length(Gauge(*registry, "engram_worker_queue_length",
                          "Requests waiting for a slot in the running batch.")),
-      running_requests(Gauge(*registry, "engram_worker_running_requests",
-                             "Sequences in the running batch.")),
+      running_requests(
+          Gauge(*registry, "engram_worker_running_requests", "Sequences in the running batch.")),
       time_to_first_token(Latency(*registry, "engram_worker_time_to_first_token_seconds",
                                   "Time from receiving a request to streaming its first token.")),
       inter_token_latency(Latency(*registry, "engram_worker_inter_token_latency_seconds",
@@ -82,8 +75,8 @@ WorkerMetrics::WorkerMetrics(std::shared_ptr<prometheus::Registry> registry,
                                  "Time a request waited before joining the running batch.")),
       prompt_tokens(Counter(*registry, "engram_worker_prompt_tokens_total",
                             "Prompt tokens of admitted requests.")),
-      generation_tokens(Counter(*registry, "engram_worker_generation_tokens_total",
-                                "Tokens generated.")),
+      generation_tokens(
+          Counter(*registry, "engram_worker_generation_tokens_total", "Tokens generated.")),
       step_duration(Latency(*registry, "engram_worker_step_duration_seconds",
                             "Duration of one batched forward step (prefill chunks + decode).")),
       step_tokens(BuildHistogram()
@@ -104,7 +97,8 @@ WorkerMetrics::WorkerMetrics(std::shared_ptr<prometheus::Registry> registry,
                        .Name("engram_worker_requests_total")
                        .Help("Finished Generate requests by gRPC status code.")
                        .Register(*registry_);
-  for (int code = 0; code < 17; ++code) requests_[code] = &requests.Add({{"code", kCodeNames[code]}});
+  for (int code = 0; code < 17; ++code)
+    requests_[code] = &requests.Add({{"code", kCodeNames[code]}});
 
   auto& rows = BuildCounter()
                    .Name("engram_worker_engram_rows_total")
@@ -116,8 +110,9 @@ WorkerMetrics::WorkerMetrics(std::shared_ptr<prometheus::Registry> registry,
 
   auto& slack = BuildHistogram()
                     .Name("engram_worker_prefetch_slack_seconds")
-                    .Help("Per step and Engram layer: how long before the layer needed them the "
-                          "rows were ready (the smallest over the step's sequences; 0 on a stall).")
+                    .Help(
+                        "Per step and Engram layer: how long before the layer needed them the "
+                        "rows were ready (the smallest over the step's sequences; 0 on a stall).")
                     .Register(*registry_);
   auto& stalls = BuildCounter()
                      .Name("engram_worker_prefetch_stalls_total")

@@ -69,8 +69,12 @@ class WorkerMetrics {
   prometheus::Counter& engram_rows(RowTier tier) { return *engram_rows_[static_cast<int>(tier)]; }
   // Per Engram layer: how early the rows were ready before the layer needed them (slack), how
   // often the layer had to wait (stalls) and for how long in total.
-  prometheus::Histogram& prefetch_slack(int engram_layer_index) { return *slack_[engram_layer_index]; }
-  prometheus::Counter& prefetch_stalls(int engram_layer_index) { return *stalls_[engram_layer_index]; }
+  prometheus::Histogram& prefetch_slack(int engram_layer_index) {
+    return *slack_[engram_layer_index];
+  }
+  prometheus::Counter& prefetch_stalls(int engram_layer_index) {
+    return *stalls_[engram_layer_index];
+  }
   prometheus::Counter& prefetch_stall_seconds(int engram_layer_index) {
     return *stall_seconds_[engram_layer_index];
   }

@@ -144,7 +144,8 @@ absl::StatusOr<std::string> HttpGet(int port, const std::string& path) {
   auto res = client.Get(path.c_str());
   if (!res) return absl::UnavailableError(absl::StrCat("GET 127.0.0.1:", port, path, " failed"));
   if (res->status != 200) {
-    return absl::UnavailableError(absl::StrCat("GET ", path, ": HTTP ", res->status, " ", res->body));
+    return absl::UnavailableError(
+        absl::StrCat("GET ", path, ": HTTP ", res->status, " ", res->body));
   }
   return res->body;
 }
@@ -172,7 +173,8 @@ absl::Status RunToCompletion(const std::vector<std::string>& argv, const std::st
   auto status = (*p)->Wait(absl::Seconds(120));
   if (!status.ok()) return status.status();
   if (!WIFEXITED(*status) || WEXITSTATUS(*status) != 0) {
-    return absl::InternalError(absl::StrCat(absl::StrJoin(argv, " "), " failed:\n", (*p)->LogTail()));
+    return absl::InternalError(
+        absl::StrCat(absl::StrJoin(argv, " "), " failed:\n", (*p)->LogTail()));
   }
   return absl::OkStatus();
 }
@@ -182,11 +184,13 @@ absl::Status RunToCompletion(const std::vector<std::string>& argv, const std::st
 absl::StatusOr<std::unique_ptr<WorkerCluster>> WorkerCluster::Start(ClusterOptions options) {
   auto c = std::unique_ptr<WorkerCluster>(new WorkerCluster());
   const char* bin = std::getenv("ENGRAM_BINARY_DIR");
-  if (bin == nullptr) return absl::FailedPreconditionError("ENGRAM_BINARY_DIR is not set (run under ctest)");
+  if (bin == nullptr)
+    return absl::FailedPreconditionError("ENGRAM_BINARY_DIR is not set (run under ctest)");
   c->bin_ = bin;
   const std::string tokenizer = DefaultDemoTokenizerPath();
   if (!std::filesystem::exists(tokenizer)) {
-    return absl::FailedPreconditionError(absl::StrCat(tokenizer, " is missing: run scripts/fetch-testdata.sh"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(tokenizer, " is missing: run scripts/fetch-testdata.sh"));
   }
   c->dir_ = absl::StrCat(::testing::TempDir(), "/worker_cluster_", getpid());
   std::filesystem::remove_all(c->dir_);
@@ -213,9 +217,9 @@ absl::StatusOr<std::unique_ptr<WorkerCluster>> WorkerCluster::Start(ClusterOptio
   if (!model.ok()) return model.status();
   c->model_ = *std::move(model);
 
-  s = RunToCompletion({c->bin_ + "/client/engram", "table", "import", model_dir, "--store",
-                       c->dir_ + "/store"},
-                      c->dir_ + "/import.log");
+  s = RunToCompletion(
+      {c->bin_ + "/client/engram", "table", "import", model_dir, "--store", c->dir_ + "/store"},
+      c->dir_ + "/import.log");
   if (!s.ok()) return s;
 
   c->memory_port_ = FreePort();
@@ -242,15 +246,18 @@ WorkerCluster::~WorkerCluster() {
 
 absl::Status WorkerCluster::StartMemory() {
   ++memory_starts_;
-  auto p = Process::Start({bin_ + "/memory_tier/engram-memory", "--store", dir_ + "/store", "--listen",
-                           memory_address_, "--metrics-port", absl::StrCat(memory_metrics_port_),
-                           "--metrics-host", "127.0.0.1", "--shm-prefix", absl::StrCat("engram-test-", getpid())},
-                          absl::StrCat(dir_, "/memory.", memory_starts_, ".log"));
+  auto p = Process::Start(
+      {bin_ + "/memory_tier/engram-memory", "--store", dir_ + "/store", "--listen", memory_address_,
+       "--metrics-port", absl::StrCat(memory_metrics_port_), "--metrics-host", "127.0.0.1",
+       "--shm-prefix", absl::StrCat("engram-test-", getpid())},
+      absl::StrCat(dir_, "/memory.", memory_starts_, ".log"));
   if (!p.ok()) return p.status();
   memory_ = *std::move(p);
-  if (!WaitUntil([&] { return IsServing(memory_address_) || !memory_->running(); }, absl::Seconds(60)) ||
+  if (!WaitUntil([&] { return IsServing(memory_address_) || !memory_->running(); },
+                 absl::Seconds(60)) ||
       !memory_->running()) {
-    return absl::UnavailableError(absl::StrCat("engram-memory did not become SERVING:\n", memory_->LogTail()));
+    return absl::UnavailableError(
+        absl::StrCat("engram-memory did not become SERVING:\n", memory_->LogTail()));
   }
   return absl::OkStatus();
 }
@@ -263,17 +270,27 @@ absl::Status WorkerCluster::KillMemory() {
 
 absl::Status WorkerCluster::StartWorker(const ClusterOptions& options) {
   const std::string port_file = dir_ + "/worker.ports.json";
-  std::vector<std::string> argv = {bin_ + "/server/engram-worker",
-                                   "--model", dir_ + "/tiny",
-                                   "--memory", memory_address_,
-                                   "--listen", "127.0.0.1:0",
-                                   "--metrics-host", "127.0.0.1",
-                                   "--metrics-port", "0",
-                                   "--port-file", port_file,
-                                   "--threads", "1",
-                                   "--reconnect-initial-backoff", "50ms",
-                                   "--reconnect-max-backoff", "250ms",
-                                   absl::StrCat("--shared-memory=", options.shared_memory ? "true" : "false")};
+  std::vector<std::string> argv = {
+      bin_ + "/server/engram-worker",
+      "--model",
+      dir_ + "/tiny",
+      "--memory",
+      memory_address_,
+      "--listen",
+      "127.0.0.1:0",
+      "--metrics-host",
+      "127.0.0.1",
+      "--metrics-port",
+      "0",
+      "--port-file",
+      port_file,
+      "--threads",
+      "1",
+      "--reconnect-initial-backoff",
+      "50ms",
+      "--reconnect-max-backoff",
+      "250ms",
+      absl::StrCat("--shared-memory=", options.shared_memory ? "true" : "false")};
   argv.insert(argv.end(), options.worker_flags.begin(), options.worker_flags.end());
   auto p = Process::Start(argv, dir_ + "/worker.log");
   if (!p.ok()) return p.status();
@@ -281,13 +298,15 @@ absl::Status WorkerCluster::StartWorker(const ClusterOptions& options) {
   if (!WaitUntil([&] { return std::filesystem::exists(port_file) || !worker_->running(); },
                  absl::Seconds(60)) ||
       !worker_->running()) {
-    return absl::UnavailableError(absl::StrCat("engram-worker did not start:\n", worker_->LogTail()));
+    return absl::UnavailableError(
+        absl::StrCat("engram-worker did not start:\n", worker_->LogTail()));
   }
   auto ports = ReadJsonFile(port_file);
   if (!ports.ok()) return ports.status();
   worker_address_ = absl::StrCat("127.0.0.1:", (*ports)["grpc"].get<int>());
   worker_metrics_port_ = (*ports)["metrics"].get<int>();
-  if (!WaitUntil([&] { return IsServing(worker_address_) || !worker_->running(); }, absl::Seconds(60)) ||
+  if (!WaitUntil([&] { return IsServing(worker_address_) || !worker_->running(); },
+                 absl::Seconds(60)) ||
       !worker_->running()) {
     return absl::UnavailableError(absl::StrCat("engram-worker did not become SERVING:\n", Logs()));
   }
@@ -303,7 +322,9 @@ std::unique_ptr<EngramClient> WorkerCluster::Client(absl::Duration timeout) cons
 
 void WorkerCluster::SignalWorker(int signal) { worker_->Signal(signal); }
 
-absl::StatusOr<int> WorkerCluster::WaitWorker(absl::Duration timeout) { return worker_->Wait(timeout); }
+absl::StatusOr<int> WorkerCluster::WaitWorker(absl::Duration timeout) {
+  return worker_->Wait(timeout);
+}
 
 std::string WorkerCluster::Logs() const {
   std::string out;

@@ -182,12 +182,14 @@ TEST_F(WorkerE2eTest, TokenizeModelInfoAndHealth) {
 // with Debian's gRPC, so the request is encoded by hand: ServerReflectionRequest{list_services: ""}
 // is field 7, length 0.
 TEST_F(WorkerE2eTest, ReflectionListsTheServices) {
-  auto channel = grpc::CreateChannel(cluster_->worker_address(), grpc::InsecureChannelCredentials());
+  auto channel =
+      grpc::CreateChannel(cluster_->worker_address(), grpc::InsecureChannelCredentials());
   grpc::GenericStub stub(channel);
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
   grpc::CompletionQueue cq;
-  auto call = stub.PrepareCall(&context, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
+  auto call = stub.PrepareCall(
+      &context, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
   void* tag;
   bool ok;
   auto next = [&](intptr_t want) {
@@ -213,7 +215,8 @@ TEST_F(WorkerE2eTest, ReflectionListsTheServices) {
   std::vector<grpc::Slice> slices;
   ASSERT_TRUE(response.Dump(&slices).ok());
   std::string bytes;
-  for (const auto& slice : slices) bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+  for (const auto& slice : slices)
+    bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
   EXPECT_NE(bytes.find("engram.v1.Inference"), std::string::npos);
   EXPECT_NE(bytes.find("grpc.health.v1.Health"), std::string::npos);
 }
@@ -227,8 +230,10 @@ TEST_F(WorkerE2eTest, AbortAndClientCancellation) {
   bool aborted = false;
   GenerateResult collected;
   absl::Status s = client->Generate(r, [&](const v1::GenerateResponse& m) {
-    collected.token_ids.insert(collected.token_ids.end(), m.token_ids().begin(), m.token_ids().end());
-    if (m.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) collected.finish_reason = m.finish_reason();
+    collected.token_ids.insert(collected.token_ids.end(), m.token_ids().begin(),
+                               m.token_ids().end());
+    if (m.finish_reason() != v1::FINISH_REASON_UNSPECIFIED)
+      collected.finish_reason = m.finish_reason();
     if (!aborted) {
       auto found = other->Abort("abort-me");
       EXPECT_TRUE(found.ok() && *found) << found.status();
@@ -246,7 +251,8 @@ TEST_F(WorkerE2eTest, AbortAndClientCancellation) {
   // The client goes away after two messages: the worker ends the request (CANCELLED).
   auto before = HttpGet(cluster_->worker_metrics_port(), "/metrics");
   ASSERT_TRUE(before.ok());
-  const double cancelled_before = MetricValue(*before, "engram_worker_requests_total{code=\"CANCELLED\"}");
+  const double cancelled_before =
+      MetricValue(*before, "engram_worker_requests_total{code=\"CANCELLED\"}");
   int messages = 0;
   s = client->Generate(r, [&](const v1::GenerateResponse&) { return ++messages < 2; });
   EXPECT_EQ(s.code(), absl::StatusCode::kCancelled);
@@ -254,7 +260,8 @@ TEST_F(WorkerE2eTest, AbortAndClientCancellation) {
       [&] {
         auto m = HttpGet(cluster_->worker_metrics_port(), "/metrics");
         return m.ok() &&
-               MetricValue(*m, "engram_worker_requests_total{code=\"CANCELLED\"}") > cancelled_before &&
+               MetricValue(*m, "engram_worker_requests_total{code=\"CANCELLED\"}") >
+                   cancelled_before &&
                MetricValue(*m, "engram_worker_running_requests") == 0;
       },
       absl::Seconds(30)))

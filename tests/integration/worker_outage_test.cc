@@ -8,10 +8,10 @@
 //
 // SIGTERM drains: health turns NOT_SERVING, new requests are refused, the running request
 // finishes normally, and the worker exits 0.
-#include <iostream>
 #include <signal.h>
 #include <sys/wait.h>
 
+#include <iostream>
 #include <string>
 #include <thread>
 
@@ -123,12 +123,14 @@ TEST(WorkerOutageTest, SigtermDrainsTheRunningRequestAndExits) {
   GenerateResult result;
   absl::Status s = client->Generate(r, [&](const v1::GenerateResponse& m) {
     result.token_ids.insert(result.token_ids.end(), m.token_ids().begin(), m.token_ids().end());
-    if (m.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) result.finish_reason = m.finish_reason();
+    if (m.finish_reason() != v1::FINISH_REASON_UNSPECIFIED)
+      result.finish_reason = m.finish_reason();
     if (!signalled) {
       signalled = true;
       cluster.SignalWorker(SIGTERM);
       // Draining: not serving, and new work is refused while this request goes on.
-      EXPECT_TRUE(WaitUntil([&] { return !IsServing(cluster.worker_address()); }, absl::Seconds(10)));
+      EXPECT_TRUE(
+          WaitUntil([&] { return !IsServing(cluster.worker_address()); }, absl::Seconds(10)));
       v1::GenerateRequest late;
       late.set_text("too late");
       refused = cluster.Client(absl::Seconds(10))->GenerateAll(late);

@@ -41,7 +41,8 @@ nlohmann::json Query(int port, const std::string& promql) {
 
 TEST(WorkerPrometheusTest, PrometheusScrapesWorkerAndTier) {
   if (!std::filesystem::exists(kPrometheus)) {
-    GTEST_FAIL() << kPrometheus << " is missing: run scripts/install-deps.sh (Debian package prometheus)";
+    GTEST_FAIL() << kPrometheus
+                 << " is missing: run scripts/install-deps.sh (Debian package prometheus)";
   }
   auto started = WorkerCluster::Start();
   ASSERT_TRUE(started.ok()) << started.status();
@@ -64,10 +65,11 @@ TEST(WorkerPrometheusTest, PrometheusScrapesWorkerAndTier) {
            << "  - job_name: engram-memory\n    static_configs:\n      - targets: ['127.0.0.1:"
            << cluster.memory_metrics_port() << "']\n";
   }
-  auto prometheus = Process::Start(
-      {kPrometheus, "--config.file=" + dir + "/prometheus.yml", "--storage.tsdb.path=" + dir + "/data",
-       absl::StrCat("--web.listen-address=127.0.0.1:", port), "--log.level=warn"},
-      dir + "/prometheus.log");
+  auto prometheus =
+      Process::Start({kPrometheus, "--config.file=" + dir + "/prometheus.yml",
+                      "--storage.tsdb.path=" + dir + "/data",
+                      absl::StrCat("--web.listen-address=127.0.0.1:", port), "--log.level=warn"},
+                     dir + "/prometheus.log");
   ASSERT_TRUE(prometheus.ok()) << prometheus.status();
 
   // Both targets up (the `up` series is written by Prometheus after each scrape).

@@ -56,7 +56,8 @@ class Collector : public GenerateSink {
   void OnTokens(std::function<void(int)> hook) { on_tokens_ = std::move(hook); }
   // Waits (bounded) for the last event.
   GenerateEvent Wait() {
-    EXPECT_TRUE(done_.WaitForNotificationWithTimeout(absl::Seconds(60))) << "request never finished";
+    EXPECT_TRUE(done_.WaitForNotificationWithTimeout(absl::Seconds(60)))
+        << "request never finished";
     absl::MutexLock lock(&mu_);
     return last_;
   }
@@ -205,7 +206,8 @@ const Model* SchedulerTest::model_ = nullptr;
 
 TEST_F(SchedulerTest, GreedyOutputEqualsInProcessReference) {
   Build();
-  for (const char* prompt : {"The quick brown fox", "Hello", "Engram tables live in the memory tier."}) {
+  for (const char* prompt :
+       {"The quick brown fox", "Hello", "Engram tables live in the memory tier."}) {
     v1::GenerateRequest r = Request(prompt, 12);
     auto sink = std::make_shared<Collector>();
     ASSERT_TRUE(Submit(r, sink).ok());
@@ -396,7 +398,8 @@ TEST_F(SchedulerTest, BoundedQueueAnswersResourceExhausted) {
   auto rejected = Submit(c, std::make_shared<Collector>());
   EXPECT_EQ(rejected.status().code(), absl::StatusCode::kResourceExhausted) << rejected.status();
   // A request id can only be live once.
-  EXPECT_EQ(Submit(b, std::make_shared<Collector>()).status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(Submit(b, std::make_shared<Collector>()).status().code(),
+            absl::StatusCode::kAlreadyExists);
 
   rows_->SetHold(false);
   EXPECT_TRUE(sink_a->Wait().status.ok());
@@ -489,7 +492,9 @@ TEST_F(SchedulerTest, StopAcceptingDrainsAndStopEndsTheRest) {
 
 TEST_F(SchedulerTest, ValidationRejectsBadInputWithInvalidArgument) {
   auto code = [&](const v1::GenerateRequest& r) { return Params(r).status().code(); };
-  auto message = [&](const v1::GenerateRequest& r) { return std::string(Params(r).status().message()); };
+  auto message = [&](const v1::GenerateRequest& r) {
+    return std::string(Params(r).status().message());
+  };
   const auto kInvalid = absl::StatusCode::kInvalidArgument;
 
   v1::GenerateRequest none;
@@ -530,7 +535,8 @@ TEST_F(SchedulerTest, ValidationRejectsBadInputWithInvalidArgument) {
   stop.mutable_stopping()->add_stop("");
   EXPECT_EQ(code(stop), kInvalid);
   v1::GenerateRequest stop_id = Request("fine", 4);
-  stop_id.mutable_stopping()->add_stop_token_ids(static_cast<uint32_t>(model_->config().vocab_size) + 5);
+  stop_id.mutable_stopping()->add_stop_token_ids(
+      static_cast<uint32_t>(model_->config().vocab_size) + 5);
   EXPECT_EQ(code(stop_id), kInvalid);
 
   // Defaults: max_tokens 0 = the server default, top_p unset = 1, no seed = a random one.

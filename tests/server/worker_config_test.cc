@@ -58,8 +58,9 @@ TEST(WorkerConfigTest, UnknownKeysAndWrongTypesAreNamed) {
     WorkerConfig c;
     return std::string(ApplyJsonConfig(nlohmann::json::parse(text), &c).message());
   };
-  EXPECT_NE(apply(R"({"scheduler": {"max_runing_requests": 1}})").find("scheduler.max_runing_requests"),
-            std::string::npos);
+  EXPECT_NE(
+      apply(R"({"scheduler": {"max_runing_requests": 1}})").find("scheduler.max_runing_requests"),
+      std::string::npos);
   EXPECT_NE(apply(R"({"scheduler": {"max_running_requests": "8"}})").find("must be an integer"),
             std::string::npos);
   EXPECT_NE(apply(R"({"memory_tier": {"rows_timeout": 5}})").find("duration"), std::string::npos);
