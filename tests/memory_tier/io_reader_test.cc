@@ -67,6 +67,9 @@ absl::Status LookupAndCheck(NvmeTier& tier, const Table& t, uint64_t seed, size_
 class IoFaultTest : public ::testing::TestWithParam<IoBackend> {};
 
 TEST_P(IoFaultTest, ShortReadsAndEagainAreResubmitted) {
+  if (GetParam() == IoBackend::kUring && !testing::UringAvailable()) {
+    GTEST_SKIP() << "io_uring is not available to this process";
+  }
   Table t;
   std::atomic<int> calls{0};
   NvmeTier::Options o;
@@ -95,6 +98,9 @@ TEST_P(IoFaultTest, ShortReadsAndEagainAreResubmitted) {
 }
 
 TEST_P(IoFaultTest, HardErrorsFailTheBatchAndTheTierRecovers) {
+  if (GetParam() == IoBackend::kUring && !testing::UringAvailable()) {
+    GTEST_SKIP() << "io_uring is not available to this process";
+  }
   Table t;
   std::atomic<int> mode{0};  // 0 pass, 1 EIO once, 2 EOF, 3 EAGAIN forever
   std::atomic<bool> fired{false};
@@ -163,6 +169,7 @@ TEST(PreadFallbackTest, UringUnderSeccompFallsBackToPread) {
     }
   }).join();
   // Outside that thread io_uring still works.
+  if (!testing::UringAvailable()) return;
   NvmeTier::Options o;
   auto tier = NvmeTier::Open(t.manifest, t.path, o);
   ASSERT_TRUE(tier.ok());

@@ -1,5 +1,6 @@
 #include "tests/memory_tier/test_model.h"
 
+#include <liburing.h>
 #include <stdlib.h>
 
 #include <cmath>
@@ -131,6 +132,16 @@ TempDir::TempDir() {
 TempDir::~TempDir() {
   std::error_code ec;
   if (!path_.empty()) std::filesystem::remove_all(path_, ec);
+}
+
+bool UringAvailable() {
+  static const bool available = [] {
+    io_uring ring;
+    if (io_uring_queue_init(4, &ring, 0) != 0) return false;
+    io_uring_queue_exit(&ring);
+    return true;
+  }();
+  return available;
 }
 
 std::string BinaryPath(const std::string& relative) {

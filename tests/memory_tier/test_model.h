@@ -45,6 +45,10 @@ class TempDir {
   std::string path_;
 };
 
+// Whether this process may set up an io_uring (container seccomp profiles often forbid it). Tests
+// of the io_uring backend skip without it; the pread fallback is tested either way.
+bool UringAvailable();
+
 // Path of a built binary (ENGRAM_BINARY_DIR/<relative>).
 std::string BinaryPath(const std::string& relative);
 

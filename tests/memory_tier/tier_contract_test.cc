@@ -92,15 +92,18 @@ struct TierUnderTest {
 
 struct DramResident {
   static constexpr bool kComplete = true;
+  static constexpr bool kNeedsUring = false;
   static TierUnderTest Make(const Table& t) { return {MakeDram(t, true, "res"), nullptr}; }
 };
 struct DramCache {
   static constexpr bool kComplete = false;
+  static constexpr bool kNeedsUring = false;
   static TierUnderTest Make(const Table& t) { return {MakeDram(t, false, "cache"), nullptr}; }
 };
 template <IoBackend kBackend>
 struct Nvme {
   static constexpr bool kComplete = true;
+  static constexpr bool kNeedsUring = kBackend == IoBackend::kUring;
   static TierUnderTest Make(const Table& t) {
     NvmeTier::Options o;
     o.io.backend = kBackend;
@@ -114,6 +117,7 @@ struct Nvme {
 template <bool kResident>
 struct Arena {
   static constexpr bool kComplete = kResident;
+  static constexpr bool kNeedsUring = false;
   static TierUnderTest Make(const Table& t) {
     TierUnderTest u{MakeDram(t, kResident, kResident ? "ares" : "acache"), nullptr};
     const SharedArena& a = u.dram->arena();
@@ -135,7 +139,12 @@ struct Arena {
 template <typename T>
 class TierContractTest : public ::testing::Test {
  protected:
-  void SetUp() override { under_test_ = T::Make(table_); }
+  void SetUp() override {
+    if (T::kNeedsUring && !testing::UringAvailable()) {
+      GTEST_SKIP() << "io_uring is not available to this process";
+    }
+    under_test_ = T::Make(table_);
+  }
   Tier* tier() { return under_test_.get(); }
 
   // Looks up `ids` and checks every served row byte for byte; returns the missing positions.
