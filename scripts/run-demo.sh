@@ -78,6 +78,7 @@ engram-serve is running the demo model:
   engram-worker  127.0.0.1:${worker_port}   metrics http://127.0.0.1:${worker_metrics_port}/metrics
   engram-memory  127.0.0.1:${memory_port}   metrics http://127.0.0.1:${memory_metrics_port}/metrics
 
+From the repository root (${root}), in another terminal.
 Stream a generation (the demo weights are random, so the text is too):
   ${engram} generate --server 127.0.0.1:${worker_port} --prompt "The capital of France is" --max-tokens 32
   ${engram} generate --server 127.0.0.1:${worker_port} --prompt "Once upon a time" --temperature 0.8 --top-p 0.95 --seed 7
