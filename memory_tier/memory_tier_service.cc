@@ -34,6 +34,10 @@ class PrefetchReactor : public grpc::ServerBidiReactor<v1::PrefetchRequest, v1::
   }
 
   void OnReadDone(bool ok) override {
+    if (ok) {
+      absl::MutexLock lock(&mu_);
+      ++in_read_callback_;  // no Finish() until the next StartRead has been issued
+    }
     if (!ok) {
       {
         absl::MutexLock lock(&mu_);
@@ -77,6 +81,11 @@ class PrefetchReactor : public grpc::ServerBidiReactor<v1::PrefetchRequest, v1::
       });
     }
     StartRead(&request_);
+    {
+      absl::MutexLock lock(&mu_);
+      --in_read_callback_;
+    }
+    MaybeFinish();
   }
 
   void OnWriteDone(bool ok) override {
@@ -168,7 +177,9 @@ class PrefetchReactor : public grpc::ServerBidiReactor<v1::PrefetchRequest, v1::
     grpc::Status status;
     {
       absl::MutexLock lock(&mu_);
-      if (finished_ || pending_ > 0 || writing_ || !outbox_.empty()) return;
+      if (finished_ || pending_ > 0 || writing_ || !outbox_.empty() || in_read_callback_ > 0) {
+        return;
+      }
       if (!(reads_done_ || cancelled_ || broken_ || draining_)) return;
       finished_ = true;
       if (draining_ && !reads_done_) {
@@ -185,6 +196,7 @@ class PrefetchReactor : public grpc::ServerBidiReactor<v1::PrefetchRequest, v1::
   std::unique_ptr<v1::PrefetchResponse> current_ ABSL_GUARDED_BY(mu_);
   std::deque<std::unique_ptr<v1::PrefetchResponse>> outbox_ ABSL_GUARDED_BY(mu_);
   int pending_ ABSL_GUARDED_BY(mu_) = 0;
+  int in_read_callback_ ABSL_GUARDED_BY(mu_) = 0;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;

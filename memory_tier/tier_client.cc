@@ -60,6 +60,10 @@ class PrefetchStreamImpl final : public PrefetchStream,
   PrefetchStreamImpl(v1::MemoryTier::Stub* stub, PrefetchStreamOptions options)
       : options_(std::move(options)) {
     stub->async()->Prefetch(&context_, this);
+    // Writes are started from the caller's threads (Send, Finish), outside gRPC's reactions; this
+    // hold keeps the call (and OnDone) from completing under such a write. It is released once
+    // the server has ended the stream and no such write is being started (ReleaseHoldIfIdle).
+    AddHold();
     StartRead(&response_);
     StartCall();
   }
@@ -92,11 +96,15 @@ class PrefetchStreamImpl final : public PrefetchStream,
     {
       absl::MutexLock lock(&mu_);
       closing_ = true;
-      if (!writing_ && !writes_done_ && !done_) {
+      if (!writing_ && !writes_done_ && !read_closed_) {
         writes_done_ = start_writes_done = true;
+        ++outside_ops_;
       }
     }
-    if (start_writes_done) StartWritesDone();
+    if (start_writes_done) {
+      StartWritesDone();
+      EndOutsideOp();
+    }
     absl::MutexLock lock(&mu_);
     mu_.Await(absl::Condition(&done_));
     return final_status_;
@@ -142,7 +150,14 @@ class PrefetchStreamImpl final : public PrefetchStream,
   }
 
   void OnReadDone(bool ok) override {
-    if (!ok) return;  // end of stream; OnDone follows
+    if (!ok) {  // the server ended the stream (or it broke): OnDone follows once the hold goes
+      {
+        absl::MutexLock lock(&mu_);
+        read_closed_ = true;
+      }
+      ReleaseHoldIfIdle();
+      return;
+    }
     PrefetchResult r;
     r.batch_id = response_.batch_id();
     r.version = response_.version();
@@ -237,7 +252,7 @@ class PrefetchStreamImpl final : public PrefetchStream,
     {
       absl::MutexLock lock(&mu_);
       if (closing_) return absl::FailedPreconditionError("prefetch stream is finished or cancelled");
-      if (done_ || !broken_status_.ok()) {
+      if (done_ || read_closed_ || !broken_status_.ok()) {
         return absl::UnavailableError(absl::StrCat("prefetch stream is broken: ",
                                                    broken_status_.ToString()));
       }
@@ -254,10 +269,31 @@ class PrefetchStreamImpl final : public PrefetchStream,
       } else {
         current_ = std::move(req);
         writing_ = start = true;
+        ++outside_ops_;
       }
     }
-    if (start) StartWrite(&current_);
+    if (start) {
+      StartWrite(&current_);
+      EndOutsideOp();
+    }
     return absl::OkStatus();
+  }
+
+  void EndOutsideOp() {
+    {
+      absl::MutexLock lock(&mu_);
+      --outside_ops_;
+    }
+    ReleaseHoldIfIdle();
+  }
+
+  void ReleaseHoldIfIdle() {
+    {
+      absl::MutexLock lock(&mu_);
+      if (!read_closed_ || outside_ops_ > 0 || hold_released_) return;
+      hold_released_ = true;
+    }
+    RemoveHold();
   }
 
   void Deliver(Pending p, PrefetchResult r) {
@@ -280,6 +316,9 @@ class PrefetchStreamImpl final : public PrefetchStream,
   bool closing_ ABSL_GUARDED_BY(mu_) = false;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   bool done_ ABSL_GUARDED_BY(mu_) = false;
+  bool read_closed_ ABSL_GUARDED_BY(mu_) = false;
+  bool hold_released_ ABSL_GUARDED_BY(mu_) = false;
+  int outside_ops_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Status broken_status_ ABSL_GUARDED_BY(mu_);
   absl::Status final_status_ ABSL_GUARDED_BY(mu_);
 };
