@@ -40,11 +40,11 @@
 #include "memory_tier/row_file.h"
 #include "memory_tier/tier_client.h"
 #include "memory_tier/tier_server.h"
+#include "rocksdb/cache.h"
 #include "rocksdb/db.h"
+#include "rocksdb/filter_policy.h"
 #include "rocksdb/sst_file_writer.h"
 #include "rocksdb/table.h"
-#include "rocksdb/cache.h"
-#include "rocksdb/filter_policy.h"
 
 namespace engram {
 namespace {
@@ -371,9 +371,9 @@ absl::Status BuildRocksDb(const std::string& path, const std::string& row_file, 
         if (row >= l.rows) break;
         char key[8];
         for (int i = 0; i < 8; ++i) key[i] = static_cast<char>(row >> (56 - 8 * i));
-        auto st = w.Put(rocksdb::Slice(key, 8),
-                        rocksdb::Slice(reinterpret_cast<char*>(page.data()) + s * l.row_bytes,
-                                       l.row_bytes));
+        auto st = w.Put(
+            rocksdb::Slice(key, 8),
+            rocksdb::Slice(reinterpret_cast<char*>(page.data()) + s * l.row_bytes, l.row_bytes));
         if (!st.ok()) return absl::InternalError(st.ToString());
       }
     }
@@ -400,10 +400,11 @@ int Run(const Flags& f) {
   const Manifest& m = *manifest;
   const RowLayout& l = m.layout;
   const std::string path = store + "/" + m.row_file;
-  std::printf("table: %llu rows x %u B, %u rows per 4 KiB page, %.2f GiB; depth %d; %.1f s per "
-              "measurement\n\n",
-              static_cast<unsigned long long>(l.rows), l.row_bytes, l.rows_per_page,
-              m.file_bytes / double(1ull << 30), f.depth, f.seconds);
+  std::printf(
+      "table: %llu rows x %u B, %u rows per 4 KiB page, %.2f GiB; depth %d; %.1f s per "
+      "measurement\n\n",
+      static_cast<unsigned long long>(l.rows), l.row_bytes, l.rows_per_page,
+      m.file_bytes / double(1ull << 30), f.depth, f.seconds);
 
   RawUringCeiling(path, l, f.depth, f.seconds);
   for (size_t b : f.batches) {
@@ -444,11 +445,11 @@ int Run(const Flags& f) {
       std::vector<uint8_t> out(b * l.row_bytes);
       std::vector<uint32_t> missing;
       Measure(absl::StrCat("NvmeTier ", IoBackendName(backend)), b, l.rows, f.seconds,
-                         [&](const std::vector<uint64_t>& ids) {
-                           missing.clear();
-                           if (!(*tier)->Lookup(ids, out.data(), &missing).ok()) std::abort();
-                           return DistinctPages(l, ids);
-                         });
+              [&](const std::vector<uint64_t>& ids) {
+                missing.clear();
+                if (!(*tier)->Lookup(ids, out.data(), &missing).ok()) std::abort();
+                return DistinctPages(l, ids);
+              });
     }
   }
 
@@ -493,7 +494,8 @@ int Run(const Flags& f) {
     o.version = m.version;
     auto dram = DramTier::Create(o, l.rows, l.row_bytes);
     if (!dram.ok() || !(*dram)->LoadResident(m, path).ok()) {
-      std::fprintf(stderr, "DRAM tier: cannot build a resident arena (is /dev/shm large enough?)\n");
+      std::fprintf(stderr,
+                   "DRAM tier: cannot build a resident arena (is /dev/shm large enough?)\n");
     } else {
       TableDescription d;
       d.key = TableKey{m.model, m.layer, m.version};
@@ -507,11 +509,12 @@ int Run(const Flags& f) {
       for (size_t b : f.batches) {
         std::vector<uint8_t> out(b * l.row_bytes);
         std::vector<uint32_t> missing;
-        Measure("DramTier (in-process)", b, l.rows, f.seconds, [&](const std::vector<uint64_t>& ids) {
-          missing.clear();
-          (void)(*dram)->Lookup(ids, out.data(), &missing);
-          return uint64_t{0};
-        });
+        Measure("DramTier (in-process)", b, l.rows, f.seconds,
+                [&](const std::vector<uint64_t>& ids) {
+                  missing.clear();
+                  (void)(*dram)->Lookup(ids, out.data(), &missing);
+                  return uint64_t{0};
+                });
         if (reader.ok()) {
           Measure("ArenaReader (co-located)", b, l.rows, f.seconds,
                   [&](const std::vector<uint64_t>& ids) {
@@ -579,16 +582,20 @@ int Run(const Flags& f) {
     const Result* prefetch = Find("gRPC Prefetch (1 in flight)", b);
     std::printf("batch %6zu:", b);
     if (tier && raw) {
-      std::printf("  NvmeTier reads/s vs ceiling %5.1f%%", 100 * tier->pages_per_s() / raw->pages_per_s());
+      std::printf("  NvmeTier reads/s vs ceiling %5.1f%%",
+                  100 * tier->pages_per_s() / raw->pages_per_s());
     }
     if (tier && raw_batch) {
       std::printf("  NvmeTier rows/s vs raw batch %5.1f%%",
                   100 * tier->rows_per_s() / raw_batch->rows_per_s());
     }
-    if (tier && pread) std::printf("  NvmeTier/pread loop rows %5.1fx", tier->rows_per_s() / pread->rows_per_s());
-    if (tier && rocks) std::printf("  NvmeTier/RocksDB rows %5.1fx", tier->rows_per_s() / rocks->rows_per_s());
+    if (tier && pread)
+      std::printf("  NvmeTier/pread loop rows %5.1fx", tier->rows_per_s() / pread->rows_per_s());
+    if (tier && rocks)
+      std::printf("  NvmeTier/RocksDB rows %5.1fx", tier->rows_per_s() / rocks->rows_per_s());
     if (dram && arena) {
-      std::printf("  ArenaReader p50 / DramTier p50 %4.2fx", arena->Percentile(0.5) / dram->Percentile(0.5));
+      std::printf("  ArenaReader p50 / DramTier p50 %4.2fx",
+                  arena->Percentile(0.5) / dram->Percentile(0.5));
     }
     if (lookup) std::printf("  gRPC Lookup %6.3f us/row", lookup->Percentile(0.5) / b);
     if (prefetch) std::printf("  Prefetch %6.3f us/row", prefetch->Percentile(0.5) / b);

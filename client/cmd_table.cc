@@ -41,17 +41,17 @@ void PrintProgress(const ImportProgress& p) {
   const double mbps = p.seconds > 0 ? p.bytes_done / 1e6 / p.seconds : 0;
   const double rate = p.seconds > 0 ? p.rows_done / p.seconds : 0;
   const double eta = rate > 0 ? (p.rows_total - p.rows_done) / rate : 0;
-  std::fprintf(stderr, "\r\033[K%s layer %u (%zu/%zu): %llu/%llu rows %5.1f%%  %.1f MB/s  ETA %.0fs",
-               p.model.c_str(), p.layer, p.layer_index + 1, p.num_layers,
-               static_cast<unsigned long long>(p.rows_done),
-               static_cast<unsigned long long>(p.rows_total),
-               p.rows_total ? 100.0 * p.rows_done / p.rows_total : 100.0, mbps, eta);
+  std::fprintf(
+      stderr, "\r\033[K%s layer %u (%zu/%zu): %llu/%llu rows %5.1f%%  %.1f MB/s  ETA %.0fs",
+      p.model.c_str(), p.layer, p.layer_index + 1, p.num_layers,
+      static_cast<unsigned long long>(p.rows_done), static_cast<unsigned long long>(p.rows_total),
+      p.rows_total ? 100.0 * p.rows_done / p.rows_total : 100.0, mbps, eta);
   if (p.layer_done) std::fprintf(stderr, "\n");
 }
 
 int Import(const Args& args) {
-  if (args.positional().size() != 2) return Fail("table import", absl::InvalidArgumentError(
-                                                                     "needs exactly one MODEL_DIR"), 2);
+  if (args.positional().size() != 2)
+    return Fail("table import", absl::InvalidArgumentError("needs exactly one MODEL_DIR"), 2);
   auto store = args.Require("store");
   if (!store.ok()) return Fail("table import", store.status(), 2);
   auto chunk = args.GetInt("chunk-bytes", kDefaultChunkBytes, 4096, int64_t{1} << 30);
@@ -94,8 +94,8 @@ absl::StatusOr<std::vector<TableRecord>> SelectTables(const Catalog& catalog, co
     out.push_back(std::move(t));
   }
   if (out.empty()) {
-    return absl::NotFoundError(absl::StrCat("no table in ", catalog.store_dir(),
-                                            " matches the selection"));
+    return absl::NotFoundError(
+        absl::StrCat("no table in ", catalog.store_dir(), " matches the selection"));
   }
   return out;
 }
@@ -121,17 +121,18 @@ int Inspect(const Args& args) {
       }
       const RowLayout& l = m->layout;
       const double used = static_cast<double>(l.rows_per_page) * l.row_bytes / l.page_bytes;
-      std::printf("  v%llu%s: %llu rows x %u B (%s, head_dim %d), %u rows per %u B page (%.1f%% "
-                  "used), %s in %llu chunk(s) of %s\n      file %s\n      source %s [%s], "
-                  "crc32c 0x%08x, imported %s\n",
-                  static_cast<unsigned long long>(v), v == t.live_version ? " (live)" : "",
-                  static_cast<unsigned long long>(l.rows), l.row_bytes, m->dtype.c_str(),
-                  m->head_dim, l.rows_per_page, l.page_bytes, 100 * used,
-                  HumanBytes(static_cast<double>(m->file_bytes)).c_str(),
-                  static_cast<unsigned long long>(m->num_chunks()),
-                  HumanBytes(static_cast<double>(m->chunk_bytes)).c_str(), m->row_file.c_str(),
-                  m->source.tensors.empty() ? "?" : m->source.tensors[0].c_str(),
-                  m->source.dtype.c_str(), m->source.crc32c, m->created.c_str());
+      std::printf(
+          "  v%llu%s: %llu rows x %u B (%s, head_dim %d), %u rows per %u B page (%.1f%% "
+          "used), %s in %llu chunk(s) of %s\n      file %s\n      source %s [%s], "
+          "crc32c 0x%08x, imported %s\n",
+          static_cast<unsigned long long>(v), v == t.live_version ? " (live)" : "",
+          static_cast<unsigned long long>(l.rows), l.row_bytes, m->dtype.c_str(), m->head_dim,
+          l.rows_per_page, l.page_bytes, 100 * used,
+          HumanBytes(static_cast<double>(m->file_bytes)).c_str(),
+          static_cast<unsigned long long>(m->num_chunks()),
+          HumanBytes(static_cast<double>(m->chunk_bytes)).c_str(), m->row_file.c_str(),
+          m->source.tensors.empty() ? "?" : m->source.tensors[0].c_str(), m->source.dtype.c_str(),
+          m->source.crc32c, m->created.c_str());
     }
     if (*top > 0) {
       auto hot = (*catalog)->LoadStats(t.model, t.layer, static_cast<size_t>(*top));
@@ -181,8 +182,8 @@ int Verify(const Args& args) {
   if (!tables.ok()) return Fail("table verify", tables.status());
   int failures = 0;
   for (const TableRecord& t : *tables) {
-    std::vector<uint64_t> versions = args.Has("all-versions") ? t.versions
-                                                              : std::vector<uint64_t>{t.live_version};
+    std::vector<uint64_t> versions =
+        args.Has("all-versions") ? t.versions : std::vector<uint64_t>{t.live_version};
     for (uint64_t v : versions) {
       auto m = (*catalog)->GetManifest(t.model, t.layer, v);
       if (!m.ok()) {
@@ -221,18 +222,20 @@ int Profile(const Args& args) {
   std::printf("%s: %llu tokens profiled from %s\n", result->model.c_str(),
               static_cast<unsigned long long>(result->tokens), corpus->c_str());
   for (const auto& l : result->layers) {
-    std::printf("  layer %u: %llu distinct rows seen, %zu stored; the top %zu rows take %.1f%% of "
-                "lookups\n",
-                l.layer, static_cast<unsigned long long>(l.distinct_rows), l.stored_rows,
-                l.top1pct_rows, 100 * l.top1pct_share);
+    std::printf(
+        "  layer %u: %llu distinct rows seen, %zu stored; the top %zu rows take %.1f%% of "
+        "lookups\n",
+        l.layer, static_cast<unsigned long long>(l.distinct_rows), l.stored_rows, l.top1pct_rows,
+        100 * l.top1pct_share);
   }
   return 0;
 }
 
 int RunTable(int argc, char** argv) {
-  auto args = Args::Parse(argc, argv, {"store", "chunk-bytes", "model", "layer", "top", "manifest",
-                                       "corpus", "max-bytes"},
-                          {"force", "all-versions"});
+  auto args = Args::Parse(
+      argc, argv,
+      {"store", "chunk-bytes", "model", "layer", "top", "manifest", "corpus", "max-bytes"},
+      {"force", "all-versions"});
   if (!args.ok()) return Fail("table", args.status(), 2);
   if (args->positional().empty()) {
     std::fprintf(stderr, "%s", kUsage);

@@ -10,10 +10,14 @@ namespace engram {
 
 absl::string_view RowDTypeName(RowDType dtype) {
   switch (dtype) {
-    case RowDType::kF32: return "f32";
-    case RowDType::kBF16: return "bf16";
-    case RowDType::kF16: return "f16";
-    case RowDType::kFp8E4M3E8M0: return "fp8_e4m3_e8m0";
+    case RowDType::kF32:
+      return "f32";
+    case RowDType::kBF16:
+      return "bf16";
+    case RowDType::kF16:
+      return "f16";
+    case RowDType::kFp8E4M3E8M0:
+      return "fp8_e4m3_e8m0";
   }
   return "unknown";
 }
@@ -22,8 +26,8 @@ absl::StatusOr<RowDType> ParseRowDType(absl::string_view name) {
   for (RowDType d : {RowDType::kF32, RowDType::kBF16, RowDType::kF16, RowDType::kFp8E4M3E8M0}) {
     if (RowDTypeName(d) == name) return d;
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "unknown row dtype \"", name, "\" (expected f32, bf16, f16 or fp8_e4m3_e8m0)"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown row dtype \"", name, "\" (expected f32, bf16, f16 or fp8_e4m3_e8m0)"));
 }
 
 absl::StatusOr<size_t> RowBytes(RowDType dtype, int head_dim) {
@@ -32,9 +36,11 @@ absl::StatusOr<size_t> RowBytes(RowDType dtype, int head_dim) {
   }
   const size_t d = static_cast<size_t>(head_dim);
   switch (dtype) {
-    case RowDType::kF32: return d * 4;
+    case RowDType::kF32:
+      return d * 4;
     case RowDType::kBF16:
-    case RowDType::kF16: return d * 2;
+    case RowDType::kF16:
+      return d * 2;
     case RowDType::kFp8E4M3E8M0:
       if (head_dim % kFp8BlockSize != 0) {
         return absl::InvalidArgumentError(absl::StrCat(

@@ -54,8 +54,8 @@ class AccessStats {
   uint64_t since_reset_ = 0;
   uint64_t accesses_ = 0;
   size_t tracked_rows_ = 0;
-  double threshold_ = 0;                     // smallest count kept at the last prune
-  std::vector<uint16_t> sketch_;             // 4 rows of width counters
+  double threshold_ = 0;          // smallest count kept at the last prune
+  std::vector<uint16_t> sketch_;  // 4 rows of width counters
   absl::flat_hash_map<uint64_t, double> hot_;
 };
 

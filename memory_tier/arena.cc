@@ -102,9 +102,9 @@ absl::StatusOr<std::unique_ptr<SharedArena>> SharedArena::Create(const CreateOpt
   int err = posix_fallocate(fd, 0, static_cast<off_t>(g.size_bytes));
   if (err != 0) {
     shm_unlink(o.shm_name.c_str());
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "cannot reserve ", g.size_bytes, " bytes of shared memory for ", o.shm_name, ": ",
-        std::strerror(err), " (is /dev/shm large enough? lower --dram-bytes)"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot reserve ", g.size_bytes, " bytes of shared memory for ", o.shm_name,
+                     ": ", std::strerror(err), " (is /dev/shm large enough? lower --dram-bytes)"));
   }
   void* p = mmap(nullptr, g.size_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (p == MAP_FAILED) {

@@ -56,23 +56,23 @@ absl::string_view ArenaLayoutName(ArenaLayout layout);
 
 // The first 4 KiB of an arena. Plain fields are written once before `state` becomes ready.
 struct ArenaHeader {
-  uint64_t magic;                 // kArenaMagic
-  uint32_t format_version;        // kArenaFormatVersion
-  uint32_t layout;                // ArenaLayout
-  uint64_t arena_id;              // random; also reported in TableInfo.arena.arena_id
-  uint64_t size_bytes;            // size of the whole object
-  uint64_t table_rows;            // rows of the table version
+  uint64_t magic;           // kArenaMagic
+  uint32_t format_version;  // kArenaFormatVersion
+  uint32_t layout;          // ArenaLayout
+  uint64_t arena_id;        // random; also reported in TableInfo.arena.arena_id
+  uint64_t size_bytes;      // size of the whole object
+  uint64_t table_rows;      // rows of the table version
   uint64_t table_version;
-  uint32_t layer;                 // Engram layer id
+  uint32_t layer;  // Engram layer id
   uint32_t row_bytes;
-  uint32_t slot_bytes;            // bytes per data slot (= row_bytes)
-  uint32_t ways;                  // 1 for resident
-  uint64_t sets;                  // slots / ways
-  uint64_t slots;                 // data slots
-  uint64_t slot_header_offset;    // cache: offset of SlotHeader[slots]; resident: 0
-  uint64_t data_offset;           // offset of slot 0's data
-  char model[128];                // NUL-terminated model name (truncated)
-  std::atomic<uint32_t> state;    // ArenaState
+  uint32_t slot_bytes;          // bytes per data slot (= row_bytes)
+  uint32_t ways;                // 1 for resident
+  uint64_t sets;                // slots / ways
+  uint64_t slots;               // data slots
+  uint64_t slot_header_offset;  // cache: offset of SlotHeader[slots]; resident: 0
+  uint64_t data_offset;         // offset of slot 0's data
+  char model[128];              // NUL-terminated model name (truncated)
+  std::atomic<uint32_t> state;  // ArenaState
 };
 static_assert(sizeof(ArenaHeader) <= kArenaHeaderBytes);
 
@@ -117,14 +117,14 @@ ArenaGeometry CacheGeometry(uint64_t table_rows, uint32_t row_bytes, uint32_t wa
 class SharedArena {
  public:
   struct CreateOptions {
-    std::string shm_name;        // "/engram-..." (leading slash, no other slashes)
+    std::string shm_name;  // "/engram-..." (leading slash, no other slashes)
     ArenaGeometry geometry;
-    uint64_t arena_id = 0;       // 0 = pick a random id
+    uint64_t arena_id = 0;  // 0 = pick a random id
     uint64_t table_version = 0;
     uint32_t layer = 0;
     std::string model;
-    bool huge_pages = true;      // madvise(MADV_HUGEPAGE)
-    bool lock = true;            // mlock, best effort
+    bool huge_pages = true;  // madvise(MADV_HUGEPAGE)
+    bool lock = true;        // mlock, best effort
   };
   // Creates (replacing a stale object of the same name), sizes with posix_fallocate so a full
   // /dev/shm fails here and not later with SIGBUS, maps, writes the header (state loading).

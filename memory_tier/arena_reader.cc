@@ -21,16 +21,17 @@ absl::StatusOr<std::unique_ptr<ArenaReader>> ArenaReader::Open(const TableDescri
   ENGRAM_ASSIGN_OR_RETURN(auto arena, SharedArena::Open(a.shm_name));
   const ArenaHeader& h = arena->header();
   auto mismatch = [&](absl::string_view what) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        a.shm_name, " does not match the server's description of ", name, ": ", what,
-        " differs (another server's arena, or a new version: query TableInfo again)"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(a.shm_name, " does not match the server's description of ", name, ": ", what,
+                     " differs (another server's arena, or a new version: query TableInfo again)"));
   };
   if (h.arena_id != a.arena_id) return mismatch("arena id");
   if (h.table_version != table.key.version) return mismatch("table version");
   if (h.table_rows != table.rows || h.row_bytes != table.row_bytes) return mismatch("geometry");
   if (ArenaLayoutName(static_cast<ArenaLayout>(h.layout)) != a.layout) return mismatch("layout");
   if (h.state.load(std::memory_order_acquire) != static_cast<uint32_t>(ArenaState::kReady)) {
-    return absl::FailedPreconditionError(absl::StrCat(a.shm_name, " is not ready (loading or retired)"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(a.shm_name, " is not ready (loading or retired)"));
   }
   auto reader = std::unique_ptr<ArenaReader>(new ArenaReader());
   reader->row_bytes_ = h.row_bytes;

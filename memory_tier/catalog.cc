@@ -62,14 +62,18 @@ absl::Status FromRocks(const rocksdb::Status& s, absl::string_view what) {
   if (s.IsCorruption()) return absl::DataLossError(msg);
   if (s.IsIOError() && s.ToString().find("lock") != std::string::npos) {
     return absl::FailedPreconditionError(absl::StrCat(
-        what, ": the catalog is in use by another process (a running engram-memory or another "
-              "import?); stop it first (", s.ToString(), ")"));
+        what,
+        ": the catalog is in use by another process (a running engram-memory or another "
+        "import?); stop it first (",
+        s.ToString(), ")"));
   }
   return absl::InternalError(msg);
 }
 
 nlohmann::json RecordToJson(const TableRecord& r) {
-  return {{"model", r.model}, {"layer", r.layer}, {"live_version", r.live_version},
+  return {{"model", r.model},
+          {"layer", r.layer},
+          {"live_version", r.live_version},
           {"versions", r.versions}};
 }
 
@@ -208,10 +212,10 @@ absl::StatusOr<Manifest> Catalog::GetManifest(absl::string_view model, uint32_t 
 }
 
 absl::Status Catalog::PutTableRecord(void* batch, const TableRecord& r) {
-  return FromRocks(static_cast<rocksdb::WriteBatch*>(batch)->Put(
-                       handles_[kDefaultCf], TableKeyPrefix('T', r.model, r.layer),
-                       RecordToJson(r).dump()),
-                   "writing catalog");
+  return FromRocks(
+      static_cast<rocksdb::WriteBatch*>(batch)->Put(
+          handles_[kDefaultCf], TableKeyPrefix('T', r.model, r.layer), RecordToJson(r).dump()),
+      "writing catalog");
 }
 
 absl::Status Catalog::CommitVersions(absl::Span<const Manifest> manifests) {
@@ -221,8 +225,8 @@ absl::Status Catalog::CommitVersions(absl::Span<const Manifest> manifests) {
     ENGRAM_ASSIGN_OR_RETURN(std::optional<TableRecord> existing, GetTable(m.model, m.layer));
     TableRecord r = existing.value_or(TableRecord{m.model, m.layer, 0, {}});
     if (std::find(r.versions.begin(), r.versions.end(), m.version) != r.versions.end()) {
-      return absl::AlreadyExistsError(absl::StrCat("table ", m.model, " layer ", m.layer,
-                                                   " already has version ", m.version));
+      return absl::AlreadyExistsError(
+          absl::StrCat("table ", m.model, " layer ", m.layer, " already has version ", m.version));
     }
     r.versions.push_back(m.version);
     std::sort(r.versions.begin(), r.versions.end());
@@ -258,15 +262,15 @@ absl::Status Catalog::SaveStats(absl::string_view model, uint32_t layer,
   if (read_only_) return absl::FailedPreconditionError("catalog opened read-only");
   const std::string prefix = StatsPrefix(model, layer);
   rocksdb::WriteBatch batch;
-  ENGRAM_RETURN_IF_ERROR(FromRocks(
-      batch.DeleteRange(handles_[kStatsCf], prefix, PrefixEnd(prefix)), "writing statistics"));
+  ENGRAM_RETURN_IF_ERROR(FromRocks(batch.DeleteRange(handles_[kStatsCf], prefix, PrefixEnd(prefix)),
+                                   "writing statistics"));
   for (const RowCount& rc : counts) {
     std::string key = prefix;
     AppendU64(&key, rc.row);
     char value[8];
     std::memcpy(value, &rc.count, 8);
-    ENGRAM_RETURN_IF_ERROR(FromRocks(
-        batch.Put(handles_[kStatsCf], key, rocksdb::Slice(value, 8)), "writing statistics"));
+    ENGRAM_RETURN_IF_ERROR(FromRocks(batch.Put(handles_[kStatsCf], key, rocksdb::Slice(value, 8)),
+                                     "writing statistics"));
   }
   return FromRocks(db_->Write(rocksdb::WriteOptions(), &batch), "writing statistics");
 }
@@ -275,7 +279,8 @@ absl::StatusOr<std::vector<RowCount>> Catalog::LoadStats(absl::string_view model
                                                          size_t limit) const {
   const std::string prefix = StatsPrefix(model, layer);
   std::vector<RowCount> out;
-  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), handles_[kStatsCf]));
+  std::unique_ptr<rocksdb::Iterator> it(
+      db_->NewIterator(rocksdb::ReadOptions(), handles_[kStatsCf]));
   for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
     if (it->key().size() != prefix.size() + 8 || it->value().size() != 8) continue;
     RowCount rc;

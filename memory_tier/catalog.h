@@ -79,7 +79,8 @@ class Catalog {
   absl::Status SetLive(absl::string_view model, uint32_t layer, uint64_t version);
 
   // Replaces the stored statistics of a table with `counts`.
-  absl::Status SaveStats(absl::string_view model, uint32_t layer, absl::Span<const RowCount> counts);
+  absl::Status SaveStats(absl::string_view model, uint32_t layer,
+                         absl::Span<const RowCount> counts);
   // The stored statistics, hottest first; at most `limit` (0 = all).
   absl::StatusOr<std::vector<RowCount>> LoadStats(absl::string_view model, uint32_t layer,
                                                   size_t limit = 0) const;

@@ -13,9 +13,9 @@ absl::StatusOr<std::unique_ptr<DramTier>> DramTier::Create(const Options& o, uin
   if (g.size_bytes > o.budget_bytes) {
     g = CacheGeometry(rows, row_bytes, o.ways, o.budget_bytes);
     if (g.slots == 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "DRAM budget of ", o.budget_bytes, " bytes cannot hold one cache set of ", o.ways,
-          " rows of ", row_bytes, " bytes for ", o.model, " layer ", o.layer));
+      return absl::InvalidArgumentError(
+          absl::StrCat("DRAM budget of ", o.budget_bytes, " bytes cannot hold one cache set of ",
+                       o.ways, " rows of ", row_bytes, " bytes for ", o.model, " layer ", o.layer));
     }
   }
   SharedArena::CreateOptions co;

@@ -50,7 +50,8 @@ const SafetensorsFile* FileOf(const SafetensorsDir& dir, const TensorView* t) {
 std::string Fingerprint(const SafetensorsFile* file, const TensorView* t) {
   struct stat st {};
   ::stat(file->path().c_str(), &st);
-  const int64_t mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+  const int64_t mtime_ns =
+      static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
   return absl::StrCat(file->path(), "|", st.st_size, "|", mtime_ns, "|", t->name, "@",
                       t->file_offset, "+", t->size_bytes);
 }
@@ -58,7 +59,8 @@ std::string Fingerprint(const SafetensorsFile* file, const TensorView* t) {
 absl::StatusOr<LayerSource> FindLayerSource(const SafetensorsDir& dir, const std::string& model_dir,
                                             uint32_t layer, const EngramConfig& config,
                                             int64_t expected_rows) {
-  const std::string base = absl::StrCat("model.layers.", layer, ".engram.multi_head_embedding.embedding.");
+  const std::string base =
+      absl::StrCat("model.layers.", layer, ".engram.multi_head_embedding.embedding.");
   const TensorView* plain = dir.Find(base + "weight");
   const TensorView* fp8 = dir.Find(base + "embed.weight");
   const TensorView* scale = dir.Find(base + "embed.scale");
@@ -76,8 +78,8 @@ absl::StatusOr<LayerSource> FindLayerSource(const SafetensorsDir& dir, const std
   }
   const TensorView* w = plain != nullptr ? plain : fp8;
   if (w->shape.size() != 2 || w->shape[0] <= 0 || w->shape[1] <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat(w->name, " has shape ", w->ShapeString(),
-                                                   ", expected [rows, head_dim]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(w->name, " has shape ", w->ShapeString(), ", expected [rows, head_dim]"));
   }
   s.weight = w;
   s.rows = static_cast<uint64_t>(w->shape[0]);
@@ -89,9 +91,15 @@ absl::StatusOr<LayerSource> FindLayerSource(const SafetensorsDir& dir, const std
   }
   if (plain != nullptr) {
     switch (w->dtype) {
-      case DType::kF32: s.dtype = RowDType::kF32; break;
-      case DType::kBF16: s.dtype = RowDType::kBF16; break;
-      case DType::kF16: s.dtype = RowDType::kF16; break;
+      case DType::kF32:
+        s.dtype = RowDType::kF32;
+        break;
+      case DType::kBF16:
+        s.dtype = RowDType::kBF16;
+        break;
+      case DType::kF16:
+        s.dtype = RowDType::kF16;
+        break;
       default:
         return absl::InvalidArgumentError(absl::StrCat(w->name, " has dtype ", DTypeName(w->dtype),
                                                        "; tables must be F32, BF16 or F16 (or the "
@@ -101,8 +109,8 @@ absl::StatusOr<LayerSource> FindLayerSource(const SafetensorsDir& dir, const std
   } else {
     s.dtype = RowDType::kFp8E4M3E8M0;
     if (w->dtype != DType::kF8E4M3) {
-      return absl::InvalidArgumentError(absl::StrCat(w->name, " has dtype ", DTypeName(w->dtype),
-                                                     ", expected F8_E4M3"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(w->name, " has dtype ", DTypeName(w->dtype), ", expected F8_E4M3"));
     }
     if (scale == nullptr) {
       return absl::NotFoundError(absl::StrCat(model_dir, ": ", w->name, " has no ", base,
@@ -113,8 +121,8 @@ absl::StatusOr<LayerSource> FindLayerSource(const SafetensorsDir& dir, const std
                                                      " is not a multiple of ", kFp8BlockSize));
     }
     if (scale->dtype != DType::kF8E8M0) {
-      return absl::InvalidArgumentError(absl::StrCat(scale->name, " has dtype ",
-                                                     DTypeName(scale->dtype), ", expected F8_E8M0"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(scale->name, " has dtype ", DTypeName(scale->dtype), ", expected F8_E8M0"));
     }
     ENGRAM_RETURN_IF_ERROR(ExpectShape(*scale, {w->shape[0], w->shape[1] / kFp8BlockSize}));
     s.scale = scale;
@@ -122,9 +130,8 @@ absl::StatusOr<LayerSource> FindLayerSource(const SafetensorsDir& dir, const std
   }
   if (expected_rows >= 0 && static_cast<int64_t>(s.rows) != expected_rows) {
     return absl::InvalidArgumentError(absl::StrCat(
-        w->name, " has ", s.rows, " rows but layer ", layer,
-        " needs the sum of its primes, ", expected_rows,
-        " (config.json's engram_* keys and the table disagree)"));
+        w->name, " has ", s.rows, " rows but layer ", layer, " needs the sum of its primes, ",
+        expected_rows, " (config.json's engram_* keys and the table disagree)"));
   }
   s.weight_file = FileOf(dir, s.weight);
   s.info.tensors.push_back(s.weight->name);
@@ -163,8 +170,8 @@ absl::Status WriteLayer(const LayerSource& src, const std::string& tmp_path, Man
     if (src.scale != nullptr) {  // FP8: payload then scales, one record per row
       for (uint64_t i = 0; i < n; ++i) {
         std::memcpy(&interleaved[i * row_bytes], rows + i * weight_row, weight_row);
-        std::memcpy(&interleaved[i * row_bytes + weight_row],
-                    src.scale->data + (r + i) * scale_row, scale_row);
+        std::memcpy(&interleaved[i * row_bytes + weight_row], src.scale->data + (r + i) * scale_row,
+                    scale_row);
       }
       rows = interleaved.data();
     }
@@ -219,8 +226,8 @@ absl::StatusOr<int> CleanStoreLeftovers(Catalog& catalog) {
 
 absl::StatusOr<ImportResult> ImportModel(Catalog& catalog, const ImportOptions& options) {
   if (options.chunk_bytes == 0 || options.chunk_bytes % kRowFilePageBytes != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("chunk size ", options.chunk_bytes,
-                                                   " must be a positive multiple of 4096"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("chunk size ", options.chunk_bytes, " must be a positive multiple of 4096"));
   }
   const std::string& dir = options.model_dir;
   ENGRAM_ASSIGN_OR_RETURN(nlohmann::json config_json, ReadJsonFile(dir + "/config.json"));
@@ -284,7 +291,8 @@ absl::StatusOr<ImportResult> ImportModel(Catalog& catalog, const ImportOptions& 
     m.source = src.info;
     m.created = NowRfc3339();
     const std::string table_dir = TableDir(catalog.store_dir(), result.model, layer);
-    m.row_file = fs::relative(table_dir, catalog.store_dir()).string() + "/" + RowFileName(m.version);
+    m.row_file =
+        fs::relative(table_dir, catalog.store_dir()).string() + "/" + RowFileName(m.version);
     std::error_code ec;
     fs::create_directories(table_dir, ec);
     if (ec) {

@@ -36,9 +36,9 @@ namespace engram {
 struct ImportProgress {
   std::string model;
   uint32_t layer = 0;
-  size_t layer_index = 0;   // 0-based position among the layers being imported
+  size_t layer_index = 0;  // 0-based position among the layers being imported
   size_t num_layers = 0;
-  uint64_t rows_done = 0;   // of this layer
+  uint64_t rows_done = 0;  // of this layer
   uint64_t rows_total = 0;
   uint64_t bytes_done = 0;  // of this layer
   double seconds = 0;       // since this layer started
@@ -58,12 +58,12 @@ struct ImportOptions {
 // What happened to one layer.
 struct LayerImport {
   uint32_t layer = 0;
-  uint64_t version = 0;      // the new version, or the live one when unchanged
+  uint64_t version = 0;  // the new version, or the live one when unchanged
   bool unchanged = false;
   uint64_t rows = 0;
   uint32_t row_bytes = 0;
   std::string dtype;
-  std::string row_file;      // relative to the store
+  std::string row_file;  // relative to the store
 };
 
 struct ImportResult {

@@ -68,9 +68,9 @@ Outcome OnCompletion(int res, const ReadRun& run, Pending* p, IoCounters* counte
     p->done = got / kIoAlignment * kIoAlignment;  // keep only whole aligned blocks
   }
   if (++p->resubmissions > kMaxResubmissions) {
-    *error = absl::UnavailableError(absl::StrCat(path, ": read at offset ", at, " still incomplete after ",
-                                                 kMaxResubmissions, " resubmissions (last result ",
-                                                 res, ")"));
+    *error = absl::UnavailableError(absl::StrCat(path, ": read at offset ", at,
+                                                 " still incomplete after ", kMaxResubmissions,
+                                                 " resubmissions (last result ", res, ")"));
     return Outcome::kFailed;
   }
   return Outcome::kResubmit;
@@ -79,7 +79,10 @@ Outcome OnCompletion(int res, const ReadRun& run, Pending* p, IoCounters* counte
 class PreadReader : public IoReader {
  public:
   PreadReader(int fd, std::string path, const IoReaderOptions& o, IoCounters* counters)
-      : fd_(fd), path_(std::move(path)), options_(o), counters_(counters),
+      : fd_(fd),
+        path_(std::move(path)),
+        options_(o),
+        counters_(counters),
         buffer_(o.max_read_bytes) {}
 
   IoBackend backend() const override { return IoBackend::kPread; }
@@ -201,7 +204,10 @@ class UringReader : public IoReader {
 
  private:
   UringReader(int fd, std::string path, const IoReaderOptions& o, IoCounters* counters)
-      : fd_(fd), path_(std::move(path)), options_(o), counters_(counters),
+      : fd_(fd),
+        path_(std::move(path)),
+        options_(o),
+        counters_(counters),
         buffers_(static_cast<size_t>(o.depth) * o.max_read_bytes) {}
 
   uint8_t* Buffer(int slot) const {
@@ -256,8 +262,8 @@ absl::StatusOr<std::unique_ptr<IoReader>> IoReader::Create(int fd, const std::st
                                                            const IoReaderOptions& options,
                                                            IoCounters* counters) {
   if (options.depth < 1 || options.depth > 4096) {
-    return absl::InvalidArgumentError(absl::StrCat("I/O depth ", options.depth,
-                                                   " is outside [1, 4096]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("I/O depth ", options.depth, " is outside [1, 4096]"));
   }
   if (options.max_read_bytes < kIoAlignment || options.max_read_bytes % kIoAlignment != 0) {
     return absl::InvalidArgumentError("max_read_bytes must be a positive multiple of 4096");

@@ -49,11 +49,11 @@ using IoFaultHook = std::function<int(int result)>;
 
 // Counters of a tier's readers (shared by all of them).
 struct IoCounters {
-  std::atomic<uint64_t> reads{0};          // reads submitted (resubmissions included)
-  std::atomic<uint64_t> bytes{0};          // bytes read
-  std::atomic<uint64_t> short_reads{0};    // resubmitted after a short read
-  std::atomic<uint64_t> retries{0};        // resubmitted after EAGAIN/EINTR
-  std::atomic<int64_t> in_flight{0};       // reads in flight now (the queue depth gauge)
+  std::atomic<uint64_t> reads{0};        // reads submitted (resubmissions included)
+  std::atomic<uint64_t> bytes{0};        // bytes read
+  std::atomic<uint64_t> short_reads{0};  // resubmitted after a short read
+  std::atomic<uint64_t> retries{0};      // resubmitted after EAGAIN/EINTR
+  std::atomic<int64_t> in_flight{0};     // reads in flight now (the queue depth gauge)
 };
 
 struct IoReaderOptions {

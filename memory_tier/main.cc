@@ -109,8 +109,8 @@ std::vector<char*> NormaliseFlagNames(int argc, char** argv, std::vector<std::st
   for (auto& a : *storage) {
     out.push_back(a.data());
     if (a.size() > 2 && a[0] == '-' && a[1] == '-') {
-      std::string name = a.substr(2, a.find('=') == std::string::npos ? std::string::npos
-                                                                       : a.find('=') - 2);
+      std::string name =
+          a.substr(2, a.find('=') == std::string::npos ? std::string::npos : a.find('=') - 2);
       GivenFlags().insert(name);
       if (name.rfind("no", 0) == 0) GivenFlags().insert(name.substr(2));
     }

@@ -17,7 +17,8 @@ double Seconds(Clock::time_point from, Clock::time_point to) {
   return std::chrono::duration<double>(to - from).count();
 }
 uint64_t Micros(Clock::time_point from, Clock::time_point to) {
-  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(to - from).count());
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::microseconds>(to - from).count());
 }
 
 }  // namespace
@@ -60,9 +61,9 @@ class PrefetchReactor : public grpc::ServerBidiReactor<v1::PrefetchRequest, v1::
       ++pending_;  // answered below or by the task
     }
     if (overloaded) {
-      table = absl::ResourceExhaustedError(absl::StrCat(
-          "more than ", service_->options_.max_pending_per_stream,
-          " prefetch batches pending on this stream; slow down"));
+      table = absl::ResourceExhaustedError(
+          absl::StrCat("more than ", service_->options_.max_pending_per_stream,
+                       " prefetch batches pending on this stream; slow down"));
     }
     if (!table.ok() || *table == nullptr) {
       Complete(*request, table.status(), nullptr, received, received);
@@ -206,7 +207,8 @@ class PrefetchReactor : public grpc::ServerBidiReactor<v1::PrefetchRequest, v1::
 };
 
 MemoryTierService::MemoryTierService(const Options& options, TierMetrics* metrics)
-    : options_(options), metrics_(metrics),
+    : options_(options),
+      metrics_(metrics),
       scheduler_(std::make_unique<BatchScheduler>(options.lookup_threads)),
       host_id_(LocalHostId()) {}
 
@@ -244,16 +246,17 @@ absl::StatusOr<ServedTable*> MemoryTierService::Admit(const v1::TableRef& table,
   TableSet* tables = tables_.load();
   if (tables == nullptr) return absl::UnavailableError("engram-memory is loading its tables");
   if (rows > options_.max_batch_rows) {
-    return absl::InvalidArgumentError(absl::StrCat("batch of ", rows, " row ids exceeds the limit of ",
+    return absl::InvalidArgumentError(absl::StrCat("batch of ", rows,
+                                                   " row ids exceeds the limit of ",
                                                    options_.max_batch_rows, " (max_batch_rows)"));
   }
   return tables->Resolve(table.model(), table.layer(), table.version());
 }
 
-absl::Status MemoryTierService::RunBatch(ServedTable* table,
-                                         const google::protobuf::RepeatedField<uint64_t>& ids,
-                                         std::string* rows, uint64_t* version, uint32_t* row_bytes,
-                                         google::protobuf::RepeatedPtrField<v1::TierCount>* served_by) {
+absl::Status MemoryTierService::RunBatch(
+    ServedTable* table, const google::protobuf::RepeatedField<uint64_t>& ids, std::string* rows,
+    uint64_t* version, uint32_t* row_bytes,
+    google::protobuf::RepeatedPtrField<v1::TierCount>* served_by) {
   metrics_->batch_rows->Observe(static_cast<double>(ids.size()));
   *version = table->manifest.version;
   *row_bytes = table->manifest.layout.row_bytes;
@@ -334,7 +337,8 @@ grpc::ServerUnaryReactor* MemoryTierService::TableInfo(grpc::CallbackServerConte
   TableSet* tables = tables_.load();
   if (tables == nullptr) {
     metrics_->CountRpc(RpcMethod::kTableInfo, absl::StatusCode::kUnavailable);
-    reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "engram-memory is loading its tables"));
+    reactor->Finish(
+        grpc::Status(grpc::StatusCode::UNAVAILABLE, "engram-memory is loading its tables"));
     return reactor;
   }
   response->set_host_id(host_id_);
@@ -385,7 +389,8 @@ grpc::ServerUnaryReactor* MemoryTierService::Stats(grpc::CallbackServerContext* 
   TableSet* tables = tables_.load();
   if (tables == nullptr) {
     metrics_->CountRpc(RpcMethod::kStats, absl::StatusCode::kUnavailable);
-    reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "engram-memory is loading its tables"));
+    reactor->Finish(
+        grpc::Status(grpc::StatusCode::UNAVAILABLE, "engram-memory is loading its tables"));
     return reactor;
   }
   v1::TierStats by_kind[2];

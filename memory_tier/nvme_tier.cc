@@ -28,7 +28,8 @@ absl::StatusOr<std::unique_ptr<NvmeTier>> NvmeTier::Open(const Manifest& manifes
     } else if (fd.status().code() != absl::StatusCode::kInvalidArgument) {
       return fd.status();
     } else {
-      ENGRAM_LOG(WARNING).With("file", path) << "O_DIRECT refused here; reading through the page cache";
+      ENGRAM_LOG(WARNING).With("file", path)
+          << "O_DIRECT refused here; reading through the page cache";
     }
   }
   if (!tier->fd_.valid()) {
@@ -79,9 +80,8 @@ absl::Status NvmeTier::Lookup(absl::Span<const uint64_t> row_ids, uint8_t* out,
   // Positions sorted by page: each distinct page is read once, adjacent pages in one run.
   std::vector<uint32_t> order(row_ids.size());
   for (uint32_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) {
-    return l.PageOf(row_ids[a]) < l.PageOf(row_ids[b]);
-  });
+  std::sort(order.begin(), order.end(),
+            [&](uint32_t a, uint32_t b) { return l.PageOf(row_ids[a]) < l.PageOf(row_ids[b]); });
   const uint64_t max_pages = options_.io.max_read_bytes / l.page_bytes;
   std::vector<ReadRun> runs;
   std::vector<uint64_t> run_first_page;

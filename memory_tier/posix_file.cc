@@ -15,18 +15,25 @@ namespace engram {
 absl::Status PosixError(absl::string_view what, absl::string_view path, int err) {
   std::string message = absl::StrCat(what, " ", path, ": ", std::strerror(err));
   switch (err) {
-    case ENOENT: return absl::NotFoundError(message);
+    case ENOENT:
+      return absl::NotFoundError(message);
     case EACCES:
-    case EPERM: return absl::PermissionDeniedError(message);
+    case EPERM:
+      return absl::PermissionDeniedError(message);
     case ENOSPC:
     case ENOMEM:
-    case EDQUOT: return absl::ResourceExhaustedError(message);
-    case EEXIST: return absl::AlreadyExistsError(message);
-    case EINVAL: return absl::InvalidArgumentError(message);
+    case EDQUOT:
+      return absl::ResourceExhaustedError(message);
+    case EEXIST:
+      return absl::AlreadyExistsError(message);
+    case EINVAL:
+      return absl::InvalidArgumentError(message);
     case EAGAIN:
     case EBUSY:
-    case EINTR: return absl::UnavailableError(message);
-    default: return absl::InternalError(message);
+    case EINTR:
+      return absl::UnavailableError(message);
+    default:
+      return absl::InternalError(message);
   }
 }
 
@@ -52,7 +59,8 @@ absl::StatusOr<ScopedFd> OpenFile(const std::string& path, int flags, int mode) 
   return ScopedFd(fd);
 }
 
-absl::Status PwriteAll(int fd, const void* data, size_t n, uint64_t offset, absl::string_view path) {
+absl::Status PwriteAll(int fd, const void* data, size_t n, uint64_t offset,
+                       absl::string_view path) {
   const auto* p = static_cast<const uint8_t*>(data);
   while (n > 0) {
     ssize_t w = ::pwrite(fd, p, n, static_cast<off_t>(offset));

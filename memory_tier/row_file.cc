@@ -98,7 +98,8 @@ absl::Status CheckHeader(const Manifest& m, const uint8_t* block, const std::str
 template <typename T>
 absl::Status GetField(const nlohmann::json& j, const char* key, T* out) {
   auto it = j.find(key);
-  if (it == j.end()) return absl::InvalidArgumentError(absl::StrCat("manifest lacks \"", key, "\""));
+  if (it == j.end())
+    return absl::InvalidArgumentError(absl::StrCat("manifest lacks \"", key, "\""));
   try {
     *out = it->get<T>();
   } catch (const nlohmann::json::exception& e) {
@@ -111,8 +112,8 @@ absl::Status GetField(const nlohmann::json& j, const char* key, T* out) {
 
 absl::StatusOr<RowLayout> RowLayout::For(uint64_t rows, uint32_t row_bytes) {
   if (row_bytes == 0 || row_bytes > kRowFilePageBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("row_bytes ", row_bytes, " must be in [1, ",
-                                                   kRowFilePageBytes, "]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("row_bytes ", row_bytes, " must be in [1, ", kRowFilePageBytes, "]"));
   }
   RowLayout l;
   l.rows = rows;
@@ -230,9 +231,9 @@ absl::StatusOr<Manifest> ReadManifest(const std::string& path) {
 absl::StatusOr<std::unique_ptr<RowFileWriter>> RowFileWriter::Create(const std::string& path,
                                                                      const Manifest& manifest) {
   if (manifest.chunk_bytes == 0 || manifest.chunk_bytes % manifest.layout.page_bytes != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "chunk size ", manifest.chunk_bytes, " must be a positive multiple of ",
-        manifest.layout.page_bytes));
+    return absl::InvalidArgumentError(absl::StrCat("chunk size ", manifest.chunk_bytes,
+                                                   " must be a positive multiple of ",
+                                                   manifest.layout.page_bytes));
   }
   auto w = std::unique_ptr<RowFileWriter>(new RowFileWriter());
   w->path_ = path;
@@ -255,9 +256,9 @@ absl::Status RowFileWriter::FlushChunk() {
                   SYNC_FILE_RANGE_WRITE);
   if (chunks_written_ >= 2) {
     const uint64_t old = manifest_.ChunkBegin(chunks_written_ - 2);
-    sync_file_range(fd_.get(), static_cast<off_t>(old), static_cast<off_t>(manifest_.chunk_bytes),
-                    SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
-                        SYNC_FILE_RANGE_WAIT_AFTER);
+    sync_file_range(
+        fd_.get(), static_cast<off_t>(old), static_cast<off_t>(manifest_.chunk_bytes),
+        SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
     posix_fadvise(fd_.get(), static_cast<off_t>(old), static_cast<off_t>(manifest_.chunk_bytes),
                   POSIX_FADV_DONTNEED);
   }
@@ -270,8 +271,8 @@ absl::Status RowFileWriter::FlushChunk() {
 absl::Status RowFileWriter::Append(const uint8_t* rows, uint64_t n) {
   const RowLayout& l = manifest_.layout;
   if (rows_written_ + n > l.rows) {
-    return absl::InvalidArgumentError(absl::StrCat("row file ", path_, " takes ", l.rows,
-                                                   " rows; got ", rows_written_ + n));
+    return absl::InvalidArgumentError(
+        absl::StrCat("row file ", path_, " takes ", l.rows, " rows; got ", rows_written_ + n));
   }
   // chunk_fill_ counts the complete pages in chunk_; the current page starts there.
   for (uint64_t i = 0; i < n;) {
@@ -293,8 +294,8 @@ absl::Status RowFileWriter::Append(const uint8_t* rows, uint64_t n) {
 absl::Status RowFileWriter::Finish(Manifest* manifest) {
   const RowLayout& l = manifest_.layout;
   if (rows_written_ != l.rows) {
-    return absl::FailedPreconditionError(absl::StrCat("row file ", path_, " got ", rows_written_,
-                                                      " of ", l.rows, " rows"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("row file ", path_, " got ", rows_written_, " of ", l.rows, " rows"));
   }
   if (page_fill_ > 0) {  // the last, partly filled page
     chunk_fill_ += l.page_bytes;
@@ -319,14 +320,15 @@ absl::Status QuickCheckRowFile(const Manifest& m, const std::string& path) {
   if (::fstat(fd.get(), &st) != 0) return PosixError("cannot stat", path, errno);
   std::vector<uint8_t> header(kRowFileHeaderBytes);
   if (static_cast<uint64_t>(st.st_size) < kRowFileHeaderBytes) {
-    return absl::DataLossError(absl::StrCat(path, ": file truncated: ", st.st_size,
-                                            " bytes, shorter than the header"));
+    return absl::DataLossError(
+        absl::StrCat(path, ": file truncated: ", st.st_size, " bytes, shorter than the header"));
   }
   ENGRAM_RETURN_IF_ERROR(PreadAll(fd.get(), header.data(), header.size(), 0, path));
   ENGRAM_RETURN_IF_ERROR(CheckHeader(m, header.data(), path));
   if (static_cast<uint64_t>(st.st_size) != m.file_bytes) {
-    return absl::DataLossError(absl::StrCat(path, ": file has ", st.st_size, " bytes, the manifest ",
-                                            m.file_bytes, " (truncated or extended)"));
+    return absl::DataLossError(absl::StrCat(path, ": file has ", st.st_size,
+                                            " bytes, the manifest ", m.file_bytes,
+                                            " (truncated or extended)"));
   }
   return absl::OkStatus();
 }
@@ -339,8 +341,8 @@ absl::Status ReadVerifiedChunks(const Manifest& m, const std::string& path, cons
   const uint64_t size = static_cast<uint64_t>(st.st_size);
   std::vector<uint8_t> buf(std::max<uint64_t>(m.chunk_bytes, kRowFileHeaderBytes));
   if (size < kRowFileHeaderBytes) {
-    return absl::DataLossError(absl::StrCat(path, ": file truncated to ", size,
-                                            " bytes, inside the header"));
+    return absl::DataLossError(
+        absl::StrCat(path, ": file truncated to ", size, " bytes, inside the header"));
   }
   ENGRAM_RETURN_IF_ERROR(PreadAll(fd.get(), buf.data(), kRowFileHeaderBytes, 0, path));
   ENGRAM_RETURN_IF_ERROR(CheckHeader(m, buf.data(), path));

@@ -78,16 +78,16 @@ struct Manifest {
   std::string model;
   uint32_t layer = 0;
   uint64_t version = 0;
-  std::string dtype;                 // common/row_format.h name
+  std::string dtype;  // common/row_format.h name
   int head_dim = 0;
   RowLayout layout;
-  std::string row_file;              // path relative to the store directory
+  std::string row_file;  // path relative to the store directory
   uint64_t file_bytes = 0;
   uint32_t header_crc32c = 0;
   uint64_t chunk_bytes = kDefaultChunkBytes;
   std::vector<uint32_t> chunk_crc32c;
   SourceInfo source;
-  std::string created;               // RFC 3339 UTC
+  std::string created;  // RFC 3339 UTC
 
   uint64_t num_chunks() const;
   // [begin, end) file offsets of chunk i.
@@ -128,9 +128,9 @@ class RowFileWriter {
   std::string path_;
   ScopedFd fd_;
   Manifest manifest_;
-  std::vector<uint8_t> chunk_;       // chunk_bytes of pages being filled
-  size_t chunk_fill_ = 0;            // bytes of complete pages in chunk_
-  uint32_t page_fill_ = 0;           // rows in the current page
+  std::vector<uint8_t> chunk_;  // chunk_bytes of pages being filled
+  size_t chunk_fill_ = 0;       // bytes of complete pages in chunk_
+  uint32_t page_fill_ = 0;      // rows in the current page
   uint64_t rows_written_ = 0;
   uint64_t chunks_written_ = 0;
   std::vector<uint32_t> crcs_;
@@ -140,8 +140,8 @@ class RowFileWriter {
 // CRC-32C, and hands each verified chunk to `fn(chunk index, file offset, bytes, size)`.
 // DATA_LOSS naming the first bad chunk and its byte range ("chunk 12 [12587008, 13635584):
 // checksum mismatch ..." or "... file truncated ..."); NOT_FOUND when the file is missing.
-using ChunkFn = std::function<absl::Status(uint64_t chunk, uint64_t offset, const uint8_t* data,
-                                           size_t size)>;
+using ChunkFn =
+    std::function<absl::Status(uint64_t chunk, uint64_t offset, const uint8_t* data, size_t size)>;
 absl::Status ReadVerifiedChunks(const Manifest& manifest, const std::string& path,
                                 const ChunkFn& fn);
 // ReadVerifiedChunks with nothing to do per chunk.

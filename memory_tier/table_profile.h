@@ -32,11 +32,11 @@ struct ProfileOptions {
 
 struct LayerProfile {
   uint32_t layer = 0;
-  uint64_t lookups = 0;        // row lookups counted (positions x columns)
+  uint64_t lookups = 0;  // row lookups counted (positions x columns)
   uint64_t distinct_rows = 0;
   size_t stored_rows = 0;
-  size_t top1pct_rows = 0;     // 1% of the layer's table
-  double top1pct_share = 0;    // share of lookups that go to the hottest 1% of rows
+  size_t top1pct_rows = 0;   // 1% of the layer's table
+  double top1pct_share = 0;  // share of lookups that go to the hottest 1% of rows
 };
 
 struct ProfileResult {

@@ -75,7 +75,8 @@ absl::Status OpenTable(ServedTable& t, const TierConfig& config, uint64_t dram_b
       t.dram = std::move(*dram);
       if (t.dram->resident()) ENGRAM_RETURN_IF_ERROR(t.dram->LoadResident(t.manifest, path));
     } else if (dram.status().code() == absl::StatusCode::kInvalidArgument) {
-      ENGRAM_LOG(WARNING).With("table", t.label) << "DRAM share too small for one cache set; NVMe only";
+      ENGRAM_LOG(WARNING).With("table", t.label)
+          << "DRAM share too small for one cache set; NVMe only";
     } else {
       return dram.status();
     }
@@ -149,7 +150,8 @@ absl::StatusOr<std::unique_ptr<TableSet>> TableSet::Load(Catalog& catalog, const
     const auto start = std::chrono::steady_clock::now();
     absl::Status s = OpenTable(t, config, budget[i]);
     if (!s.ok()) {
-      t.unavailable_reason = absl::StrCat("version ", t.manifest.version, " refused: ", s.message());
+      t.unavailable_reason =
+          absl::StrCat("version ", t.manifest.version, " refused: ", s.message());
       t.dram.reset();
       t.nvme.reset();
       continue;
@@ -171,9 +173,9 @@ absl::StatusOr<std::unique_ptr<TableSet>> TableSet::Load(Catalog& catalog, const
     t.store = std::make_unique<TieredStore>(tiers, t.dram.get(), t.manifest.layout.rows, so,
                                             t.observer.get());
     // Warm start: yesterday's hottest rows seed the statistics and fill the cache.
-    ENGRAM_ASSIGN_OR_RETURN(std::vector<RowCount> saved,
-                            catalog.LoadStats(t.manifest.model, t.manifest.layer,
-                                              config.placement.tracked_rows));
+    ENGRAM_ASSIGN_OR_RETURN(
+        std::vector<RowCount> saved,
+        catalog.LoadStats(t.manifest.model, t.manifest.layer, config.placement.tracked_rows));
     t.store->SeedStats(saved);
     if (t.dram && !t.dram->resident()) {
       absl::Status w = t.store->WarmUp(saved);
@@ -185,18 +187,20 @@ absl::StatusOr<std::unique_ptr<TableSet>> TableSet::Load(Catalog& catalog, const
     t.metrics = metrics->AddTable(t.label);
     t.serving = true;
     ENGRAM_LOG(INFO)
-        .With("table", t.label)
-        .With("version", t.manifest.version)
-        .With("rows", t.manifest.layout.rows)
-        .With("row_bytes", t.manifest.layout.row_bytes)
-        .With("dram", t.dram ? std::string(ArenaLayoutName(t.dram->resident() ? ArenaLayout::kResident
-                                                                              : ArenaLayout::kCache))
-                             : std::string("none"))
-        .With("dram_rows", t.dram ? t.dram->occupied_rows() : 0)
-        .With("io_backend", IoBackendName(t.nvme->backend()))
-        .With("direct_io", t.nvme->direct_io() ? "true" : "false")
-        .With("warm_rows", saved.size())
-        .With("seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count())
+            .With("table", t.label)
+            .With("version", t.manifest.version)
+            .With("rows", t.manifest.layout.rows)
+            .With("row_bytes", t.manifest.layout.row_bytes)
+            .With("dram",
+                  t.dram ? std::string(ArenaLayoutName(t.dram->resident() ? ArenaLayout::kResident
+                                                                          : ArenaLayout::kCache))
+                         : std::string("none"))
+            .With("dram_rows", t.dram ? t.dram->occupied_rows() : 0)
+            .With("io_backend", IoBackendName(t.nvme->backend()))
+            .With("direct_io", t.nvme->direct_io() ? "true" : "false")
+            .With("warm_rows", saved.size())
+            .With("seconds",
+                  std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count())
         << "table loaded";
   }
   int serving = 0, refused = 0;
@@ -222,13 +226,13 @@ absl::StatusOr<ServedTable*> TableSet::Resolve(absl::string_view model, uint32_t
   for (auto& t : tables_) {
     if (t->record.model != model || t->record.layer != layer) continue;
     if (!t->serving) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("table ", model, " layer ", layer, " is not served: ", t->unavailable_reason));
+      return absl::FailedPreconditionError(absl::StrCat("table ", model, " layer ", layer,
+                                                        " is not served: ", t->unavailable_reason));
     }
     if (version != 0 && version != t->manifest.version) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "table ", model, " layer ", layer, " version ", version, " is not served (serving v",
-          t->manifest.version, ")"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("table ", model, " layer ", layer, " version ", version,
+                       " is not served (serving v", t->manifest.version, ")"));
     }
     return t.get();
   }

@@ -30,8 +30,8 @@ namespace engram {
 // One table and its live version.
 struct ServedTable {
   TableRecord record;
-  Manifest manifest;             // of the live version
-  std::string label;             // "model/layer", the metrics label
+  Manifest manifest;  // of the live version
+  std::string label;  // "model/layer", the metrics label
   bool serving = false;
   std::string unavailable_reason;
   std::unique_ptr<DramTier> dram;  // null when the table got no DRAM

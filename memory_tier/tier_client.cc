@@ -45,17 +45,17 @@ absl::StatusOr<TableDescription> DescriptionFromProto(const v1::TableInfo& t) {
   d.serving = t.serving();
   d.unavailable_reason = t.unavailable_reason();
   const v1::SharedArena& a = t.arena();
-  d.arena = ArenaDescription{a.shm_name(),    a.size_bytes(), a.layout(),   a.data_offset(),
-                             a.slot_bytes(),  a.slots(),      a.ways(),     a.slot_header_offset(),
-                             a.host_id(),     a.arena_id(),   a.huge_pages(), a.locked()};
+  d.arena = ArenaDescription{a.shm_name(),   a.size_bytes(), a.layout(),     a.data_offset(),
+                             a.slot_bytes(), a.slots(),      a.ways(),       a.slot_header_offset(),
+                             a.host_id(),    a.arena_id(),   a.huge_pages(), a.locked()};
   return d;
 }
 
 // ---- Prefetch stream ---------------------------------------------------------------------------
 
-class PrefetchStreamImpl final : public PrefetchStream,
-                                 public grpc::ClientBidiReactor<v1::PrefetchRequest,
-                                                                v1::PrefetchResponse> {
+class PrefetchStreamImpl final
+    : public PrefetchStream,
+      public grpc::ClientBidiReactor<v1::PrefetchRequest, v1::PrefetchResponse> {
  public:
   PrefetchStreamImpl(v1::MemoryTier::Stub* stub, PrefetchStreamOptions options)
       : options_(std::move(options)) {
@@ -210,9 +210,9 @@ class PrefetchStreamImpl final : public PrefetchStream,
       if (cancelled_) {
         orphan_status = absl::CancelledError("prefetch stream cancelled");
       } else {
-        orphan_status = absl::UnavailableError(absl::StrCat(
-            "prefetch stream ended before the batch was answered: ",
-            final_status.ok() ? "server closed the stream" : final_status.ToString()));
+        orphan_status = absl::UnavailableError(
+            absl::StrCat("prefetch stream ended before the batch was answered: ",
+                         final_status.ok() ? "server closed the stream" : final_status.ToString()));
       }
       if (!final_status.ok() || !orphans.empty()) {
         broken_status_ = final_status.ok() ? orphan_status : final_status;
@@ -251,13 +251,15 @@ class PrefetchStreamImpl final : public PrefetchStream,
     bool start = false;
     {
       absl::MutexLock lock(&mu_);
-      if (closing_) return absl::FailedPreconditionError("prefetch stream is finished or cancelled");
+      if (closing_)
+        return absl::FailedPreconditionError("prefetch stream is finished or cancelled");
       if (done_ || read_closed_ || !broken_status_.ok()) {
-        return absl::UnavailableError(absl::StrCat("prefetch stream is broken: ",
-                                                   broken_status_.ToString()));
+        return absl::UnavailableError(
+            absl::StrCat("prefetch stream is broken: ", broken_status_.ToString()));
       }
       if (!promise && !options_.on_result) {
-        return absl::FailedPreconditionError("Send needs PrefetchStreamOptions::on_result; use SendAsync");
+        return absl::FailedPreconditionError(
+            "Send needs PrefetchStreamOptions::on_result; use SendAsync");
       }
       if (pending_.contains(batch.batch_id)) {
         return absl::InvalidArgumentError(
@@ -328,8 +330,7 @@ class PrefetchStreamImpl final : public PrefetchStream,
 class TierClientImpl final : public TierClient {
  public:
   TierClientImpl(std::shared_ptr<grpc::Channel> channel, const TierClientOptions& options)
-      : channel_(std::move(channel)), options_(options),
-        stub_(v1::MemoryTier::NewStub(channel_)) {}
+      : channel_(std::move(channel)), options_(options), stub_(v1::MemoryTier::NewStub(channel_)) {}
 
   absl::StatusOr<std::vector<TableDescription>> TableInfo(absl::string_view model) override {
     grpc::ClientContext ctx;
@@ -434,7 +435,8 @@ absl::StatusOr<std::unique_ptr<TierClient>> TierClient::Connect(const TierClient
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(options.max_receive_message_bytes);
   args.SetMaxSendMessageSize(options.max_receive_message_bytes);
-  auto channel = grpc::CreateCustomChannel(options.address, grpc::InsecureChannelCredentials(), args);
+  auto channel =
+      grpc::CreateCustomChannel(options.address, grpc::InsecureChannelCredentials(), args);
   const auto deadline =
       std::chrono::system_clock::now() + absl::ToChronoMilliseconds(options.connect_timeout);
   if (!channel->WaitForConnected(deadline)) {

@@ -65,13 +65,13 @@ struct TableKey {
 struct ArenaDescription {
   std::string shm_name;
   uint64_t size_bytes = 0;
-  std::string layout;             // "resident" or "cache"
+  std::string layout;  // "resident" or "cache"
   uint64_t data_offset = 0;
   uint32_t slot_bytes = 0;
   uint64_t slots = 0;
   uint32_t ways = 0;
   uint64_t slot_header_offset = 0;
-  std::string host_id;            // the server's LocalHostId()
+  std::string host_id;  // the server's LocalHostId()
   uint64_t arena_id = 0;
   bool huge_pages = false;
   bool locked = false;
@@ -79,7 +79,7 @@ struct ArenaDescription {
 
 // One table served by engram-memory (TableInfo).
 struct TableDescription {
-  TableKey key;                   // key.version = the version served
+  TableKey key;  // key.version = the version served
   uint64_t rows = 0;
   uint32_t row_bytes = 0;
   RowDType dtype = RowDType::kBF16;
@@ -87,8 +87,8 @@ struct TableDescription {
   uint32_t rows_per_page = 0;
   uint32_t page_bytes = 0;
   uint64_t header_bytes = 0;
-  std::vector<uint64_t> versions; // every version in the catalog, ascending
-  bool serving = false;           // false: refused at load, see unavailable_reason
+  std::vector<uint64_t> versions;  // every version in the catalog, ascending
+  bool serving = false;            // false: refused at load, see unavailable_reason
   std::string unavailable_reason;
   ArenaDescription arena;
 };
@@ -104,17 +104,17 @@ struct TierCounts {
 struct LookupResult {
   uint64_t version = 0;
   uint32_t row_bytes = 0;
-  std::string rows;               // row_ids.size() * row_bytes bytes, row i at i * row_bytes
+  std::string rows;  // row_ids.size() * row_bytes bytes, row i at i * row_bytes
   TierCounts served_by;
 };
 
 // One batch on the Prefetch stream.
 struct PrefetchBatch {
-  uint64_t batch_id = 0;          // unique among the stream's pending batches
+  uint64_t batch_id = 0;  // unique among the stream's pending batches
   TableKey table;
-  uint64_t sequence_id = 0;       // tracing only
-  uint64_t step = 0;              // tracing only
-  std::vector<uint64_t> row_ids;  // may be empty (a pure arena-hit report)
+  uint64_t sequence_id = 0;          // tracing only
+  uint64_t step = 0;                 // tracing only
+  std::vector<uint64_t> row_ids;     // may be empty (a pure arena-hit report)
   std::vector<uint64_t> arena_hits;  // rows read from the arena since the last report
   // The table of arena_hits when it is not `table` (model empty = same as `table`).
   TableKey arena_hits_table;
@@ -128,11 +128,11 @@ struct PrefetchResult {
   absl::Status status;
   uint64_t version = 0;
   uint32_t row_bytes = 0;
-  std::string rows;               // row_ids.size() * row_bytes bytes in request order
+  std::string rows;  // row_ids.size() * row_bytes bytes in request order
   TierCounts served_by;
-  uint64_t server_latency_us = 0; // receipt to send on the server, queueing included
-  uint64_t queue_us = 0;          // of which waiting in the server's queue
-  absl::Duration round_trip;      // Send() to the result, measured by the client
+  uint64_t server_latency_us = 0;  // receipt to send on the server, queueing included
+  uint64_t queue_us = 0;           // of which waiting in the server's queue
+  absl::Duration round_trip;       // Send() to the result, measured by the client
 };
 
 struct PrefetchStreamOptions {

@@ -75,9 +75,8 @@ absl::Status TierConfig::MergeJson(const nlohmann::json& json) {
     if (!body.is_object()) return Bad(section, "must be an object");
     for (const auto& [key, value] : body.items()) {
       bool known = false;
-      VisitFields(*this, [&](const char* s, const char* k, auto*) {
-        known |= section == s && key == k;
-      });
+      VisitFields(*this,
+                  [&](const char* s, const char* k, auto*) { known |= section == s && key == k; });
       if (!known) return Bad(absl::StrCat(section, ".", key), "is not a known setting");
     }
   }
@@ -100,7 +99,8 @@ absl::Status TierConfig::Validate() const {
   if (store.verify != "full" && store.verify != "quick") {
     return Bad("store.verify", "must be \"full\" or \"quick\"");
   }
-  if (server.listen.find(':') == std::string::npos) return Bad("server.listen", "must be host:port");
+  if (server.listen.find(':') == std::string::npos)
+    return Bad("server.listen", "must be host:port");
   if (server.metrics_port < -1 || server.metrics_port > 65535) {
     return Bad("server.metrics_port", "must be in [-1, 65535]");
   }
@@ -108,15 +108,19 @@ absl::Status TierConfig::Validate() const {
   if (server.lookup_threads < 1 || server.lookup_threads > 256) {
     return Bad("server.lookup_threads", "must be in [1, 256]");
   }
-  if (server.max_pending_per_stream < 1) return Bad("server.max_pending_per_stream", "must be >= 1");
-  if (server.max_message_bytes < (1 << 20)) return Bad("server.max_message_bytes", "must be >= 1 MiB");
+  if (server.max_pending_per_stream < 1)
+    return Bad("server.max_pending_per_stream", "must be >= 1");
+  if (server.max_message_bytes < (1 << 20))
+    return Bad("server.max_message_bytes", "must be >= 1 MiB");
   if (server.drain_timeout_s < 0) return Bad("server.drain_timeout_s", "must be >= 0");
   if (dram.ways < 1 || dram.ways > 64) return Bad("dram.ways", "must be in [1, 64]");
   if (dram.shm_prefix.empty() || dram.shm_prefix.find('/') != std::string::npos) {
     return Bad("dram.shm_prefix", "must be non-empty and contain no '/'");
   }
-  if (!ParseIoBackend(nvme.io_backend).ok()) return Bad("nvme.io_backend", "must be uring or pread");
-  if (nvme.io_depth < 1 || nvme.io_depth > 4096) return Bad("nvme.io_depth", "must be in [1, 4096]");
+  if (!ParseIoBackend(nvme.io_backend).ok())
+    return Bad("nvme.io_backend", "must be uring or pread");
+  if (nvme.io_depth < 1 || nvme.io_depth > 4096)
+    return Bad("nvme.io_depth", "must be in [1, 4096]");
   if (nvme.max_read_bytes < 4096 || nvme.max_read_bytes % 4096 != 0 ||
       nvme.max_read_bytes > (1u << 20)) {
     return Bad("nvme.max_read_bytes", "must be a multiple of 4096 in [4096, 1 MiB]");
@@ -164,7 +168,8 @@ absl::StatusOr<uint64_t> ParseByteSize(absl::string_view text) {
   } else {
     return absl::InvalidArgumentError(absl::StrCat("\"", text, "\" has an unknown unit"));
   }
-  if (n > UINT64_MAX / mult) return absl::InvalidArgumentError(absl::StrCat("\"", text, "\" is too large"));
+  if (n > UINT64_MAX / mult)
+    return absl::InvalidArgumentError(absl::StrCat("\"", text, "\" is too large"));
   return n * mult;
 }
 

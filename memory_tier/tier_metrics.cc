@@ -7,9 +7,12 @@ namespace engram {
 
 absl::string_view TierKindName(TierKind kind) {
   switch (kind) {
-    case TierKind::kDram: return "dram";
-    case TierKind::kNvme: return "nvme";
-    case TierKind::kArena: return "arena";
+    case TierKind::kDram:
+      return "dram";
+    case TierKind::kNvme:
+      return "nvme";
+    case TierKind::kArena:
+      return "arena";
   }
   return "unknown";
 }
@@ -20,57 +23,97 @@ TierMetrics::TierMetrics(std::shared_ptr<prometheus::Registry> registry)
   using prometheus::BuildGauge;
   using prometheus::BuildHistogram;
   prometheus::Registry& r = *registry_;
-  auto& rows = BuildCounter().Name("engram_tier_rows_served_total")
-                   .Help("Rows served, by the tier that finally served them").Register(r);
-  auto& bytes = BuildCounter().Name("engram_tier_bytes_read_total")
-                    .Help("Bytes of rows served, by tier").Register(r);
-  auto& lookups = BuildCounter().Name("engram_tier_lookups_total")
-                      .Help("Lookup batches that reached the tier").Register(r);
-  auto& misses = BuildCounter().Name("engram_tier_misses_total")
-                     .Help("Rows the tier did not hold (passed to the tier below)").Register(r);
-  auto& latency = BuildHistogram().Name("engram_tier_lookup_latency_seconds")
-                      .Help("Time of one tier's part of a lookup batch").Register(r);
+  auto& rows = BuildCounter()
+                   .Name("engram_tier_rows_served_total")
+                   .Help("Rows served, by the tier that finally served them")
+                   .Register(r);
+  auto& bytes = BuildCounter()
+                    .Name("engram_tier_bytes_read_total")
+                    .Help("Bytes of rows served, by tier")
+                    .Register(r);
+  auto& lookups = BuildCounter()
+                      .Name("engram_tier_lookups_total")
+                      .Help("Lookup batches that reached the tier")
+                      .Register(r);
+  auto& misses = BuildCounter()
+                     .Name("engram_tier_misses_total")
+                     .Help("Rows the tier did not hold (passed to the tier below)")
+                     .Register(r);
+  auto& latency = BuildHistogram()
+                      .Name("engram_tier_lookup_latency_seconds")
+                      .Help("Time of one tier's part of a lookup batch")
+                      .Register(r);
   for (int k = 0; k < kNumTierKinds; ++k) {
     const std::map<std::string, std::string> labels = {
         {"tier", std::string(TierKindName(static_cast<TierKind>(k)))}};
     tiers_[k] = TierChildren{&rows.Add(labels), &bytes.Add(labels), &lookups.Add(labels),
-                             &misses.Add(labels),
-                             &latency.Add(labels, LatencyBucketsSeconds())};
+                             &misses.Add(labels), &latency.Add(labels, LatencyBucketsSeconds())};
   }
-  nvme_queue_depth = &BuildGauge().Name("engram_nvme_queue_depth")
-                          .Help("NVMe reads in flight").Register(r).Add({});
-  nvme_reads = &BuildCounter().Name("engram_nvme_reads_total")
-                    .Help("NVMe reads submitted, resubmissions included").Register(r).Add({});
-  nvme_short_reads = &BuildCounter().Name("engram_nvme_short_reads_total")
-                          .Help("NVMe reads resubmitted after a short read").Register(r).Add({});
-  nvme_retries = &BuildCounter().Name("engram_nvme_retries_total")
-                      .Help("NVMe reads resubmitted after EAGAIN/EINTR").Register(r).Add({});
-  occupancy_family_ = &BuildGauge().Name("engram_arena_occupancy_ratio")
+  nvme_queue_depth = &BuildGauge()
+                          .Name("engram_nvme_queue_depth")
+                          .Help("NVMe reads in flight")
+                          .Register(r)
+                          .Add({});
+  nvme_reads = &BuildCounter()
+                    .Name("engram_nvme_reads_total")
+                    .Help("NVMe reads submitted, resubmissions included")
+                    .Register(r)
+                    .Add({});
+  nvme_short_reads = &BuildCounter()
+                          .Name("engram_nvme_short_reads_total")
+                          .Help("NVMe reads resubmitted after a short read")
+                          .Register(r)
+                          .Add({});
+  nvme_retries = &BuildCounter()
+                      .Name("engram_nvme_retries_total")
+                      .Help("NVMe reads resubmitted after EAGAIN/EINTR")
+                      .Register(r)
+                      .Add({});
+  occupancy_family_ = &BuildGauge()
+                           .Name("engram_arena_occupancy_ratio")
                            .Help("Rows held in the table's DRAM arena / rows it can hold")
                            .Register(r);
-  arena_bytes_family_ = &BuildGauge().Name("engram_arena_bytes")
-                             .Help("Size of the table's shared-memory arena").Register(r);
-  auto& promo = BuildCounter().Name("engram_promotion_total")
-                    .Help("Rows offered to a DRAM cache, by outcome").Register(r);
+  arena_bytes_family_ = &BuildGauge()
+                             .Name("engram_arena_bytes")
+                             .Help("Size of the table's shared-memory arena")
+                             .Register(r);
+  auto& promo = BuildCounter()
+                    .Name("engram_promotion_total")
+                    .Help("Rows offered to a DRAM cache, by outcome")
+                    .Register(r);
   promotions_admitted = &promo.Add({{"result", "admitted"}});
   promotions_rejected = &promo.Add({{"result", "rejected"}});
   promotions_dropped = &promo.Add({{"result", "dropped"}});
-  prefetch_batches = &BuildCounter().Name("engram_prefetch_batches_total")
-                          .Help("Prefetch batches answered").Register(r).Add({});
-  prefetch_batch_errors = &BuildCounter().Name("engram_prefetch_batch_errors_total")
-                               .Help("Prefetch batches answered with an error").Register(r).Add({});
-  prefetch_batch_latency = &BuildHistogram().Name("engram_prefetch_batch_latency_seconds")
-                                .Help("Prefetch batch: receipt to response").Register(r)
+  prefetch_batches = &BuildCounter()
+                          .Name("engram_prefetch_batches_total")
+                          .Help("Prefetch batches answered")
+                          .Register(r)
+                          .Add({});
+  prefetch_batch_errors = &BuildCounter()
+                               .Name("engram_prefetch_batch_errors_total")
+                               .Help("Prefetch batches answered with an error")
+                               .Register(r)
+                               .Add({});
+  prefetch_batch_latency = &BuildHistogram()
+                                .Name("engram_prefetch_batch_latency_seconds")
+                                .Help("Prefetch batch: receipt to response")
+                                .Register(r)
                                 .Add({}, LatencyBucketsSeconds());
-  prefetch_queue = &BuildHistogram().Name("engram_prefetch_queue_seconds")
-                        .Help("Time a batch waited for a lookup thread").Register(r)
+  prefetch_queue = &BuildHistogram()
+                        .Name("engram_prefetch_queue_seconds")
+                        .Help("Time a batch waited for a lookup thread")
+                        .Register(r)
                         .Add({}, LatencyBucketsSeconds());
-  batch_rows = &BuildHistogram().Name("engram_lookup_batch_rows")
-                    .Help("Rows per Lookup or Prefetch batch").Register(r)
-                    .Add({}, prometheus::Histogram::BucketBoundaries{
-                                 1, 16, 48, 128, 768, 2048, 12288, 65536, 262144});
-  auto& rpc = BuildCounter().Name("engram_memory_rpc_total")
-                  .Help("MemoryTier RPCs and Prefetch batches by method and gRPC code").Register(r);
+  batch_rows = &BuildHistogram()
+                    .Name("engram_lookup_batch_rows")
+                    .Help("Rows per Lookup or Prefetch batch")
+                    .Register(r)
+                    .Add({}, prometheus::Histogram::BucketBoundaries{1, 16, 48, 128, 768, 2048,
+                                                                     12288, 65536, 262144});
+  auto& rpc = BuildCounter()
+                  .Name("engram_memory_rpc_total")
+                  .Help("MemoryTier RPCs and Prefetch batches by method and gRPC code")
+                  .Register(r);
   const char* methods[kNumRpcMethods] = {"Lookup", "Prefetch", "TableInfo", "Stats"};
   for (int m = 0; m < kNumRpcMethods; ++m) {
     for (int c = 0; c < 17; ++c) {
@@ -81,10 +124,16 @@ TierMetrics::TierMetrics(std::shared_ptr<prometheus::Registry> registry)
   auto& tables = BuildGauge().Name("engram_memory_tables").Help("Tables by state").Register(r);
   tables_serving = &tables.Add({{"state", "serving"}});
   tables_refused = &tables.Add({{"state", "refused"}});
-  state = &BuildGauge().Name("engram_memory_state")
-               .Help("Lifecycle: 0 loading, 1 ready, 2 draining, 3 stopped").Register(r).Add({});
-  stats_flushes = &BuildCounter().Name("engram_stats_flushes_total")
-                       .Help("Access statistics persisted to the catalog").Register(r).Add({});
+  state = &BuildGauge()
+               .Name("engram_memory_state")
+               .Help("Lifecycle: 0 loading, 1 ready, 2 draining, 3 stopped")
+               .Register(r)
+               .Add({});
+  stats_flushes = &BuildCounter()
+                       .Name("engram_stats_flushes_total")
+                       .Help("Access statistics persisted to the catalog")
+                       .Register(r)
+                       .Add({});
 }
 
 TierMetrics::TableChildren TierMetrics::AddTable(const std::string& table_label) {

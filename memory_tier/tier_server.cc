@@ -71,8 +71,11 @@ absl::StatusOr<std::unique_ptr<TierServer>> TierServer::Start(const TierConfig& 
     metrics->state->Set(static_cast<double>(state));
     ENGRAM_LOG(INFO).With("state", std::string(LifecycleStateName(state))) << "lifecycle";
   });
-  ENGRAM_LOG(INFO).With("addr", config.server.listen).With("port", s->port_)
-      .With("metrics_port", s->metrics_port()) << "listening; loading tables";
+  ENGRAM_LOG(INFO)
+          .With("addr", config.server.listen)
+          .With("port", s->port_)
+          .With("metrics_port", s->metrics_port())
+      << "listening; loading tables";
 
   auto tables = TableSet::Load(*s->catalog_, config, s->metrics_.get());
   if (!tables.ok()) {

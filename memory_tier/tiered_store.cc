@@ -10,8 +10,13 @@ namespace engram {
 
 TieredStore::TieredStore(std::vector<Tier*> tiers, DramTier* cache, uint64_t rows,
                          const Options& options, StoreObserver* observer)
-    : tiers_(std::move(tiers)), cache_(cache), rows_(rows), options_(options),
-      observer_(observer), counters_(tiers_.size()), stats_(options.stats) {
+    : tiers_(std::move(tiers)),
+      cache_(cache),
+      rows_(rows),
+      options_(options),
+      observer_(observer),
+      counters_(tiers_.size()),
+      stats_(options.stats) {
   row_bytes_ = tiers_.empty() ? 0 : tiers_.front()->row_bytes();
   if (cache_ != nullptr && cache_->resident()) cache_ = nullptr;  // nothing to promote into
   for (size_t k = 0; k < tiers_.size(); ++k) {
@@ -73,9 +78,9 @@ absl::Status TieredStore::Lookup(absl::Span<const uint64_t> row_ids, uint8_t* ou
     c.misses.fetch_add(missing.size(), std::memory_order_relaxed);
     c.bytes.fetch_add(hit * row_bytes_, std::memory_order_relaxed);
     if (observer_ != nullptr) {
-      observer_->OnTierLookup(k, pending.size(), hit, hit * row_bytes_,
-                              std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
-                                  .count());
+      observer_->OnTierLookup(
+          k, pending.size(), hit, hit * row_bytes_,
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     }
     // Rows served below the cache are promotion candidates.
     if (cache_ != nullptr && options_.promote && k > cache_index_) {
@@ -124,9 +129,8 @@ void TieredStore::Enqueue(Record record) {
 void TieredStore::Flush() {
   absl::MutexLock lock(&queue_mu_);
   const uint64_t target = enqueued_seq_;
-  auto done = [this, target]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue_mu_) {
-    return done_seq_ >= target;
-  };
+  auto done = [this, target]()
+                  ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue_mu_) { return done_seq_ >= target; };
   queue_mu_.Await(absl::Condition(&done));
 }
 
@@ -162,7 +166,7 @@ void TieredStore::Offer(uint64_t row, const uint8_t* data) {
   int victim = -1;
   uint32_t victim_count = UINT32_MAX;
   for (uint32_t w = 0; w < set_rows_.size(); ++w) {
-    if (set_rows_[w] == row) return;  // already cached (e.g. offered twice in one batch)
+    if (set_rows_[w] == row) return;     // already cached (e.g. offered twice in one batch)
     if (set_rows_[w] == ~uint64_t{0}) {  // an empty way always admits
       victim = static_cast<int>(w);
       victim_count = 0;

@@ -96,9 +96,9 @@ class TieredStore {
 
  private:
   struct Record {
-    std::vector<uint64_t> accessed;      // every row id looked up (or hit externally)
-    std::vector<uint64_t> candidates;    // rows served below the cache tier ...
-    std::vector<uint8_t> candidate_data; // ... and their bytes
+    std::vector<uint64_t> accessed;       // every row id looked up (or hit externally)
+    std::vector<uint64_t> candidates;     // rows served below the cache tier ...
+    std::vector<uint8_t> candidate_data;  // ... and their bytes
     uint64_t seq = 0;
   };
   void Enqueue(Record record);

@@ -79,7 +79,7 @@ TEST_P(IoFaultTest, ShortReadsAndEagainAreResubmitted) {
   o.io.fault_hook = [&calls](int res) {
     const int c = calls.fetch_add(1);
     if (res <= 0) return res;
-    if (c % 5 == 1) return -EAGAIN;                 // the kernel asked us to retry
+    if (c % 5 == 1) return -EAGAIN;                   // the kernel asked us to retry
     if (c % 7 == 2) return res > 4096 ? 4096 : 1000;  // one page, or less than one
     if (c % 11 == 3) return -EINTR;
     return res;
@@ -109,10 +109,14 @@ TEST_P(IoFaultTest, HardErrorsFailTheBatchAndTheTierRecovers) {
   o.io.depth = 8;
   o.io.fault_hook = [&](int res) {
     switch (mode.load()) {
-      case 1: return fired.exchange(true) ? res : -EIO;
-      case 2: return 0;
-      case 3: return -EAGAIN;
-      default: return res;
+      case 1:
+        return fired.exchange(true) ? res : -EIO;
+      case 2:
+        return 0;
+      case 3:
+        return -EAGAIN;
+      default:
+        return res;
     }
   };
   auto tier = NvmeTier::Open(t.manifest, t.path, o);
@@ -148,7 +152,8 @@ bool BlockIoUringSetup() {
       BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (ENOSYS & SECCOMP_RET_DATA)),
       BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
   };
-  struct sock_fprog prog = {static_cast<unsigned short>(sizeof(filter) / sizeof(filter[0])), filter};
+  struct sock_fprog prog = {static_cast<unsigned short>(sizeof(filter) / sizeof(filter[0])),
+                            filter};
   return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 &&
          prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) == 0;
 }

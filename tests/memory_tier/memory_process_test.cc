@@ -144,15 +144,14 @@ TEST(MemoryProcessTest, ServesScrapedByPrometheusAndDrainsOnSigterm) {
   spec.head_dim = 256;
   ASSERT_TRUE(testing::WriteTestModel(model, spec).ok());
   {
-    Child import = Child::Spawn({BinaryPath("client/engram"), "table", "import", model, "--store",
-                                 store}, false);
+    Child import = Child::Spawn(
+        {BinaryPath("client/engram"), "table", "import", model, "--store", store}, false);
     ASSERT_EQ(import.Wait(), 0);
   }
   Child server = Child::Spawn(
       {BinaryPath("memory_tier/engram-memory"), "--store", store, "--listen", "127.0.0.1:0",
-       "--metrics-host", "127.0.0.1", "--metrics-port", "0", "--dram-bytes", "300K",
-       "--shm-prefix", absl::StrCat("engram-ptest-", getpid()), "--io-depth", "8",
-       "--drain-timeout-s", "5"},
+       "--metrics-host", "127.0.0.1", "--metrics-port", "0", "--dram-bytes", "300K", "--shm-prefix",
+       absl::StrCat("engram-ptest-", getpid()), "--io-depth", "8", "--drain-timeout-s", "5"},
       true);
   const std::string ready = server.WaitForLine("msg=ready");
   ASSERT_FALSE(ready.empty()) << server.seen;
@@ -190,28 +189,28 @@ TEST(MemoryProcessTest, ServesScrapedByPrometheusAndDrainsOnSigterm) {
         << "scrape_configs:\n  - job_name: engram-memory\n    static_configs:\n"
         << "      - targets: ['127.0.0.1:" << metrics_port << "']\n";
   }
-  Child prometheus = Child::Spawn(
-      {"/usr/bin/prometheus", "--config.file=" + prom_dir + "/prometheus.yml",
-       "--storage.tsdb.path=" + prom_dir + "/data",
-       absl::StrCat("--web.listen-address=127.0.0.1:", prom_port)},
-      false);
+  Child prometheus =
+      Child::Spawn({"/usr/bin/prometheus", "--config.file=" + prom_dir + "/prometheus.yml",
+                    "--storage.tsdb.path=" + prom_dir + "/data",
+                    absl::StrCat("--web.listen-address=127.0.0.1:", prom_port)},
+                   false);
   std::string last;
-  EXPECT_TRUE(PromQueryUntil(prom_port, "up{job=\"engram-memory\"}", [](double v) { return v == 1; },
-                             &last))
+  EXPECT_TRUE(PromQueryUntil(
+      prom_port, "up{job=\"engram-memory\"}", [](double v) { return v == 1; }, &last))
       << last;
-  EXPECT_TRUE(PromQueryUntil(prom_port, "sum(engram_tier_rows_served_total)",
-                             [](double v) { return v >= 600; }, &last))
+  EXPECT_TRUE(PromQueryUntil(
+      prom_port, "sum(engram_tier_rows_served_total)", [](double v) { return v >= 600; }, &last))
       << last;
-  EXPECT_TRUE(PromQueryUntil(prom_port, "engram_memory_tables{state=\"serving\"}",
-                             [](double v) { return v == 2; }, &last))
+  EXPECT_TRUE(PromQueryUntil(
+      prom_port, "engram_memory_tables{state=\"serving\"}", [](double v) { return v == 2; }, &last))
       << last;
   kill(prometheus.pid, SIGTERM);
   prometheus.Wait();
 
   // inspect reads the catalog read-only while the server holds it.
   {
-    Child inspect = Child::Spawn({BinaryPath("client/engram"), "table", "inspect", "--store", store},
-                                 false);
+    Child inspect =
+        Child::Spawn({BinaryPath("client/engram"), "table", "inspect", "--store", store}, false);
     EXPECT_EQ(inspect.Wait(), 0);
   }
   // SIGTERM: drain, persist statistics, exit 0.

@@ -1,5 +1,7 @@
 // `engram table profile`: a corpus hashed with the model's tokenizer and Engram constants seeds
 // the catalog's statistics, and a server started afterwards has the profiled hot rows in DRAM.
+#include "memory_tier/table_profile.h"
+
 #include <unistd.h>
 
 #include <cstdlib>
@@ -12,7 +14,6 @@
 #include "gtest/gtest.h"
 #include "memory_tier/catalog.h"
 #include "memory_tier/importer.h"
-#include "memory_tier/table_profile.h"
 #include "memory_tier/tier_client.h"
 #include "memory_tier/tier_server.h"
 #include "model/engram_constants.h"
@@ -98,9 +99,9 @@ TEST(TableProfileTest, ProfiledHotRowsAreStoredAndServedFromDramAtStart) {
   EXPECT_EQ(r->served_by.dram, hot.size());
 
   // The CLI reports a missing corpus clearly.
-  const std::string cmd = absl::StrCat(testing::BinaryPath("client/engram"), " table profile ",
-                                       model, " --store ", tmp.path(), "/store2 --corpus ",
-                                       tmp.path(), "/missing.txt 2>&1");
+  const std::string cmd =
+      absl::StrCat(testing::BinaryPath("client/engram"), " table profile ", model, " --store ",
+                   tmp.path(), "/store2 --corpus ", tmp.path(), "/missing.txt 2>&1");
   (*server)->Shutdown();
   FILE* p = popen(cmd.c_str(), "r");
   std::string out;

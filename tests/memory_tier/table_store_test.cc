@@ -15,11 +15,11 @@
 #include "absl/strings/str_cat.h"
 #include "common/row_format.h"
 #include "gtest/gtest.h"
-#include "nlohmann/json.hpp"
 #include "memory_tier/catalog.h"
 #include "memory_tier/importer.h"
 #include "memory_tier/posix_file.h"
 #include "memory_tier/row_file.h"
+#include "nlohmann/json.hpp"
 #include "tests/memory_tier/test_model.h"
 
 extern char** environ;
@@ -305,8 +305,8 @@ TEST(ImportTest, KilledImportNeverBecomesLiveAndIsCleanedUp) {
   posix_spawn_file_actions_adddup2(&actions, slave, STDERR_FILENO);
   posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
   const std::string bin = testing::BinaryPath("client/engram");
-  std::vector<std::string> argv_s = {bin, "table", "import", model, "--store", store,
-                                     "--chunk-bytes", "4096"};
+  std::vector<std::string> argv_s = {bin,       "table", "import",        model,
+                                     "--store", store,   "--chunk-bytes", "4096"};
   std::vector<char*> argv;
   for (auto& a : argv_s) argv.push_back(a.data());
   argv.push_back(nullptr);

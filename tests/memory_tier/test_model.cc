@@ -79,7 +79,9 @@ absl::Status WriteTestModel(const std::string& dir, const TestModelSpec& spec) {
                          });
       continue;
     }
-    DType dtype = spec.dtype == "f32" ? DType::kF32 : spec.dtype == "f16" ? DType::kF16 : DType::kBF16;
+    DType dtype = spec.dtype == "f32"   ? DType::kF32
+                  : spec.dtype == "f16" ? DType::kF16
+                                        : DType::kBF16;
     const size_t esize = DTypeSize(dtype);
     writer.AddProduced(base + "weight", dtype, {n, d},
                        [salt, esize, dtype](uint64_t offset, uint8_t* out, size_t len) {

@@ -14,14 +14,14 @@ namespace engram::testing {
 
 // A model directory with config.json and model.safetensors holding only Engram tables.
 struct TestModelSpec {
-  std::string name = "testmodel";          // config.json model_name
+  std::string name = "testmodel";  // config.json model_name
   std::vector<int> layer_ids = {1, 3};
   int max_ngram_size = 3;
   int n_heads = 2;
   int head_dim = 32;
   std::vector<int64_t> vocab_size_per_order = {401, 503};
-  std::string dtype = "bf16";              // f32 | bf16 | f16 | fp8_e4m3_e8m0
-  uint32_t seed = 1;                       // changes the row contents
+  std::string dtype = "bf16";  // f32 | bf16 | f16 | fp8_e4m3_e8m0
+  uint32_t seed = 1;           // changes the row contents
 };
 
 absl::Status WriteTestModel(const std::string& dir, const TestModelSpec& spec);

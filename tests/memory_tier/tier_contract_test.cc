@@ -173,9 +173,8 @@ class TierContractTest : public ::testing::Test {
   TierUnderTest under_test_;
 };
 
-using Implementations =
-    ::testing::Types<DramResident, DramCache, Nvme<IoBackend::kUring>, Nvme<IoBackend::kPread>,
-                     Arena<true>, Arena<false>>;
+using Implementations = ::testing::Types<DramResident, DramCache, Nvme<IoBackend::kUring>,
+                                         Nvme<IoBackend::kPread>, Arena<true>, Arena<false>>;
 TYPED_TEST_SUITE(TierContractTest, Implementations);
 
 TYPED_TEST(TierContractTest, ServesRowsAtTheirInputPositions) {

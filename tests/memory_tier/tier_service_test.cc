@@ -156,8 +156,11 @@ TEST_F(TierServiceTest, LookupAndPrefetchAreByteExactFromBothTiers) {
   std::vector<std::pair<uint32_t, std::vector<uint64_t>>> sent;
   for (uint64_t b = 0; b < 40; ++b) {
     const uint32_t layer = b % 2 ? 3 : 1;
-    PrefetchBatch batch{.batch_id = 100 + b, .table = {"testmodel", layer, 0}, .sequence_id = b,
-                        .step = b, .row_ids = RandomIds(rng, 1 + b * 20)};
+    PrefetchBatch batch{.batch_id = 100 + b,
+                        .table = {"testmodel", layer, 0},
+                        .sequence_id = b,
+                        .step = b,
+                        .row_ids = RandomIds(rng, 1 + b * 20)};
     sent.emplace_back(layer, batch.row_ids);
     futures.push_back((*stream)->SendAsync(std::move(batch)));
   }
@@ -200,8 +203,10 @@ TEST_F(TierServiceTest, ConcurrentClientsGetTheirOwnRows) {
           absl::MutexLock lock(&mu);
           sent[b] = {layer, RandomIds(rng, 200)};
         }
-        ASSERT_TRUE((*stream)->Send({.batch_id = b, .table = {"testmodel", layer, 0},
-                                     .row_ids = sent[b].second}).ok());
+        ASSERT_TRUE(
+            (*stream)
+                ->Send({.batch_id = b, .table = {"testmodel", layer, 0}, .row_ids = sent[b].second})
+                .ok());
         auto ids = RandomIds(rng, 100);
         auto r = (*client)->Lookup({"testmodel", layer, 1}, ids);
         ASSERT_TRUE(r.ok()) << r.status();
@@ -277,7 +282,8 @@ TEST_F(TierServiceTest, BadInputGetsClearErrorsAndTheStreamGoesOn) {
   auto unknown = client_->Lookup({"nosuchmodel", 1, 0}, std::vector<uint64_t>{1});
   EXPECT_EQ(unknown.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(unknown.status().message().find("unknown table nosuchmodel layer 1"),
-            absl::string_view::npos) << unknown.status();
+            absl::string_view::npos)
+      << unknown.status();
   auto version = client_->Lookup({"testmodel", 1, 9}, std::vector<uint64_t>{1});
   EXPECT_EQ(version.status().code(), absl::StatusCode::kFailedPrecondition) << version.status();
   auto range = client_->Lookup({"testmodel", 1, 0}, std::vector<uint64_t>{1, rows_ + 5});
@@ -289,10 +295,10 @@ TEST_F(TierServiceTest, BadInputGetsClearErrorsAndTheStreamGoesOn) {
 
   auto stream = client_->OpenPrefetchStream({});
   ASSERT_TRUE(stream.ok());
-  auto bad = (*stream)->SendAsync({.batch_id = 1, .table = {"testmodel", 3, 0},
-                                   .row_ids = {layer_rows_[3]}});
-  auto good = (*stream)->SendAsync({.batch_id = 2, .table = {"testmodel", 3, 0},
-                                    .row_ids = {4, 3}});
+  auto bad = (*stream)->SendAsync(
+      {.batch_id = 1, .table = {"testmodel", 3, 0}, .row_ids = {layer_rows_[3]}});
+  auto good =
+      (*stream)->SendAsync({.batch_id = 2, .table = {"testmodel", 3, 0}, .row_ids = {4, 3}});
   PrefetchResult b = bad.get(), g = good.get();
   EXPECT_EQ(b.status.code(), absl::StatusCode::kInvalidArgument);
   ASSERT_TRUE(g.status.ok()) << g.status;
@@ -335,15 +341,16 @@ TEST_F(TierServiceTest, DrainEndsStreamsWithUnavailableAndRestartComesBackWarm) 
   absl::Notification broken;
   absl::Status broken_status;
   auto stream = client_->OpenPrefetchStream({.on_result = [](PrefetchResult) {},
-                                             .on_broken = [&](const absl::Status& s) {
-                                               broken_status = s;
-                                               broken.Notify();
-                                             }});
+                                             .on_broken =
+                                                 [&](const absl::Status& s) {
+                                                   broken_status = s;
+                                                   broken.Notify();
+                                                 }});
   ASSERT_TRUE(stream.ok());
   ASSERT_TRUE((*stream)->Send({.batch_id = 1, .table = {"testmodel", 1, 0}, .row_ids = {1}}).ok());
   // The stream is established once its first batch is answered.
-  PrefetchResult first = (*stream)->SendAsync({.batch_id = 9, .table = {"testmodel", 1, 0},
-                                              .row_ids = {2}}).get();
+  PrefetchResult first =
+      (*stream)->SendAsync({.batch_id = 9, .table = {"testmodel", 1, 0}, .row_ids = {2}}).get();
   ASSERT_TRUE(first.status.ok()) << first.status;
   server_->Shutdown();
   broken.WaitForNotification();

@@ -48,8 +48,9 @@ TEST(RowFormatTest, DecodesEveryDtypeAgainstAPlainReference) {
   for (auto& v : ref) v = u(rng);
   // f32: exact.
   std::vector<float> out(n * d);
-  ASSERT_TRUE(DecodeRows(RowDType::kF32, reinterpret_cast<const uint8_t*>(ref.data()), n, d,
-                         out.data()).ok());
+  ASSERT_TRUE(
+      DecodeRows(RowDType::kF32, reinterpret_cast<const uint8_t*>(ref.data()), n, d, out.data())
+          .ok());
   EXPECT_EQ(out, ref);
   // bf16 / f16: rounding of the conversion only.
   for (RowDType dt : {RowDType::kBF16, RowDType::kF16}) {
@@ -57,7 +58,8 @@ TEST(RowFormatTest, DecodesEveryDtypeAgainstAPlainReference) {
     for (size_t i = 0; i < half.size(); ++i) {
       half[i] = dt == RowDType::kBF16 ? F32ToBf16(ref[i]) : F32ToF16(ref[i]);
     }
-    ASSERT_TRUE(DecodeRows(dt, reinterpret_cast<const uint8_t*>(half.data()), n, d, out.data()).ok());
+    ASSERT_TRUE(
+        DecodeRows(dt, reinterpret_cast<const uint8_t*>(half.data()), n, d, out.data()).ok());
     for (size_t i = 0; i < ref.size(); ++i) {
       EXPECT_NEAR(out[i], ref[i], (dt == RowDType::kBF16 ? 8e-3 : 1e-3) * std::fabs(ref[i]) + 1e-6);
     }
@@ -68,7 +70,7 @@ TEST(RowFormatTest, DecodesEveryDtypeAgainstAPlainReference) {
   for (size_t r = 0; r < n; ++r) {
     for (int j = 0; j < d; ++j) rows[r * rb + j] = F32ToF8E4M3(ref[r * d + j]);
     rows[r * rb + d] = 127 + static_cast<uint8_t>(r);  // 2^r
-    rows[r * rb + d + 1] = 125;                         // 2^-2
+    rows[r * rb + d + 1] = 125;                        // 2^-2
   }
   ASSERT_TRUE(DecodeRows("fp8_e4m3_e8m0", rows.data(), n, d, out.data()).ok());
   for (size_t r = 0; r < n; ++r) {

@@ -1,6 +1,8 @@
 // The tiered store: a randomised run against a plain map of the expected rows, promotion into the
 // DRAM cache through the admission filter, warm start from statistics, bounded queues, and
 // lock-free arena readers racing the promoter.
+#include "memory_tier/tiered_store.h"
+
 #include <unistd.h>
 
 #include <map>
@@ -13,7 +15,6 @@
 #include "memory_tier/nvme_tier.h"
 #include "memory_tier/row_file.h"
 #include "memory_tier/tier_client.h"
-#include "memory_tier/tiered_store.h"
 #include "tests/memory_tier/test_model.h"
 
 namespace engram {
@@ -199,8 +200,8 @@ TEST(TieredStoreTest, ResidentDramServesEverything) {
   }
   store.Flush();
   EXPECT_EQ(store.counters(1).lookups.load(), 0u);  // NVMe never asked
-  EXPECT_EQ(store.promotions(), 0u);                 // nothing to promote into a resident arena
-  EXPECT_EQ(store.Hottest(10).size(), 10u);          // but every access is counted
+  EXPECT_EQ(store.promotions(), 0u);                // nothing to promote into a resident arena
+  EXPECT_EQ(store.Hottest(10).size(), 10u);         // but every access is counted
 }
 
 // Co-located readers race the promoter over a tiny cache that evicts constantly: every row a
