@@ -34,9 +34,9 @@ struct WorkerConfig {
     // On SIGTERM: how long running requests may take to finish before they are aborted.
     // Flag --drain-timeout. Default 30s.
     absl::Duration drain_timeout = absl::Seconds(30);
-    // Writes the bound gRPC and metrics ports as JSON {"grpc": P, "metrics": Q} to this file once
-    // serving (for tests and scripts that start the worker on port 0). Flag --port-file. Default
-    // "".
+    // Writes the bound gRPC and metrics ports as JSON {"grpc": P, "metrics": Q} to this file as
+    // soon as they are bound, before the model loads (for tests and scripts that start the worker
+    // on port 0; readiness is still health). Flag --port-file. Default "" (none).
     std::string port_file;
   } server;
 
