@@ -96,6 +96,21 @@ TEST_F(WorkerE2eTest, StreamedGreedyGenerationEqualsInProcessReference) {
   }
 }
 
+// The CLI streams the same text to stdout.
+TEST_F(WorkerE2eTest, EngramGenerateCommandPrintsTheText) {
+  v1::GenerateRequest r = Greedy("The command line client", 12);
+  const std::string out = cluster_->dir() + "/generate.out";
+  auto p = testing::Process::Start(
+      {std::string(getenv("ENGRAM_BINARY_DIR")) + "/client/engram", "generate", "--server",
+       cluster_->worker_address(), "--prompt", r.text(), "--max-tokens", "12", "--quiet"},
+      out);
+  ASSERT_TRUE(p.ok()) << p.status();
+  auto status = (*p)->Wait(absl::Seconds(60));
+  ASSERT_TRUE(status.ok()) << status.status();
+  EXPECT_EQ(*status, 0) << (*p)->LogTail();
+  EXPECT_EQ((*p)->LogTail(), Reference(r).text + "\n");
+}
+
 TEST_F(WorkerE2eTest, ThirtyTwoConcurrentStreamsAllComplete) {
   constexpr int kStreams = 32;
   std::vector<v1::GenerateRequest> requests;
