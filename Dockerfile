@@ -47,6 +47,6 @@ COPY --from=build /out/bin/ /usr/local/bin/
 RUN echo /usr/local/lib/engram > /etc/ld.so.conf.d/engram.conf && ldconfig \
     && engram help 2>&1 | head -1
 USER engram
-EXPOSE 50051 50052 9091 9092
+EXPOSE 50051 50052 9400 9092
 ENTRYPOINT []
 CMD ["/usr/local/bin/engram-worker", "--help"]
