@@ -16,14 +16,17 @@ std::string_view LifecycleStateName(LifecycleState state) {
   return "unknown";
 }
 
-void Lifecycle::Set(LifecycleState state) {
+bool Lifecycle::Set(LifecycleState state) {
+  absl::MutexLock notify(&notify_mu_);
   std::vector<std::function<void(LifecycleState)>> listeners;
   {
     absl::MutexLock lock(&mu_);
+    if (static_cast<int>(state) <= static_cast<int>(state_.load())) return false;
     state_.store(state);
     listeners = listeners_;
   }
   for (auto& l : listeners) l(state);
+  return true;
 }
 
 void Lifecycle::OnChange(std::function<void(LifecycleState)> listener) {

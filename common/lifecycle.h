@@ -10,6 +10,7 @@
 #include <functional>
 #include <string_view>
 #include <thread>
+#include <vector>
 
 #include "absl/synchronization/mutex.h"
 
@@ -18,11 +19,15 @@ namespace engram {
 enum class LifecycleState { kLoading, kReady, kDraining, kStopped };
 std::string_view LifecycleStateName(LifecycleState state);
 
+// The states only move forward: a process that started draining never becomes ready again, even
+// when "ready" is set by the loading thread after a signal already asked it to drain.
 class Lifecycle {
  public:
   LifecycleState state() const { return state_.load(); }
-  // Sets the state and wakes waiters; listeners run on the caller's thread.
-  void Set(LifecycleState state);
+  // Advances to `state`, wakes waiters and runs the listeners on the caller's thread; returns
+  // false (and changes nothing) when the process is already at `state` or past it. Listeners see
+  // the transitions in order, one at a time, and must not call Set.
+  bool Set(LifecycleState state);
   // Called on every state change (e.g. to update the gRPC health service).
   void OnChange(std::function<void(LifecycleState)> listener);
   // Blocks until the state is at least `state` (kDraining also returns for kStopped).
@@ -30,6 +35,8 @@ class Lifecycle {
 
  private:
   std::atomic<LifecycleState> state_{LifecycleState::kLoading};
+  // Held while listeners run, so two transitions cannot notify out of order.
+  absl::Mutex notify_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   absl::Mutex mu_;
   std::vector<std::function<void(LifecycleState)>> listeners_ ABSL_GUARDED_BY(mu_);
 };
@@ -46,7 +53,8 @@ class SignalWatcher {
   std::atomic<bool> stop_{false};
 };
 
-// Blocks SIGTERM/SIGINT/SIGPIPE for this thread and the threads it creates afterwards.
+// Blocks SIGTERM and SIGINT for this thread and the threads it creates afterwards, and ignores
+// SIGPIPE process-wide (a peer that went away is an error on the write, not a death).
 void BlockTerminationSignals();
 
 }  // namespace engram

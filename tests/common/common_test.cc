@@ -1,7 +1,11 @@
 #include <string>
+#include <thread>
+#include <vector>
 
+#include "absl/synchronization/mutex.h"
 #include "common/crc32c.h"
 #include "common/engram_config.h"
+#include "common/lifecycle.h"
 #include "common/log.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -57,6 +61,40 @@ TEST(LogTest, QuotesLogfmtValues) {
   EXPECT_EQ(LogfmtValue("two words"), "\"two words\"");
   EXPECT_EQ(LogfmtValue("a\"b"), "\"a\\\"b\"");
   EXPECT_EQ(LogfmtValue(""), "\"\"");
+}
+
+// A signal may ask for draining while the loading thread is about to report ready: the process
+// must stay draining, and health (a listener) must end on the last state, not on a stale one.
+TEST(LifecycleTest, StatesOnlyMoveForwardAndListenersSeeThemInOrder) {
+  Lifecycle lifecycle;
+  std::vector<LifecycleState> seen;
+  lifecycle.OnChange([&seen](LifecycleState s) { seen.push_back(s); });
+  EXPECT_TRUE(lifecycle.Set(LifecycleState::kDraining));
+  EXPECT_FALSE(lifecycle.Set(LifecycleState::kReady));
+  EXPECT_EQ(lifecycle.state(), LifecycleState::kDraining);
+  EXPECT_FALSE(lifecycle.Set(LifecycleState::kDraining));
+  EXPECT_TRUE(lifecycle.Set(LifecycleState::kStopped));
+  EXPECT_EQ(seen,
+            (std::vector<LifecycleState>{LifecycleState::kDraining, LifecycleState::kStopped}));
+
+  // Racing transitions: whatever the interleaving, the listeners' last word is the final state.
+  for (int round = 0; round < 200; ++round) {
+    Lifecycle racing;
+    absl::Mutex mu;
+    LifecycleState last = LifecycleState::kLoading;
+    racing.OnChange([&](LifecycleState s) {
+      absl::MutexLock lock(&mu);
+      EXPECT_GT(static_cast<int>(s), static_cast<int>(last));
+      last = s;
+    });
+    std::thread ready([&racing] { racing.Set(LifecycleState::kReady); });
+    std::thread drain([&racing] { racing.Set(LifecycleState::kDraining); });
+    ready.join();
+    drain.join();
+    EXPECT_EQ(racing.state(), LifecycleState::kDraining);
+    absl::MutexLock lock(&mu);
+    EXPECT_EQ(last, LifecycleState::kDraining);
+  }
 }
 
 }  // namespace
