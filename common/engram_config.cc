@@ -2,6 +2,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -14,12 +15,45 @@ absl::Status Bad(absl::string_view key, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat("config key ", key, ": ", what));
 }
 
+// Whether `v` is an integer that T holds exactly; then stores it. A bare get<T>() would wrap
+// 4294967298 to 2 for an int and pass validation with a value nobody wrote.
+template <typename T>
+bool IntValue(const nlohmann::json& v, T* out) {
+  if (v.is_number_unsigned()) {
+    const uint64_t u = v.get<uint64_t>();
+    if (u > static_cast<uint64_t>(std::numeric_limits<T>::max())) return false;
+    *out = static_cast<T>(u);
+    return true;
+  }
+  if (!v.is_number_integer()) return false;
+  const int64_t i = v.get<int64_t>();
+  if (i < std::numeric_limits<T>::min() || i > std::numeric_limits<T>::max()) return false;
+  *out = static_cast<T>(i);
+  return true;
+}
+
 template <typename T>
 absl::Status ReadInt(const nlohmann::json& config, const char* key, T* out) {
   auto it = config.find(key);
   if (it == config.end() || it->is_null()) return absl::OkStatus();
-  if (!it->is_number_integer()) return Bad(key, "must be an integer");
-  *out = it->get<T>();
+  if (!IntValue(*it, out)) {
+    return Bad(key, absl::StrCat("must be an integer in [", std::numeric_limits<T>::min(), ", ",
+                                 std::numeric_limits<T>::max(), "], got ", it->dump()));
+  }
+  return absl::OkStatus();
+}
+
+// A list of integers that T holds exactly.
+template <typename T>
+absl::Status ReadIntList(const nlohmann::json& list, const char* key, std::vector<T>* out) {
+  for (const auto& v : list) {
+    T value;
+    if (!IntValue(v, &value)) {
+      return Bad(key, absl::StrCat("must be a list of integers in [", std::numeric_limits<T>::min(),
+                                   ", ", std::numeric_limits<T>::max(), "], got ", v.dump()));
+    }
+    out->push_back(value);
+  }
   return absl::OkStatus();
 }
 
@@ -72,10 +106,7 @@ absl::StatusOr<EngramConfig> ParseEngramConfig(const nlohmann::json& config) {
   auto layers = config.find("engram_layer_ids");
   if (layers == config.end()) return Bad("engram_layer_ids", "missing");
   if (!layers->is_array()) return Bad("engram_layer_ids", "must be a list of integers");
-  for (const auto& v : *layers) {
-    if (!v.is_number_integer()) return Bad("engram_layer_ids", "must be a list of integers");
-    c.layer_ids.push_back(v.get<int>());
-  }
+  if (absl::Status s = ReadIntList(*layers, "engram_layer_ids", &c.layer_ids); !s.ok()) return s;
   if (absl::Status s = ReadInt(config, "engram_max_ngram_size", &c.max_ngram_size); !s.ok()) return s;
   if (absl::Status s = ReadInt(config, "engram_n_heads", &c.n_heads); !s.ok()) return s;
   if (absl::Status s = ReadInt(config, "engram_head_dim", &c.head_dim); !s.ok()) return s;
@@ -87,24 +118,26 @@ absl::StatusOr<EngramConfig> ParseEngramConfig(const nlohmann::json& config) {
   auto vocab = config.find("engram_vocab_size");
   if (vocab == config.end()) return Bad("engram_vocab_size", "missing");
   if (vocab->is_number_integer()) {
-    c.vocab_size_per_order.assign(std::max(c.max_ngram_size - 1, 0), vocab->get<int64_t>());
+    int64_t v = 0;
+    if (absl::Status s = ReadInt(config, "engram_vocab_size", &v); !s.ok()) return s;
+    c.vocab_size_per_order.assign(std::max(c.max_ngram_size - 1, 0), v);
   } else if (vocab->is_array()) {
-    for (const auto& v : *vocab) {
-      if (!v.is_number_integer()) return Bad("engram_vocab_size", "must be an integer or a list of integers");
-      c.vocab_size_per_order.push_back(v.get<int64_t>());
+    if (absl::Status s = ReadIntList(*vocab, "engram_vocab_size", &c.vocab_size_per_order);
+        !s.ok()) {
+      return s;
     }
   } else {
     return Bad("engram_vocab_size", "must be an integer or a list of integers");
   }
   if (auto it = config.find("engram_compressed_vocab_size"); it != config.end() && !it->is_null()) {
-    if (!it->is_number_integer()) return Bad("engram_compressed_vocab_size", "must be an integer");
-    c.compressed_vocab_size = it->get<int64_t>();
+    int64_t v = 0;
+    if (absl::Status s = ReadInt(config, "engram_compressed_vocab_size", &v); !s.ok()) return s;
+    c.compressed_vocab_size = v;
   }
   if (auto it = config.find("engram_num_embeddings"); it != config.end() && !it->is_null()) {
     if (!it->is_array()) return Bad("engram_num_embeddings", "must be a list of integers");
-    for (const auto& v : *it) {
-      if (!v.is_number_integer()) return Bad("engram_num_embeddings", "must be a list of integers");
-      c.num_embeddings.push_back(v.get<int64_t>());
+    if (absl::Status s = ReadIntList(*it, "engram_num_embeddings", &c.num_embeddings); !s.ok()) {
+      return s;
     }
   }
   if (absl::Status s = c.Validate(); !s.ok()) return s;

@@ -170,11 +170,14 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
                                           ") lies outside the ", data_size, "-byte data section",
                                           " (truncated file?)"));
     }
-    if (end - begin != elements * DTypeSize(view.dtype)) {
-      return Malformed(path, absl::StrCat("tensor \"", it.key(), "\" has ", end - begin,
-                                          " bytes but shape ", view.ShapeString(), " of ",
-                                          DTypeName(view.dtype), " needs ",
-                                          elements * DTypeSize(view.dtype)));
+    // elements is bounded by the byte count first, so the product below cannot wrap around (a
+    // shape of 2^61 F64 elements would otherwise "need" 0 bytes and pass).
+    const uint64_t element_bytes = DTypeSize(view.dtype);
+    if (elements > (end - begin) / element_bytes || elements * element_bytes != end - begin) {
+      return Malformed(
+          path, absl::StrCat("tensor \"", it.key(), "\" has ", end - begin, " bytes but shape ",
+                             view.ShapeString(), " of ", DTypeName(view.dtype), " needs ", elements,
+                             " x ", element_bytes));
     }
     view.data = bytes + data_start + begin;
     view.size_bytes = end - begin;

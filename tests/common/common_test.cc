@@ -54,6 +54,22 @@ TEST(EngramConfigTest, RejectsInconsistentConfigWithClearMessages) {
             std::string::npos);
   EXPECT_NE(bad(R"({"engram_layer_ids": [1], "engram_vocab_size": 10, "hc_mult": 0})").find("hc_mult"),
             std::string::npos);
+  // Values that do not fit the field are refused, not wrapped into a valid-looking one
+  // (4294967298 would become 2 as an int).
+  EXPECT_NE(bad(R"({"engram_layer_ids": [1], "engram_vocab_size": 10,
+                    "engram_max_ngram_size": 4294967298})")
+                .find("engram_max_ngram_size: must be an integer in"),
+            std::string::npos);
+  EXPECT_NE(bad(R"({"engram_layer_ids": [4294967297], "engram_vocab_size": 10})")
+                .find("engram_layer_ids"),
+            std::string::npos);
+  EXPECT_NE(bad(R"({"engram_layer_ids": [1], "engram_vocab_size": 18446744073709551615})")
+                .find("engram_vocab_size"),
+            std::string::npos);
+  EXPECT_NE(bad(R"({"engram_layer_ids": [1], "engram_vocab_size": 10,
+                    "engram_num_embeddings": [9223372036854775808]})")
+                .find("engram_num_embeddings"),
+            std::string::npos);
 }
 
 TEST(LogTest, QuotesLogfmtValues) {

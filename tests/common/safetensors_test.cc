@@ -79,6 +79,24 @@ TEST(SafetensorsTest, RejectsTruncatedAndMalformedFiles) {
   }
   EXPECT_FALSE(SafetensorsFile::Open(path).ok());
   EXPECT_EQ(SafetensorsFile::Open(path + ".none").status().code(), absl::StatusCode::kNotFound);
+
+  // A shape whose byte size wraps around 2^64 (2^61 F64 elements "need" 0 bytes) is refused,
+  // not handed to a reader that would then allocate or read 2^61 elements.
+  for (const char* header :
+       {R"({"t":{"dtype":"F64","shape":[2305843009213693952],"data_offsets":[0,0]}})",
+        R"({"t":{"dtype":"F32","shape":[4611686018427387904],"data_offsets":[0,0]}})"}) {
+    {
+      std::ofstream out(path, std::ios::binary | std::ios::trunc);
+      const std::string text = header;
+      uint64_t len = text.size();
+      out.write(reinterpret_cast<const char*>(&len), 8);
+      out << text;
+    }
+    auto wrapped = SafetensorsFile::Open(path);
+    ASSERT_FALSE(wrapped.ok()) << header;
+    EXPECT_EQ(wrapped.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(wrapped.status().message().find("\"t\""), std::string::npos) << wrapped.status();
+  }
   std::remove(path.c_str());
 }
 
