@@ -35,15 +35,20 @@ class PrefetchReactor : public grpc::ServerBidiReactor<v1::PrefetchRequest, v1::
   }
 
   void OnReadDone(bool ok) override {
-    if (ok) {
+    {
       absl::MutexLock lock(&mu_);
-      ++in_read_callback_;  // no Finish() until the next StartRead has been issued
+      if (!ok) {
+        reads_done_ = true;
+      } else if (finished_) {
+        // A cancel or drain on another thread finished the stream while this message was being
+        // delivered: drop it. Scheduling it would let its task outlive the reactor (OnDone may
+        // follow as soon as this returns), and no read may start after Finish.
+        return;
+      } else {
+        ++in_read_callback_;  // no Finish() until the next StartRead has been issued
+      }
     }
     if (!ok) {
-      {
-        absl::MutexLock lock(&mu_);
-        reads_done_ = true;
-      }
       MaybeFinish();
       return;
     }
