@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/grpc_status.h"
 #include "common/log.h"
+#include "common/status.h"
 #include "memory_tier/arena.h"
 
 namespace engram {
@@ -255,7 +256,16 @@ absl::StatusOr<ServedTable*> MemoryTierService::Admit(const v1::TableRef& table,
                                                    " row ids exceeds the limit of ",
                                                    options_.max_batch_rows, " (max_batch_rows)"));
   }
-  return tables->Resolve(table.model(), table.layer(), table.version());
+  ENGRAM_ASSIGN_OR_RETURN(ServedTable * served,
+                          tables->Resolve(table.model(), table.layer(), table.version()));
+  const uint64_t bytes = rows * uint64_t{served->manifest.layout.row_bytes};
+  if (bytes > options_.max_response_row_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("batch of ", rows, " rows x ", served->manifest.layout.row_bytes,
+                     " bytes = ", bytes, " bytes exceeds the ", options_.max_response_row_bytes,
+                     " bytes one response may carry (server.max_message_bytes); split the batch"));
+  }
+  return served;
 }
 
 absl::Status MemoryTierService::RunBatch(

@@ -33,6 +33,9 @@ class MemoryTierService final : public v1::MemoryTier::CallbackService {
  public:
   struct Options {
     uint32_t max_batch_rows = 262144;
+    // The rows of one response must fit a gRPC message (server.max_message_bytes); a larger
+    // batch is INVALID_ARGUMENT up front instead of a failed send that breaks its stream.
+    uint64_t max_response_row_bytes = (256ull << 20) - 4096;
     int lookup_threads = 4;
     int max_pending_per_stream = 4096;
   };
@@ -63,7 +66,8 @@ class MemoryTierService final : public v1::MemoryTier::CallbackService {
  private:
   friend class PrefetchReactor;
 
-  // The table of a request, or why it cannot be served (loading, draining, unknown, refused).
+  // The table of a request, or why it cannot be served (loading, draining, unknown, refused,
+  // a batch too large for one response).
   absl::StatusOr<ServedTable*> Admit(const v1::TableRef& table, size_t rows);
   // Looks up `ids` into `rows` and fills the version, row size and per-tier counts.
   absl::Status RunBatch(ServedTable* table, const google::protobuf::RepeatedField<uint64_t>& ids,

@@ -2,6 +2,7 @@
 
 #include <cctype>
 #include <functional>
+#include <limits>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
@@ -110,8 +111,10 @@ absl::Status TierConfig::Validate() const {
   }
   if (server.max_pending_per_stream < 1)
     return Bad("server.max_pending_per_stream", "must be >= 1");
-  if (server.max_message_bytes < (1 << 20))
-    return Bad("server.max_message_bytes", "must be >= 1 MiB");
+  if (server.max_message_bytes < (1 << 20) ||
+      server.max_message_bytes > std::numeric_limits<int32_t>::max()) {
+    return Bad("server.max_message_bytes", "must be in [1 MiB, 2 GiB - 1] (a gRPC limit)");
+  }
   if (server.drain_timeout_s < 0) return Bad("server.drain_timeout_s", "must be >= 0");
   if (dram.ways < 1 || dram.ways > 64) return Bad("dram.ways", "must be in [1, 64]");
   if (dram.shm_prefix.empty() || dram.shm_prefix.find('/') != std::string::npos) {

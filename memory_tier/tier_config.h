@@ -31,7 +31,8 @@ struct TierConfig {
     int lookup_threads = 4;
     // Batches queued per Prefetch stream; more get RESOURCE_EXHAUSTED. Default 4096.
     int max_pending_per_stream = 4096;
-    // Largest gRPC message, bytes. Default 256 MiB.
+    // Largest gRPC message, bytes, in [1 MiB, 2 GiB). A batch whose rows would not fit one
+    // response is INVALID_ARGUMENT. Default 256 MiB.
     int64_t max_message_bytes = 256ll << 20;
     // SIGTERM: how long in-flight work may take before streams are cancelled, s. Default 10.
     double drain_timeout_s = 10;

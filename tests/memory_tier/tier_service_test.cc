@@ -73,8 +73,9 @@ class TierServiceTest : public ::testing::Test {
     return c;
   }
 
-  void StartServer() {
-    auto server = TierServer::Start(Config());
+  void StartServer() { StartServer(Config()); }
+  void StartServer(const TierConfig& config) {
+    auto server = TierServer::Start(config);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = std::move(*server);
     auto client = TierClient::Connect({.address = absl::StrCat("127.0.0.1:", server_->port())});
@@ -307,6 +308,32 @@ TEST_F(TierServiceTest, BadInputGetsClearErrorsAndTheStreamGoesOn) {
       << "Send without on_result";
   EXPECT_TRUE((*stream)->Finish().ok());
   EXPECT_TRUE(client_->CheckHealth().ok());
+}
+
+// A batch within max_batch_rows whose rows would not fit one response: refused up front with a
+// message naming the limit. Sent anyway, the response would fail in gRPC and, on a Prefetch
+// stream, end the stream for every other batch.
+TEST_F(TierServiceTest, BatchesTooLargeForOneResponseAreRefusedAndTheStreamGoesOn) {
+  TierConfig config = Config();
+  config.server.max_batch_rows = 100000;
+  config.server.max_message_bytes = 1 << 20;
+  StartServer(config);
+  const size_t too_many = (1 << 20) / row_bytes_ + 1;
+  std::vector<uint64_t> ids(too_many, 7);
+  auto lookup = client_->Lookup({"testmodel", 1, 0}, ids);
+  EXPECT_EQ(lookup.status().code(), absl::StatusCode::kInvalidArgument) << lookup.status();
+  EXPECT_NE(lookup.status().message().find("max_message_bytes"), absl::string_view::npos)
+      << lookup.status();
+
+  auto stream = client_->OpenPrefetchStream({});
+  ASSERT_TRUE(stream.ok());
+  auto big = (*stream)->SendAsync({.batch_id = 1, .table = {"testmodel", 1, 0}, .row_ids = ids});
+  auto next = (*stream)->SendAsync({.batch_id = 2, .table = {"testmodel", 1, 0}, .row_ids = {9}});
+  PrefetchResult b = big.get(), n = next.get();
+  EXPECT_EQ(b.status.code(), absl::StatusCode::kInvalidArgument) << b.status;
+  ASSERT_TRUE(n.status.ok()) << n.status;
+  ExpectRows(1, {9}, n.rows);
+  EXPECT_TRUE((*stream)->Finish().ok());
 }
 
 TEST_F(TierServiceTest, ACorruptRowFileIsRefusedAndTheOtherTableServed) {
