@@ -215,6 +215,23 @@ bool ArenaCacheRead(const SharedArena& arena, uint64_t row, uint8_t* out) {
   return false;
 }
 
+void ArenaLookup(const SharedArena& arena, absl::Span<const uint64_t> row_ids, uint8_t* out,
+                 std::vector<uint32_t>* missing) {
+  const ArenaHeader& h = arena.header();
+  if (h.layout == static_cast<uint32_t>(ArenaLayout::kResident)) {
+    const uint8_t* data = arena.base() + h.data_offset;
+    for (size_t i = 0; i < row_ids.size(); ++i) {
+      std::memcpy(out + i * h.row_bytes, data + row_ids[i] * h.slot_bytes, h.row_bytes);
+    }
+    return;
+  }
+  for (size_t i = 0; i < row_ids.size(); ++i) {
+    if (!ArenaCacheRead(arena, row_ids[i], out + i * h.row_bytes)) {
+      missing->push_back(static_cast<uint32_t>(i));
+    }
+  }
+}
+
 std::string LocalHostId() {
   std::ifstream f("/proc/sys/kernel/random/boot_id");
   std::string id;

@@ -38,9 +38,11 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 
 namespace engram {
 
@@ -160,6 +162,12 @@ class SharedArena {
 
 // Reads row `row` from a cache-layout arena with the seqlock protocol; false on a miss.
 bool ArenaCacheRead(const SharedArena& arena, uint64_t row, uint8_t* out);
+
+// Tier::Lookup over an arena, the same for the server (DramTier) and a co-located client
+// (ArenaReader): a resident arena copies every row; a cache arena reads each row with the seqlock
+// and appends the positions it misses. Ids must be < header().table_rows (CheckRowIds).
+void ArenaLookup(const SharedArena& arena, absl::Span<const uint64_t> row_ids, uint8_t* out,
+                 std::vector<uint32_t>* missing);
 
 // The host identity used for co-location: the kernel boot id (/proc/sys/kernel/random/boot_id).
 std::string LocalHostId();

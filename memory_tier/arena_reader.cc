@@ -54,28 +54,12 @@ uint64_t ArenaReader::data_offset() const { return arena_->header().data_offset;
 
 absl::Status ArenaReader::Lookup(absl::Span<const uint64_t> row_ids, uint8_t* out,
                                  std::vector<uint32_t>* missing) {
-  for (uint64_t id : row_ids) {
-    if (id >= rows_) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("row id ", id, " is out of range (table has ", rows_, " rows)"));
-    }
-  }
+  ENGRAM_RETURN_IF_ERROR(CheckRowIds(row_ids, rows_));
   if (!valid()) {  // retired: nothing refreshes it any more, let the server answer
     for (uint32_t i = 0; i < row_ids.size(); ++i) missing->push_back(i);
     return absl::OkStatus();
   }
-  if (resident_) {
-    const uint8_t* data = arena_->base() + arena_->header().data_offset;
-    for (size_t i = 0; i < row_ids.size(); ++i) {
-      std::memcpy(out + i * row_bytes_, data + row_ids[i] * row_bytes_, row_bytes_);
-    }
-    return absl::OkStatus();
-  }
-  for (size_t i = 0; i < row_ids.size(); ++i) {
-    if (!ArenaCacheRead(*arena_, row_ids[i], out + i * row_bytes_)) {
-      missing->push_back(static_cast<uint32_t>(i));
-    }
-  }
+  ArenaLookup(*arena_, row_ids, out, missing);
   return absl::OkStatus();
 }
 

@@ -70,12 +70,7 @@ void NvmeTier::Release(std::unique_ptr<IoReader> reader) {
 absl::Status NvmeTier::Lookup(absl::Span<const uint64_t> row_ids, uint8_t* out,
                               std::vector<uint32_t>* missing) {
   const RowLayout& l = layout_;
-  for (uint64_t id : row_ids) {
-    if (id >= l.rows) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("row id ", id, " is out of range (table has ", l.rows, " rows)"));
-    }
-  }
+  ENGRAM_RETURN_IF_ERROR(CheckRowIds(row_ids, l.rows));
   if (row_ids.empty()) return absl::OkStatus();
   // Positions sorted by page: each distinct page is read once, adjacent pages in one run.
   std::vector<uint32_t> order(row_ids.size());

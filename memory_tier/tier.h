@@ -42,6 +42,9 @@ class Tier {
                               std::vector<uint32_t>* missing) = 0;
 };
 
+// The id check every Lookup starts with: INVALID_ARGUMENT naming the first id >= `rows`.
+absl::Status CheckRowIds(absl::Span<const uint64_t> row_ids, uint64_t rows);
+
 }  // namespace engram
 
 #endif  // ENGRAM_MEMORY_TIER_TIER_H_

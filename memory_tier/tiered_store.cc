@@ -36,12 +36,7 @@ TieredStore::~TieredStore() {
 absl::Status TieredStore::Lookup(absl::Span<const uint64_t> row_ids, uint8_t* out,
                                  std::vector<uint64_t>* served) {
   served->assign(tiers_.size(), 0);
-  for (uint64_t id : row_ids) {
-    if (id >= rows_) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("row id ", id, " is out of range (table has ", rows_, " rows)"));
-    }
-  }
+  ENGRAM_RETURN_IF_ERROR(CheckRowIds(row_ids, rows_));
   if (row_ids.empty()) return absl::OkStatus();
   Record record;
   record.accessed.assign(row_ids.begin(), row_ids.end());
