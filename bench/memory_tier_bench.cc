@@ -64,10 +64,11 @@ struct Flags {
 };
 
 void Usage() {
-  std::fprintf(stderr,
-               "usage: memory_tier_bench [--dir DIR] [--table-gib G] [--row-bytes B] [--depth D]\n"
-               "                         [--seconds S] [--batches 48,768,12288] [--no-rocksdb]\n"
-               "                         [--no-grpc] [--keep]\n");
+  std::fprintf(
+      stderr,
+      "usage: memory_tier_bench [--dir DIR] [--table-gib G] [--row-bytes EVEN_B] [--depth D]\n"
+      "                         [--seconds S] [--batches 48,768,12288] [--no-rocksdb]\n"
+      "                         [--no-grpc] [--keep]\n");
 }
 
 bool ParseFlags(int argc, char** argv, Flags* f) {
@@ -111,7 +112,9 @@ bool ParseFlags(int argc, char** argv, Flags* f) {
       return false;
     }
   }
-  return f->row_bytes > 0 && f->row_bytes <= 4096 && f->depth > 0 && f->table_gib > 0;
+  // 264-byte rows are V4.1's FP8 rows; any other size is a bf16 row of row_bytes / 2 values.
+  return f->row_bytes > 0 && f->row_bytes <= 4096 && f->row_bytes % 2 == 0 && f->depth > 0 &&
+         f->table_gib > 0;
 }
 
 // Per-batch latencies of one measurement.

@@ -54,7 +54,7 @@ int Import(const Args& args) {
     return Fail("table import", absl::InvalidArgumentError("needs exactly one MODEL_DIR"), 2);
   auto store = args.Require("store");
   if (!store.ok()) return Fail("table import", store.status(), 2);
-  auto chunk = args.GetInt("chunk-bytes", kDefaultChunkBytes, 4096, int64_t{1} << 30);
+  auto chunk = args.GetInt("chunk-bytes", kDefaultChunkBytes, 4096, kMaxChunkBytes);
   if (!chunk.ok()) return Fail("table import", chunk.status(), 2);
   ImportOptions options;
   options.model_dir = args.positional()[1];

@@ -176,12 +176,15 @@ absl::StatusOr<std::unique_ptr<SharedArena>> SharedArena::Open(const std::string
       h.layout != static_cast<uint32_t>(ArenaLayout::kCache)) {
     return bad("unknown layout");
   }
-  if (h.row_bytes == 0 || h.slot_bytes < h.row_bytes || h.ways == 0 ||
-      h.data_offset + h.slots * h.slot_bytes > size ||
-      (h.layout == static_cast<uint32_t>(ArenaLayout::kCache) &&
-       (h.slots != h.sets * h.ways ||
-        h.slot_header_offset + h.slots * sizeof(SlotHeader) > h.data_offset)) ||
-      (h.layout == static_cast<uint32_t>(ArenaLayout::kResident) && h.slots != h.table_rows)) {
+  // Every bound in division form: a corrupt header must not overflow its way past the checks,
+  // and sets = 0 would be a division by zero in ArenaSetOf.
+  const bool cache = h.layout == static_cast<uint32_t>(ArenaLayout::kCache);
+  if (h.row_bytes == 0 || h.slot_bytes < h.row_bytes || h.ways == 0 || h.sets == 0 ||
+      h.slots == 0 || h.data_offset > size || h.slots > (size - h.data_offset) / h.slot_bytes ||
+      (cache && (h.sets > h.slots / h.ways || h.slots != h.sets * h.ways ||
+                 h.slot_header_offset > h.data_offset ||
+                 h.slots > (h.data_offset - h.slot_header_offset) / sizeof(SlotHeader))) ||
+      (!cache && h.slots != h.table_rows)) {
     return bad("inconsistent geometry");
   }
   return arena;

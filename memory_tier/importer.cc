@@ -225,10 +225,7 @@ absl::StatusOr<int> CleanStoreLeftovers(Catalog& catalog) {
 }
 
 absl::StatusOr<ImportResult> ImportModel(Catalog& catalog, const ImportOptions& options) {
-  if (options.chunk_bytes == 0 || options.chunk_bytes % kRowFilePageBytes != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("chunk size ", options.chunk_bytes, " must be a positive multiple of 4096"));
-  }
+  ENGRAM_RETURN_IF_ERROR(CheckChunkBytes(options.chunk_bytes));
   const std::string& dir = options.model_dir;
   ENGRAM_ASSIGN_OR_RETURN(nlohmann::json config_json, ReadJsonFile(dir + "/config.json"));
   auto config = ParseEngramConfig(config_json);

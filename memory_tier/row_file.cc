@@ -12,6 +12,7 @@
 #include "absl/strings/str_format.h"
 #include "common/crc32c.h"
 #include "common/engram_config.h"
+#include "common/row_format.h"
 #include "common/status.h"
 #include "nlohmann/json.hpp"
 
@@ -198,9 +199,13 @@ absl::StatusOr<Manifest> Manifest::FromJson(const nlohmann::json& j) {
   ENGRAM_RETURN_IF_ERROR(GetField(source, "crc32c", &m.source.crc32c));
   ENGRAM_RETURN_IF_ERROR(GetField(source, "fingerprint", &m.source.fingerprint));
   ENGRAM_RETURN_IF_ERROR(GetField(j, "created", &m.created));
-  if (m.chunk_bytes == 0 || m.chunk_bytes % m.layout.page_bytes != 0) {
+  if (absl::Status s = CheckChunkBytes(m.chunk_bytes); !s.ok()) return Annotate(s, "manifest");
+  auto expected_row_bytes = RowBytes(m.dtype, m.head_dim);
+  if (!expected_row_bytes.ok()) return Annotate(expected_row_bytes.status(), "manifest");
+  if (*expected_row_bytes != m.layout.row_bytes) {
     return absl::InvalidArgumentError(
-        absl::StrCat("manifest chunk size ", m.chunk_bytes, " is not a multiple of the page size"));
+        absl::StrCat("manifest row_bytes ", m.layout.row_bytes, " does not match dtype ", m.dtype,
+                     " with head_dim ", m.head_dim, " (", *expected_row_bytes, " bytes)"));
   }
   if (m.file_bytes != m.layout.file_bytes()) {
     return absl::InvalidArgumentError(absl::StrCat("manifest file size ", m.file_bytes,
@@ -213,6 +218,15 @@ absl::StatusOr<Manifest> Manifest::FromJson(const nlohmann::json& j) {
                                                    m.num_chunks(), " chunks"));
   }
   return m;
+}
+
+absl::Status CheckChunkBytes(uint64_t chunk_bytes) {
+  if (chunk_bytes == 0 || chunk_bytes % kRowFilePageBytes != 0 || chunk_bytes > kMaxChunkBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("chunk size ", chunk_bytes, " must be a multiple of ", kRowFilePageBytes,
+                     " in [", kRowFilePageBytes, ", ", kMaxChunkBytes, "]"));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status WriteManifest(const std::string& path, const Manifest& manifest) {
@@ -230,11 +244,7 @@ absl::StatusOr<Manifest> ReadManifest(const std::string& path) {
 
 absl::StatusOr<std::unique_ptr<RowFileWriter>> RowFileWriter::Create(const std::string& path,
                                                                      const Manifest& manifest) {
-  if (manifest.chunk_bytes == 0 || manifest.chunk_bytes % manifest.layout.page_bytes != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("chunk size ", manifest.chunk_bytes,
-                                                   " must be a positive multiple of ",
-                                                   manifest.layout.page_bytes));
-  }
+  ENGRAM_RETURN_IF_ERROR(CheckChunkBytes(manifest.chunk_bytes));
   auto w = std::unique_ptr<RowFileWriter>(new RowFileWriter());
   w->path_ = path;
   w->manifest_ = manifest;
@@ -314,38 +324,44 @@ absl::Status RowFileWriter::Finish(Manifest* manifest) {
 
 // ---- Verification ------------------------------------------------------------------------------
 
-absl::Status QuickCheckRowFile(const Manifest& m, const std::string& path) {
+namespace {
+
+// Opens a row file and checks its header against the manifest; `*size` gets the file size.
+absl::StatusOr<ScopedFd> OpenRowFile(const Manifest& m, const std::string& path, uint64_t* size) {
   ENGRAM_ASSIGN_OR_RETURN(ScopedFd fd, OpenFile(path, O_RDONLY));
   struct stat st;
   if (::fstat(fd.get(), &st) != 0) return PosixError("cannot stat", path, errno);
-  std::vector<uint8_t> header(kRowFileHeaderBytes);
-  if (static_cast<uint64_t>(st.st_size) < kRowFileHeaderBytes) {
+  *size = static_cast<uint64_t>(st.st_size);
+  if (*size < kRowFileHeaderBytes) {
     return absl::DataLossError(
-        absl::StrCat(path, ": file truncated: ", st.st_size, " bytes, shorter than the header"));
+        absl::StrCat(path, ": file truncated to ", *size, " bytes, inside the header"));
   }
+  std::vector<uint8_t> header(kRowFileHeaderBytes);
   ENGRAM_RETURN_IF_ERROR(PreadAll(fd.get(), header.data(), header.size(), 0, path));
   ENGRAM_RETURN_IF_ERROR(CheckHeader(m, header.data(), path));
-  if (static_cast<uint64_t>(st.st_size) != m.file_bytes) {
-    return absl::DataLossError(absl::StrCat(path, ": file has ", st.st_size,
-                                            " bytes, the manifest ", m.file_bytes,
-                                            " (truncated or extended)"));
-  }
-  return absl::OkStatus();
+  return fd;
+}
+
+absl::Status CheckFileSize(const Manifest& m, const std::string& path, uint64_t size) {
+  if (size == m.file_bytes) return absl::OkStatus();
+  return absl::DataLossError(absl::StrCat(path, ": file has ", size, " bytes, the manifest ",
+                                          m.file_bytes, " (truncated or extended after import?)"));
+}
+
+}  // namespace
+
+absl::Status QuickCheckRowFile(const Manifest& m, const std::string& path) {
+  uint64_t size = 0;
+  ENGRAM_ASSIGN_OR_RETURN(ScopedFd fd, OpenRowFile(m, path, &size));
+  return CheckFileSize(m, path, size);
 }
 
 absl::Status ReadVerifiedChunks(const Manifest& m, const std::string& path, const ChunkFn& fn) {
-  ENGRAM_ASSIGN_OR_RETURN(ScopedFd fd, OpenFile(path, O_RDONLY));
+  ENGRAM_RETURN_IF_ERROR(CheckChunkBytes(m.chunk_bytes));
+  uint64_t size = 0;
+  ENGRAM_ASSIGN_OR_RETURN(ScopedFd fd, OpenRowFile(m, path, &size));
   posix_fadvise(fd.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
-  struct stat st;
-  if (::fstat(fd.get(), &st) != 0) return PosixError("cannot stat", path, errno);
-  const uint64_t size = static_cast<uint64_t>(st.st_size);
-  std::vector<uint8_t> buf(std::max<uint64_t>(m.chunk_bytes, kRowFileHeaderBytes));
-  if (size < kRowFileHeaderBytes) {
-    return absl::DataLossError(
-        absl::StrCat(path, ": file truncated to ", size, " bytes, inside the header"));
-  }
-  ENGRAM_RETURN_IF_ERROR(PreadAll(fd.get(), buf.data(), kRowFileHeaderBytes, 0, path));
-  ENGRAM_RETURN_IF_ERROR(CheckHeader(m, buf.data(), path));
+  std::vector<uint8_t> buf(m.chunk_bytes);
   const uint64_t chunks = m.num_chunks();
   for (uint64_t c = 0; c < chunks; ++c) {
     const uint64_t begin = m.ChunkBegin(c), end = m.ChunkEnd(c);
@@ -365,11 +381,7 @@ absl::Status ReadVerifiedChunks(const Manifest& m, const std::string& path, cons
     posix_fadvise(fd.get(), static_cast<off_t>(begin), static_cast<off_t>(end - begin),
                   POSIX_FADV_DONTNEED);
   }
-  if (size != m.file_bytes) {
-    return absl::DataLossError(absl::StrCat(path, ": file has ", size, " bytes, the manifest ",
-                                            m.file_bytes, " (extended after import?)"));
-  }
-  return absl::OkStatus();
+  return CheckFileSize(m, path, size);
 }
 
 absl::Status VerifyRowFile(const Manifest& manifest, const std::string& path) {

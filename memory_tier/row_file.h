@@ -40,6 +40,8 @@ namespace engram {
 inline constexpr uint32_t kRowFilePageBytes = 4096;
 inline constexpr uint64_t kRowFileHeaderBytes = 4096;
 inline constexpr uint64_t kDefaultChunkBytes = 1 << 20;  // 256 pages
+// Largest checksummed chunk: verification holds one chunk in memory.
+inline constexpr uint64_t kMaxChunkBytes = 1 << 30;
 inline constexpr uint32_t kRowFileFormatVersion = 1;
 
 // Row id -> file offset arithmetic of one row file.
@@ -95,9 +97,13 @@ struct Manifest {
   uint64_t ChunkEnd(uint64_t i) const;
 
   nlohmann::json ToJson() const;
-  // Parses and checks internal consistency (geometry, chunk count); the error names the field.
+  // Parses and checks internal consistency (row size vs dtype and head_dim, geometry, chunk size
+  // and count); the error names the field.
   static absl::StatusOr<Manifest> FromJson(const nlohmann::json& json);
 };
+
+// INVALID_ARGUMENT unless `chunk_bytes` is a multiple of the page size in [4096, kMaxChunkBytes].
+absl::Status CheckChunkBytes(uint64_t chunk_bytes);
 
 absl::Status WriteManifest(const std::string& path, const Manifest& manifest);
 absl::StatusOr<Manifest> ReadManifest(const std::string& path);

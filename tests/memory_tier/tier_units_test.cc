@@ -1,6 +1,8 @@
 // Small pieces of the memory tier: row formats (DecodeRows for every dtype), the config (JSON
 // merge, validation, byte sizes), the layer-priority scheduler, arena geometry and the checks a
 // co-located client makes before trusting an arena, access statistics, the catalog's live pointer.
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -16,6 +18,7 @@
 #include "memory_tier/batch_scheduler.h"
 #include "memory_tier/catalog.h"
 #include "memory_tier/dram_tier.h"
+#include "memory_tier/row_file.h"
 #include "memory_tier/tier_client.h"
 #include "memory_tier/tier_config.h"
 #include "nlohmann/json.hpp"
@@ -201,6 +204,71 @@ TEST(ArenaTest, ClientRefusesForeignHostsMismatchesAndRetiredArenas) {
   std::vector<uint32_t> missing;
   ASSERT_TRUE((*reader)->Lookup(ids, out.data(), &missing).ok());
   EXPECT_EQ(missing, (std::vector<uint32_t>{0, 1}));
+}
+
+// A corrupt or hostile arena header (the client maps whatever the name holds) is refused before
+// any read: no division by zero for sets = 0, no bound check defeated by an overflowing product.
+TEST(ArenaTest, OpenRefusesInconsistentHeaders) {
+  const std::string name = absl::StrCat("/engram-test-", getpid(), "-corrupt");
+  auto write_header = [&](auto&& edit) {
+    shm_unlink(name.c_str());
+    int fd = shm_open(name.c_str(), O_CREAT | O_RDWR, 0600);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(ftruncate(fd, 3 * 4096), 0);
+    ArenaHeader h{};
+    h.magic = kArenaMagic;
+    h.format_version = kArenaFormatVersion;
+    h.layout = static_cast<uint32_t>(ArenaLayout::kCache);
+    h.size_bytes = 3 * 4096;
+    h.table_rows = 1000;
+    h.row_bytes = h.slot_bytes = 64;
+    h.ways = 4;
+    h.sets = 8;
+    h.slots = 32;
+    h.slot_header_offset = 4096;
+    h.data_offset = 8192;
+    edit(h);
+    ASSERT_EQ(pwrite(fd, &h, sizeof(h), 0), static_cast<ssize_t>(sizeof(h)));
+    close(fd);
+  };
+  write_header([](ArenaHeader&) {});
+  ASSERT_TRUE(SharedArena::Open(name).ok()) << "the unedited header is valid";
+  write_header([](ArenaHeader& h) { h.sets = 0, h.slots = 0; });
+  EXPECT_NE(SharedArena::Open(name).status().message().find("inconsistent geometry"),
+            absl::string_view::npos);
+  write_header([](ArenaHeader& h) { h.slots = uint64_t{1} << 60, h.sets = uint64_t{1} << 58; });
+  EXPECT_EQ(SharedArena::Open(name).status().code(), absl::StatusCode::kFailedPrecondition);
+  write_header([](ArenaHeader& h) { h.data_offset = ~uint64_t{0} - 100; });
+  EXPECT_EQ(SharedArena::Open(name).status().code(), absl::StatusCode::kFailedPrecondition);
+  shm_unlink(name.c_str());
+}
+
+TEST(ManifestTest, FromJsonRefusesInconsistentManifests) {
+  Manifest m;
+  m.model = "m";
+  m.layer = 1;
+  m.version = 1;
+  m.dtype = "fp8_e4m3_e8m0";
+  m.head_dim = 256;
+  m.layout = *RowLayout::For(100, 264);
+  m.file_bytes = m.layout.file_bytes();
+  m.chunk_crc32c = {1};
+  ASSERT_TRUE(Manifest::FromJson(m.ToJson()).ok());
+  auto error = [&](auto&& edit) {
+    nlohmann::json j = m.ToJson();
+    edit(j);
+    auto parsed = Manifest::FromJson(j);
+    EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument);
+    return std::string(parsed.status().message());
+  };
+  // `engram table verify --manifest FILE` holds one chunk in memory: a huge chunk size would be
+  // an allocation of that size, not an error message.
+  EXPECT_NE(
+      error([](nlohmann::json& j) { j["chunks"]["bytes"] = uint64_t{1} << 50; }).find("chunk size"),
+      std::string::npos);
+  EXPECT_NE(error([](nlohmann::json& j) { j["head_dim"] = 128; }).find("does not match dtype"),
+            std::string::npos);
+  EXPECT_NE(error([](nlohmann::json& j) { j["dtype"] = "int4"; }).find("int4"), std::string::npos);
 }
 
 TEST(AccessStatsTest, CountsDecayAndKeepTheHottest) {
