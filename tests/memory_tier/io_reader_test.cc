@@ -21,29 +21,9 @@
 namespace engram {
 namespace {
 
-struct Table {
-  testing::TempDir dir;
-  Manifest manifest;
-  std::string path;
-  std::vector<uint8_t> rows;
-
-  Table() {
-    const uint64_t n = 20000;
-    const uint32_t rb = 128;
-    std::mt19937_64 rng(3);
-    rows.resize(n * rb);
-    for (auto& b : rows) b = static_cast<uint8_t>(rng());
-    manifest.model = "io";
-    manifest.layer = 0;
-    manifest.version = 1;
-    manifest.dtype = "bf16";
-    manifest.head_dim = 64;
-    manifest.layout = *RowLayout::For(n, rb);
-    path = dir.path() + "/v1.rows";
-    auto w = RowFileWriter::Create(path, manifest);
-    EXPECT_TRUE((*w)->Append(rows.data(), n).ok());
-    EXPECT_TRUE((*w)->Finish(&manifest).ok());
-  }
+// 20000 random 128-byte rows (bf16, head_dim 64), 32 per page.
+struct Table : testing::RandomRowFile {
+  Table() : RandomRowFile(20000, "bf16", 64, /*seed=*/3) {}
 };
 
 // Looks up a random batch spread over many pages and checks it byte for byte.

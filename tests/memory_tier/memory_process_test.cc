@@ -219,14 +219,9 @@ TEST(MemoryProcessTest, ServesScrapedByPrometheusAndDrainsOnSigterm) {
   EXPECT_FALSE(server.WaitForLine("state=draining").empty()) << server.seen;
   EXPECT_FALSE(server.WaitForLine("msg=stopped").empty()) << server.seen;
   EXPECT_EQ(server.Wait(), 0);
-  const std::string cmd = absl::StrCat(BinaryPath("client/engram"), " table inspect --store ",
-                                       store, " --layer 1 --top 3");
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[1024];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
-  EXPECT_EQ(pclose(p), 0);
+  auto [code, out] = testing::RunCommand(absl::StrCat(
+      BinaryPath("client/engram"), " table inspect --store ", store, " --layer 1 --top 3"));
+  EXPECT_EQ(code, 0) << out;
   EXPECT_NE(out.find("hottest rows (decayed counts):"), std::string::npos) << out;
 }
 

@@ -99,16 +99,11 @@ TEST(TableProfileTest, ProfiledHotRowsAreStoredAndServedFromDramAtStart) {
   EXPECT_EQ(r->served_by.dram, hot.size());
 
   // The CLI reports a missing corpus clearly.
-  const std::string cmd =
-      absl::StrCat(testing::BinaryPath("client/engram"), " table profile ", model, " --store ",
-                   tmp.path(), "/store2 --corpus ", tmp.path(), "/missing.txt 2>&1");
   (*server)->Shutdown();
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[1024];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
-  EXPECT_NE(pclose(p), 0);
+  auto [code, out] = testing::RunCommand(
+      absl::StrCat(testing::BinaryPath("client/engram"), " table profile ", model, " --store ",
+                   tmp.path(), "/store2 --corpus ", tmp.path(), "/missing.txt"));
+  EXPECT_NE(code, 0) << out;
   EXPECT_NE(out.find("missing.txt"), std::string::npos) << out;
 }
 

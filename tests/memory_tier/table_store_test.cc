@@ -217,16 +217,9 @@ TEST(ImportTest, RejectsBadModelsWithClearMessages) {
   EXPECT_NE(missing.status().message().find("config.json"), absl::string_view::npos);
 }
 
-// Runs the engram CLI; returns (exit code, stdout).
+// Runs the engram CLI; returns (exit code, output).
 std::pair<int, std::string> RunCli(const std::string& args) {
-  const std::string cmd = absl::StrCat(testing::BinaryPath("client/engram"), " ", args, " 2>&1");
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
-  int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+  return testing::RunCommand(absl::StrCat(testing::BinaryPath("client/engram"), " ", args));
 }
 
 TEST(VerifyTest, NamesTheFirstBadChunkOfCorruptedAndTruncatedFiles) {

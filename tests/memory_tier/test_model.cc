@@ -2,17 +2,22 @@
 
 #include <liburing.h>
 #include <stdlib.h>
+#include <sys/wait.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <random>
 
 #include "absl/strings/str_cat.h"
 #include "common/engram_config.h"
 #include "common/ngram_hash.h"
+#include "common/row_format.h"
 #include "common/safetensors.h"
 #include "common/status.h"
+#include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 
 namespace engram::testing {
@@ -134,6 +139,43 @@ TempDir::TempDir() {
 TempDir::~TempDir() {
   std::error_code ec;
   if (!path_.empty()) std::filesystem::remove_all(path_, ec);
+}
+
+RandomRowFile::RandomRowFile(uint64_t n_rows, absl::string_view dtype, int head_dim,
+                             uint64_t seed) {
+  manifest.model = "test";
+  manifest.layer = 1;
+  manifest.version = 1;
+  manifest.dtype = std::string(dtype);
+  manifest.head_dim = head_dim;
+  manifest.chunk_bytes = 64 * 1024;
+  auto row_bytes = RowBytes(dtype, head_dim);
+  auto layout = row_bytes.ok() ? RowLayout::For(n_rows, static_cast<uint32_t>(*row_bytes))
+                               : absl::StatusOr<RowLayout>(row_bytes.status());
+  if (!layout.ok()) {
+    ADD_FAILURE() << layout.status();
+    return;
+  }
+  manifest.layout = *layout;
+  std::mt19937_64 rng(seed);
+  rows.resize(n_rows * manifest.layout.row_bytes);
+  for (auto& b : rows) b = static_cast<uint8_t>(rng());
+  path = dir.path() + "/v1.rows";
+  auto writer = RowFileWriter::Create(path, manifest);
+  absl::Status s = writer.ok() ? (*writer)->Append(rows.data(), n_rows) : writer.status();
+  if (s.ok()) s = (*writer)->Finish(&manifest);
+  EXPECT_TRUE(s.ok()) << s;
+}
+
+std::pair<int, std::string> RunCommand(const std::string& command) {
+  FILE* p = popen((command + " 2>&1").c_str(), "r");
+  if (p == nullptr) return {-1, "popen failed"};
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+  const int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
 }
 
 bool UringAvailable() {

@@ -5,10 +5,13 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "memory_tier/row_file.h"
 
 namespace engram::testing {
 
@@ -44,6 +47,23 @@ class TempDir {
  private:
   std::string path_;
 };
+
+// A row file of `rows` random rows (bytes from `seed`) written with the real RowFileWriter in
+// a temporary directory: model "test", layer 1, version 1, 64 KiB chunks. The rows stay in memory
+// as the expectation.
+struct RandomRowFile {
+  RandomRowFile(uint64_t rows, absl::string_view dtype, int head_dim, uint64_t seed);
+  const uint8_t* Row(uint64_t r) const { return &rows[r * manifest.layout.row_bytes]; }
+
+  TempDir dir;
+  Manifest manifest;
+  std::string path;  // dir/v1.rows
+  std::vector<uint8_t> rows;
+};
+
+// Runs `command` with /bin/sh; returns its exit code (-1 when it did not exit) and its output,
+// stdout and stderr together.
+std::pair<int, std::string> RunCommand(const std::string& command);
 
 // Whether this process may set up an io_uring (container seccomp profiles often forbid it). Tests
 // of the io_uring backend skip without it; the pread fallback is tested either way.

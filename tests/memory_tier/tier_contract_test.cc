@@ -17,32 +17,8 @@
 namespace engram {
 namespace {
 
-// A row file of random rows written with the real writer; expected rows kept in memory.
-struct Table {
-  testing::TempDir dir;
-  Manifest manifest;
-  std::string path;
-  std::vector<uint8_t> rows;
-
-  explicit Table(uint64_t n_rows = 5003, uint32_t row_bytes = 264) {
-    std::mt19937_64 rng(42);
-    rows.resize(n_rows * row_bytes);
-    for (auto& b : rows) b = static_cast<uint8_t>(rng());
-    manifest.model = "contract";
-    manifest.layer = 1;
-    manifest.version = 3;
-    manifest.dtype = "fp8_e4m3_e8m0";
-    manifest.head_dim = 256;
-    manifest.layout = *RowLayout::For(n_rows, row_bytes);
-    manifest.chunk_bytes = 64 * 1024;
-    path = dir.path() + "/v3.rows";
-    auto w = RowFileWriter::Create(path, manifest);
-    EXPECT_TRUE(w.ok());
-    EXPECT_TRUE((*w)->Append(rows.data(), n_rows).ok());
-    EXPECT_TRUE((*w)->Finish(&manifest).ok());
-  }
-  const uint8_t* Row(uint64_t r) const { return &rows[r * manifest.layout.row_bytes]; }
-};
+// A real row file of random rows and the rows it must serve (the fixture: 5003 FP8 rows of 264 B).
+using Table = testing::RandomRowFile;
 
 std::string ShmName(absl::string_view what) {
   return absl::StrCat("/engram-test-", getpid(), "-", what);
@@ -169,7 +145,7 @@ class TierContractTest : public ::testing::Test {
     return missing;
   }
 
-  Table table_;
+  Table table_{5003, "fp8_e4m3_e8m0", 256, /*seed=*/42};
   TierUnderTest under_test_;
 };
 

@@ -20,33 +20,20 @@
 namespace engram {
 namespace {
 
-constexpr uint32_t kRowBytes = 72;  // fp8 rows of head_dim 64
+constexpr uint32_t kRowBytes = 66;  // fp8_e4m3_e8m0 rows of head_dim 64: 64 values + 2 scales
 
 struct Fixture {
-  testing::TempDir dir;
-  Manifest manifest;
-  std::string path;
+  testing::RandomRowFile file;
+  const Manifest& manifest = file.manifest;
   std::map<uint64_t, std::vector<uint8_t>> model;  // the plain map the store is checked against
   std::unique_ptr<DramTier> dram;
   std::unique_ptr<NvmeTier> nvme;
 
-  Fixture(uint64_t rows, uint64_t dram_budget, uint32_t ways = 4) {
-    std::mt19937_64 rng(rows);
-    std::vector<uint8_t> data(rows * kRowBytes);
-    for (auto& b : data) b = static_cast<uint8_t>(rng());
+  Fixture(uint64_t rows, uint64_t dram_budget, uint32_t ways = 4)
+      : file(rows, "fp8_e4m3_e8m0", 64, /*seed=*/rows) {
     for (uint64_t r = 0; r < rows; ++r) {
-      model[r] = std::vector<uint8_t>(&data[r * kRowBytes], &data[(r + 1) * kRowBytes]);
+      model[r] = std::vector<uint8_t>(file.Row(r), file.Row(r) + kRowBytes);
     }
-    manifest.model = "store";
-    manifest.layer = 2;
-    manifest.version = 1;
-    manifest.dtype = "fp8_e4m3_e8m0";
-    manifest.head_dim = 64;
-    manifest.layout = *RowLayout::For(rows, kRowBytes);
-    path = dir.path() + "/v1.rows";
-    auto w = RowFileWriter::Create(path, manifest);
-    EXPECT_TRUE((*w)->Append(data.data(), rows).ok());
-    EXPECT_TRUE((*w)->Finish(&manifest).ok());
     DramTier::Options o;
     o.shm_name = absl::StrCat("/engram-test-", getpid(), "-store-", rows);
     o.budget_bytes = dram_budget;
@@ -59,9 +46,9 @@ struct Fixture {
     EXPECT_TRUE(d.ok()) << d.status();
     dram = std::move(*d);
     if (dram->resident()) {
-      EXPECT_TRUE(dram->LoadResident(manifest, path).ok());
+      EXPECT_TRUE(dram->LoadResident(manifest, file.path).ok());
     }
-    auto n = NvmeTier::Open(manifest, path, NvmeTier::Options());
+    auto n = NvmeTier::Open(manifest, file.path, NvmeTier::Options());
     EXPECT_TRUE(n.ok()) << n.status();
     nvme = std::move(*n);
   }
