@@ -1,6 +1,8 @@
 #include "model/model_config.h"
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
@@ -30,7 +32,11 @@ absl::Status ReadFloat(const nlohmann::json& config, const char* key, float* out
   auto it = config.find(key);
   if (it == config.end() || it->is_null()) return absl::OkStatus();
   if (!it->is_number()) return Bad(key, "must be a number");
-  *out = it->get<float>();
+  const double v = it->get<double>();
+  if (!(std::fabs(v) <= std::numeric_limits<float>::max())) {
+    return Bad(key, absl::StrCat(v, " is not a finite f32 number"));
+  }
+  *out = static_cast<float>(v);
   return absl::OkStatus();
 }
 
@@ -67,6 +73,11 @@ absl::Status ModelConfig::Validate() const {
   }
   if (head_dim < 2 || head_dim % 2 != 0) {
     return Bad("head_dim", absl::StrCat(head_dim, " must be even and >= 2 (RoPE rotates halves)"));
+  }
+  // q_width() and the activation sizes derived from it are ints.
+  if (int64_t{num_attention_heads} * head_dim > INT32_MAX) {
+    return Bad("head_dim", absl::StrCat("num_attention_heads * head_dim = ",
+                                        int64_t{num_attention_heads} * head_dim, " is too large"));
   }
   if (!(rms_norm_eps > 0)) return Bad("rms_norm_eps", "must be > 0");
   if (!(rope_theta > 0)) return Bad("rope_theta", "must be > 0");

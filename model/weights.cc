@@ -71,9 +71,10 @@ absl::StatusOr<BackboneWeights> LoadAll(const SafetensorsDir& t, const ModelConf
   const int64_t V = c.vocab_size, H = c.hidden_size;
   BackboneWeights w;
   ENGRAM_ASSIGN_OR_RETURN(w.embed_tokens, LoadWeight(t, "model.embed_tokens.weight", {V, H}));
-  w.layers.resize(c.num_hidden_layers);
+  // Layer by layer, so a config that names more layers than the files hold fails on the first
+  // missing tensor instead of allocating num_hidden_layers entries up front.
   for (int i = 0; i < c.num_hidden_layers; ++i) {
-    ENGRAM_RETURN_IF_ERROR(LoadLayer(t, c, i, &w.layers[i]));
+    ENGRAM_RETURN_IF_ERROR(LoadLayer(t, c, i, &w.layers.emplace_back()));
   }
   ENGRAM_ASSIGN_OR_RETURN(w.norm, LoadWeight(t, "model.norm.weight", {H}));
   if (c.tie_word_embeddings) {

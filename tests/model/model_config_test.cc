@@ -137,6 +137,25 @@ TEST(ModelConfigTest, ErrorsNameTheKey) {
   EXPECT_FALSE(ParseModelConfig(nlohmann::json::array(), "/x").ok());
 }
 
+TEST(ModelConfigTest, RefusesValuesOutsideTheirTypes) {
+  // Doubles beyond f32 would turn into inf (or UB) when narrowed.
+  nlohmann::json j = BaseConfig();
+  j["rms_norm_eps"] = 1e300;
+  EXPECT_THAT(Error(j), HasSubstr("rms_norm_eps: 1e+300 is not a finite f32 number"));
+  j = BaseConfig();
+  j["rope_theta"] = -1e39;
+  EXPECT_THAT(Error(j), HasSubstr("rope_theta"));
+  // Sizes whose products overflow the int widths of the backbone.
+  j = BaseConfig();
+  j["num_attention_heads"] = 65536;
+  j["num_key_value_heads"] = 1;
+  j["head_dim"] = 65536;
+  EXPECT_THAT(Error(j), HasSubstr("num_attention_heads * head_dim = 4294967296 is too large"));
+  j = BaseConfig();
+  j["num_hidden_layers"] = int64_t{1} << 31;
+  EXPECT_THAT(Error(j), HasSubstr("num_hidden_layers: 2147483648 is out of range"));
+}
+
 TEST(ModelConfigTest, LoadNamesTheFile) {
   absl::StatusOr<ModelConfig> c = LoadModelConfig("/nonexistent/model");
   EXPECT_FALSE(c.ok());
@@ -235,6 +254,20 @@ TEST(WeightsTest, MissingTensorIsNamed) {
   ASSERT_FALSE(w.ok());
   EXPECT_THAT(std::string(w.status().message()), HasSubstr("lm_head.weight"));
   EXPECT_THAT(std::string(w.status().message()), HasSubstr("tie_word_embeddings"));
+}
+
+// A config that names far more layers than the files hold fails on the first missing layer; it
+// does not try to allocate them all first (that threw std::bad_alloc).
+TEST(WeightsTest, MoreLayersThanTheFilesHoldIsNotFound) {
+  const std::string dir = Variant("many_layers", "", "");
+  auto config = nlohmann::json::parse(std::ifstream(dir + "/config.json"));
+  config["num_hidden_layers"] = 2000000000;
+  std::ofstream(dir + "/config.json") << config.dump();
+  std::unique_ptr<SafetensorsDir> keep;
+  auto w = LoadFrom(dir, &keep);
+  ASSERT_FALSE(w.ok());
+  EXPECT_EQ(w.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(w.status().message()), HasSubstr("model.layers.3."));
 }
 
 TEST(WeightsTest, MisShapedTensorIsNamedWithBothShapes) {
