@@ -28,6 +28,11 @@ uint64_t Micros(Clock::time_point from, Clock::time_point to) {
 // written one at a time (the callback API allows one outstanding write). The reactor finishes when
 // the client is done writing (or the call is cancelled, or the server drains) and every batch
 // taken in has been answered, so no scheduled task can outlive it.
+//
+// Flow control: responses not yet written (`unsent_bytes_`, rows of batches still running
+// counted up front) are capped per stream. At the cap the reactor stops reading the client until
+// writes drain, so HTTP/2 flow control holds the client back; a client that stops reading its
+// responses (stuck, or slower than its requests) cannot grow the server's memory without bound.
 class PrefetchReactor : public grpc::ServerBidiReactor<v1::PrefetchRequest, v1::PrefetchResponse> {
  public:
   PrefetchReactor(MemoryTierService* service) : service_(service) {
@@ -46,7 +51,7 @@ class PrefetchReactor : public grpc::ServerBidiReactor<v1::PrefetchRequest, v1::
         // follow as soon as this returns), and no read may start after Finish.
         return;
       } else {
-        ++in_read_callback_;  // no Finish() until the next StartRead has been issued
+        ++read_chain_;  // no Finish() until the next StartRead has been issued (or paused)
       }
     }
     if (!ok) {
@@ -60,11 +65,16 @@ class PrefetchReactor : public grpc::ServerBidiReactor<v1::PrefetchRequest, v1::
     absl::StatusOr<ServedTable*> table =
         request->row_ids().empty() ? absl::StatusOr<ServedTable*>(nullptr)
                                    : service_->Admit(request->table(), request->row_ids().size());
+    const bool admitted = table.ok() && *table != nullptr;
+    // The rows this batch will send, reserved now so that the cap holds while it runs.
+    const uint64_t reserved =
+        admitted ? request->row_ids().size() * uint64_t{(*table)->manifest.layout.row_bytes} : 0;
     bool overloaded = false;
     {
       absl::MutexLock lock(&mu_);
       overloaded = pending_ >= service_->options_.max_pending_per_stream;
       ++pending_;  // answered below or by the task
+      if (admitted && !overloaded) AddUnsent(static_cast<int64_t>(reserved));
     }
     if (overloaded) {
       table = absl::ResourceExhaustedError(
@@ -72,10 +82,11 @@ class PrefetchReactor : public grpc::ServerBidiReactor<v1::PrefetchRequest, v1::
                        " prefetch batches pending on this stream; slow down"));
     }
     if (!table.ok() || *table == nullptr) {
-      Complete(*request, table.status(), nullptr, received, received);
+      Complete(*request, table.status(), nullptr, received, received, /*reserved=*/0);
     } else {
       ServedTable* t = *table;
-      service_->scheduler_->Submit(request->table().layer(), [this, request, t, received] {
+      service_->scheduler_->Submit(request->table().layer(), [this, request, t, received,
+                                                              reserved] {
         const auto started = Clock::now();
         auto response = std::make_unique<v1::PrefetchResponse>();
         uint64_t version = 0;
@@ -84,36 +95,52 @@ class PrefetchReactor : public grpc::ServerBidiReactor<v1::PrefetchRequest, v1::
                                             &version, &row_bytes, response->mutable_served_by());
         response->set_version(version);
         response->set_row_bytes(row_bytes);
-        Complete(*request, s, std::move(response), received, started);
+        Complete(*request, s, std::move(response), received, started, reserved);
       });
     }
-    StartRead(&request_);
+    bool read_next = false;
     {
       absl::MutexLock lock(&mu_);
-      --in_read_callback_;
+      read_next = !OverCap();
+      if (!read_next) SetPaused(true);
+    }
+    if (read_next) StartRead(&request_);
+    {
+      absl::MutexLock lock(&mu_);
+      --read_chain_;
     }
     MaybeFinish();
   }
 
   void OnWriteDone(bool ok) override {
-    bool next = false;
+    bool next = false, resume = false;
     {
       absl::MutexLock lock(&mu_);
       writing_ = false;
+      AddUnsent(-current_.bytes);
+      current_.bytes = 0;
       if (!ok) {
         broken_ = true;  // the client is gone; drop what is left
+        for (const Outgoing& o : outbox_) AddUnsent(-o.bytes);
         outbox_.clear();
       } else if (!outbox_.empty()) {
         current_ = std::move(outbox_.front());
         outbox_.pop_front();
         writing_ = next = true;
       }
+      if (ok && paused_ && !finished_ && !cancelled_ && !draining_ && !OverCap()) {
+        SetPaused(false);
+        resume = true;
+        ++read_chain_;
+      }
     }
-    if (next) {
-      StartWrite(current_.get());
-    } else {
-      MaybeFinish();
+    if (next) StartWrite(current_.response.get());
+    if (resume) {
+      StartRead(&request_);
+      absl::MutexLock lock(&mu_);
+      --read_chain_;
     }
+    MaybeFinish();
   }
 
   void OnCancel() override {
@@ -125,6 +152,10 @@ class PrefetchReactor : public grpc::ServerBidiReactor<v1::PrefetchRequest, v1::
   }
 
   void OnDone() override {
+    {
+      absl::MutexLock lock(&mu_);
+      SetPaused(false);  // e.g. cancelled while paused
+    }
     service_->Unregister(this);
     delete this;
   }
@@ -139,10 +170,17 @@ class PrefetchReactor : public grpc::ServerBidiReactor<v1::PrefetchRequest, v1::
   }
 
  private:
-  // Answers one batch (on a scheduler thread, or inline for a rejected batch).
+  // A response and the bytes it counts in unsent_bytes_.
+  struct Outgoing {
+    std::unique_ptr<v1::PrefetchResponse> response;
+    int64_t bytes = 0;
+  };
+
+  // Answers one batch (on a scheduler thread, or inline for a rejected batch); `reserved` is what
+  // OnReadDone counted for it in unsent_bytes_.
   void Complete(const v1::PrefetchRequest& request, const absl::Status& status,
                 std::unique_ptr<v1::PrefetchResponse> response, Clock::time_point received,
-                Clock::time_point started) {
+                Clock::time_point started, uint64_t reserved) {
     if (!response) response = std::make_unique<v1::PrefetchResponse>();
     response->set_batch_id(request.batch_id());
     if (!status.ok()) {
@@ -160,31 +198,49 @@ class PrefetchReactor : public grpc::ServerBidiReactor<v1::PrefetchRequest, v1::
     m->prefetch_batch_latency->Observe(Seconds(received, now));
     m->prefetch_queue->Observe(Seconds(received, started));
     m->CountRpc(RpcMethod::kPrefetch, status.code());
+    Outgoing out{std::move(response), 0};
+    out.bytes = static_cast<int64_t>(out.response->ByteSizeLong());
     bool write = false;
     {
       absl::MutexLock lock(&mu_);
       --pending_;
+      AddUnsent(-static_cast<int64_t>(reserved));
       if (!broken_ && !finished_) {
+        AddUnsent(out.bytes);
         if (writing_) {
-          outbox_.push_back(std::move(response));
+          outbox_.push_back(std::move(out));
         } else {
-          current_ = std::move(response);
+          current_ = std::move(out);
           writing_ = write = true;
         }
       }
     }
     if (write) {
-      StartWrite(current_.get());
+      StartWrite(current_.response.get());
     } else {
       MaybeFinish();
     }
+  }
+
+  bool OverCap() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return unsent_bytes_ >= static_cast<int64_t>(service_->options_.max_unsent_bytes_per_stream);
+  }
+  // unsent_bytes_ and the service-wide gauge move together.
+  void AddUnsent(int64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    unsent_bytes_ += bytes;
+    service_->metrics_->prefetch_unsent_bytes->Increment(static_cast<double>(bytes));
+  }
+  void SetPaused(bool paused) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (paused == paused_) return;
+    paused_ = paused;
+    service_->metrics_->prefetch_paused_streams->Increment(paused ? 1 : -1);
   }
 
   void MaybeFinish() {
     grpc::Status status;
     {
       absl::MutexLock lock(&mu_);
-      if (finished_ || pending_ > 0 || writing_ || !outbox_.empty() || in_read_callback_ > 0) {
+      if (finished_ || pending_ > 0 || writing_ || !outbox_.empty() || read_chain_ > 0) {
         return;
       }
       if (!(reads_done_ || cancelled_ || broken_ || draining_)) return;
@@ -200,10 +256,13 @@ class PrefetchReactor : public grpc::ServerBidiReactor<v1::PrefetchRequest, v1::
   MemoryTierService* service_;
   v1::PrefetchRequest request_;  // only touched by the read chain
   absl::Mutex mu_;
-  std::unique_ptr<v1::PrefetchResponse> current_ ABSL_GUARDED_BY(mu_);
-  std::deque<std::unique_ptr<v1::PrefetchResponse>> outbox_ ABSL_GUARDED_BY(mu_);
+  Outgoing current_ ABSL_GUARDED_BY(mu_);  // being written
+  std::deque<Outgoing> outbox_ ABSL_GUARDED_BY(mu_);
   int pending_ ABSL_GUARDED_BY(mu_) = 0;
-  int in_read_callback_ ABSL_GUARDED_BY(mu_) = 0;
+  // Threads in OnReadDone or about to restart reading: Finish() waits for them.
+  int read_chain_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t unsent_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  bool paused_ ABSL_GUARDED_BY(mu_) = false;  // not reading the client: too much unsent
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;

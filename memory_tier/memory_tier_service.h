@@ -8,8 +8,10 @@
 // Prefetch streams: each request is one batch answered by one response with the same batch_id;
 // responses leave in completion order. A failed batch carries its error in the response and the
 // stream goes on. More than max_pending_per_stream unanswered batches: the extra batch is answered
-// RESOURCE_EXHAUSTED. When the server drains, streams end with UNAVAILABLE once their queued
-// batches are answered.
+// RESOURCE_EXHAUSTED. Responses the client has not taken yet are capped per stream
+// (max_unsent_bytes_per_stream): at the cap the server stops reading that stream until they
+// drain. When the server drains, streams end with UNAVAILABLE once their queued batches are
+// answered.
 #ifndef ENGRAM_MEMORY_TIER_MEMORY_TIER_SERVICE_H_
 #define ENGRAM_MEMORY_TIER_MEMORY_TIER_SERVICE_H_
 
@@ -36,6 +38,9 @@ class MemoryTierService final : public v1::MemoryTier::CallbackService {
     // The rows of one response must fit a gRPC message (server.max_message_bytes); a larger
     // batch is INVALID_ARGUMENT up front instead of a failed send that breaks its stream.
     uint64_t max_response_row_bytes = (256ull << 20) - 4096;
+    // Bytes of responses a Prefetch stream may hold unsent (rows of running batches included)
+    // before it stops reading its client until writes drain.
+    uint64_t max_unsent_bytes_per_stream = 256ull << 20;
     int lookup_threads = 4;
     int max_pending_per_stream = 4096;
   };

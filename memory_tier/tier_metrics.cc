@@ -104,6 +104,16 @@ TierMetrics::TierMetrics(std::shared_ptr<prometheus::Registry> registry)
                         .Help("Time a batch waited for a lookup thread")
                         .Register(r)
                         .Add({}, LatencyBucketsSeconds());
+  prefetch_unsent_bytes = &BuildGauge()
+                               .Name("engram_prefetch_unsent_bytes")
+                               .Help("Prefetch responses not yet taken by their clients, bytes")
+                               .Register(r)
+                               .Add({});
+  prefetch_paused_streams = &BuildGauge()
+                                 .Name("engram_prefetch_paused_streams")
+                                 .Help("Prefetch streams not read because their client lags")
+                                 .Register(r)
+                                 .Add({});
   batch_rows = &BuildHistogram()
                     .Name("engram_lookup_batch_rows")
                     .Help("Rows per Lookup or Prefetch batch")

@@ -21,6 +21,8 @@
 //   engram_prefetch_batch_errors_total           ... of which failed
 //   engram_prefetch_batch_latency_seconds        receipt to response, per batch (histogram)
 //   engram_prefetch_queue_seconds                time a batch waited for a lookup thread
+//   engram_prefetch_unsent_bytes                 responses not yet taken by their clients (gauge)
+//   engram_prefetch_paused_streams               streams not read: their client lags (gauge)
 //   engram_lookup_batch_rows                     rows per Lookup / Prefetch batch (histogram)
 //   engram_memory_rpc_total{method,code}         RPCs (and Prefetch batches) by gRPC code
 //   engram_memory_tables{state}                  tables serving | refused
@@ -88,6 +90,8 @@ class TierMetrics {
   prometheus::Counter* prefetch_batch_errors;
   prometheus::Histogram* prefetch_batch_latency;
   prometheus::Histogram* prefetch_queue;
+  prometheus::Gauge* prefetch_unsent_bytes;
+  prometheus::Gauge* prefetch_paused_streams;
   prometheus::Histogram* batch_rows;
   prometheus::Gauge* tables_serving;
   prometheus::Gauge* tables_refused;

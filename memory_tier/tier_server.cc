@@ -46,6 +46,7 @@ absl::StatusOr<std::unique_ptr<TierServer>> TierServer::Start(const TierConfig& 
   so.max_batch_rows = config.server.max_batch_rows;
   // Room for the response's other fields and framing beside the rows.
   so.max_response_row_bytes = static_cast<uint64_t>(config.server.max_message_bytes) - 4096;
+  so.max_unsent_bytes_per_stream = static_cast<uint64_t>(config.server.max_message_bytes);
   so.lookup_threads = config.server.lookup_threads;
   so.max_pending_per_stream = config.server.max_pending_per_stream;
   s->service_ = std::make_unique<MemoryTierService>(so, s->metrics_.get());

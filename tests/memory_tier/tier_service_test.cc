@@ -8,9 +8,13 @@
 #include <random>
 #include <thread>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "common/row_format.h"
+#include "engram/v1/memory_tier.grpc.pb.h"
 #include "engram/v1/memory_tier.pb.h"
+#include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "httplib.h"
 #include "memory_tier/catalog.h"
@@ -334,6 +338,130 @@ TEST_F(TierServiceTest, BatchesTooLargeForOneResponseAreRefusedAndTheStreamGoesO
   ASSERT_TRUE(n.status.ok()) << n.status;
   ExpectRows(1, {9}, n.rows);
   EXPECT_TRUE((*stream)->Finish().ok());
+}
+
+// A Prefetch client that writes all its batches and reads no response until told to: a worker
+// whose result handling is stuck.
+class LaggingPrefetchClient
+    : public grpc::ClientBidiReactor<v1::PrefetchRequest, v1::PrefetchResponse> {
+ public:
+  LaggingPrefetchClient(v1::MemoryTier::Stub* stub, std::vector<v1::PrefetchRequest> requests)
+      : requests_(std::move(requests)) {
+    stub->async()->Prefetch(&context_, this);
+    AddHold();  // the reads start from the test thread
+    StartWrite(&requests_[0]);
+    StartCall();
+  }
+  void StartReading() {
+    StartRead(&response_);
+    RemoveHold();
+  }
+  void OnWriteDone(bool ok) override {
+    if (!ok) return;
+    if (++written_ < requests_.size()) {
+      StartWrite(&requests_[written_]);
+    } else {
+      StartWritesDone();
+    }
+  }
+  void OnReadDone(bool ok) override {
+    if (!ok) return;
+    {
+      absl::MutexLock lock(&mu_);
+      responses_.push_back(response_);
+    }
+    StartRead(&response_);
+  }
+  void OnDone(const grpc::Status& status) override {
+    absl::MutexLock lock(&mu_);
+    status_ = status;
+    done_ = true;
+  }
+  std::vector<v1::PrefetchResponse> Await(grpc::Status* status) {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(&done_));
+    *status = status_;
+    return responses_;
+  }
+
+ private:
+  grpc::ClientContext context_;
+  std::vector<v1::PrefetchRequest> requests_;
+  size_t written_ = 0;
+  v1::PrefetchResponse response_;
+  absl::Mutex mu_;
+  std::vector<v1::PrefetchResponse> responses_ ABSL_GUARDED_BY(mu_);
+  grpc::Status status_ ABSL_GUARDED_BY(mu_);
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+// The value of an unlabelled metric on the server's /metrics.
+double ScrapeMetric(int port, const std::string& name) {
+  httplib::Client http("127.0.0.1", port);
+  auto res = http.Get("/metrics");
+  if (!res) return -1;
+  const std::string prefix = "\n" + name + " ";
+  const size_t at = res->body.find(prefix);
+  if (at == std::string::npos) return -1;
+  const size_t begin = at + prefix.size();
+  double value = -1;
+  if (!absl::SimpleAtod(res->body.substr(begin, res->body.find('\n', begin) - begin), &value)) {
+    return -1;
+  }
+  return value;
+}
+
+// A client that stops reading its responses must not make the server buffer every answer (a
+// stuck worker would otherwise grow engram-memory until the host kills it, taking every other
+// worker's rows with it): the stream is capped at max_message_bytes of unsent responses, and the
+// server stops reading it until the client catches up. Then every batch is answered exactly.
+TEST_F(TierServiceTest, AClientThatStopsReadingIsHeldBackNotBuffered) {
+  TierConfig config = Config();
+  config.server.max_batch_rows = 100000;
+  config.server.max_message_bytes = 1 << 20;  // also the per-stream cap on unsent responses
+  StartServer(config);
+  const size_t kBatches = 48, kRows = 16000;  // ~1 MB of rows per response, 48 MB in all
+  std::mt19937_64 rng(11);
+  std::vector<v1::PrefetchRequest> requests(kBatches);
+  std::vector<std::vector<uint64_t>> ids(kBatches);
+  for (size_t b = 0; b < kBatches; ++b) {
+    ids[b] = RandomIds(rng, kRows);
+    requests[b].set_batch_id(b);
+    requests[b].mutable_table()->set_model("testmodel");
+    requests[b].mutable_table()->set_layer(1);
+    requests[b].mutable_row_ids()->Assign(ids[b].begin(), ids[b].end());
+  }
+  auto stub = v1::MemoryTier::NewStub(client_->channel());
+  LaggingPrefetchClient lagging(stub.get(), requests);
+
+  // The server reaches its cap and stops reading this stream. (Polled with a deadline: without
+  // the cap this state never comes and the wait fails.)
+  const int port = server_->metrics_port();
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (ScrapeMetric(port, "engram_prefetch_paused_streams") != 1 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  ASSERT_EQ(ScrapeMetric(port, "engram_prefetch_paused_streams"), 1);
+  // At most the cap plus the one batch that crossed it.
+  EXPECT_LE(ScrapeMetric(port, "engram_prefetch_unsent_bytes"), 2.0 * (1 << 20));
+  // Other clients are served meanwhile.
+  auto other = client_->Lookup({"testmodel", 3, 0}, std::vector<uint64_t>{5, 6});
+  ASSERT_TRUE(other.ok()) << other.status();
+  ExpectRows(3, {5, 6}, other->rows);
+
+  lagging.StartReading();
+  grpc::Status status;
+  std::vector<v1::PrefetchResponse> responses = lagging.Await(&status);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  ASSERT_EQ(responses.size(), kBatches);
+  std::vector<bool> seen(kBatches, false);
+  for (const v1::PrefetchResponse& r : responses) {
+    ASSERT_EQ(r.error_code(), 0) << r.error_message();
+    ASSERT_LT(r.batch_id(), kBatches);
+    EXPECT_FALSE(seen[r.batch_id()]);
+    seen[r.batch_id()] = true;
+    ExpectRows(1, ids[r.batch_id()], r.rows());
+  }
 }
 
 TEST_F(TierServiceTest, ACorruptRowFileIsRefusedAndTheOtherTableServed) {
