@@ -12,9 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "client/cli.h"
 #include "common/ngram_hash.h"
 #include "common/status.h"
@@ -81,7 +79,8 @@ absl::Status Info(int argc, char** argv) {
     j["engram_compressed_vocab_size"] = model->hash_constants().compressed_vocab_size;
     j["engram_rows_per_layer"] = model->hash_constants().rows_per_layer;
   }
-  std::printf("%s\n", j.dump(2).c_str());
+  // The name may come from a directory name that is not UTF-8; show it, do not throw.
+  std::printf("%s\n", j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
   return absl::OkStatus();
 }
 
@@ -99,14 +98,7 @@ absl::Status Run(int argc, char** argv) {
   if (args.Has("prompt")) {
     ENGRAM_ASSIGN_OR_RETURN(prompt, model->tokenizer().Encode(*args.Get("prompt")));
   } else {
-    for (absl::string_view piece : absl::StrSplit(*args.Get("tokens"), ',')) {
-      uint32_t id;
-      if (!absl::SimpleAtoi(piece, &id)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("--tokens: \"", piece, "\" is not a token id"));
-      }
-      prompt.push_back(id);
-    }
+    ENGRAM_ASSIGN_OR_RETURN(prompt, ParseTokenIds(*args.Get("tokens"), "tokens"));
   }
   LocalGenerateOptions o;
   ENGRAM_ASSIGN_OR_RETURN(int64_t max_tokens, args.GetInt("max-tokens", 32, 1, 1 << 20));

@@ -15,6 +15,7 @@
 #include "model/engram_constants.h"
 #include "model/model_config.h"
 #include "model/tokenizer.h"
+#include "model/tokenizer_utf8.h"
 #include "nlohmann/json.hpp"
 
 #ifndef ENGRAM_DEFAULT_TESTDATA_DIR
@@ -187,8 +188,10 @@ bool Complete(const std::string& dir, const std::string& config_text,
               const std::string& tokenizer_text) {
   auto config = ReadFile(dir + "/config.json");
   auto tokenizer = ReadFile(dir + "/tokenizer.json");
+  std::error_code ec;
   return config.ok() && *config == config_text && tokenizer.ok() && *tokenizer == tokenizer_text &&
-         fs::exists(dir + "/model.safetensors") && fs::exists(dir + "/" + kEngramConstantsFile);
+         fs::exists(dir + "/model.safetensors", ec) &&
+         fs::exists(dir + "/" + kEngramConstantsFile, ec);
 }
 
 absl::Status Write(const std::string& dir, const DemoModelOptions& options) {
@@ -200,14 +203,15 @@ absl::Status Write(const std::string& dir, const DemoModelOptions& options) {
         absl::StrCat("cannot read the tokenizer ", tokenizer_path,
                      " (run scripts/fetch-testdata.sh, or pass --tokenizer)"));
   }
-  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::FromFile(tokenizer_path);
-  if (!tokenizer.ok()) return Annotate(tokenizer.status(), tokenizer_path);
-  std::optional<uint32_t> eos = (*tokenizer)->SpecialTokenId(kEndOfText);
+  absl::StatusOr<std::unique_ptr<Tokenizer>> parsed = Tokenizer::FromJson(*tokenizer_text);
+  if (!parsed.ok()) return Annotate(parsed.status(), tokenizer_path);
+  std::unique_ptr<Tokenizer> tokenizer = *std::move(parsed);
+  std::optional<uint32_t> eos = tokenizer->SpecialTokenId(kEndOfText);
   if (!eos) {
     return absl::InvalidArgumentError(
         absl::StrCat(tokenizer_path, " has no ", kEndOfText, " token (the demo needs GPT-2's)"));
   }
-  const int vocab_size = static_cast<int>((*tokenizer)->max_id()) + 1;
+  const int vocab_size = static_cast<int>(tokenizer->max_id()) + 1;
   const std::string config_text = DemoConfig(options, vocab_size, *eos).dump(2) + "\n";
   if (Complete(dir, config_text, *tokenizer_text)) {
     ENGRAM_LOG(INFO).With("dir", dir) << "demo model already present";
@@ -218,7 +222,7 @@ absl::Status Write(const std::string& dir, const DemoModelOptions& options) {
       ModelConfig config,
       ParseModelConfig(nlohmann::json::parse(config_text, nullptr, false), dir));
   ENGRAM_ASSIGN_OR_RETURN(EngramConstants constants,
-                          ComputeEngramConstants(config.engram, **tokenizer));
+                          ComputeEngramConstants(config.engram, *tokenizer));
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec)
@@ -255,6 +259,10 @@ std::string DefaultDemoTokenizerPath() {
 }
 
 absl::Status WriteDemoModel(const std::string& dir, const DemoModelOptions& options) {
+  // The name keys the model's tables and is written into config.json, which must be UTF-8.
+  if (tokenizer_internal::FindInvalidUtf8(options.model_name) != absl::string_view::npos) {
+    return absl::InvalidArgumentError("demo model: the model name is not valid UTF-8");
+  }
   if (options.hidden_size < 2 || options.num_attention_heads < 1 ||
       options.hidden_size % options.num_attention_heads != 0 ||
       (options.hidden_size / options.num_attention_heads) % 2 != 0) {

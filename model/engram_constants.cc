@@ -265,7 +265,9 @@ absl::StatusOr<EngramConstants> LoadEngramConstants(const std::string& model_dir
   ENGRAM_ASSIGN_OR_RETURN(EngramConstants computed, ComputeEngramConstants(config, tokenizer));
   ENGRAM_RETURN_IF_ERROR(CheckPublishedConstants(config, computed));
   const std::string path = (std::filesystem::path(model_dir) / kEngramConstantsFile).string();
-  if (!std::filesystem::exists(path)) return computed;
+  // Absent is fine; a file that cannot even be looked at is reported by the read below.
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec) && !ec) return computed;
   ENGRAM_ASSIGN_OR_RETURN(EngramConstants stored, ReadEngramConstants(path));
   if (absl::Status s = CompareEngramConstants(stored, computed); !s.ok()) {
     return absl::FailedPreconditionError(absl::StrCat(

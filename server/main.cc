@@ -209,7 +209,10 @@ int main(int argc, char** argv) {
   engram::LogLevel level;
   engram::ParseLogLevel(config->log_level, &level);
   engram::SetLogLevel(level);
-  ENGRAM_LOG(INFO).With("config", config->ToJson().dump()) << "engram-worker starting";
+  // Paths need not be UTF-8: replace what JSON cannot carry rather than throw.
+  ENGRAM_LOG(INFO).With(
+      "config", config->ToJson().dump(-1, ' ', false, nlohmann::json::error_handler_t::replace))
+      << "engram-worker starting";
   absl::Status status = engram::Run(*config, lifecycle);
   if (!status.ok()) {
     ENGRAM_LOG(ERROR).With("code", absl::StatusCodeToString(status.code())) << status.message();
