@@ -1,17 +1,22 @@
 #include "client/cli.h"
 
+#include <cmath>
 #include <cstdio>
-#include <cstdlib>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
 
 namespace engram::cli {
+namespace {
 
 std::map<std::string, Command>& Registry() {
   static auto* registry = new std::map<std::string, Command>();
   return *registry;
 }
+
+}  // namespace
 
 bool RegisterCommand(Command command) {
   Registry()[command.name] = std::move(command);
@@ -56,7 +61,8 @@ absl::StatusOr<Args> Args::Parse(int argc, char** argv, std::vector<std::string>
       if (body.find('=') != absl::string_view::npos) {
         args.values_[name] = std::string(body.substr(body.find('=') + 1));
       } else {
-        if (i + 1 >= argc) return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value"));
+        if (i + 1 >= argc)
+          return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value"));
         args.values_[name] = argv[++i];
       }
       continue;
@@ -91,10 +97,12 @@ absl::StatusOr<int64_t> Args::GetInt(absl::string_view flag, int64_t fallback, i
   if (!v) return fallback;
   int64_t out;
   if (!absl::SimpleAtoi(*v, &out)) {
-    return absl::InvalidArgumentError(absl::StrCat("--", flag, " must be an integer, got \"", *v, "\""));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", flag, " must be an integer, got \"", *v, "\""));
   }
   if (out < min || out > max) {
-    return absl::InvalidArgumentError(absl::StrCat("--", flag, " must be in [", min, ", ", max, "], got ", out));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", flag, " must be in [", min, ", ", max, "], got ", out));
   }
   return out;
 }
@@ -103,15 +111,31 @@ absl::StatusOr<double> Args::GetDouble(absl::string_view flag, double fallback) 
   auto v = Get(flag);
   if (!v) return fallback;
   double out;
-  if (!absl::SimpleAtod(*v, &out)) {
-    return absl::InvalidArgumentError(absl::StrCat("--", flag, " must be a number, got \"", *v, "\""));
+  if (!absl::SimpleAtod(*v, &out) || !std::isfinite(out)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", flag, " must be a finite number, got \"", *v, "\""));
   }
   return out;
 }
 
+absl::StatusOr<std::vector<uint32_t>> ParseTokenIds(absl::string_view text,
+                                                    absl::string_view flag) {
+  std::vector<uint32_t> ids;
+  for (absl::string_view piece : absl::StrSplit(text, ',')) {
+    uint32_t id;
+    if (!absl::SimpleAtoi(piece, &id)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", flag, ": \"", piece, "\" is not a token id (expected e.g. 1,2,3)"));
+    }
+    ids.push_back(id);
+  }
+  return ids;
+}
+
 int Fail(absl::string_view command, const absl::Status& status, int code) {
-  std::fprintf(stderr, "engram %.*s: %.*s\n", static_cast<int>(command.size()), command.data(),
-               static_cast<int>(status.message().size()), status.message().data());
+  const std::string message = absl::StrReplaceAll(status.message(), {{"\n", " "}});
+  std::fprintf(stderr, "engram %.*s: %s\n", static_cast<int>(command.size()), command.data(),
+               message.c_str());
   return code;
 }
 

@@ -3,13 +3,15 @@
 #ifndef ENGRAM_CLIENT_CLI_H_
 #define ENGRAM_CLIENT_CLI_H_
 
+#include <cstdint>
 #include <map>
 #include <optional>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace engram::cli {
 
@@ -40,7 +42,9 @@ class Args {
   // INVALID_ARGUMENT "missing --flag" when absent.
   absl::StatusOr<std::string> Require(absl::string_view flag) const;
   // Integer flag with range check.
-  absl::StatusOr<int64_t> GetInt(absl::string_view flag, int64_t fallback, int64_t min, int64_t max) const;
+  absl::StatusOr<int64_t> GetInt(absl::string_view flag, int64_t fallback, int64_t min,
+                                 int64_t max) const;
+  // A finite number (nan and inf are refused).
   absl::StatusOr<double> GetDouble(absl::string_view flag, double fallback) const;
   const std::vector<std::string>& positional() const { return positional_; }
 
@@ -49,13 +53,17 @@ class Args {
   std::vector<std::string> positional_;
 };
 
-// Prints "engram <command>: <message>" to stderr and returns `code` (for `return Fail(...)`).
+// Token ids written as "1,2,3" (the value of --`flag`); INVALID_ARGUMENT naming the piece that is
+// not an id in [0, 2^32).
+absl::StatusOr<std::vector<uint32_t>> ParseTokenIds(absl::string_view text, absl::string_view flag);
+
+// Prints "engram <command>: <message>" to stderr as one line and returns `code` (for
+// `return Fail(...)`).
 int Fail(absl::string_view command, const absl::Status& status, int code = 1);
 
 }  // namespace engram::cli
 
 #define ENGRAM_CLI_COMMAND(id, name, summary, fn) \
-  static const bool engram_cli_registered_##id =  \
-      ::engram::cli::RegisterCommand({name, summary, fn})
+  static const bool engram_cli_registered_##id = ::engram::cli::RegisterCommand({name, summary, fn})
 
 #endif  // ENGRAM_CLIENT_CLI_H_

@@ -12,9 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "client/cli.h"
 #include "client/engram_client.h"
 
@@ -29,13 +27,15 @@ constexpr char kUsage[] =
 
 // cli::Args keeps one value per flag; --stop and --stop-token-id may repeat, so they are taken
 // out of argv here first.
-std::vector<std::string> TakeRepeated(const std::string& flag, std::vector<char*>* argv) {
+absl::StatusOr<std::vector<std::string>> TakeRepeated(const std::string& flag,
+                                                      std::vector<char*>* argv) {
   std::vector<std::string> values;
   std::vector<char*> rest;
   const std::string with_eq = "--" + flag + "=";
   for (size_t i = 0; i < argv->size(); ++i) {
     std::string arg = (*argv)[i];
-    if (arg == "--" + flag && i + 1 < argv->size()) {
+    if (arg == "--" + flag) {
+      if (i + 1 == argv->size()) return absl::InvalidArgumentError("--" + flag + " needs a value");
       values.push_back((*argv)[++i]);
     } else if (arg.rfind(with_eq, 0) == 0) {
       values.push_back(arg.substr(with_eq.size()));
@@ -45,19 +45,6 @@ std::vector<std::string> TakeRepeated(const std::string& flag, std::vector<char*
   }
   *argv = std::move(rest);
   return values;
-}
-
-absl::Status ParseIds(absl::string_view text, absl::string_view flag,
-                      google::protobuf::RepeatedField<uint32_t>* out) {
-  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
-    uint32_t id;
-    if (!absl::SimpleAtoi(part, &id)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--", flag, ": \"", part, "\" is not a token id"));
-    }
-    out->Add(id);
-  }
-  return absl::OkStatus();
 }
 
 absl::StatusOr<v1::GenerateRequest> BuildRequest(const Args& args,
@@ -70,9 +57,9 @@ absl::StatusOr<v1::GenerateRequest> BuildRequest(const Args& args,
   if (args.Has("prompt")) {
     request.set_text(*args.Get("prompt"));
   } else {
-    absl::Status s =
-        ParseIds(*args.Get("tokens"), "tokens", request.mutable_token_ids()->mutable_ids());
-    if (!s.ok()) return s;
+    absl::StatusOr<std::vector<uint32_t>> ids = ParseTokenIds(*args.Get("tokens"), "tokens");
+    if (!ids.ok()) return ids.status();
+    request.mutable_token_ids()->mutable_ids()->Add(ids->begin(), ids->end());
   }
   request.set_request_id(args.GetOr("request-id", ""));
   auto max_tokens = args.GetInt("max-tokens", 0, 0, 1 << 30);
@@ -96,35 +83,39 @@ absl::StatusOr<v1::GenerateRequest> BuildRequest(const Args& args,
   }
   for (const std::string& s : stops) request.mutable_stopping()->add_stop(s);
   for (const std::string& s : stop_ids) {
-    absl::Status st =
-        ParseIds(s, "stop-token-id", request.mutable_stopping()->mutable_stop_token_ids());
-    if (!st.ok()) return st;
+    absl::StatusOr<std::vector<uint32_t>> ids = ParseTokenIds(s, "stop-token-id");
+    if (!ids.ok()) return ids.status();
+    request.mutable_stopping()->mutable_stop_token_ids()->Add(ids->begin(), ids->end());
   }
   request.mutable_stopping()->set_ignore_eos(args.Has("ignore-eos"));
   return request;
 }
 
+// Bad flags: one line naming the problem (the usage is behind --help).
+int BadFlags(const absl::Status& status) {
+  return Fail("generate",
+              absl::InvalidArgumentError(absl::StrCat(status.message(), " (see --help)")), 2);
+}
+
 int RunGenerate(int argc, char** argv) {
   std::vector<char*> argv_rest(argv, argv + argc);
-  std::vector<std::string> stops = TakeRepeated("stop", &argv_rest);
-  std::vector<std::string> stop_ids = TakeRepeated("stop-token-id", &argv_rest);
+  auto stops = TakeRepeated("stop", &argv_rest);
+  if (!stops.ok()) return BadFlags(stops.status());
+  auto stop_ids = TakeRepeated("stop-token-id", &argv_rest);
+  if (!stop_ids.ok()) return BadFlags(stop_ids.status());
   auto args = Args::Parse(static_cast<int>(argv_rest.size()), argv_rest.data(),
                           {"server", "prompt", "tokens", "max-tokens", "temperature", "top-k",
                            "top-p", "seed", "timeout", "request-id"},
                           {"ignore-eos", "quiet", "help"});
-  if (!args.ok() || args->Has("help")) {
-    if (!args.ok()) Fail("generate", args.status());
+  if (!args.ok()) return BadFlags(args.status());
+  if (args->Has("help")) {
     std::fputs(kUsage, stderr);
     return 2;
   }
   auto server = args->Require("server");
-  if (!server.ok()) {
-    Fail("generate", server.status());
-    std::fputs(kUsage, stderr);
-    return 2;
-  }
-  auto request = BuildRequest(*args, stops, stop_ids);
-  if (!request.ok()) return Fail("generate", request.status(), 2);
+  if (!server.ok()) return BadFlags(server.status());
+  auto request = BuildRequest(*args, *stops, *stop_ids);
+  if (!request.ok()) return BadFlags(request.status());
   auto timeout = args->GetDouble("timeout", 300.0);
   if (!timeout.ok() || *timeout <= 0) {
     return Fail("generate",
@@ -151,10 +142,9 @@ int RunGenerate(int argc, char** argv) {
   if (printed) std::fputc('\n', stdout);
   std::fflush(stdout);
   if (!status.ok()) {
-    std::fprintf(stderr, "engram generate: %s: %.*s\n",
-                 std::string(absl::StatusCodeToString(status.code())).c_str(),
-                 static_cast<int>(status.message().size()), status.message().data());
-    return 1;
+    return Fail("generate",
+                absl::Status(status.code(), absl::StrCat(absl::StatusCodeToString(status.code()),
+                                                         ": ", status.message())));
   }
   if (!args->Has("quiet")) {
     std::fprintf(stderr, "[request %s: finish_reason=%s prompt_tokens=%u completion_tokens=%u]\n",

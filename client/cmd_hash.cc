@@ -10,9 +10,6 @@
 #include <string>
 #include <vector>
 
-#include "absl/strings/numbers.h"
-#include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "client/cli.h"
 #include "common/engram_config.h"
 #include "common/ngram_hash.h"
@@ -23,19 +20,6 @@
 
 namespace engram::cli {
 namespace {
-
-absl::StatusOr<std::vector<uint32_t>> ParseTokens(const std::string& text) {
-  std::vector<uint32_t> ids;
-  for (absl::string_view piece : absl::StrSplit(text, ',')) {
-    uint32_t id;
-    if (!absl::SimpleAtoi(piece, &id)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--tokens: \"", piece, "\" is not a token id (expected e.g. 1,2,3)"));
-    }
-    ids.push_back(id);
-  }
-  return ids;
-}
 
 absl::StatusOr<nlohmann::json> Hash(const Args& args) {
   ENGRAM_ASSIGN_OR_RETURN(const std::string dir, args.Require("model"));
@@ -53,7 +37,7 @@ absl::StatusOr<nlohmann::json> Hash(const Args& args) {
 
   std::vector<uint32_t> raw;
   if (args.Has("tokens")) {
-    ENGRAM_ASSIGN_OR_RETURN(raw, ParseTokens(*args.Get("tokens")));
+    ENGRAM_ASSIGN_OR_RETURN(raw, ParseTokenIds(*args.Get("tokens"), "tokens"));
   } else {
     ENGRAM_ASSIGN_OR_RETURN(raw, tokenizer->Encode(*args.Get("text")));
   }
