@@ -89,9 +89,13 @@ absl::Status FromJsonValue(const nlohmann::json& j, absl::string_view key, std::
   return absl::OkStatus();
 }
 absl::Status FromJsonValue(const nlohmann::json& j, absl::string_view key, int* out) {
-  if (!j.is_number_integer())
-    return absl::InvalidArgumentError(absl::StrCat(key, " must be an integer"));
-  *out = j.get<int>();
+  // get<int>() would wrap 4294967297 to 1; a value outside int is an error, not a different one.
+  if (!j.is_number_integer() || (j.is_number_unsigned() && j.get<uint64_t>() > INT32_MAX) ||
+      j.get<int64_t>() < INT32_MIN || j.get<int64_t>() > INT32_MAX) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(key, " must be an integer in [", INT32_MIN, ", ", INT32_MAX, "]"));
+  }
+  *out = static_cast<int>(j.get<int64_t>());
   return absl::OkStatus();
 }
 absl::Status FromJsonValue(const nlohmann::json& j, absl::string_view key, bool* out) {

@@ -65,6 +65,14 @@ TEST(WorkerConfigTest, UnknownKeysAndWrongTypesAreNamed) {
             std::string::npos);
   EXPECT_NE(apply(R"({"memory_tier": {"rows_timeout": 5}})").find("duration"), std::string::npos);
   EXPECT_NE(apply(R"([1, 2])").find("JSON object"), std::string::npos);
+  // Integers outside int are refused, not wrapped (4294967297 used to become 1).
+  for (const char* text : {R"({"scheduler": {"max_running_requests": 4294967297}})",
+                           R"({"scheduler": {"max_running_requests": 18446744073709551615}})",
+                           R"({"model": {"threads": -2147483649}})"}) {
+    EXPECT_NE(apply(text).find("must be an integer in [-2147483648, 2147483647]"),
+              std::string::npos)
+        << text;
+  }
 }
 
 TEST(WorkerConfigTest, ValidateNamesTheKey) {
