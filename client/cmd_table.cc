@@ -1,5 +1,5 @@
-// engram table import|inspect|verify|profile: the memory tier's table store from the command line
-// (memory_tier/importer.h, catalog.h, row_file.h; docs/memory-tier.md).
+// engram table import|inspect|verify|profile|set-live: the memory tier's table store from the
+// command line (memory_tier/importer.h, catalog.h, row_file.h; docs/memory-tier.md).
 #include <unistd.h>
 
 #include <cstdio>
@@ -24,7 +24,8 @@ constexpr char kUsage[] =
     "  engram table inspect --store DIR [--model M] [--layer L] [--top N]\n"
     "  engram table verify (--store DIR [--model M] [--layer L] [--all-versions] |\n"
     "                       --manifest FILE)\n"
-    "  engram table profile MODEL_DIR --store DIR --corpus FILE [--max-bytes N] [--top N]\n";
+    "  engram table profile MODEL_DIR --store DIR --corpus FILE [--max-bytes N] [--top N]\n"
+    "  engram table set-live --store DIR --model M [--layer L] --version V\n";
 
 std::string HumanBytes(double b) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
@@ -198,6 +199,44 @@ int Verify(const Args& args) {
   return failures == 0 ? 0 : 1;
 }
 
+// Rollback: makes an imported version live again, for every selected layer in one catalog
+// batch. Each version's row file must still be there with the right header and size (the server
+// verifies the chunks when it loads it); run with engram-memory stopped (the catalog lock).
+int SetLive(const Args& args) {
+  auto store = args.Require("store");
+  if (!store.ok()) return Fail("table set-live", store.status(), 2);
+  if (auto model = args.Require("model"); !model.ok()) {
+    return Fail("table set-live", model.status(), 2);
+  }
+  if (auto v = args.Require("version"); !v.ok()) return Fail("table set-live", v.status(), 2);
+  auto version = args.GetInt("version", 0, 1, INT64_MAX);
+  if (!version.ok()) return Fail("table set-live", version.status(), 2);
+  auto catalog = Catalog::Open(*store, Catalog::Mode::kReadWrite);
+  if (!catalog.ok()) return Fail("table set-live", catalog.status());
+  auto tables = SelectTables(**catalog, args);
+  if (!tables.ok()) return Fail("table set-live", tables.status());
+  std::vector<LiveVersion> live;
+  for (const TableRecord& t : *tables) {
+    const uint64_t v = static_cast<uint64_t>(*version);
+    auto m = (*catalog)->GetManifest(t.model, t.layer, v);
+    if (!m.ok()) return Fail("table set-live", m.status());
+    absl::Status file = QuickCheckRowFile(*m, *store + "/" + m->row_file);
+    if (!file.ok()) {
+      return Fail("table set-live",
+                  Annotate(file, absl::StrCat("refusing to make ", t.model, " layer ", t.layer,
+                                              " v", v, " live")));
+    }
+    live.push_back(LiveVersion{t.model, t.layer, v});
+  }
+  absl::Status s = (*catalog)->SetLive(live);
+  if (!s.ok()) return Fail("table set-live", s);
+  for (const TableRecord& t : *tables) {
+    std::printf("%s layer %u: v%lld live (was v%llu)\n", t.model.c_str(), t.layer,
+                static_cast<long long>(*version), static_cast<unsigned long long>(t.live_version));
+  }
+  return 0;
+}
+
 int Profile(const Args& args) {
   if (args.positional().size() != 2) {
     return Fail("table profile", absl::InvalidArgumentError("needs exactly one MODEL_DIR"), 2);
@@ -232,10 +271,10 @@ int Profile(const Args& args) {
 }
 
 int RunTable(int argc, char** argv) {
-  auto args = Args::Parse(
-      argc, argv,
-      {"store", "chunk-bytes", "model", "layer", "top", "manifest", "corpus", "max-bytes"},
-      {"force", "all-versions"});
+  auto args = Args::Parse(argc, argv,
+                          {"store", "chunk-bytes", "model", "layer", "top", "manifest", "corpus",
+                           "max-bytes", "version"},
+                          {"force", "all-versions"});
   if (!args.ok()) return Fail("table", args.status(), 2);
   if (args->positional().empty()) {
     std::fprintf(stderr, "%s", kUsage);
@@ -246,13 +285,14 @@ int RunTable(int argc, char** argv) {
   if (action == "inspect") return Inspect(*args);
   if (action == "verify") return Verify(*args);
   if (action == "profile") return Profile(*args);
+  if (action == "set-live") return SetLive(*args);
   std::fprintf(stderr, "engram table: unknown action \"%s\"\n%s", action.c_str(), kUsage);
   return 2;
 }
 
 }  // namespace
 
-ENGRAM_CLI_COMMAND(table, "table", "import, inspect, verify and profile memory-tier tables",
-                   RunTable);
+ENGRAM_CLI_COMMAND(table, "table",
+                   "import, inspect, verify, profile and roll back memory-tier tables", RunTable);
 
 }  // namespace engram::cli

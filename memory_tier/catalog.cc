@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "common/crc32c.h"
 #include "common/status.h"
 #include "nlohmann/json.hpp"
@@ -242,16 +243,22 @@ absl::Status Catalog::CommitVersions(absl::Span<const Manifest> manifests) {
   return FromRocks(db_->Write(wo, &batch), "committing catalog");
 }
 
-absl::Status Catalog::SetLive(absl::string_view model, uint32_t layer, uint64_t version) {
+absl::Status Catalog::SetLive(absl::Span<const LiveVersion> tables) {
   if (read_only_) return absl::FailedPreconditionError("catalog opened read-only");
-  ENGRAM_ASSIGN_OR_RETURN(std::optional<TableRecord> r, GetTable(model, layer));
-  if (!r || std::find(r->versions.begin(), r->versions.end(), version) == r->versions.end()) {
-    return absl::NotFoundError(
-        absl::StrCat("table ", model, " layer ", layer, " has no version ", version));
-  }
-  r->live_version = version;
   rocksdb::WriteBatch batch;
-  ENGRAM_RETURN_IF_ERROR(PutTableRecord(&batch, *r));
+  for (const LiveVersion& t : tables) {
+    ENGRAM_ASSIGN_OR_RETURN(std::optional<TableRecord> r, GetTable(t.model, t.layer));
+    if (!r) {
+      return absl::NotFoundError(absl::StrCat("no table ", t.model, " layer ", t.layer));
+    }
+    if (std::find(r->versions.begin(), r->versions.end(), t.version) == r->versions.end()) {
+      return absl::NotFoundError(
+          absl::StrCat("table ", t.model, " layer ", t.layer, " has no version ", t.version,
+                       " (versions: ", absl::StrJoin(r->versions, ", "), ")"));
+    }
+    r->live_version = t.version;
+    ENGRAM_RETURN_IF_ERROR(PutTableRecord(&batch, *r));
+  }
   rocksdb::WriteOptions wo;
   wo.sync = true;
   return FromRocks(db_->Write(wo, &batch), "committing catalog");

@@ -44,6 +44,13 @@ struct TableRecord {
   std::vector<uint64_t> versions;  // ascending
 };
 
+// Which version of a table should be live (Catalog::SetLive).
+struct LiveVersion {
+  std::string model;
+  uint32_t layer = 0;
+  uint64_t version = 0;
+};
+
 // One row's decayed access count.
 struct RowCount {
   uint64_t row = 0;
@@ -75,8 +82,12 @@ class Catalog {
   // Adds every manifest as a new version of its table and makes it live, in one synced
   // WriteBatch: either all become live or none does.
   absl::Status CommitVersions(absl::Span<const Manifest> manifests);
-  // Makes an existing version live (rollback); NOT_FOUND when it does not exist.
-  absl::Status SetLive(absl::string_view model, uint32_t layer, uint64_t version);
+  // Makes existing versions live (rollback), all in one synced WriteBatch: either every table
+  // switches or none does. NOT_FOUND naming the first table or version that does not exist.
+  absl::Status SetLive(absl::Span<const LiveVersion> tables);
+  absl::Status SetLive(absl::string_view model, uint32_t layer, uint64_t version) {
+    return SetLive({LiveVersion{std::string(model), layer, version}});
+  }
 
   // Replaces the stored statistics of a table with `counts`.
   absl::Status SaveStats(absl::string_view model, uint32_t layer,

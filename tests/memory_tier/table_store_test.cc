@@ -278,6 +278,64 @@ TEST(VerifyTest, NamesTheFirstBadChunkOfCorruptedAndTruncatedFiles) {
   EXPECT_EQ(VerifyRowFile(*m, path).code(), absl::StatusCode::kNotFound);
 }
 
+// Rollback with the CLI: an older version becomes live again for every layer at once; a version
+// a layer lacks, or whose row file is gone, changes nothing.
+TEST(SetLiveTest, RollsBackEveryLayerOrNone) {
+  TempDir tmp;
+  const std::string model = tmp.path() + "/model", store = tmp.path() + "/store";
+  TestModelSpec spec;
+  ASSERT_TRUE(WriteTestModel(model, spec).ok());
+  ASSERT_TRUE(Import(store, model).ok());
+  spec.seed = 5;
+  ASSERT_TRUE(WriteTestModel(model, spec).ok());
+  ASSERT_TRUE(Import(store, model).ok());  // v2 live for layers 1 and 3
+  auto live = [&](uint32_t layer) -> uint64_t {
+    auto catalog = Catalog::Open(store, Catalog::Mode::kReadOnly);
+    EXPECT_TRUE(catalog.ok()) << catalog.status();
+    auto t = (*catalog)->GetTable("testmodel", layer);
+    return t.ok() && t->has_value() ? (*t)->live_version : 0;
+  };
+  ASSERT_EQ(live(1), 2u);
+
+  auto [code, out] = RunCli("table set-live --store " + store + " --model testmodel --version 1");
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("testmodel layer 3: v1 live (was v2)"), std::string::npos) << out;
+  EXPECT_EQ(live(1), 1u);
+  EXPECT_EQ(live(3), 1u);
+
+  // A version that does not exist: named, nothing changes.
+  std::tie(code, out) =
+      RunCli("table set-live --store " + store + " --model testmodel --version 7");
+  EXPECT_NE(code, 0) << out;
+  EXPECT_NE(out.find("has no version 7"), std::string::npos) << out;
+  EXPECT_EQ(live(1), 1u);
+
+  // v2's row file of layer 3 is gone: refused for both layers, v1 stays live everywhere.
+  {
+    auto catalog = Catalog::Open(store, Catalog::Mode::kReadOnly);
+    ASSERT_TRUE(catalog.ok());
+    auto m = (*catalog)->GetManifest("testmodel", 3, 2);
+    ASSERT_TRUE(m.ok());
+    std::filesystem::remove(store + "/" + m->row_file);
+  }
+  std::tie(code, out) =
+      RunCli("table set-live --store " + store + " --model testmodel --version 2");
+  EXPECT_NE(code, 0) << out;
+  EXPECT_NE(out.find("refusing to make testmodel layer 3 v2 live"), std::string::npos) << out;
+  EXPECT_EQ(live(1), 1u);
+  EXPECT_EQ(live(3), 1u);
+  // One layer on its own is fine.
+  std::tie(code, out) =
+      RunCli("table set-live --store " + store + " --model testmodel --layer 1 --version 2");
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_EQ(live(1), 2u);
+  EXPECT_EQ(live(3), 1u);
+  // --model and --version are required.
+  std::tie(code, out) = RunCli("table set-live --store " + store + " --version 1");
+  EXPECT_EQ(code, 2) << out;
+  EXPECT_NE(out.find("--model"), std::string::npos) << out;
+}
+
 // `engram table import` is killed with SIGKILL while it writes the second layer of a changed
 // model. Its progress goes to a pseudo-terminal that the test stops reading once the second
 // layer started: the importer then blocks on the full terminal and cannot finish before the kill.

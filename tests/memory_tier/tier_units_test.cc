@@ -311,6 +311,8 @@ TEST(CatalogTest, SetLiveAndStatisticsRoundTrip) {
   EXPECT_EQ((*c)->CommitVersions({m}).code(), absl::StatusCode::kAlreadyExists);
   ASSERT_TRUE((*c)->SetLive("a/b", 2, 1).ok());
   EXPECT_EQ((*c)->SetLive("a/b", 2, 7).code(), absl::StatusCode::kNotFound);
+  // Several tables switch in one batch or not at all.
+  EXPECT_EQ((*c)->SetLive({{"a/b", 2, 2}, {"a/b", 9, 1}}).code(), absl::StatusCode::kNotFound);
   auto t = (*c)->GetTable("a/b", 2);
   ASSERT_TRUE(t.ok() && t->has_value());
   EXPECT_EQ((*t)->live_version, 1u);
