@@ -228,14 +228,21 @@ absl::StatusOr<std::unique_ptr<SafetensorsDir>> SafetensorsDir::Open(const std::
     for (const auto& t : file->tensors()) {
       auto [it, inserted] = result->index_.emplace(t.name, &t);
       if (!inserted) {
-        return absl::InvalidArgumentError(absl::StrCat("tensor \"", t.name, "\" appears in both ",
-                                                       it->second == nullptr ? "?" : "an earlier file",
-                                                       " and ", path));
+        const std::string& earlier = result->FileOf(it->second)->path();
+        return absl::InvalidArgumentError(
+            absl::StrCat("tensor \"", t.name, "\" appears in both ", earlier, " and ", path));
       }
     }
     result->files_.push_back(std::move(file));
   }
   return result;
+}
+
+const SafetensorsFile* SafetensorsDir::FileOf(const TensorView* tensor) const {
+  for (const auto& f : files_) {
+    if (f->Find(tensor->name) == tensor) return f.get();
+  }
+  return nullptr;
 }
 
 const TensorView* SafetensorsDir::Find(absl::string_view name) const {

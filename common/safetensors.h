@@ -90,6 +90,8 @@ class SafetensorsDir {
   absl::StatusOr<const TensorView*> Get(absl::string_view name) const;
   // Every tensor of every file.
   std::vector<const TensorView*> tensors() const;
+  // The file holding `tensor` (one of this directory's views), nullptr for any other view.
+  const SafetensorsFile* FileOf(const TensorView* tensor) const;
   const std::vector<std::unique_ptr<SafetensorsFile>>& files() const { return files_; }
 
  private:

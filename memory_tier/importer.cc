@@ -40,13 +40,6 @@ struct LayerSource {
   SourceInfo info;
 };
 
-const SafetensorsFile* FileOf(const SafetensorsDir& dir, const TensorView* t) {
-  for (const auto& f : dir.files()) {
-    if (f->Find(t->name) == t) return f.get();
-  }
-  return nullptr;
-}
-
 std::string Fingerprint(const SafetensorsFile* file, const TensorView* t) {
   struct stat st {};
   ::stat(file->path().c_str(), &st);
@@ -133,12 +126,12 @@ absl::StatusOr<LayerSource> FindLayerSource(const SafetensorsDir& dir, const std
         w->name, " has ", s.rows, " rows but layer ", layer, " needs the sum of its primes, ",
         expected_rows, " (config.json's engram_* keys and the table disagree)"));
   }
-  s.weight_file = FileOf(dir, s.weight);
+  s.weight_file = dir.FileOf(s.weight);
   s.info.tensors.push_back(s.weight->name);
   s.info.files.push_back(fs::absolute(s.weight_file->path()).string());
   s.info.fingerprint = Fingerprint(s.weight_file, s.weight);
   if (s.scale != nullptr) {
-    s.scale_file = FileOf(dir, s.scale);
+    s.scale_file = dir.FileOf(s.scale);
     s.info.tensors.push_back(s.scale->name);
     if (s.scale_file != s.weight_file) {
       s.info.files.push_back(fs::absolute(s.scale_file->path()).string());

@@ -100,6 +100,30 @@ TEST(SafetensorsTest, RejectsTruncatedAndMalformedFiles) {
   std::remove(path.c_str());
 }
 
+TEST(SafetensorsTest, DirectoryNamesBothFilesOfADuplicateTensor) {
+  const std::string dir = TempPath("dir");
+  std::filesystem::create_directories(dir);
+  std::vector<float> a = {1.0f, 2.0f};
+  for (const char* name : {"/a.safetensors", "/b.safetensors"}) {
+    SafetensorsWriter w;
+    w.AddF32As("same", DType::kF32, {2}, a);
+    w.AddF32As(std::string("only") + name, DType::kF32, {2}, a);
+    ASSERT_TRUE(w.Write(dir + name).ok());
+  }
+  auto opened = SafetensorsDir::Open(dir);
+  ASSERT_FALSE(opened.ok());
+  EXPECT_NE(opened.status().message().find(dir + "/a.safetensors and " + dir + "/b.safetensors"),
+            std::string::npos)
+      << opened.status();
+  std::filesystem::remove(dir + "/b.safetensors");
+  opened = SafetensorsDir::Open(dir);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  const TensorView* t = (*opened)->Find("same");
+  ASSERT_NE(t, nullptr);
+  EXPECT_EQ((*opened)->FileOf(t)->path(), dir + "/a.safetensors");
+  std::filesystem::remove_all(dir);
+}
+
 TEST(SafetensorsTest, ConversionsMatchKnownBitPatterns) {
   EXPECT_EQ(F32ToBf16(1.0f), 0x3f80);
   EXPECT_EQ(F32ToBf16(-2.0f), 0xc000);
