@@ -14,6 +14,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+constexpr char kLoading[] = "engram-memory is loading its tables";
+
 double Seconds(Clock::time_point from, Clock::time_point to) {
   return std::chrono::duration<double>(to - from).count();
 }
@@ -304,12 +306,21 @@ void MemoryTierService::Unregister(PrefetchReactor* reactor) {
   streams_.erase(reactor);
 }
 
+TableSet* MemoryTierService::LoadedTables(RpcMethod method, grpc::ServerUnaryReactor* reactor) {
+  TableSet* tables = tables_.load();
+  if (tables == nullptr) {
+    metrics_->CountRpc(method, absl::StatusCode::kUnavailable);
+    reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, kLoading));
+  }
+  return tables;
+}
+
 absl::StatusOr<ServedTable*> MemoryTierService::Admit(const v1::TableRef& table, size_t rows) {
   if (draining_.load()) {
     return absl::UnavailableError("engram-memory is draining; retry on another replica");
   }
   TableSet* tables = tables_.load();
-  if (tables == nullptr) return absl::UnavailableError("engram-memory is loading its tables");
+  if (tables == nullptr) return absl::UnavailableError(kLoading);
   if (rows > options_.max_batch_rows) {
     return absl::InvalidArgumentError(absl::StrCat("batch of ", rows,
                                                    " row ids exceeds the limit of ",
@@ -408,13 +419,8 @@ grpc::ServerUnaryReactor* MemoryTierService::TableInfo(grpc::CallbackServerConte
                                                        const v1::TableInfoRequest* request,
                                                        v1::TableInfoResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  TableSet* tables = tables_.load();
-  if (tables == nullptr) {
-    metrics_->CountRpc(RpcMethod::kTableInfo, absl::StatusCode::kUnavailable);
-    reactor->Finish(
-        grpc::Status(grpc::StatusCode::UNAVAILABLE, "engram-memory is loading its tables"));
-    return reactor;
-  }
+  TableSet* tables = LoadedTables(RpcMethod::kTableInfo, reactor);
+  if (tables == nullptr) return reactor;
   response->set_host_id(host_id_);
   for (const auto& t : tables->tables()) {
     if (!request->model().empty() && t->record.model != request->model()) continue;
@@ -460,13 +466,8 @@ grpc::ServerUnaryReactor* MemoryTierService::Stats(grpc::CallbackServerContext* 
                                                    const v1::StatsRequest* request,
                                                    v1::StatsResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  TableSet* tables = tables_.load();
-  if (tables == nullptr) {
-    metrics_->CountRpc(RpcMethod::kStats, absl::StatusCode::kUnavailable);
-    reactor->Finish(
-        grpc::Status(grpc::StatusCode::UNAVAILABLE, "engram-memory is loading its tables"));
-    return reactor;
-  }
+  TableSet* tables = LoadedTables(RpcMethod::kStats, reactor);
+  if (tables == nullptr) return reactor;
   v1::TierStats by_kind[2];
   by_kind[0].set_tier("dram");
   by_kind[1].set_tier("nvme");

@@ -74,6 +74,8 @@ class MemoryTierService final : public v1::MemoryTier::CallbackService {
   // The table of a request, or why it cannot be served (loading, draining, unknown, refused,
   // a batch too large for one response).
   absl::StatusOr<ServedTable*> Admit(const v1::TableRef& table, size_t rows);
+  // The tables, or nullptr after finishing `reactor` with UNAVAILABLE while they load.
+  TableSet* LoadedTables(RpcMethod method, grpc::ServerUnaryReactor* reactor);
   // Looks up `ids` into `rows` and fills the version, row size and per-tier counts.
   absl::Status RunBatch(ServedTable* table, const google::protobuf::RepeatedField<uint64_t>& ids,
                         std::string* rows, uint64_t* version, uint32_t* row_bytes,
