@@ -36,7 +36,11 @@ absl::StatusOr<TableDescription> DescriptionFromProto(const v1::TableInfo& t) {
   d.key = TableKey{t.table().model(), t.table().layer(), t.table().version()};
   d.rows = t.rows();
   d.row_bytes = t.row_bytes();
-  ENGRAM_ASSIGN_OR_RETURN(d.dtype, ParseRowDType(t.dtype()));
+  // A table refused because its manifest could not be read comes without a layout; it is still
+  // listed (with its reason), and must not fail the description of every other table.
+  if (t.serving() || !t.dtype().empty()) {
+    ENGRAM_ASSIGN_OR_RETURN(d.dtype, ParseRowDType(t.dtype()));
+  }
   d.head_dim = static_cast<int>(t.head_dim());
   d.rows_per_page = t.rows_per_page();
   d.page_bytes = t.page_bytes();

@@ -82,7 +82,7 @@ struct TableDescription {
   TableKey key;  // key.version = the version served
   uint64_t rows = 0;
   uint32_t row_bytes = 0;
-  RowDType dtype = RowDType::kBF16;
+  RowDType dtype = RowDType::kBF16;  // meaningless when rows == 0 (manifest unreadable)
   int head_dim = 0;
   uint32_t rows_per_page = 0;
   uint32_t page_bytes = 0;

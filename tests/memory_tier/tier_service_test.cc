@@ -489,6 +489,38 @@ TEST_F(TierServiceTest, ACorruptRowFileIsRefusedAndTheOtherTableServed) {
   ExpectRows(1, {1, 2}, ok->rows);
 }
 
+// A live version whose catalog manifest cannot be read (damaged, or written by a build with
+// other rules) is refused like a corrupt row file; clients still list every table and use the
+// others.
+TEST_F(TierServiceTest, AnUnreadableManifestIsRefusedAndTableInfoStillWorks) {
+  {
+    auto catalog = Catalog::Open(store_dir(), Catalog::Mode::kReadWrite);
+    ASSERT_TRUE(catalog.ok());
+    auto m = (*catalog)->GetManifest("testmodel", 3, 1);
+    ASSERT_TRUE(m.ok());
+    m->version = 2;
+    m->chunk_crc32c.clear();  // no longer matches the layout: FromJson refuses it
+    ASSERT_TRUE((*catalog)->CommitVersions({*m}).ok());
+  }
+  StartServer();
+  auto tables = client_->TableInfo();
+  ASSERT_TRUE(tables.ok()) << tables.status();
+  ASSERT_EQ(tables->size(), 2u);
+  auto t3 = client_->FindTable("testmodel", 3);
+  ASSERT_TRUE(t3.ok()) << t3.status();
+  EXPECT_FALSE(t3->serving);
+  EXPECT_NE(t3->unavailable_reason.find("chunk checksums"), std::string::npos)
+      << t3->unavailable_reason;
+  EXPECT_EQ(client_->Lookup({"testmodel", 3, 0}, std::vector<uint64_t>{1}).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  auto t1 = client_->FindTable("testmodel", 1);
+  ASSERT_TRUE(t1.ok()) << t1.status();
+  EXPECT_TRUE(t1->serving);
+  auto ok = client_->Lookup({"testmodel", 1, 0}, std::vector<uint64_t>{3});
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  ExpectRows(1, {3}, ok->rows);
+}
+
 TEST_F(TierServiceTest, DrainEndsStreamsWithUnavailableAndRestartComesBackWarm) {
   StartServer();
   std::vector<uint64_t> hot = {11, 222, 1333, 444};
