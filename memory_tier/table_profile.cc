@@ -25,6 +25,7 @@ class DocumentReader {
     doc->clear();
     std::string line;
     while ((max_bytes_ == 0 || read_ < max_bytes_) && std::getline(in_, line)) {
+      if (doc->empty()) doc_start_ = read_;
       read_ += line.size() + 1;
       if (line.empty()) {
         if (!doc->empty()) return true;
@@ -36,11 +37,14 @@ class DocumentReader {
     return !doc->empty();
   }
   uint64_t bytes_read() const { return read_; }
+  // Corpus offset of the document Next() returned last.
+  uint64_t doc_start() const { return doc_start_; }
 
  private:
   std::istream& in_;
   uint64_t max_bytes_;
   uint64_t read_ = 0;
+  uint64_t doc_start_ = 0;
 };
 
 }  // namespace
@@ -67,9 +71,13 @@ absl::StatusOr<ProfileResult> ProfileTables(Catalog& catalog, const ProfileOptio
   std::string doc;
   std::vector<int64_t> row_ids;
   while (reader.Next(&doc)) {
-    ENGRAM_ASSIGN_OR_RETURN(std::vector<uint32_t> tokens, (*tokenizer)->Encode(doc));
-    if (tokens.empty()) continue;
-    ENGRAM_ASSIGN_OR_RETURN(std::vector<int64_t> ids, constants.Compress(tokens));
+    auto tokens = (*tokenizer)->Encode(doc);
+    if (!tokens.ok()) {
+      return Annotate(tokens.status(), absl::StrCat("corpus ", options.corpus_path,
+                                                    ", document at byte ", reader.doc_start()));
+    }
+    if (tokens->empty()) continue;
+    ENGRAM_ASSIGN_OR_RETURN(std::vector<int64_t> ids, constants.Compress(*tokens));
     result.tokens += ids.size();
     row_ids.resize(ids.size() * columns);
     for (int li = 0; li < hash.num_layers(); ++li) {

@@ -105,6 +105,18 @@ TEST(TableProfileTest, ProfiledHotRowsAreStoredAndServedFromDramAtStart) {
                    tmp.path(), "/store2 --corpus ", tmp.path(), "/missing.txt"));
   EXPECT_NE(code, 0) << out;
   EXPECT_NE(out.find("missing.txt"), std::string::npos) << out;
+  // Text that is not UTF-8: the message names the corpus and where the bad document starts.
+  {
+    std::ofstream f(tmp.path() + "/bad.txt", std::ios::binary);
+    f << kPhrase << "\n"
+      << "caf\xe9 au lait\n";
+  }
+  std::tie(code, out) = testing::RunCommand(
+      absl::StrCat(testing::BinaryPath("client/engram"), " table profile ", model, " --store ",
+                   tmp.path(), "/store2 --corpus ", tmp.path(), "/bad.txt"));
+  EXPECT_NE(code, 0) << out;
+  EXPECT_NE(out.find("bad.txt, document at byte 45"), std::string::npos) << out;
+  EXPECT_NE(out.find("UTF-8"), std::string::npos) << out;
 }
 
 }  // namespace
