@@ -45,13 +45,24 @@ void VisitFields(Config& c, F&& f) {
   f("placement", "stats_flush_interval_s", &c.placement.stats_flush_interval_s);
 }
 
+// Whether `v` has T's type and, for integers, a value T holds: get<uint32_t>() of 4294967300
+// would silently become 4.
 template <typename T>
 bool TypeFits(const nlohmann::json& v) {
-  if constexpr (std::is_same_v<T, bool>) return v.is_boolean();
-  if constexpr (std::is_same_v<T, std::string>) return v.is_string();
-  if constexpr (std::is_same_v<T, double>) return v.is_number();
-  if constexpr (std::is_unsigned_v<T>) return v.is_number_unsigned();
-  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) return v.is_number_integer();
+  if constexpr (std::is_same_v<T, bool>) {
+    return v.is_boolean();
+  } else if constexpr (std::is_same_v<T, std::string>) {
+    return v.is_string();
+  } else if constexpr (std::is_same_v<T, double>) {
+    return v.is_number();
+  } else if constexpr (std::is_integral_v<T>) {
+    if (v.is_number_unsigned()) {
+      return v.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<T>::max());
+    }
+    if (!v.is_number_integer() || std::is_unsigned_v<T>) return false;
+    const int64_t i = v.get<int64_t>();
+    return i >= std::numeric_limits<T>::min() && i <= std::numeric_limits<T>::max();
+  }
   return false;
 }
 
@@ -87,7 +98,8 @@ absl::Status TierConfig::MergeJson(const nlohmann::json& json) {
     if (!status.ok() || !json.contains(section) || !json[section].contains(key)) return;
     const nlohmann::json& v = json[section][key];
     if (!TypeFits<T>(v)) {
-      status = Bad(absl::StrCat(section, ".", key), absl::StrCat("has the wrong type: ", v.dump()));
+      status = Bad(absl::StrCat(section, ".", key),
+                   absl::StrCat("has the wrong type or is out of range: ", v.dump()));
       return;
     }
     *field = v.get<T>();

@@ -101,6 +101,14 @@ TEST(TierConfigTest, MergesJsonValidatesAndParsesSizes) {
   EXPECT_NE(unknown.message().find("dram.byts"), absl::string_view::npos) << unknown;
   auto type = c.MergeJson(nlohmann::json::parse(R"({"nvme": {"io_depth": "deep"}})"));
   EXPECT_NE(type.message().find("nvme.io_depth"), absl::string_view::npos) << type;
+  // Integers that do not fit the field are refused, not wrapped (4294967300 ways would be 4).
+  auto wide = c.MergeJson(nlohmann::json::parse(R"({"dram": {"ways": 4294967300}})"));
+  EXPECT_NE(wide.message().find("dram.ways"), absl::string_view::npos) << wide;
+  EXPECT_EQ(c.dram.ways, 8u);
+  auto negative = c.MergeJson(nlohmann::json::parse(R"({"nvme": {"max_read_bytes": -4096}})"));
+  EXPECT_NE(negative.message().find("nvme.max_read_bytes"), absl::string_view::npos) << negative;
+  auto big_int = c.MergeJson(nlohmann::json::parse(R"({"nvme": {"io_depth": 4294967304}})"));
+  EXPECT_NE(big_int.message().find("nvme.io_depth"), absl::string_view::npos) << big_int;
   c.nvme.io_depth = 0;
   EXPECT_NE(c.Validate().message().find("nvme.io_depth"), absl::string_view::npos);
   c.nvme.io_depth = 8;
