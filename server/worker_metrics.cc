@@ -30,13 +30,6 @@ const std::vector<double>& TokenBuckets() {
   return buckets;
 }
 
-// Status code names as gRPC spells them (the label values users see in other gRPC servers).
-const char* kCodeNames[17] = {
-    "OK",        "CANCELLED",      "UNKNOWN",           "INVALID_ARGUMENT",   "DEADLINE_EXCEEDED",
-    "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-    "ABORTED",   "OUT_OF_RANGE",   "UNIMPLEMENTED",     "INTERNAL",           "UNAVAILABLE",
-    "DATA_LOSS", "UNAUTHENTICATED"};
-
 }  // namespace
 
 const char* RowTierName(RowTier tier) {
@@ -47,16 +40,8 @@ const char* RowTierName(RowTier tier) {
       return "dram";
     case RowTier::kNvme:
       return "nvme";
-    case RowTier::kOther:
-      return "other";
   }
-  return "other";
-}
-
-RowTier RowTierFromName(absl::string_view name) {
-  if (name == "dram") return RowTier::kDram;
-  if (name == "nvme") return RowTier::kNvme;
-  return RowTier::kOther;
+  return "unknown";
 }
 
 WorkerMetrics::WorkerMetrics(std::shared_ptr<prometheus::Registry> registry,
@@ -97,8 +82,11 @@ WorkerMetrics::WorkerMetrics(std::shared_ptr<prometheus::Registry> registry,
                        .Name("engram_worker_requests_total")
                        .Help("Finished Generate requests by gRPC status code.")
                        .Register(*registry_);
-  for (int code = 0; code < 17; ++code)
-    requests_[code] = &requests.Add({{"code", kCodeNames[code]}});
+  // absl spells the codes as gRPC does ("INVALID_ARGUMENT"): the label values of other servers.
+  for (int code = 0; code < kNumCodes; ++code) {
+    requests_[code] =
+        &requests.Add({{"code", absl::StatusCodeToString(static_cast<absl::StatusCode>(code))}});
+  }
 
   auto& rows = BuildCounter()
                    .Name("engram_worker_engram_rows_total")
@@ -132,7 +120,7 @@ WorkerMetrics::WorkerMetrics(std::shared_ptr<prometheus::Registry> registry,
 
 prometheus::Counter& WorkerMetrics::requests(absl::StatusCode code) {
   int c = static_cast<int>(code);
-  if (c < 0 || c >= 17) c = static_cast<int>(absl::StatusCode::kUnknown);
+  if (c < 0 || c >= kNumCodes) c = static_cast<int>(absl::StatusCode::kUnknown);
   return *requests_[c];
 }
 

@@ -24,8 +24,8 @@ namespace engram {
 // Where a row the worker used came from. kDramShm = the tier's DRAM arena read directly through
 // shared memory by this worker; the others are rows delivered in the Prefetch stream and counted
 // by the tier that served them (PrefetchResponse.served_by).
-enum class RowTier { kDramShm = 0, kDram = 1, kNvme = 2, kOther = 3 };
-inline constexpr int kNumRowTiers = 4;
+enum class RowTier { kDramShm = 0, kDram = 1, kNvme = 2 };
+inline constexpr int kNumRowTiers = 3;
 
 class WorkerMetrics {
  public:
@@ -81,17 +81,17 @@ class WorkerMetrics {
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
-  std::array<prometheus::Counter*, 17> requests_{};
+  // gRPC status codes 0 (OK) .. 16 (UNAUTHENTICATED).
+  static constexpr int kNumCodes = 17;
+  std::array<prometheus::Counter*, kNumCodes> requests_{};
   std::array<prometheus::Counter*, kNumRowTiers> engram_rows_{};
   std::vector<prometheus::Histogram*> slack_;
   std::vector<prometheus::Counter*> stalls_;
   std::vector<prometheus::Counter*> stall_seconds_;
 };
 
-// The label value of a row tier ("dram_shm", "dram", "nvme", "other") and the tier of a
-// PrefetchResponse.served_by name.
+// The label value of a row tier: "dram_shm", "dram" or "nvme".
 const char* RowTierName(RowTier tier);
-RowTier RowTierFromName(absl::string_view name);
 
 }  // namespace engram
 
