@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "common/grpc_status.h"
+#include "common/status.h"
 #include "model/model.h"
 #include "model/tokenizer.h"
 #include "server/scheduler.h"
@@ -14,6 +15,38 @@
 
 namespace engram {
 namespace {
+
+// Parses a request; INVALID_ARGUMENT naming the message type when the bytes are not one.
+template <typename Message>
+absl::StatusOr<Message> Parse(const grpc::ByteBuffer& bytes) {
+  grpc::ByteBuffer copy(bytes);  // Deserialize consumes its buffer; the copy shares the slices
+  Message message;
+  if (!grpc::SerializationTraits<Message>::Deserialize(&copy, &message).ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the request is not a valid ", Message::descriptor()->full_name(),
+                     " (malformed, or a string field that is not UTF-8)"));
+  }
+  return message;
+}
+
+// Replaces `out` (which gRPC's writer requires to be empty) by the serialized `message`.
+template <typename Message>
+void Serialize(const Message& message, grpc::ByteBuffer* out) {
+  out->Clear();
+  bool own_buffer;
+  // Serializing a proto3 message into memory cannot fail.
+  (void)grpc::SerializationTraits<Message>::Serialize(message, out, &own_buffer);
+}
+
+// Ends a unary call with `result`: the response, or the error.
+template <typename Response>
+grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* context,
+                                 const absl::StatusOr<Response>& result, grpc::ByteBuffer* out) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (result.ok()) Serialize(*result, out);
+  reactor->Finish(result.ok() ? grpc::Status::OK : ToGrpcStatus(result.status()));
+  return reactor;
+}
 
 // gRPC's "no deadline" is a time point far in the future; keep it infinite here.
 absl::Time DeadlineOf(const grpc::CallbackServerContext& context) {
@@ -30,7 +63,7 @@ absl::Time DeadlineOf(const grpc::CallbackServerContext& context) {
 // scheduler holds another reference until it has sent the last event, so whichever finishes last
 // frees the call. Finish is called exactly once, after the last event, and nothing touches the
 // reactor after it.
-class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>,
+class GenerateCall final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
                            public GenerateSink,
                            public std::enable_shared_from_this<GenerateCall> {
  public:
@@ -134,23 +167,24 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
   Step NextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     Step step;
     if (writing_ || finished_ || events_.empty()) return step;
-    response_.Clear();
-    response_.set_request_id(request_id_);
+    v1::GenerateResponse response;
+    response.set_request_id(request_id_);
     bool last = false;
     absl::Status status;
     while (!events_.empty()) {
       GenerateEvent& e = events_.front();
-      for (uint32_t id : e.token_ids) response_.add_token_ids(id);
-      response_.mutable_text()->append(e.text);
+      for (uint32_t id : e.token_ids) response.add_token_ids(id);
+      response.mutable_text()->append(e.text);
       if (e.last) {
         last = true;
         status = e.status;
-        response_.set_finish_reason(ToProto(e.finish_reason));
-        response_.mutable_usage()->set_prompt_tokens(e.prompt_tokens);
-        response_.mutable_usage()->set_completion_tokens(e.completion_tokens);
+        response.set_finish_reason(ToProto(e.finish_reason));
+        response.mutable_usage()->set_prompt_tokens(e.prompt_tokens);
+        response.mutable_usage()->set_completion_tokens(e.completion_tokens);
       }
       events_.pop_front();
     }
+    Serialize(response, &response_);
     if (!last) {
       writing_ = true;
       step.action = Step::kWrite;
@@ -194,8 +228,9 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   std::deque<GenerateEvent> events_ ABSL_GUARDED_BY(mu_);
-  // Written under mu_ only while no write is in flight; read by gRPC during the write.
-  v1::GenerateResponse response_;
+  // The serialized GenerateResponse: written under mu_ only while no write is in flight; read by
+  // gRPC during the write.
+  grpc::ByteBuffer response_;
 };
 
 }  // namespace
@@ -214,17 +249,19 @@ absl::StatusOr<InferenceService::Engine> InferenceService::engine() const {
   return Engine{model, scheduler_.load()};
 }
 
-grpc::ServerWriteReactor<v1::GenerateResponse>* InferenceService::Generate(
-    grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* InferenceService::Generate(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* bytes) {
   const absl::Time received = absl::Now();
-  auto engine = this->engine();
+  absl::StatusOr<v1::GenerateRequest> request = Parse<v1::GenerateRequest>(*bytes);
+  absl::StatusOr<Engine> engine = this->engine();
   absl::StatusOr<GenerateParams> params =
-      engine.ok() ? ValidateGenerateRequest(*request, *engine->model, options_.limits, received,
-                                            DeadlineOf(*context))
-                  : absl::StatusOr<GenerateParams>(engine.status());
+      !engine.ok()    ? absl::StatusOr<GenerateParams>(engine.status())
+      : !request.ok() ? absl::StatusOr<GenerateParams>(request.status())
+                      : ValidateGenerateRequest(*request, *engine->model, options_.limits, received,
+                                                DeadlineOf(*context));
   // Messages carry the request id, the one the server assigned when the client left it empty.
   auto call = std::make_shared<GenerateCall>(
-      metrics_, params.ok() ? params->request_id : request->request_id());
+      metrics_, params.ok() ? params->request_id : (request.ok() ? request->request_id() : ""));
   call->Hold(call);
   if (!params.ok()) {
     call->Reject(params.status());
@@ -235,69 +272,66 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* InferenceService::Generate(
 }
 
 grpc::ServerUnaryReactor* InferenceService::Tokenize(grpc::CallbackServerContext* context,
-                                                     const v1::TokenizeRequest* request,
-                                                     v1::TokenizeResponse* response) {
-  auto* reactor = context->DefaultReactor();
-  auto engine = this->engine();
-  if (!engine.ok()) {
-    reactor->Finish(ToGrpcStatus(engine.status()));
-    return reactor;
-  }
-  const Tokenizer& tokenizer = engine->model->tokenizer();
-  auto ids = tokenizer.Encode(request->text(), request->add_special_tokens());
-  if (!ids.ok()) {
-    reactor->Finish(ToGrpcStatus(absl::InvalidArgumentError(ids.status().message())));
-    return reactor;
-  }
-  for (uint32_t id : *ids) {
-    response->add_ids(id);
-    response->add_tokens(tokenizer.IdToToken(id).value_or(""));
-  }
-  reactor->Finish(grpc::Status::OK);
-  return reactor;
+                                                     const grpc::ByteBuffer* request,
+                                                     grpc::ByteBuffer* response) {
+  return Answer(context, TokenizeText(*request), response);
 }
 
 grpc::ServerUnaryReactor* InferenceService::GetModelInfo(grpc::CallbackServerContext* context,
-                                                         const v1::GetModelInfoRequest*,
-                                                         v1::GetModelInfoResponse* response) {
-  auto* reactor = context->DefaultReactor();
-  auto engine = this->engine();
-  if (!engine.ok()) {
-    reactor->Finish(ToGrpcStatus(engine.status()));
-    return reactor;
-  }
-  const ModelConfig& c = engine->model->config();
-  response->set_model(engine->model->name());
-  response->set_vocab_size(c.vocab_size);
-  response->set_max_context(c.max_position_embeddings);
-  response->set_num_layers(c.num_hidden_layers);
-  response->set_hidden_size(c.hidden_size);
-  for (int layer : c.engram.layer_ids) response->add_engram_layer_ids(layer);
-  if (!c.eos_token_ids.empty()) response->set_eos_token_id(c.eos_token_ids[0]);
-  for (uint32_t id : c.eos_token_ids) response->add_eos_token_ids(id);
-  response->set_backend(options_.backend);
-  response->set_max_context_tokens(options_.limits.max_context_tokens);
-  response->set_memory_tier(options_.memory_tier_address);
-  reactor->Finish(grpc::Status::OK);
-  return reactor;
+                                                         const grpc::ByteBuffer* request,
+                                                         grpc::ByteBuffer* response) {
+  return Answer(context, ModelInfo(*request), response);
 }
 
 grpc::ServerUnaryReactor* InferenceService::Abort(grpc::CallbackServerContext* context,
-                                                  const v1::AbortRequest* request,
-                                                  v1::AbortResponse* response) {
-  auto* reactor = context->DefaultReactor();
-  auto engine = this->engine();
-  if (!engine.ok()) {
-    reactor->Finish(ToGrpcStatus(engine.status()));
-    return reactor;
+                                                  const grpc::ByteBuffer* request,
+                                                  grpc::ByteBuffer* response) {
+  return Answer(context, AbortRequest(*request), response);
+}
+
+absl::StatusOr<v1::TokenizeResponse> InferenceService::TokenizeText(
+    const grpc::ByteBuffer& bytes) const {
+  ENGRAM_ASSIGN_OR_RETURN(Engine engine, this->engine());
+  ENGRAM_ASSIGN_OR_RETURN(v1::TokenizeRequest request, Parse<v1::TokenizeRequest>(bytes));
+  const Tokenizer& tokenizer = engine.model->tokenizer();
+  auto ids = tokenizer.Encode(request.text(), request.add_special_tokens());
+  if (!ids.ok()) return absl::InvalidArgumentError(ids.status().message());
+  v1::TokenizeResponse response;
+  for (uint32_t id : *ids) {
+    response.add_ids(id);
+    response.add_tokens(tokenizer.IdToToken(id).value_or(""));
   }
-  if (request->request_id().empty()) {
-    reactor->Finish(ToGrpcStatus(absl::InvalidArgumentError("request_id is required")));
-    return reactor;
-  }
-  response->set_found(engine->scheduler->Abort(request->request_id()));
-  reactor->Finish(grpc::Status::OK);
-  return reactor;
+  return response;
+}
+
+absl::StatusOr<v1::GetModelInfoResponse> InferenceService::ModelInfo(
+    const grpc::ByteBuffer& bytes) const {
+  ENGRAM_ASSIGN_OR_RETURN(Engine engine, this->engine());
+  ENGRAM_RETURN_IF_ERROR(Parse<v1::GetModelInfoRequest>(bytes).status());
+  const ModelConfig& c = engine.model->config();
+  v1::GetModelInfoResponse response;
+  response.set_model(engine.model->name());
+  response.set_vocab_size(c.vocab_size);
+  response.set_max_context(c.max_position_embeddings);
+  response.set_num_layers(c.num_hidden_layers);
+  response.set_hidden_size(c.hidden_size);
+  for (int layer : c.engram.layer_ids) response.add_engram_layer_ids(layer);
+  if (!c.eos_token_ids.empty()) response.set_eos_token_id(c.eos_token_ids[0]);
+  for (uint32_t id : c.eos_token_ids) response.add_eos_token_ids(id);
+  response.set_backend(options_.backend);
+  response.set_max_context_tokens(options_.limits.max_context_tokens);
+  response.set_memory_tier(options_.memory_tier_address);
+  return response;
+}
+
+absl::StatusOr<v1::AbortResponse> InferenceService::AbortRequest(
+    const grpc::ByteBuffer& bytes) const {
+  ENGRAM_ASSIGN_OR_RETURN(Engine engine, this->engine());
+  ENGRAM_ASSIGN_OR_RETURN(v1::AbortRequest request, Parse<v1::AbortRequest>(bytes));
+  if (request.request_id().empty()) return absl::InvalidArgumentError("request_id is required");
+  v1::AbortResponse response;
+  response.set_found(engine.scheduler->Abort(request.request_id()));
+  return response;
 }
 
 }  // namespace engram
