@@ -149,7 +149,10 @@ absl::StatusOr<std::vector<int64_t>> EngramLayerMultipliers(int64_t seed, int la
   }
   const int64_t max_multiplier = std::numeric_limits<int64_t>::max() / compressed_vocab_size;
   const int64_t half_bound = std::max<int64_t>(1, max_multiplier / 2);
-  NumpyRng rng(static_cast<uint64_t>(seed + kEngramLayerSeedStride * layer_id));
+  // In uint64: seed + 10007 * layer may pass INT64_MAX (Python's ints do not overflow), and any
+  // sum below 2^64 is a seed NumpyRng takes.
+  NumpyRng rng(static_cast<uint64_t>(seed) +
+               static_cast<uint64_t>(kEngramLayerSeedStride) * static_cast<uint64_t>(layer_id));
   ENGRAM_ASSIGN_OR_RETURN(std::vector<int64_t> r, rng.Integers(half_bound, max_ngram_size));
   for (int64_t& v : r) v = 2 * v + 1;
   return r;

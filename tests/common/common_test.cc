@@ -1,3 +1,4 @@
+#include <limits>
 #include <string>
 #include <thread>
 #include <vector>
@@ -7,6 +8,7 @@
 #include "common/engram_config.h"
 #include "common/lifecycle.h"
 #include "common/log.h"
+#include "common/ngram_hash.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 
@@ -70,6 +72,15 @@ TEST(EngramConfigTest, RejectsInconsistentConfigWithClearMessages) {
                     "engram_num_embeddings": [9223372036854775808]})")
                 .find("engram_num_embeddings"),
             std::string::npos);
+}
+
+// seed + 10007 * layer is a Python int in the reference: past INT64_MAX it must not overflow.
+// Expected values from numpy 1.24: default_rng(2**63 - 1 + 10007).integers(0, half_bound, 4).
+TEST(EngramMultipliersTest, HugeSeedsDoNotOverflow) {
+  auto m = EngramLayerMultipliers(std::numeric_limits<int64_t>::max(), 1, 4, 1000);
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(*m, (std::vector<int64_t>{4702676354257753, 5721581211263867, 1614490989057311,
+                                      4766410776144785}));
 }
 
 TEST(LogTest, QuotesLogfmtValues) {
