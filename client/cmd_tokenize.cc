@@ -11,7 +11,6 @@
 #include <vector>
 
 #include "client/cli.h"
-#include "common/status.h"
 #include "model/tokenizer.h"
 #include "nlohmann/json.hpp"
 
@@ -26,13 +25,6 @@ absl::StatusOr<std::string> TokenizerPath(const Args& args) {
   return (std::filesystem::path(*args.Get("model")) / "tokenizer.json").string();
 }
 
-absl::StatusOr<std::vector<uint32_t>> Tokenize(const Args& args) {
-  ENGRAM_ASSIGN_OR_RETURN(const std::string path, TokenizerPath(args));
-  ENGRAM_ASSIGN_OR_RETURN(const std::string text, args.Require("text"));
-  ENGRAM_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer, Tokenizer::FromFile(path));
-  return tokenizer->Encode(text, args.Has("add-special-tokens"));
-}
-
 int RunTokenize(int argc, char** argv) {
   auto args = Args::Parse(argc, argv, {"model", "tokenizer", "text"}, {"add-special-tokens"});
   if (!args.ok()) return Fail("tokenize", args.status(), 2);
@@ -42,7 +34,14 @@ int RunTokenize(int argc, char** argv) {
                                            "\" (quote the text and pass it with --text)"),
                 2);
   }
-  absl::StatusOr<std::vector<uint32_t>> ids = Tokenize(*args);
+  absl::StatusOr<std::string> path = TokenizerPath(*args);
+  if (!path.ok()) return Fail("tokenize", path.status(), 2);
+  absl::StatusOr<std::string> text = args->Require("text");
+  if (!text.ok()) return Fail("tokenize", text.status(), 2);
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::FromFile(*path);
+  if (!tokenizer.ok()) return Fail("tokenize", tokenizer.status());
+  absl::StatusOr<std::vector<uint32_t>> ids =
+      (*tokenizer)->Encode(*text, args->Has("add-special-tokens"));
   if (!ids.ok()) return Fail("tokenize", ids.status());
   std::printf("%s\n", nlohmann::json{{"ids", *ids}}.dump().c_str());
   return 0;
