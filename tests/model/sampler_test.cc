@@ -1,8 +1,10 @@
 // Sampler and stop conditions: greedy, temperature, top-k, top-p, seeds, stop tokens and strings.
 #include "model/sampler.h"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
+#include <set>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -96,6 +98,48 @@ TEST(SamplerTest, TopPKeepsTheSmallestSetReachingTheMass) {
   // top_k then top_p: top-2 renormalised is {0.625, 0.375}; top_p 0.5 keeps id 0 only.
   EXPECT_EQ(Draw({.temperature = 1.0f, .top_k = 2, .top_p = 0.5f, .seed = 4}, logits, 20),
             std::vector<uint32_t>(20, 0u));
+}
+
+// The nucleus of a large vocabulary is found by sorting only as far as it reaches, in blocks; it
+// must be the same set a full sort gives, whatever the number of blocks it takes.
+TEST(SamplerTest, TopPOverALargeVocabularyMatchesAFullSort) {
+  // 1000 equal logits: ties go to the lower id, so top_p 0.5 keeps ids 0..499 (two blocks).
+  std::vector<float> flat(1000, 0.25f);
+  std::map<uint32_t, int> counts;
+  for (uint32_t t : Draw({.temperature = 1.0f, .top_p = 0.5f, .seed = 9}, flat, 4000)) counts[t]++;
+  EXPECT_EQ(counts.begin()->first, 0u);
+  EXPECT_EQ(counts.rbegin()->first, 499u);
+  EXPECT_GT(counts.size(), 400u);
+  // Random logits of 5,000 ids against a plain full-sort reference of the nucleus.
+  std::vector<float> logits(5000);
+  uint64_t x = 12345;
+  for (float& l : logits) {
+    x = x * 6364136223846793005ull + 1442695040888963407ull;
+    l = static_cast<float>((x >> 40) % 1000) / 100.0f;  // 0..9.99: many ties, a broad nucleus
+  }
+  for (float top_p : {0.3f, 0.9f, 0.999f}) {
+    std::vector<uint32_t> order(logits.size());
+    for (uint32_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) {
+      return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+    });
+    double sum = 0;
+    for (float l : logits) sum += std::exp(double(l) - 9.99);
+    double cumulative = 0;
+    std::set<uint32_t> nucleus;
+    for (uint32_t id : order) {
+      nucleus.insert(id);
+      cumulative += std::exp(double(logits[id]) - 9.99);
+      if (cumulative >= top_p * sum) break;
+    }
+    std::set<uint32_t> seen;
+    for (uint32_t t : Draw({.temperature = 1.0f, .top_p = top_p, .seed = 5}, logits, 3000)) {
+      EXPECT_TRUE(nucleus.count(t)) << "id " << t << " is outside the top_p " << top_p << " set";
+      seen.insert(t);
+    }
+    // The draws spread over the nucleus (it holds hundreds to thousands of ids).
+    EXPECT_GT(seen.size(), std::min<size_t>(nucleus.size(), 3000) / 4) << top_p;
+  }
 }
 
 TEST(SamplerTest, ValidationNamesTheField) {
