@@ -3,7 +3,6 @@
 #include "model/local_generate.h"
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 
@@ -19,18 +18,13 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string Gpt2Tokenizer() {
-  const char* d = std::getenv("ENGRAM_TESTDATA_DIR");
-  return std::string(d ? d : ".cache/testdata") + "/tokenizer-gpt2/package/models/tokenizer.json";
-}
-
 class LocalGenerateTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    ASSERT_TRUE(fs::exists(Gpt2Tokenizer()))
-        << Gpt2Tokenizer() << " is missing: run scripts/fetch-testdata.sh";
+    ASSERT_TRUE(fs::exists(DefaultDemoTokenizerPath()))
+        << DefaultDemoTokenizerPath() << " is missing: run scripts/fetch-testdata.sh";
     DemoModelOptions o;
-    o.tokenizer_path = Gpt2Tokenizer();
+    o.tokenizer_path = DefaultDemoTokenizerPath();
     o.hidden_size = 48;
     o.intermediate_size = 96;
     o.num_hidden_layers = 3;

@@ -2,7 +2,6 @@
 // message names the problem; the demo writer's determinism and idempotence.
 #include "model/model.h"
 
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -22,15 +21,10 @@ namespace {
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
-std::string Gpt2Tokenizer() {
-  const char* d = std::getenv("ENGRAM_TESTDATA_DIR");
-  return std::string(d ? d : ".cache/testdata") + "/tokenizer-gpt2/package/models/tokenizer.json";
-}
-
 // A small demo model: the real GPT-2 tokenizer, a 2-layer backbone, tables of ~8k rows per layer.
 DemoModelOptions Small() {
   DemoModelOptions o;
-  o.tokenizer_path = Gpt2Tokenizer();
+  o.tokenizer_path = DefaultDemoTokenizerPath();
   o.hidden_size = 32;
   o.intermediate_size = 48;
   o.num_hidden_layers = 3;
@@ -54,8 +48,8 @@ std::string Slurp(const std::string& path) {
 class ModelTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    ASSERT_TRUE(fs::exists(Gpt2Tokenizer()))
-        << Gpt2Tokenizer() << " is missing: run scripts/fetch-testdata.sh";
+    ASSERT_TRUE(fs::exists(DefaultDemoTokenizerPath()))
+        << DefaultDemoTokenizerPath() << " is missing: run scripts/fetch-testdata.sh";
     dir_ = new std::string(testing::TempDir() + "/model_test_demo");
     fs::remove_all(*dir_);
     absl::Status st = WriteDemoModel(*dir_, Small());
