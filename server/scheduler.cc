@@ -88,8 +88,8 @@ absl::StatusOr<uint64_t> Scheduler::Submit(GenerateParams params,
   const int capacity = options_.max_running_requests + options_.max_queued_requests;
   if (static_cast<int>(live_.size()) >= capacity) {
     return absl::ResourceExhaustedError(
-        absl::StrCat("the worker is full: ", running_count_, " requests running and ",
-                     live_.size() - running_count_, " queued (max ", options_.max_queued_requests,
+        absl::StrCat("the worker is full: it holds ", live_.size(), " requests (at most ",
+                     options_.max_running_requests, " running and ", options_.max_queued_requests,
                      " queued); retry later"));
   }
   const uint64_t handle = next_handle_++;

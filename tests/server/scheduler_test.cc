@@ -397,6 +397,9 @@ TEST_F(SchedulerTest, BoundedQueueAnswersResourceExhausted) {
   c.set_request_id("c");
   auto rejected = Submit(c, std::make_shared<Collector>());
   EXPECT_EQ(rejected.status().code(), absl::StatusCode::kResourceExhausted) << rejected.status();
+  EXPECT_EQ(
+      rejected.status().message(),
+      "the worker is full: it holds 2 requests (at most 1 running and 1 queued); retry later");
   // A request id can only be live once.
   EXPECT_EQ(Submit(b, std::make_shared<Collector>()).status().code(),
             absl::StatusCode::kAlreadyExists);
