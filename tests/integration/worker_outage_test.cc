@@ -3,8 +3,9 @@
 // The memory tier goes away mid-generation (SIGKILL, not a drain): the in-flight request fails
 // with UNAVAILABLE well within its deadline, health turns NOT_SERVING, new requests are refused
 // with UNAVAILABLE, and after the tier restarts the worker reconnects by itself and serves again
-// (with output equal to the in-process reference). The worker runs with rows streamed over the
-// Prefetch stream (no shared memory), the remote-worker path.
+// (with output equal to the in-process reference). Both row paths: rows streamed over the Prefetch
+// stream (no shared memory, the remote-worker path) and rows read from the tier's shared-memory
+// arena (co-located: the dead tier's arena must not keep serving).
 //
 // SIGTERM drains: health turns NOT_SERVING, new requests are refused, the running request
 // finishes normally, and the worker exits 0.
@@ -31,9 +32,12 @@ using testing::MetricValue;
 using testing::WaitUntil;
 using testing::WorkerCluster;
 
-TEST(WorkerOutageTest, TierKilledMidGenerationThenRestarted) {
+class TierOutageTest : public ::testing::TestWithParam<bool> {};
+
+TEST_P(TierOutageTest, TierKilledMidGenerationThenRestarted) {
+  const bool shared_memory = GetParam();
   ClusterOptions options;
-  options.shared_memory = false;
+  options.shared_memory = shared_memory;
   auto started = WorkerCluster::Start(options);
   ASSERT_TRUE(started.ok()) << started.status();
   WorkerCluster& cluster = **started;
@@ -101,13 +105,22 @@ TEST(WorkerOutageTest, TierKilledMidGenerationThenRestarted) {
   ASSERT_TRUE(m.ok());
   EXPECT_GE(MetricValue(*m, "engram_worker_memory_tier_reconnects_total"), 1);
   EXPECT_EQ(MetricValue(*m, "engram_worker_memory_tier_up"), 1);
-  // Streamed rows are counted by the tier that served them.
-  EXPECT_GT(MetricValue(*m, "engram_worker_engram_rows_total{tier=\"dram\"}") +
-                MetricValue(*m, "engram_worker_engram_rows_total{tier=\"nvme\"}"),
-            0)
-      << *m;
+  // Rows are counted by where they came from: the arena, or the tier that served them.
+  if (shared_memory) {
+    EXPECT_GT(MetricValue(*m, "engram_worker_engram_rows_total{tier=\"dram_shm\"}"), 0) << *m;
+  } else {
+    EXPECT_GT(MetricValue(*m, "engram_worker_engram_rows_total{tier=\"dram\"}") +
+                  MetricValue(*m, "engram_worker_engram_rows_total{tier=\"nvme\"}"),
+              0)
+        << *m;
+  }
   EXPECT_GE(MetricValue(*m, "engram_worker_requests_total{code=\"UNAVAILABLE\"}"), 2);
 }
+
+INSTANTIATE_TEST_SUITE_P(RowPaths, TierOutageTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? "SharedMemory" : "Streamed";
+                         });
 
 TEST(WorkerOutageTest, SigtermDrainsTheRunningRequestAndExits) {
   auto started = WorkerCluster::Start();
