@@ -18,6 +18,7 @@
 #include "common/log.h"
 #include "common/metrics_server.h"
 #include "common/status.h"
+#include "google/protobuf/stubs/logging.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
@@ -48,6 +49,15 @@ absl::Status WritePortFile(const std::string& path, int grpc_port, int metrics_p
     return absl::InternalError(absl::StrCat("cannot rename ", tmp, " to ", path));
   }
   return absl::OkStatus();
+}
+
+// libprotobuf reports what it refuses (e.g. a request string that is not UTF-8, which the client
+// gets back as INVALID_ARGUMENT) on raw stderr lines; they go through the worker's logfmt log.
+void LogProtobufMessage(google::protobuf::LogLevel level, const char* file, int line,
+                        const std::string& message) {
+  const LogLevel ours =
+      level >= google::protobuf::LOGLEVEL_ERROR ? LogLevel::kWarning : LogLevel::kInfo;
+  if (ours >= GetLogLevel()) LogLine(ours, file, line).With("source", "protobuf") << message;
 }
 
 // Health follows two facts: the worker is ready (model loaded, not draining) and the memory tier
@@ -209,6 +219,7 @@ int main(int argc, char** argv) {
   engram::LogLevel level;
   engram::ParseLogLevel(config->log_level, &level);
   engram::SetLogLevel(level);
+  google::protobuf::SetLogHandler(engram::LogProtobufMessage);
   // Paths need not be UTF-8: replace what JSON cannot carry rather than throw.
   ENGRAM_LOG(INFO).With(
       "config", config->ToJson().dump(-1, ' ', false, nlohmann::json::error_handler_t::replace))
