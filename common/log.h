@@ -11,9 +11,9 @@
 
 #include <sstream>
 #include <string>
-#include "absl/strings/string_view.h"
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 
 namespace engram {
 

@@ -89,16 +89,6 @@ void DramTier::SetRows(uint64_t set, std::vector<uint64_t>* rows) const {
   }
 }
 
-int DramTier::FindWay(uint64_t set, uint64_t row) const {
-  const SlotHeader* h = arena_->slot_headers();
-  for (uint32_t w = 0; w < ways(); ++w) {
-    if (h[set * ways() + w].key.load(std::memory_order_relaxed) == row + 1) {
-      return static_cast<int>(w);
-    }
-  }
-  return -1;
-}
-
 void DramTier::WriteSlot(uint32_t way, uint64_t row, const uint8_t* data) {
   const uint64_t slot = SetOf(row) * ways() + way;
   SlotHeader& h = arena_->slot_headers()[slot];

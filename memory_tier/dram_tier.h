@@ -64,8 +64,6 @@ class DramTier : public Tier {
   void SetRows(uint64_t set, std::vector<uint64_t>* rows) const;
   // Writes `row` into way `way` of its set with the seqlock protocol (arena.h).
   void WriteSlot(uint32_t way, uint64_t row, const uint8_t* data);
-  // The way of `set` holding `row`, or -1.
-  int FindWay(uint64_t set, uint64_t row) const;
 
  private:
   DramTier() = default;

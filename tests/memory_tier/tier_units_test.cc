@@ -251,16 +251,22 @@ TEST(ArenaTest, OpenRefusesInconsistentHeaders) {
   shm_unlink(name.c_str());
 }
 
-TEST(ManifestTest, FromJsonRefusesInconsistentManifests) {
+// A consistent manifest of a small bf16 table of one chunk (no row file behind it).
+Manifest SmallManifest(const std::string& model, uint32_t layer, uint64_t version) {
   Manifest m;
-  m.model = "m";
-  m.layer = 1;
-  m.version = 1;
-  m.dtype = "fp8_e4m3_e8m0";
-  m.head_dim = 256;
-  m.layout = *RowLayout::For(100, 264);
+  m.model = model;
+  m.layer = layer;
+  m.version = version;
+  m.dtype = "bf16";
+  m.head_dim = 2;
+  m.layout = *RowLayout::For(10, 4);
   m.file_bytes = m.layout.file_bytes();
   m.chunk_crc32c = {1};
+  return m;
+}
+
+TEST(ManifestTest, FromJsonRefusesInconsistentManifests) {
+  const Manifest m = SmallManifest("m", 1, 1);
   ASSERT_TRUE(Manifest::FromJson(m.ToJson()).ok());
   auto error = [&](auto&& edit) {
     nlohmann::json j = m.ToJson();
@@ -274,7 +280,7 @@ TEST(ManifestTest, FromJsonRefusesInconsistentManifests) {
   EXPECT_NE(
       error([](nlohmann::json& j) { j["chunks"]["bytes"] = uint64_t{1} << 50; }).find("chunk size"),
       std::string::npos);
-  EXPECT_NE(error([](nlohmann::json& j) { j["head_dim"] = 128; }).find("does not match dtype"),
+  EXPECT_NE(error([](nlohmann::json& j) { j["head_dim"] = 3; }).find("does not match dtype"),
             std::string::npos);
   EXPECT_NE(error([](nlohmann::json& j) { j["dtype"] = "int4"; }).find("int4"), std::string::npos);
 }
@@ -304,14 +310,7 @@ TEST(CatalogTest, SetLiveAndStatisticsRoundTrip) {
   auto second = Catalog::Open(tmp.path(), Catalog::Mode::kReadWrite);
   EXPECT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(second.status().message().find("in use"), absl::string_view::npos) << second.status();
-  Manifest m;
-  m.model = "a/b";  // not a safe file name: the table directory is sanitised
-  m.layer = 2;
-  m.dtype = "bf16";
-  m.head_dim = 2;
-  m.layout = *RowLayout::For(10, 4);
-  m.file_bytes = m.layout.file_bytes();
-  m.chunk_crc32c = {1};
+  Manifest m = SmallManifest("a/b", 2, 1);  // not a safe file name: the directory is sanitised
   for (uint64_t v : {1, 2}) {
     m.version = v;
     ASSERT_TRUE((*c)->CommitVersions({m}).ok());
