@@ -213,6 +213,11 @@ absl::StatusOr<std::unique_ptr<TableSet>> TableSet::Load(Catalog& catalog, const
           << "refusing to serve table";
     }
   }
+  if (set->tables_.empty()) {
+    // Most likely a mistyped --store: the catalog was just created there, empty.
+    ENGRAM_LOG(WARNING).With("store", config.store.dir)
+        << "the store has no tables; every request will be refused (run engram table import)";
+  }
   metrics->tables_serving->Set(serving);
   metrics->tables_refused->Set(refused);
   set->UpdateGauges();
