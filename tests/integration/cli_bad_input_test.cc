@@ -103,17 +103,7 @@ class CliBadInputTest : public ::testing::Test {
   static const std::string& Model() {
     static const std::string* dir = [] {
       auto* d = new std::string(Path("model"));
-      DemoModelOptions o;
-      o.hidden_size = 32;
-      o.intermediate_size = 64;
-      o.num_hidden_layers = 2;
-      o.num_attention_heads = 2;
-      o.num_key_value_heads = 1;
-      o.max_position_embeddings = 64;
-      o.engram_layer_ids = {0, 1};
-      o.engram_n_heads = 2;
-      o.engram_head_dim = 8;
-      o.engram_vocab_size = 101;
+      const DemoModelOptions o = testing::TinyModelOptions(/*max_position_embeddings=*/64);
       absl::Status s = WriteDemoModel(*d, o);
       EXPECT_TRUE(s.ok()) << s;
       return d;

@@ -165,6 +165,21 @@ double MetricValue(const std::string& exposition, const std::string& metric) {
 
 // ---- WorkerCluster -----------------------------------------------------------------------------
 
+DemoModelOptions TinyModelOptions(int max_position_embeddings) {
+  DemoModelOptions o;
+  o.hidden_size = 32;
+  o.intermediate_size = 64;
+  o.num_hidden_layers = 2;
+  o.num_attention_heads = 2;
+  o.num_key_value_heads = 1;
+  o.max_position_embeddings = max_position_embeddings;
+  o.engram_layer_ids = {0, 1};
+  o.engram_n_heads = 2;
+  o.engram_head_dim = 16;
+  o.engram_vocab_size = 997;
+  return o;
+}
+
 namespace {
 
 absl::Status RunToCompletion(const std::vector<std::string>& argv, const std::string& log) {
@@ -196,19 +211,8 @@ absl::StatusOr<std::unique_ptr<WorkerCluster>> WorkerCluster::Start(ClusterOptio
   std::filesystem::remove_all(c->dir_);
   std::filesystem::create_directories(c->dir_);
 
-  // A tiny model: the whole path runs in milliseconds per token on 2 cores.
   const std::string model_dir = c->dir_ + "/tiny";
-  DemoModelOptions o;
-  o.hidden_size = 32;
-  o.intermediate_size = 64;
-  o.num_hidden_layers = 2;
-  o.num_attention_heads = 2;
-  o.num_key_value_heads = 1;
-  o.max_position_embeddings = options.max_position_embeddings;
-  o.engram_layer_ids = {0, 1};
-  o.engram_n_heads = 2;
-  o.engram_head_dim = 16;
-  o.engram_vocab_size = 997;
+  DemoModelOptions o = TinyModelOptions(options.max_position_embeddings);
   // Unique per process: tests run in parallel, each with its own tier and shared-memory arenas.
   o.model_name = absl::StrCat("tiny-", getpid());
   absl::Status s = WriteDemoModel(model_dir, o);

@@ -19,6 +19,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "client/engram_client.h"
+#include "model/demo_model.h"
 #include "model/model.h"
 
 namespace engram::testing {
@@ -58,6 +59,10 @@ absl::StatusOr<std::string> HttpGet(int port, const std::string& path);
 // The value of the first sample of `metric` (exact name plus optional {labels}) in a Prometheus
 // text exposition, or -1 when absent.
 double MetricValue(const std::string& exposition, const std::string& metric);
+
+// The tiny demo-format model of these tests: the whole path runs in milliseconds per token on 2
+// cores. Tables of a few thousand rows.
+DemoModelOptions TinyModelOptions(int max_position_embeddings);
 
 struct ClusterOptions {
   // Worker reads rows through the tier's shared-memory arena (else every row is streamed).
