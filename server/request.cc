@@ -15,8 +15,16 @@ namespace {
 
 absl::Status Invalid(absl::string_view message) { return absl::InvalidArgumentError(message); }
 
+absl::Status CheckPromptLength(size_t tokens, const RequestLimits& limits) {
+  if (tokens < static_cast<size_t>(limits.max_context_tokens)) return absl::OkStatus();
+  return Invalid(absl::StrCat("prompt has ", tokens, " tokens; the context window is ",
+                              limits.max_context_tokens, " tokens, so a prompt may have at most ",
+                              limits.max_context_tokens - 1));
+}
+
 absl::StatusOr<std::vector<uint32_t>> ResolvePrompt(const v1::GenerateRequest& request,
-                                                    const Model& model) {
+                                                    const Model& model,
+                                                    const RequestLimits& limits) {
   std::vector<uint32_t> prompt;
   switch (request.prompt_case()) {
     case v1::GenerateRequest::kText: {
@@ -28,12 +36,18 @@ absl::StatusOr<std::vector<uint32_t>> ResolvePrompt(const v1::GenerateRequest& r
       break;
     }
     case v1::GenerateRequest::kTokenIds:
+      if (request.token_ids().ids().empty()) return Invalid("prompt token_ids is empty");
+      // Before copying: a large request may carry millions of ids.
+      if (absl::Status s = CheckPromptLength(request.token_ids().ids_size(), limits); !s.ok()) {
+        return s;
+      }
       prompt.assign(request.token_ids().ids().begin(), request.token_ids().ids().end());
-      if (prompt.empty()) return Invalid("prompt token_ids is empty");
       break;
     default:
       return Invalid("prompt is required: set text or token_ids");
   }
+  // Length first: the checks below walk (and Compress copies) the whole prompt.
+  if (absl::Status s = CheckPromptLength(prompt.size(), limits); !s.ok()) return s;
   const ModelConfig& config = model.config();
   for (size_t i = 0; i < prompt.size(); ++i) {
     if (prompt[i] >= static_cast<uint32_t>(config.vocab_size)) {
@@ -113,14 +127,9 @@ absl::StatusOr<GenerateParams> ValidateGenerateRequest(const v1::GenerateRequest
         absl::StrCat("request_id is longer than ", limits.max_request_id_bytes, " bytes"));
   }
   p.request_id = request.request_id().empty() ? NewRequestId() : request.request_id();
-  auto prompt = ResolvePrompt(request, model);
+  auto prompt = ResolvePrompt(request, model, limits);
   if (!prompt.ok()) return prompt.status();
   p.prompt = *std::move(prompt);
-  if (static_cast<int>(p.prompt.size()) >= limits.max_context_tokens) {
-    return Invalid(absl::StrCat("prompt has ", p.prompt.size(), " tokens; the context window is ",
-                                limits.max_context_tokens, " tokens, so a prompt may have at most ",
-                                limits.max_context_tokens - 1));
-  }
   absl::Status s = ResolveSampling(request.sampling(), &p.sampling);
   if (!s.ok()) return s;
   s = ResolveStopping(request.stopping(), model.config(), limits, &p.stop);

@@ -522,6 +522,13 @@ TEST_F(SchedulerTest, ValidationRejectsBadInputWithInvalidArgument) {
   EXPECT_NE(message(too_long).find("context window"), std::string::npos) << message(too_long);
   too_long.mutable_token_ids()->mutable_ids()->RemoveLast();  // kContext - 1 tokens fit
   EXPECT_TRUE(Params(too_long).ok()) << Params(too_long).status();
+  // The length is checked before the ids are copied or walked: millions of bad ids are refused
+  // for their number.
+  v1::GenerateRequest huge;
+  huge.mutable_token_ids()->mutable_ids()->Resize(4000000, UINT32_MAX);
+  EXPECT_NE(message(huge).find("prompt has 4000000 tokens; the context window is"),
+            std::string::npos)
+      << message(huge);
 
   v1::GenerateRequest r = Request("fine", 4);
   EXPECT_TRUE(Params(r).ok());
