@@ -33,11 +33,13 @@ absl::StatusOr<std::vector<uint32_t>> ResolvePrompt(const v1::GenerateRequest& r
       if (!ids.ok()) return Invalid(absl::StrCat("prompt text: ", ids.status().message()));
       prompt = *std::move(ids);
       if (prompt.empty()) return Invalid("prompt text has no tokens");
+      if (absl::Status s = CheckPromptLength(prompt.size(), limits); !s.ok()) return s;
       break;
     }
     case v1::GenerateRequest::kTokenIds:
       if (request.token_ids().ids().empty()) return Invalid("prompt token_ids is empty");
-      // Before copying: a large request may carry millions of ids.
+      // Before copying and the checks below (Compress copies again): a request may carry
+      // millions of ids.
       if (absl::Status s = CheckPromptLength(request.token_ids().ids_size(), limits); !s.ok()) {
         return s;
       }
@@ -46,8 +48,6 @@ absl::StatusOr<std::vector<uint32_t>> ResolvePrompt(const v1::GenerateRequest& r
     default:
       return Invalid("prompt is required: set text or token_ids");
   }
-  // Length first: the checks below walk (and Compress copies) the whole prompt.
-  if (absl::Status s = CheckPromptLength(prompt.size(), limits); !s.ok()) return s;
   const ModelConfig& config = model.config();
   for (size_t i = 0; i < prompt.size(); ++i) {
     if (prompt[i] >= static_cast<uint32_t>(config.vocab_size)) {
