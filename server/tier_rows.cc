@@ -21,6 +21,24 @@ constexpr size_t kArenaReportRows = 4096;
 // How long one connection attempt waits for the channel; short, so shutdown stays prompt.
 constexpr absl::Duration kConnectTimeout = absl::Seconds(1);
 
+// The code a request gets when the tier refuses one of its batches. The batch is the worker's,
+// not the client's: a refused batch (INVALID_ARGUMENT, OUT_OF_RANGE: the worker's batches do not
+// fit the tier's limits or its table) is INTERNAL, a table the tier no longer has is
+// FAILED_PRECONDITION (stale), and a stream cancelled under the batch is UNAVAILABLE (retry).
+absl::StatusCode RequestCode(absl::StatusCode tier_code) {
+  switch (tier_code) {
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kOutOfRange:
+      return absl::StatusCode::kInternal;
+    case absl::StatusCode::kNotFound:
+      return absl::StatusCode::kFailedPrecondition;
+    case absl::StatusCode::kCancelled:
+      return absl::StatusCode::kUnavailable;
+    default:
+      return tier_code;
+  }
+}
+
 }  // namespace
 
 // One working connection to the tier. Replaced as a whole on reconnect.
@@ -382,11 +400,9 @@ void TierRowBackend::OnResult(uint64_t generation, PrefetchResult r) {
   metrics_.prefetch_round_trip.Observe(absl::ToDoubleSeconds(r.round_trip));
   RowFetch& fetch = *p->fetch;
   if (!r.status.ok()) {
-    absl::StatusCode code = r.status.code() == absl::StatusCode::kCancelled
-                                ? absl::StatusCode::kUnavailable
-                                : r.status.code();
-    fetch.Complete(absl::Status(
-        code, absl::StrCat("memory tier at ", options_.address, ": ", r.status.message())));
+    fetch.Complete(
+        absl::Status(RequestCode(r.status.code()),
+                     absl::StrCat("memory tier at ", options_.address, ": ", r.status.message())));
     return;
   }
   if (r.row_bytes != p->row_bytes || r.rows.size() != p->positions.size() * p->row_bytes) {

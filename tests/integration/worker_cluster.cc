@@ -229,6 +229,7 @@ absl::StatusOr<std::unique_ptr<WorkerCluster>> WorkerCluster::Start(ClusterOptio
   c->memory_port_ = FreePort();
   c->memory_metrics_port_ = FreePort();
   c->memory_address_ = absl::StrCat("127.0.0.1:", c->memory_port_);
+  c->memory_flags_ = options.memory_flags;
   s = c->StartMemory();
   if (!s.ok()) return s;
   s = c->StartWorker(options);
@@ -250,11 +251,19 @@ WorkerCluster::~WorkerCluster() {
 
 absl::Status WorkerCluster::StartMemory() {
   ++memory_starts_;
-  auto p = Process::Start(
-      {bin_ + "/memory_tier/engram-memory", "--store", dir_ + "/store", "--listen", memory_address_,
-       "--metrics-port", absl::StrCat(memory_metrics_port_), "--metrics-host", "127.0.0.1",
-       "--shm-prefix", absl::StrCat("engram-test-", getpid())},
-      absl::StrCat(dir_, "/memory.", memory_starts_, ".log"));
+  std::vector<std::string> argv = {bin_ + "/memory_tier/engram-memory",
+                                   "--store",
+                                   dir_ + "/store",
+                                   "--listen",
+                                   memory_address_,
+                                   "--metrics-port",
+                                   absl::StrCat(memory_metrics_port_),
+                                   "--metrics-host",
+                                   "127.0.0.1",
+                                   "--shm-prefix",
+                                   absl::StrCat("engram-test-", getpid())};
+  argv.insert(argv.end(), memory_flags_.begin(), memory_flags_.end());
+  auto p = Process::Start(argv, absl::StrCat(dir_, "/memory.", memory_starts_, ".log"));
   if (!p.ok()) return p.status();
   memory_ = *std::move(p);
   if (!WaitUntil([&] { return IsServing(memory_address_) || !memory_->running(); },

@@ -67,8 +67,9 @@ DemoModelOptions TinyModelOptions(int max_position_embeddings);
 struct ClusterOptions {
   // Worker reads rows through the tier's shared-memory arena (else every row is streamed).
   bool shared_memory = true;
-  // Extra engram-worker flags.
+  // Extra engram-worker / engram-memory flags.
   std::vector<std::string> worker_flags;
+  std::vector<std::string> memory_flags;
   // Context window of the tiny model: long enough that a generation outlasts the test's
   // reaction (abort, kill) by a wide margin even on a loaded machine.
   int max_position_embeddings = 1024;
@@ -102,6 +103,8 @@ class WorkerCluster {
  private:
   WorkerCluster() = default;
   absl::Status StartWorker(const ClusterOptions& options);
+
+  std::vector<std::string> memory_flags_;
 
   std::string dir_;
   std::string bin_;

@@ -122,6 +122,22 @@ INSTANTIATE_TEST_SUITE_P(RowPaths, TierOutageTest, ::testing::Bool(),
                            return info.param ? "SharedMemory" : "Streamed";
                          });
 
+// A tier that refuses the worker's batches (here: they exceed its --max-batch-rows) fails the
+// request without blaming the client: INTERNAL with the tier's reason, not INVALID_ARGUMENT.
+TEST(WorkerOutageTest, BatchesTheTierRefusesAreInternalNotTheClientsFault) {
+  ClusterOptions options;
+  options.shared_memory = false;
+  options.memory_flags = {"--max-batch-rows", "2"};
+  auto started = WorkerCluster::Start(options);
+  ASSERT_TRUE(started.ok()) << started.status();
+  v1::GenerateRequest r;
+  r.set_text("a prompt of several tokens");
+  r.mutable_stopping()->set_max_tokens(4);
+  auto result = (*started)->Client()->GenerateAll(r);
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kInternal) << result.status();
+  EXPECT_NE(result.status().message().find("max_batch_rows"), std::string::npos) << result.status();
+}
+
 TEST(WorkerOutageTest, SigtermDrainsTheRunningRequestAndExits) {
   auto started = WorkerCluster::Start();
   ASSERT_TRUE(started.ok()) << started.status();
