@@ -352,7 +352,19 @@ class LaggingPrefetchClient
     StartWrite(&requests_[0]);
     StartCall();
   }
+  // The call must end before the reactor goes, also when a failed assertion leaves early.
+  ~LaggingPrefetchClient() override {
+    context_.TryCancel();
+    StartReading();
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(&done_));
+  }
   void StartReading() {
+    {
+      absl::MutexLock lock(&mu_);
+      if (reading_) return;
+      reading_ = true;
+    }
     StartRead(&response_);
     RemoveHold();
   }
@@ -392,6 +404,7 @@ class LaggingPrefetchClient
   absl::Mutex mu_;
   std::vector<v1::PrefetchResponse> responses_ ABSL_GUARDED_BY(mu_);
   grpc::Status status_ ABSL_GUARDED_BY(mu_);
+  bool reading_ ABSL_GUARDED_BY(mu_) = false;
   bool done_ ABSL_GUARDED_BY(mu_) = false;
 };
 
@@ -431,7 +444,14 @@ TEST_F(TierServiceTest, AClientThatStopsReadingIsHeldBackNotBuffered) {
     requests[b].mutable_table()->set_layer(1);
     requests[b].mutable_row_ids()->Assign(ids[b].begin(), ids[b].end());
   }
-  auto stub = v1::MemoryTier::NewStub(client_->channel());
+  // A channel whose receive window stays at 64 KiB (no BDP probing growing it to megabytes), so
+  // responses pile up on the server, not inside the client's transport.
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 64 * 1024);
+  args.SetMaxReceiveMessageSize(64 << 20);
+  auto stub = v1::MemoryTier::NewStub(grpc::CreateCustomChannel(
+      absl::StrCat("127.0.0.1:", server_->port()), grpc::InsecureChannelCredentials(), args));
   LaggingPrefetchClient lagging(stub.get(), requests);
 
   // The server reaches its cap and stops reading this stream. (Polled with a deadline: without
