@@ -122,6 +122,8 @@ class UringReader : public IoReader {
  public:
   ~UringReader() override {
     if (ring_ready_) io_uring_queue_exit(&ring_);
+    // Reads abandoned with a failed ring no longer count as in flight.
+    counters_->in_flight.fetch_sub(in_flight_, std::memory_order_relaxed);
   }
 
   static absl::StatusOr<std::unique_ptr<UringReader>> Create(int fd, const std::string& path,
@@ -154,20 +156,20 @@ class UringReader : public IoReader {
     std::vector<int> free_slots;
     for (int s = options_.depth - 1; s >= 0; --s) free_slots.push_back(s);
     size_t next = 0;
-    int in_flight = 0;
     absl::Status error;
-    while (in_flight > 0 || (error.ok() && next < runs.size())) {
+    while (in_flight_ > 0 || (error.ok() && next < runs.size())) {
       // Fill the queue, then one submission for the whole wave.
       while (error.ok() && next < runs.size() && !free_slots.empty()) {
         const int s = free_slots.back();
         free_slots.pop_back();
         slots[s] = Pending{next++, 0, 0};
         Prep(s, runs[slots[s].run], slots[s]);
-        ++in_flight;
+        ++in_flight_;
       }
       int submitted = io_uring_submit_and_wait(&ring_, 1);
       if (submitted < 0 && submitted != -EINTR && submitted != -EAGAIN) {
-        // The ring itself failed: nothing we submitted can be trusted to complete.
+        // The ring itself failed: nothing we submitted can be trusted to complete, and late
+        // completions would land in a later batch's slots. The caller must drop this reader.
         return PosixError("io_uring_submit for", path_, -submitted);
       }
       io_uring_cqe* cqe;
@@ -193,7 +195,7 @@ class UringReader : public IoReader {
             if (error.ok()) error = e;
             break;
         }
-        --in_flight;
+        --in_flight_;
         counters_->in_flight.fetch_sub(1, std::memory_order_relaxed);
         free_slots.push_back(s);
       }
@@ -241,6 +243,7 @@ class UringReader : public IoReader {
   AlignedBuffer buffers_;
   io_uring ring_{};
   bool ring_ready_ = false;
+  int in_flight_ = 0;  // reads submitted and not completed
   bool fixed_file_ = false;
   bool fixed_buffers_ = false;
 };

@@ -80,7 +80,8 @@ class IoReader {
 
   virtual IoBackend backend() const = 0;
   // Reads every run (each at most max_read_bytes) and calls on_done(run index, data) once per
-  // run as it completes, in any order; `data` is valid only during the call.
+  // run as it completes, in any order; `data` is valid only during the call. After an error the
+  // reader may hold reads it could not drain (a failed ring): destroy it rather than reuse it.
   virtual absl::Status ReadRuns(absl::Span<const ReadRun> runs,
                                 const std::function<void(size_t, const uint8_t*)>& on_done) = 0;
   // Whether the io_uring backend got its buffers / file registered.

@@ -67,6 +67,12 @@ void NvmeTier::Release(std::unique_ptr<IoReader> reader) {
   idle_.push_back(std::move(reader));
 }
 
+void NvmeTier::Discard(std::unique_ptr<IoReader> reader) {
+  reader.reset();
+  absl::MutexLock lock(&mu_);
+  --readers_;
+}
+
 absl::Status NvmeTier::Lookup(absl::Span<const uint64_t> row_ids, uint8_t* out,
                               std::vector<uint32_t>* missing) {
   const RowLayout& l = layout_;
@@ -106,7 +112,11 @@ absl::Status NvmeTier::Lookup(absl::Span<const uint64_t> row_ids, uint8_t* out,
                   l.row_bytes);
     }
   });
-  Release(std::move(reader));
+  if (s.ok()) {
+    Release(std::move(reader));
+  } else {
+    Discard(std::move(reader));  // an I/O error is rare; a fresh ring costs little
+  }
   return s;
 }
 

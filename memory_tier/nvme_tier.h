@@ -54,6 +54,8 @@ class NvmeTier : public Tier {
   NvmeTier() = default;
   absl::StatusOr<std::unique_ptr<IoReader>> Acquire();
   void Release(std::unique_ptr<IoReader> reader);
+  // Destroys a reader that failed (its ring may be unusable) and frees its place in the pool.
+  void Discard(std::unique_ptr<IoReader> reader);
 
   std::string path_;
   RowLayout layout_;

@@ -115,7 +115,7 @@ TEST_P(IoFaultTest, HardErrorsFailTheBatchAndTheTierRecovers) {
   s = LookupAndCheck(**tier, t, 3, 10);
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
   EXPECT_NE(s.message().find("resubmissions"), absl::string_view::npos) << s;
-  mode = 0;  // the same readers serve correctly afterwards
+  mode = 0;  // the tier serves correctly afterwards (failed readers are replaced)
   EXPECT_TRUE(LookupAndCheck(**tier, t, 4).ok());
   EXPECT_EQ((*tier)->counters().in_flight.load(), 0);
 }
