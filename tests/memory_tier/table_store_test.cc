@@ -289,26 +289,33 @@ TEST(SetLiveTest, RollsBackEveryLayerOrNone) {
   spec.seed = 5;
   ASSERT_TRUE(WriteTestModel(model, spec).ok());
   ASSERT_TRUE(Import(store, model).ok());  // v2 live for layers 1 and 3
-  auto live = [&](uint32_t layer) -> uint64_t {
+  // The live versions of layers 1 and 3.
+  auto live = [&]() {
     auto catalog = Catalog::Open(store, Catalog::Mode::kReadOnly);
     EXPECT_TRUE(catalog.ok()) << catalog.status();
-    auto t = (*catalog)->GetTable("testmodel", layer);
-    return t.ok() && t->has_value() ? (*t)->live_version : 0;
+    std::pair<uint64_t, uint64_t> versions;
+    for (auto [layer, v] : {std::pair{1u, &versions.first}, std::pair{3u, &versions.second}}) {
+      auto t = (*catalog)->GetTable("testmodel", layer);
+      *v = t.ok() && t->has_value() ? (*t)->live_version : 0;
+    }
+    return versions;
   };
-  ASSERT_EQ(live(1), 2u);
+  auto set_live = [&](const std::string& flags) {
+    return RunCli("table set-live --store " + store + " " + flags);
+  };
+  using Live = std::pair<uint64_t, uint64_t>;
+  ASSERT_EQ(live(), Live(2, 2));
 
-  auto [code, out] = RunCli("table set-live --store " + store + " --model testmodel --version 1");
+  auto [code, out] = set_live("--model testmodel --version 1");
   EXPECT_EQ(code, 0) << out;
   EXPECT_NE(out.find("testmodel layer 3: v1 live (was v2)"), std::string::npos) << out;
-  EXPECT_EQ(live(1), 1u);
-  EXPECT_EQ(live(3), 1u);
+  EXPECT_EQ(live(), Live(1, 1));
 
   // A version that does not exist: named, nothing changes.
-  std::tie(code, out) =
-      RunCli("table set-live --store " + store + " --model testmodel --version 7");
+  std::tie(code, out) = set_live("--model testmodel --version 7");
   EXPECT_NE(code, 0) << out;
   EXPECT_NE(out.find("has no version 7"), std::string::npos) << out;
-  EXPECT_EQ(live(1), 1u);
+  EXPECT_EQ(live(), Live(1, 1));
 
   // v2's row file of layer 3 is gone: refused for both layers, v1 stays live everywhere.
   {
@@ -318,20 +325,16 @@ TEST(SetLiveTest, RollsBackEveryLayerOrNone) {
     ASSERT_TRUE(m.ok());
     std::filesystem::remove(store + "/" + m->row_file);
   }
-  std::tie(code, out) =
-      RunCli("table set-live --store " + store + " --model testmodel --version 2");
+  std::tie(code, out) = set_live("--model testmodel --version 2");
   EXPECT_NE(code, 0) << out;
   EXPECT_NE(out.find("refusing to make testmodel layer 3 v2 live"), std::string::npos) << out;
-  EXPECT_EQ(live(1), 1u);
-  EXPECT_EQ(live(3), 1u);
+  EXPECT_EQ(live(), Live(1, 1));
   // One layer on its own is fine.
-  std::tie(code, out) =
-      RunCli("table set-live --store " + store + " --model testmodel --layer 1 --version 2");
+  std::tie(code, out) = set_live("--model testmodel --layer 1 --version 2");
   EXPECT_EQ(code, 0) << out;
-  EXPECT_EQ(live(1), 2u);
-  EXPECT_EQ(live(3), 1u);
+  EXPECT_EQ(live(), Live(2, 1));
   // --model and --version are required.
-  std::tie(code, out) = RunCli("table set-live --store " + store + " --version 1");
+  std::tie(code, out) = set_live("--version 1");
   EXPECT_EQ(code, 2) << out;
   EXPECT_NE(out.find("--model"), std::string::npos) << out;
 }
