@@ -1,6 +1,7 @@
 #include "common/metrics_server.h"
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "httplib.h"
 #include "prometheus/text_serializer.h"
 
@@ -25,6 +26,13 @@ MetricsServer::~MetricsServer() { Stop(); }
 
 absl::Status MetricsServer::Start(const std::string& host, int port) {
   server_ = std::make_unique<httplib::Server>();
+  // cpp-httplib's default socket options add SO_REUSEPORT, which lets a second process bind a
+  // metrics port that is already in use and silently split the scrapes between the two. Keep only
+  // SO_REUSEADDR (restart without waiting for TIME_WAIT), so a taken port is an error at start.
+  server_->set_socket_options([](socket_t sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
   server_->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
     if (before_scrape_) before_scrape_();
     res.set_content(RenderMetrics(*registry_), "text/plain; version=0.0.4; charset=utf-8");
@@ -40,6 +48,12 @@ absl::Status MetricsServer::Start(const std::string& host, int port) {
     port_ = port;
   }
   thread_ = std::thread([this] { server_->listen_after_bind(); });
+  // httplib's stop() does nothing until the listen loop runs, so a Stop() right after Start()
+  // would leave the loop running and the join waiting forever: return only once it runs.
+  for (int i = 0; i < 5000 && !server_->is_running(); ++i) absl::SleepFor(absl::Milliseconds(1));
+  if (!server_->is_running()) {
+    return absl::InternalError(absl::StrCat("metrics server on port ", port_, " did not start"));
+  }
   return absl::OkStatus();
 }
 

@@ -8,6 +8,9 @@
 #include "common/engram_config.h"
 #include "common/lifecycle.h"
 #include "common/log.h"
+#include "common/metrics_server.h"
+#include "prometheus/counter.h"
+#include "prometheus/registry.h"
 #include "common/ngram_hash.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -122,6 +125,22 @@ TEST(LifecycleTest, StatesOnlyMoveForwardAndListenersSeeThemInOrder) {
     absl::MutexLock lock(&mu);
     EXPECT_EQ(last, LifecycleState::kDraining);
   }
+}
+
+TEST(MetricsServerTest, ServesTheRegistryAndRefusesATakenPort) {
+  auto registry = std::make_shared<prometheus::Registry>();
+  prometheus::BuildCounter().Name("engram_test_events_total").Help("test").Register(*registry)
+      .Add({}).Increment(3);
+  MetricsServer first(registry);
+  ASSERT_TRUE(first.Start("127.0.0.1", 0).ok());
+  ASSERT_GT(first.port(), 0);
+  EXPECT_NE(RenderMetrics(*registry).find("engram_test_events_total 3"), std::string::npos);
+  // A second process (or server) on the same port must fail instead of sharing the scrapes
+  // (cpp-httplib's default SO_REUSEPORT would let it bind).
+  MetricsServer second(registry);
+  absl::Status taken = second.Start("127.0.0.1", first.port());
+  EXPECT_FALSE(taken.ok());
+  EXPECT_NE(taken.message().find("in use"), absl::string_view::npos) << taken;
 }
 
 }  // namespace
