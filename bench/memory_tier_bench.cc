@@ -1,5 +1,5 @@
 // memory_tier_bench: the memory tier's tiers side by side with their baselines, in one run, on one
-// table it creates itself (docs/benchmarks-memory-tier.md has the method and figures).
+// table it creates itself (docs/benchmarks.md has the method and figures).
 //
 //   memory_tier_bench --dir /mnt/nvme/tmp --table-gib 1 --depth 64 --seconds 2
 //
