@@ -193,6 +193,7 @@ absl::Status Run(const WorkerConfig& config, Lifecycle& lifecycle) {
   // library closes them.
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   server->Wait();
+  rows.reset();  // no RPC can reach the scheduler now; ends the tier's reconnect thread
   metrics_server.Stop();
   lifecycle.Set(LifecycleState::kStopped);
   ENGRAM_LOG(INFO) << "stopped";

@@ -178,6 +178,8 @@ absl::StatusOr<std::shared_ptr<TierRowBackend::Connection>> TierRowBackend::Conn
   auto client = TierClient::Connect(client_options);
   if (!client.ok()) return client.status();
   c->client = *std::move(client);
+  // A draining tier still accepts connections for a moment; only a SERVING one is worth a stream.
+  ENGRAM_RETURN_IF_ERROR(c->client->CheckHealth());
 
   const ModelConfig& config = model_.config();
   const EngramHashConstants& hash = model_.hash_constants();
