@@ -4,6 +4,7 @@
 #include <deque>
 
 #include "absl/strings/str_cat.h"
+#include "common/grpc_message.h"
 #include "common/grpc_status.h"
 #include "common/log.h"
 #include "common/status.h"
@@ -35,7 +36,10 @@ uint64_t Micros(Clock::time_point from, Clock::time_point to) {
 // counted up front) are capped per stream. At the cap the reactor stops reading the client until
 // writes drain, so HTTP/2 flow control holds the client back; a client that stops reading its
 // responses (stuck, or slower than its requests) cannot grow the server's memory without bound.
-class PrefetchReactor : public grpc::ServerBidiReactor<v1::PrefetchRequest, v1::PrefetchResponse> {
+//
+// A message that is not a PrefetchRequest ends the reading: the stream finishes with
+// INVALID_ARGUMENT once the batches before it are answered.
+class PrefetchReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   PrefetchReactor(MemoryTierService* service) : service_(service) {
     service_->Register(this);
@@ -61,8 +65,20 @@ class PrefetchReactor : public grpc::ServerBidiReactor<v1::PrefetchRequest, v1::
       return;
     }
     const auto received = Clock::now();
-    auto request = std::make_shared<v1::PrefetchRequest>(std::move(request_));
+    auto request = std::make_shared<v1::PrefetchRequest>();
+    absl::Status parsed = ParseMessage(request_, request.get());
     request_.Clear();
+    if (!parsed.ok()) {
+      service_->metrics_->CountRpc(RpcMethod::kPrefetch, parsed.code());
+      {
+        absl::MutexLock lock(&mu_);
+        reads_done_ = true;  // read nothing more from a client that sends garbage
+        bad_request_ = parsed;
+        --read_chain_;
+      }
+      MaybeFinish();
+      return;
+    }
     service_->RecordArenaHits(*request);
     absl::StatusOr<ServedTable*> table =
         request->row_ids().empty() ? absl::StatusOr<ServedTable*>(nullptr)
@@ -136,7 +152,7 @@ class PrefetchReactor : public grpc::ServerBidiReactor<v1::PrefetchRequest, v1::
         ++read_chain_;
       }
     }
-    if (next) StartWrite(current_.response.get());
+    if (next) StartWrite(current_.message.get());
     if (resume) {
       StartRead(&request_);
       absl::MutexLock lock(&mu_);
@@ -172,9 +188,9 @@ class PrefetchReactor : public grpc::ServerBidiReactor<v1::PrefetchRequest, v1::
   }
 
  private:
-  // A response and the bytes it counts in unsent_bytes_.
+  // A serialized response and the bytes it counts in unsent_bytes_.
   struct Outgoing {
-    std::unique_ptr<v1::PrefetchResponse> response;
+    std::unique_ptr<grpc::ByteBuffer> message;
     int64_t bytes = 0;
   };
 
@@ -200,8 +216,9 @@ class PrefetchReactor : public grpc::ServerBidiReactor<v1::PrefetchRequest, v1::
     m->prefetch_batch_latency->Observe(Seconds(received, now));
     m->prefetch_queue->Observe(Seconds(received, started));
     m->CountRpc(RpcMethod::kPrefetch, status.code());
-    Outgoing out{std::move(response), 0};
-    out.bytes = static_cast<int64_t>(out.response->ByteSizeLong());
+    Outgoing out{std::make_unique<grpc::ByteBuffer>(), 0};
+    SerializeMessage(*response, out.message.get());
+    out.bytes = static_cast<int64_t>(out.message->Length());
     bool write = false;
     {
       absl::MutexLock lock(&mu_);
@@ -218,7 +235,7 @@ class PrefetchReactor : public grpc::ServerBidiReactor<v1::PrefetchRequest, v1::
       }
     }
     if (write) {
-      StartWrite(current_.response.get());
+      StartWrite(current_.message.get());
     } else {
       MaybeFinish();
     }
@@ -247,7 +264,9 @@ class PrefetchReactor : public grpc::ServerBidiReactor<v1::PrefetchRequest, v1::
       }
       if (!(reads_done_ || cancelled_ || broken_ || draining_)) return;
       finished_ = true;
-      if (draining_ && !reads_done_) {
+      if (!bad_request_.ok()) {
+        status = ToGrpcStatus(bad_request_);
+      } else if (draining_ && !reads_done_) {
         status = grpc::Status(grpc::StatusCode::UNAVAILABLE,
                               "engram-memory is draining; reconnect to another replica");
       }
@@ -256,7 +275,7 @@ class PrefetchReactor : public grpc::ServerBidiReactor<v1::PrefetchRequest, v1::
   }
 
   MemoryTierService* service_;
-  v1::PrefetchRequest request_;  // only touched by the read chain
+  grpc::ByteBuffer request_;  // only touched by the read chain
   absl::Mutex mu_;
   Outgoing current_ ABSL_GUARDED_BY(mu_);  // being written
   std::deque<Outgoing> outbox_ ABSL_GUARDED_BY(mu_);
@@ -271,6 +290,7 @@ class PrefetchReactor : public grpc::ServerBidiReactor<v1::PrefetchRequest, v1::
   bool broken_ ABSL_GUARDED_BY(mu_) = false;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status bad_request_ ABSL_GUARDED_BY(mu_);  // the message that did not parse
 };
 
 MemoryTierService::MemoryTierService(const Options& options, TierMetrics* metrics)
@@ -308,11 +328,14 @@ void MemoryTierService::Unregister(PrefetchReactor* reactor) {
 
 TableSet* MemoryTierService::LoadedTables(RpcMethod method, grpc::ServerUnaryReactor* reactor) {
   TableSet* tables = tables_.load();
-  if (tables == nullptr) {
-    metrics_->CountRpc(method, absl::StatusCode::kUnavailable);
-    reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, kLoading));
-  }
+  if (tables == nullptr) Fail(method, reactor, absl::UnavailableError(kLoading));
   return tables;
+}
+
+void MemoryTierService::Fail(RpcMethod method, grpc::ServerUnaryReactor* reactor,
+                             const absl::Status& status) {
+  metrics_->CountRpc(method, status.code());
+  reactor->Finish(ToGrpcStatus(status));
 }
 
 absl::StatusOr<ServedTable*> MemoryTierService::Admit(const v1::TableRef& table, size_t rows) {
@@ -382,27 +405,34 @@ void MemoryTierService::RecordArenaHits(const v1::PrefetchRequest& request) {
 }
 
 grpc::ServerUnaryReactor* MemoryTierService::Lookup(grpc::CallbackServerContext* context,
-                                                    const v1::LookupRequest* request,
-                                                    v1::LookupResponse* response) {
+                                                    const grpc::ByteBuffer* bytes,
+                                                    grpc::ByteBuffer* out) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  auto request = std::make_shared<v1::LookupRequest>();
+  absl::Status parsed = ParseMessage(*bytes, request.get());
+  if (!parsed.ok()) {
+    Fail(RpcMethod::kLookup, reactor, parsed);
+    return reactor;
+  }
   absl::StatusOr<ServedTable*> table = Admit(request->table(), request->row_ids().size());
   if (!table.ok()) {
-    metrics_->CountRpc(RpcMethod::kLookup, table.status().code());
-    reactor->Finish(ToGrpcStatus(table.status()));
+    Fail(RpcMethod::kLookup, reactor, table.status());
     return reactor;
   }
   ServedTable* t = *table;
-  scheduler_->Submit(request->table().layer(), [this, context, request, response, reactor, t] {
+  scheduler_->Submit(request->table().layer(), [this, context, request, out, reactor, t] {
     absl::Status s;
     if (context->IsCancelled()) {
       s = absl::CancelledError("the client cancelled the lookup");
     } else {
+      v1::LookupResponse response;
       uint64_t version = 0;
       uint32_t row_bytes = 0;
-      s = RunBatch(t, request->row_ids(), response->mutable_rows(), &version, &row_bytes,
-                   response->mutable_served_by());
-      response->set_version(version);
-      response->set_row_bytes(row_bytes);
+      s = RunBatch(t, request->row_ids(), response.mutable_rows(), &version, &row_bytes,
+                   response.mutable_served_by());
+      response.set_version(version);
+      response.set_row_bytes(row_bytes);
+      if (s.ok()) SerializeMessage(response, out);
     }
     metrics_->CountRpc(RpcMethod::kLookup, s.code());
     reactor->Finish(ToGrpcStatus(s));
@@ -410,21 +440,28 @@ grpc::ServerUnaryReactor* MemoryTierService::Lookup(grpc::CallbackServerContext*
   return reactor;
 }
 
-grpc::ServerBidiReactor<v1::PrefetchRequest, v1::PrefetchResponse>* MemoryTierService::Prefetch(
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* MemoryTierService::Prefetch(
     grpc::CallbackServerContext* context) {
   return new PrefetchReactor(this);
 }
 
 grpc::ServerUnaryReactor* MemoryTierService::TableInfo(grpc::CallbackServerContext* context,
-                                                       const v1::TableInfoRequest* request,
-                                                       v1::TableInfoResponse* response) {
+                                                       const grpc::ByteBuffer* bytes,
+                                                       grpc::ByteBuffer* out) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  v1::TableInfoRequest request;
+  absl::Status parsed = ParseMessage(*bytes, &request);
+  if (!parsed.ok()) {
+    Fail(RpcMethod::kTableInfo, reactor, parsed);
+    return reactor;
+  }
   TableSet* tables = LoadedTables(RpcMethod::kTableInfo, reactor);
   if (tables == nullptr) return reactor;
-  response->set_host_id(host_id_);
+  v1::TableInfoResponse response;
+  response.set_host_id(host_id_);
   for (const auto& t : tables->tables()) {
-    if (!request->model().empty() && t->record.model != request->model()) continue;
-    v1::TableInfo* info = response->add_tables();
+    if (!request.model().empty() && t->record.model != request.model()) continue;
+    v1::TableInfo* info = response.add_tables();
     info->mutable_table()->set_model(t->record.model);
     info->mutable_table()->set_layer(t->record.layer);
     info->mutable_table()->set_version(t->manifest.version);
@@ -457,21 +494,29 @@ grpc::ServerUnaryReactor* MemoryTierService::TableInfo(grpc::CallbackServerConte
       a->set_locked(t->dram->arena().locked());
     }
   }
+  SerializeMessage(response, out);
   metrics_->CountRpc(RpcMethod::kTableInfo, absl::StatusCode::kOk);
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }
 
 grpc::ServerUnaryReactor* MemoryTierService::Stats(grpc::CallbackServerContext* context,
-                                                   const v1::StatsRequest* request,
-                                                   v1::StatsResponse* response) {
+                                                   const grpc::ByteBuffer* bytes,
+                                                   grpc::ByteBuffer* out) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  v1::StatsRequest request;
+  absl::Status parsed = ParseMessage(*bytes, &request);
+  if (!parsed.ok()) {
+    Fail(RpcMethod::kStats, reactor, parsed);
+    return reactor;
+  }
   TableSet* tables = LoadedTables(RpcMethod::kStats, reactor);
   if (tables == nullptr) return reactor;
+  v1::StatsResponse response;
   v1::TierStats by_kind[2];
   by_kind[0].set_tier("dram");
   by_kind[1].set_tier("nvme");
-  const size_t top = std::min<size_t>(request->top_rows(), 100000);
+  const size_t top = std::min<size_t>(request.top_rows(), 100000);
   for (const auto& t : tables->tables()) {
     if (!t->serving) continue;
     const std::vector<Tier*>& tiers = t->store->tiers();
@@ -485,7 +530,7 @@ grpc::ServerUnaryReactor* MemoryTierService::Stats(grpc::CallbackServerContext* 
     }
     by_kind[1].set_capacity_rows(by_kind[1].capacity_rows() + t->manifest.layout.rows);
     by_kind[1].set_resident_rows(by_kind[1].resident_rows() + t->manifest.layout.rows);
-    v1::TableStats* ts = response->add_tables();
+    v1::TableStats* ts = response.add_tables();
     ts->mutable_table()->set_model(t->manifest.model);
     ts->mutable_table()->set_layer(t->manifest.layer);
     ts->mutable_table()->set_version(t->manifest.version);
@@ -505,8 +550,9 @@ grpc::ServerUnaryReactor* MemoryTierService::Stats(grpc::CallbackServerContext* 
       }
     }
   }
-  *response->add_tiers() = by_kind[0];
-  *response->add_tiers() = by_kind[1];
+  *response.add_tiers() = by_kind[0];
+  *response.add_tiers() = by_kind[1];
+  SerializeMessage(response, out);
   metrics_->CountRpc(RpcMethod::kStats, absl::StatusCode::kOk);
   reactor->Finish(grpc::Status::OK);
   return reactor;

@@ -12,6 +12,11 @@
 // (max_unsent_bytes_per_stream): at the cap the server stops reading that stream until they
 // drain. When the server drains, streams end with UNAVAILABLE once their queued batches are
 // answered.
+//
+// Every method takes its request as bytes and parses it here (common/grpc_message.h): a request
+// that is not the method's message is INVALID_ARGUMENT naming the message (on a Prefetch stream,
+// the stream ends with it once the batches before it are answered), where gRPC's own handlers
+// would answer a bare UNIMPLEMENTED.
 #ifndef ENGRAM_MEMORY_TIER_MEMORY_TIER_SERVICE_H_
 #define ENGRAM_MEMORY_TIER_MEMORY_TIER_SERVICE_H_
 
@@ -31,7 +36,12 @@ namespace engram {
 
 class PrefetchReactor;
 
-class MemoryTierService final : public v1::MemoryTier::CallbackService {
+// engram.v1.MemoryTier with every method taking and returning serialized messages.
+using RawMemoryTierService = v1::MemoryTier::WithRawCallbackMethod_Lookup<
+    v1::MemoryTier::WithRawCallbackMethod_Prefetch<v1::MemoryTier::WithRawCallbackMethod_TableInfo<
+        v1::MemoryTier::WithRawCallbackMethod_Stats<v1::MemoryTier::Service>>>>;
+
+class MemoryTierService final : public RawMemoryTierService {
  public:
   struct Options {
     uint32_t max_batch_rows = 262144;
@@ -56,17 +66,19 @@ class MemoryTierService final : public v1::MemoryTier::CallbackService {
   // Returns whether all did.
   bool WaitForStreams(absl::Time deadline);
 
+  // The unary methods: their engram.v1 request in `request`, the response into `response`.
   grpc::ServerUnaryReactor* Lookup(grpc::CallbackServerContext* context,
-                                   const v1::LookupRequest* request,
-                                   v1::LookupResponse* response) override;
-  grpc::ServerBidiReactor<v1::PrefetchRequest, v1::PrefetchResponse>* Prefetch(
-      grpc::CallbackServerContext* context) override;
+                                   const grpc::ByteBuffer* request,
+                                   grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* TableInfo(grpc::CallbackServerContext* context,
-                                      const v1::TableInfoRequest* request,
-                                      v1::TableInfoResponse* response) override;
+                                      const grpc::ByteBuffer* request,
+                                      grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* Stats(grpc::CallbackServerContext* context,
-                                  const v1::StatsRequest* request,
-                                  v1::StatsResponse* response) override;
+                                  const grpc::ByteBuffer* request,
+                                  grpc::ByteBuffer* response) override;
+  // engram.v1.PrefetchRequest messages in, engram.v1.PrefetchResponse messages out.
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Prefetch(
+      grpc::CallbackServerContext* context) override;
 
  private:
   friend class PrefetchReactor;
@@ -76,6 +88,8 @@ class MemoryTierService final : public v1::MemoryTier::CallbackService {
   absl::StatusOr<ServedTable*> Admit(const v1::TableRef& table, size_t rows);
   // The tables, or nullptr after finishing `reactor` with UNAVAILABLE while they load.
   TableSet* LoadedTables(RpcMethod method, grpc::ServerUnaryReactor* reactor);
+  // Finishes `reactor` with `status` (an error), counted for `method`.
+  void Fail(RpcMethod method, grpc::ServerUnaryReactor* reactor, const absl::Status& status);
   // Looks up `ids` into `rows` and fills the version, row size and per-tier counts.
   absl::Status RunBatch(ServedTable* table, const google::protobuf::RepeatedField<uint64_t>& ids,
                         std::string* rows, uint64_t* version, uint32_t* row_bytes,

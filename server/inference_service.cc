@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "common/grpc_message.h"
 #include "common/grpc_status.h"
 #include "common/status.h"
 #include "model/model.h"
@@ -16,34 +17,12 @@
 namespace engram {
 namespace {
 
-// Parses a request; INVALID_ARGUMENT naming the message type when the bytes are not one.
-template <typename Message>
-absl::StatusOr<Message> Parse(const grpc::ByteBuffer& bytes) {
-  grpc::ByteBuffer copy(bytes);  // Deserialize consumes its buffer; the copy shares the slices
-  Message message;
-  if (!grpc::SerializationTraits<Message>::Deserialize(&copy, &message).ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("the request is not a valid ", Message::descriptor()->full_name(),
-                     " (malformed, or a string field that is not UTF-8)"));
-  }
-  return message;
-}
-
-// Replaces `out` (which gRPC's writer requires to be empty) by the serialized `message`.
-template <typename Message>
-void Serialize(const Message& message, grpc::ByteBuffer* out) {
-  out->Clear();
-  bool own_buffer;
-  // Serializing a proto3 message into memory cannot fail.
-  (void)grpc::SerializationTraits<Message>::Serialize(message, out, &own_buffer);
-}
-
 // Ends a unary call with `result`: the response, or the error.
 template <typename Response>
 grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* context,
                                  const absl::StatusOr<Response>& result, grpc::ByteBuffer* out) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (result.ok()) Serialize(*result, out);
+  if (result.ok()) SerializeMessage(*result, out);
   reactor->Finish(result.ok() ? grpc::Status::OK : ToGrpcStatus(result.status()));
   return reactor;
 }
@@ -184,7 +163,7 @@ class GenerateCall final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
       }
       events_.pop_front();
     }
-    Serialize(response, &response_);
+    SerializeMessage(response, &response_);
     if (!last) {
       writing_ = true;
       step.action = Step::kWrite;
@@ -252,7 +231,7 @@ absl::StatusOr<InferenceService::Engine> InferenceService::engine() const {
 grpc::ServerWriteReactor<grpc::ByteBuffer>* InferenceService::Generate(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* bytes) {
   const absl::Time received = absl::Now();
-  absl::StatusOr<v1::GenerateRequest> request = Parse<v1::GenerateRequest>(*bytes);
+  absl::StatusOr<v1::GenerateRequest> request = ParseMessage<v1::GenerateRequest>(*bytes);
   absl::StatusOr<Engine> engine = this->engine();
   absl::StatusOr<GenerateParams> params =
       !engine.ok()    ? absl::StatusOr<GenerateParams>(engine.status())
@@ -292,7 +271,7 @@ grpc::ServerUnaryReactor* InferenceService::Abort(grpc::CallbackServerContext* c
 absl::StatusOr<v1::TokenizeResponse> InferenceService::TokenizeText(
     const grpc::ByteBuffer& bytes) const {
   ENGRAM_ASSIGN_OR_RETURN(Engine engine, this->engine());
-  ENGRAM_ASSIGN_OR_RETURN(v1::TokenizeRequest request, Parse<v1::TokenizeRequest>(bytes));
+  ENGRAM_ASSIGN_OR_RETURN(v1::TokenizeRequest request, ParseMessage<v1::TokenizeRequest>(bytes));
   const Tokenizer& tokenizer = engine.model->tokenizer();
   auto ids = tokenizer.Encode(request.text(), request.add_special_tokens());
   if (!ids.ok()) return absl::InvalidArgumentError(ids.status().message());
@@ -307,7 +286,7 @@ absl::StatusOr<v1::TokenizeResponse> InferenceService::TokenizeText(
 absl::StatusOr<v1::GetModelInfoResponse> InferenceService::ModelInfo(
     const grpc::ByteBuffer& bytes) const {
   ENGRAM_ASSIGN_OR_RETURN(Engine engine, this->engine());
-  ENGRAM_RETURN_IF_ERROR(Parse<v1::GetModelInfoRequest>(bytes).status());
+  ENGRAM_RETURN_IF_ERROR(ParseMessage<v1::GetModelInfoRequest>(bytes).status());
   const ModelConfig& c = engine.model->config();
   v1::GetModelInfoResponse response;
   response.set_model(engine.model->name());
@@ -327,7 +306,7 @@ absl::StatusOr<v1::GetModelInfoResponse> InferenceService::ModelInfo(
 absl::StatusOr<v1::AbortResponse> InferenceService::AbortRequest(
     const grpc::ByteBuffer& bytes) const {
   ENGRAM_ASSIGN_OR_RETURN(Engine engine, this->engine());
-  ENGRAM_ASSIGN_OR_RETURN(v1::AbortRequest request, Parse<v1::AbortRequest>(bytes));
+  ENGRAM_ASSIGN_OR_RETURN(v1::AbortRequest request, ParseMessage<v1::AbortRequest>(bytes));
   if (request.request_id().empty()) return absl::InvalidArgumentError("request_id is required");
   v1::AbortResponse response;
   response.set_found(engine.scheduler->Abort(request.request_id()));

@@ -9,11 +9,10 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "grpcpp/create_channel.h"
-#include "grpcpp/generic/generic_stub.h"
 #include "gtest/gtest.h"
 #include "model/local_generate.h"
 #include "model/tokenizer.h"
+#include "tests/common/raw_call.h"
 #include "tests/integration/worker_cluster.h"
 
 namespace engram {
@@ -21,6 +20,8 @@ namespace {
 
 using testing::HttpGet;
 using testing::MetricValue;
+using testing::RawCall;
+using testing::RawCallResult;
 using testing::WaitUntil;
 using testing::WorkerCluster;
 
@@ -200,48 +201,6 @@ TEST_F(WorkerE2eTest, TokenizeModelInfoAndHealth) {
   EXPECT_TRUE(*serving);
 }
 
-// Calls `method` at `address` with `request` as the serialized request message, whatever the
-// method's type; returns the final status and the first response message's bytes.
-grpc::Status RawCall(const std::string& address, const std::string& method,
-                     const std::string& request, std::string* response_bytes = nullptr) {
-  grpc::GenericStub stub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  grpc::CompletionQueue cq;
-  auto call = stub.PrepareCall(&context, method, &cq);
-  // Each operation is waited for before the next; `ok` is false when the server already ended.
-  auto wait = [&](intptr_t tag) {
-    void* got;
-    bool ok = false;
-    EXPECT_TRUE(cq.Next(&got, &ok));
-    EXPECT_EQ(reinterpret_cast<intptr_t>(got), tag);
-    return ok;
-  };
-  call->StartCall(reinterpret_cast<void*>(1));
-  wait(1);
-  grpc::Slice slice(request);
-  call->Write(grpc::ByteBuffer(&slice, 1), reinterpret_cast<void*>(2));
-  wait(2);
-  call->WritesDone(reinterpret_cast<void*>(3));
-  wait(3);
-  // Every response is read (Finish waits for that); the first one is kept.
-  for (bool first = true;; first = false) {
-    grpc::ByteBuffer response;
-    call->Read(&response, reinterpret_cast<void*>(4));
-    if (!wait(4)) break;
-    if (!first || response_bytes == nullptr) continue;
-    std::vector<grpc::Slice> slices;
-    EXPECT_TRUE(response.Dump(&slices).ok());
-    for (const auto& s : slices) {
-      response_bytes->append(reinterpret_cast<const char*>(s.begin()), s.size());
-    }
-  }
-  grpc::Status status;
-  call->Finish(&status, reinterpret_cast<void*>(5));
-  wait(5);
-  return status;
-}
-
 // Requests that do not parse (a string field that is not UTF-8, or bytes that are no protobuf at
 // all) are INVALID_ARGUMENT naming the message, on every method; gRPC's own handlers answer such
 // requests UNIMPLEMENTED with no message.
@@ -269,18 +228,19 @@ TEST_F(WorkerE2eTest, UnparsableRequestsAreInvalidArgument) {
   };
   for (const auto& c : cases) {
     grpc::Status s = RawCall(cluster_->worker_address(),
-                             absl::StrCat("/engram.v1.Inference/", c.method), c.request);
+                             absl::StrCat("/engram.v1.Inference/", c.method), {c.request})
+                         .status;
     EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
         << c.method << ": " << s.error_message();
     EXPECT_NE(s.error_message().find(c.message), std::string::npos) << s.error_message();
   }
   // Well-formed requests still work through the same path.
-  std::string bytes;
-  ASSERT_TRUE(RawCall(cluster_->worker_address(), "/engram.v1.Inference/Generate",
-                      generate.SerializeAsString(), &bytes)
-                  .ok());
+  RawCallResult ok = RawCall(cluster_->worker_address(), "/engram.v1.Inference/Generate",
+                             {generate.SerializeAsString()});
+  ASSERT_TRUE(ok.status.ok()) << ok.status.error_message();
+  ASSERT_FALSE(ok.responses.empty());
   v1::GenerateResponse first;
-  ASSERT_TRUE(first.ParseFromString(bytes));
+  ASSERT_TRUE(first.ParseFromString(ok.responses[0]));
   EXPECT_FALSE(first.request_id().empty());
 }
 
@@ -288,13 +248,13 @@ TEST_F(WorkerE2eTest, UnparsableRequestsAreInvalidArgument) {
 // with Debian's gRPC, so the request is encoded by hand: ServerReflectionRequest{list_services: ""}
 // is field 7, length 0.
 TEST_F(WorkerE2eTest, ReflectionListsTheServices) {
-  std::string bytes;
-  grpc::Status status = RawCall(cluster_->worker_address(),
-                                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-                                std::string("\x3a\x00", 2), &bytes);
-  EXPECT_TRUE(status.ok()) << status.error_message();
-  EXPECT_NE(bytes.find("engram.v1.Inference"), std::string::npos);
-  EXPECT_NE(bytes.find("grpc.health.v1.Health"), std::string::npos);
+  RawCallResult r = RawCall(cluster_->worker_address(),
+                            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                            {std::string("\x3a\x00", 2)});
+  EXPECT_TRUE(r.status.ok()) << r.status.error_message();
+  ASSERT_EQ(r.responses.size(), 1u);
+  EXPECT_NE(r.responses[0].find("engram.v1.Inference"), std::string::npos);
+  EXPECT_NE(r.responses[0].find("grpc.health.v1.Health"), std::string::npos);
 }
 
 TEST_F(WorkerE2eTest, AbortAndClientCancellation) {

@@ -22,6 +22,7 @@
 #include "memory_tier/table_set.h"
 #include "memory_tier/tier_client.h"
 #include "memory_tier/tier_server.h"
+#include "tests/common/raw_call.h"
 #include "tests/memory_tier/test_model.h"
 
 namespace engram {
@@ -311,6 +312,72 @@ TEST_F(TierServiceTest, BadInputGetsClearErrorsAndTheStreamGoesOn) {
   EXPECT_EQ((*stream)->Send({.batch_id = 3}).code(), absl::StatusCode::kFailedPrecondition)
       << "Send without on_result";
   EXPECT_TRUE((*stream)->Finish().ok());
+  EXPECT_TRUE(client_->CheckHealth().ok());
+}
+
+// Requests that are not the method's message (garbage, a model name that is not UTF-8) are
+// INVALID_ARGUMENT naming the message on every method, where gRPC's own handlers would answer a
+// bare UNIMPLEMENTED. On a Prefetch stream the batches before the bad message are answered, then
+// the stream ends with the error; the server serves on.
+TEST_F(TierServiceTest, UnparsableRequestsAreInvalidArgument) {
+  StartServer();
+  const std::string address = absl::StrCat("127.0.0.1:", server_->port());
+  const std::string garbage = "\xff\xff\xff\xff";
+  v1::TableInfoRequest table_info;
+  table_info.set_model("testmodel");
+  std::string bad_model = table_info.SerializeAsString();
+  bad_model.back() = '\xfe';
+  const struct {
+    const char* method;
+    std::string request;
+    const char* message;
+  } cases[] = {
+      {"Lookup", garbage, "engram.v1.LookupRequest"},
+      {"TableInfo", bad_model, "engram.v1.TableInfoRequest"},
+      {"Stats", garbage, "engram.v1.StatsRequest"},
+      {"Prefetch", garbage, "engram.v1.PrefetchRequest"},
+  };
+  for (const auto& c : cases) {
+    testing::RawCallResult r =
+        testing::RawCall(address, absl::StrCat("/engram.v1.MemoryTier/", c.method), {c.request});
+    EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+        << c.method << ": " << r.status.error_message();
+    EXPECT_NE(r.status.error_message().find(c.message), std::string::npos)
+        << r.status.error_message();
+    EXPECT_TRUE(r.responses.empty()) << c.method;
+  }
+
+  v1::PrefetchRequest batch;
+  batch.set_batch_id(7);
+  batch.mutable_table()->set_model("testmodel");
+  batch.mutable_table()->set_layer(1);
+  batch.add_row_ids(5);
+  batch.add_row_ids(2);
+  testing::RawCallResult stream = testing::RawCall(
+      address, "/engram.v1.MemoryTier/Prefetch", {batch.SerializeAsString(), garbage});
+  EXPECT_EQ(stream.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+      << stream.status.error_message();
+  ASSERT_EQ(stream.responses.size(), 1u);
+  v1::PrefetchResponse answered;
+  ASSERT_TRUE(answered.ParseFromString(stream.responses[0]));
+  EXPECT_EQ(answered.batch_id(), 7u);
+  EXPECT_EQ(answered.error_code(), 0) << answered.error_message();
+  ExpectRows(1, {5, 2}, answered.rows());
+
+  // Well-formed raw requests take the same path; the typed client is unaffected.
+  v1::LookupRequest lookup;
+  lookup.mutable_table()->set_model("testmodel");
+  lookup.mutable_table()->set_layer(3);
+  lookup.add_row_ids(4);
+  testing::RawCallResult ok =
+      testing::RawCall(address, "/engram.v1.MemoryTier/Lookup", {lookup.SerializeAsString()});
+  ASSERT_TRUE(ok.status.ok()) << ok.status.error_message();
+  ASSERT_EQ(ok.responses.size(), 1u);
+  v1::LookupResponse rows;
+  ASSERT_TRUE(rows.ParseFromString(ok.responses[0]));
+  ExpectRows(3, {4}, rows.rows());
+  auto typed = client_->Lookup({"testmodel", 1, 0}, std::vector<uint64_t>{3});
+  ASSERT_TRUE(typed.ok()) << typed.status();
   EXPECT_TRUE(client_->CheckHealth().ok());
 }
 
