@@ -107,16 +107,20 @@ bool SafeFileName(absl::string_view s) {
 
 }  // namespace
 
-std::string TableDir(const std::string& store_dir, absl::string_view model, uint32_t layer) {
+std::string SanitizedModelName(absl::string_view model) {
   std::string name;
-  if (SafeFileName(model)) {
-    name = std::string(model);
-  } else {
-    for (char c : model.substr(0, 64)) {
-      name.push_back(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' ? c : '_');
-    }
-    name += absl::StrFormat("-%08x", Crc32c(0, model.data(), model.size()));
+  for (char c : model.substr(0, 64)) {
+    name.push_back(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' ? c : '_');
   }
+  return name;
+}
+
+std::string TableDir(const std::string& store_dir, absl::string_view model, uint32_t layer) {
+  const std::string name =
+      SafeFileName(model)
+          ? std::string(model)
+          : absl::StrFormat("%s-%08x", SanitizedModelName(model),
+                            Crc32c(0, model.data(), model.size()));
   return absl::StrCat(store_dir, "/tables/", name, "/layer-", layer);
 }
 

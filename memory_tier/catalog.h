@@ -106,6 +106,10 @@ class Catalog {
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;  // default, stats
 };
 
+// At most the first 64 characters of `model`, with every character other than a letter, digit,
+// '.' or '-' replaced by '_': a model name safe inside file and shared-memory names.
+std::string SanitizedModelName(absl::string_view model);
+
 // STORE/tables/<model dir>/layer-<L>: where a table's row files and manifests live. The model
 // name is kept when it is a safe file name, otherwise sanitised and suffixed with its CRC-32C.
 std::string TableDir(const std::string& store_dir, absl::string_view model, uint32_t layer);

@@ -147,8 +147,6 @@ class UringReader : public IoReader {
   }
 
   IoBackend backend() const override { return IoBackend::kUring; }
-  bool registered_buffers() const override { return fixed_buffers_; }
-  bool registered_file() const override { return fixed_file_; }
 
   absl::Status ReadRuns(absl::Span<const ReadRun> runs,
                         const std::function<void(size_t, const uint8_t*)>& on_done) override {

@@ -84,9 +84,6 @@ class IoReader {
   // reader may hold reads it could not drain (a failed ring): destroy it rather than reuse it.
   virtual absl::Status ReadRuns(absl::Span<const ReadRun> runs,
                                 const std::function<void(size_t, const uint8_t*)>& on_done) = 0;
-  // Whether the io_uring backend got its buffers / file registered.
-  virtual bool registered_buffers() const { return false; }
-  virtual bool registered_file() const { return false; }
 };
 
 }  // namespace engram

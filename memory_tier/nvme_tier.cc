@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
@@ -38,7 +39,6 @@ absl::StatusOr<std::unique_ptr<NvmeTier>> NvmeTier::Open(const Manifest& manifes
   // One reader now: I/O set-up errors surface at open, and the backend is known.
   ENGRAM_ASSIGN_OR_RETURN(auto reader, tier->Acquire());
   tier->backend_ = reader->backend();
-  tier->registered_buffers_ = reader->registered_buffers();
   tier->Release(std::move(reader));
   return tier;
 }
@@ -78,17 +78,17 @@ absl::Status NvmeTier::Lookup(absl::Span<const uint64_t> row_ids, uint8_t* out,
   const RowLayout& l = layout_;
   ENGRAM_RETURN_IF_ERROR(CheckRowIds(row_ids, l.rows));
   if (row_ids.empty()) return absl::OkStatus();
-  // Positions sorted by page: each distinct page is read once, adjacent pages in one run.
-  std::vector<uint32_t> order(row_ids.size());
-  for (uint32_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::sort(order.begin(), order.end(),
-            [&](uint32_t a, uint32_t b) { return l.PageOf(row_ids[a]) < l.PageOf(row_ids[b]); });
+  // (page, position) of every row, sorted: each distinct page is read once, adjacent pages in
+  // one run.
+  std::vector<std::pair<uint64_t, uint32_t>> order(row_ids.size());
+  for (uint32_t i = 0; i < order.size(); ++i) order[i] = {l.PageOf(row_ids[i]), i};
+  std::sort(order.begin(), order.end());
   const uint64_t max_pages = options_.io.max_read_bytes / l.page_bytes;
   std::vector<ReadRun> runs;
   std::vector<uint64_t> run_first_page;
   std::vector<size_t> run_begin;  // index into `order` of the run's first row
   for (size_t k = 0; k < order.size(); ++k) {
-    const uint64_t page = l.PageOf(row_ids[order[k]]);
+    const uint64_t page = order[k].first;
     if (!runs.empty()) {
       const uint64_t last = run_first_page.back() + runs.back().length / l.page_bytes - 1;
       if (page == last) continue;  // same page: already being read
@@ -105,9 +105,9 @@ absl::Status NvmeTier::Lookup(absl::Span<const uint64_t> row_ids, uint8_t* out,
   ENGRAM_ASSIGN_OR_RETURN(std::unique_ptr<IoReader> reader, Acquire());
   absl::Status s = reader->ReadRuns(runs, [&](size_t run, const uint8_t* data) {
     for (size_t k = run_begin[run]; k < run_begin[run + 1]; ++k) {
-      const uint32_t pos = order[k];
+      const auto [page, pos] = order[k];
       const uint64_t row = row_ids[pos];
-      const uint64_t in_run = (l.PageOf(row) - run_first_page[run]) * l.page_bytes;
+      const uint64_t in_run = (page - run_first_page[run]) * l.page_bytes;
       std::memcpy(out + static_cast<size_t>(pos) * l.row_bytes, data + in_run + l.InPageOffset(row),
                   l.row_bytes);
     }

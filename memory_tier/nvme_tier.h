@@ -47,7 +47,6 @@ class NvmeTier : public Tier {
   // The backend actually in use (pread after a fallback).
   IoBackend backend() const { return backend_; }
   bool direct_io() const { return direct_; }
-  bool registered_buffers() const { return registered_buffers_; }
   const IoCounters& counters() const { return counters_; }
 
  private:
@@ -63,7 +62,6 @@ class NvmeTier : public Tier {
   ScopedFd fd_;
   bool direct_ = false;
   IoBackend backend_ = IoBackend::kPread;
-  bool registered_buffers_ = false;
   IoCounters counters_;
   absl::Mutex mu_;
   std::vector<std::unique_ptr<IoReader>> idle_ ABSL_GUARDED_BY(mu_);

@@ -90,12 +90,9 @@ std::string ArenaShmName(const std::string& prefix, const std::string& store_dir
                          const std::string& model, uint32_t layer, uint64_t version) {
   std::error_code ec;
   const std::string canonical = std::filesystem::weakly_canonical(store_dir, ec).string();
-  std::string safe;
-  for (char c : model.substr(0, 64)) {
-    safe.push_back(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' ? c : '_');
-  }
   return absl::StrFormat("/%s-%08x-%s-L%u-v%u", prefix,
-                         Crc32c(0, canonical.data(), canonical.size()), safe, layer, version);
+                         Crc32c(0, canonical.data(), canonical.size()), SanitizedModelName(model),
+                         layer, version);
 }
 
 absl::StatusOr<std::unique_ptr<TableSet>> TableSet::Load(Catalog& catalog, const TierConfig& config,

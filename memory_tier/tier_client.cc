@@ -9,7 +9,7 @@
 #include "common/log.h"
 #include "common/status.h"
 #include "engram/v1/memory_tier.grpc.pb.h"
-#include "grpcpp/generic/generic_stub.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 
 namespace engram {
@@ -388,28 +388,16 @@ class TierClientImpl final : public TierClient {
   }
 
   absl::Status CheckHealth() override {
-    // grpc.health.v1.Health/Check through the generic stub: request {service = 1}, response
-    // {status = 1}, SERVING = 1. Hand-encoded: gRPC ships no public health client stub.
-    const std::string service = "engram.v1.MemoryTier";
-    std::string bytes;
-    bytes.push_back(0x0a);
-    bytes.push_back(static_cast<char>(service.size()));
-    bytes += service;
-    grpc::Slice slice(bytes);
-    grpc::ByteBuffer request(&slice, 1), response;
     grpc::ClientContext ctx;
     SetDeadline(&ctx);
-    grpc::GenericStub generic(channel_);
-    std::promise<grpc::Status> done;
-    generic.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request,
-                      &response, [&done](grpc::Status s) { done.set_value(s); });
-    ENGRAM_RETURN_IF_ERROR(FromGrpcStatus(done.get_future().get()));
-    std::vector<grpc::Slice> slices;
-    std::string body;
-    if (response.Dump(&slices).ok()) {
-      for (const auto& s : slices) body.append(reinterpret_cast<const char*>(s.begin()), s.size());
+    grpc::health::v1::HealthCheckRequest request;
+    request.set_service("engram.v1.MemoryTier");
+    grpc::health::v1::HealthCheckResponse response;
+    ENGRAM_RETURN_IF_ERROR(FromGrpcStatus(
+        grpc::health::v1::Health::NewStub(channel_)->Check(&ctx, request, &response)));
+    if (response.status() == grpc::health::v1::HealthCheckResponse::SERVING) {
+      return absl::OkStatus();
     }
-    if (body.size() == 2 && body[0] == 0x08 && body[1] == 0x01) return absl::OkStatus();
     return absl::UnavailableError(absl::StrCat("the memory tier at ", options_.address,
                                                " is not serving (loading or draining)"));
   }

@@ -41,7 +41,6 @@ class TierServer {
 
   int port() const { return port_; }
   int metrics_port() const;
-  Lifecycle& lifecycle() { return lifecycle_; }
   TableSet* tables() const { return tables_.get(); }
 
   // Drains and stops: NOT_SERVING, new work refused, open streams end after their batches,

@@ -7,6 +7,22 @@
 #include "common/status.h"
 
 namespace engram {
+namespace {
+
+// Calls fn(j) for every position j < n that is not in `missing` (sorted), i.e. every row a tier
+// served.
+template <typename Fn>
+void ForEachServed(size_t n, const std::vector<uint32_t>& missing, Fn fn) {
+  for (size_t j = 0, m = 0; j < n; ++j) {
+    if (m < missing.size() && missing[m] == j) {
+      ++m;
+      continue;
+    }
+    fn(j);
+  }
+}
+
+}  // namespace
 
 TieredStore::TieredStore(std::vector<Tier*> tiers, DramTier* cache, uint64_t rows,
                          const Options& options, StoreObserver* observer)
@@ -56,14 +72,16 @@ absl::Status TieredStore::Lookup(absl::Span<const uint64_t> row_ids, uint8_t* ou
       for (uint32_t p : pending) ids.push_back(row_ids[p]);
       scratch.resize(ids.size() * row_bytes_);
       ENGRAM_RETURN_IF_ERROR(tiers_[k]->Lookup(ids, scratch.data(), &missing));
-      for (size_t j = 0, m = 0; j < ids.size(); ++j) {
-        if (m < missing.size() && missing[m] == j) {
-          ++m;
-          continue;
+      // Rows served below the cache are promotion candidates.
+      const bool promote = cache_ != nullptr && options_.promote && k > cache_index_;
+      ForEachServed(ids.size(), missing, [&](size_t j) {
+        const uint8_t* row = &scratch[j * row_bytes_];
+        std::memcpy(out + static_cast<size_t>(pending[j]) * row_bytes_, row, row_bytes_);
+        if (promote) {
+          record.candidates.push_back(ids[j]);
+          record.candidate_data.insert(record.candidate_data.end(), row, row + row_bytes_);
         }
-        std::memcpy(out + static_cast<size_t>(pending[j]) * row_bytes_, &scratch[j * row_bytes_],
-                    row_bytes_);
-      }
+      });
     }
     const uint64_t hit = pending.size() - missing.size();
     (*served)[k] = hit;
@@ -76,18 +94,6 @@ absl::Status TieredStore::Lookup(absl::Span<const uint64_t> row_ids, uint8_t* ou
       observer_->OnTierLookup(
           k, pending.size(), hit, hit * row_bytes_,
           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-    }
-    // Rows served below the cache are promotion candidates.
-    if (cache_ != nullptr && options_.promote && k > cache_index_) {
-      for (size_t j = 0, m = 0; j < pending.size(); ++j) {
-        if (m < missing.size() && missing[m] == j) {
-          ++m;
-          continue;
-        }
-        record.candidates.push_back(row_ids[pending[j]]);
-        const uint8_t* row = out + static_cast<size_t>(pending[j]) * row_bytes_;
-        record.candidate_data.insert(record.candidate_data.end(), row, row + row_bytes_);
-      }
     }
     // Keep only the missed positions.
     for (size_t m = 0; m < missing.size(); ++m) pending[m] = pending[missing[m]];
@@ -197,13 +203,7 @@ absl::Status TieredStore::WarmUp(absl::Span<const RowCount> hottest) {
     missing.clear();
     ENGRAM_RETURN_IF_ERROR(below->Lookup(batch, buf.data(), &missing));
     absl::MutexLock lock(&stats_mu_);
-    for (size_t j = 0, m = 0; j < batch.size(); ++j) {
-      if (m < missing.size() && missing[m] == j) {
-        ++m;
-        continue;
-      }
-      Offer(batch[j], &buf[j * row_bytes_]);
-    }
+    ForEachServed(batch.size(), missing, [&](size_t j) { Offer(batch[j], &buf[j * row_bytes_]); });
   }
   return absl::OkStatus();
 }
