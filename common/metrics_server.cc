@@ -13,10 +13,23 @@ std::string RenderMetrics(prometheus::Registry& registry) {
 }
 
 const std::vector<double>& LatencyBucketsSeconds() {
-  static const std::vector<double> buckets = {
-      1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2,
-      2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0};
+  static const std::vector<double> buckets = {1e-5,   2.5e-5, 5e-5, 1e-4,   2.5e-4, 5e-4, 1e-3,
+                                              2.5e-3, 5e-3,   1e-2, 2.5e-2, 5e-2,   0.1,  0.25,
+                                              0.5,    1.0,    2.5,  5.0,    10.0};
   return buckets;
+}
+
+prometheus::Gauge& AddGauge(prometheus::Registry& r, const char* name, const char* help) {
+  return prometheus::BuildGauge().Name(name).Help(help).Register(r).Add({});
+}
+
+prometheus::Counter& AddCounter(prometheus::Registry& r, const char* name, const char* help) {
+  return prometheus::BuildCounter().Name(name).Help(help).Register(r).Add({});
+}
+
+prometheus::Histogram& AddLatency(prometheus::Registry& r, const char* name, const char* help) {
+  return prometheus::BuildHistogram().Name(name).Help(help).Register(r).Add(
+      {}, LatencyBucketsSeconds());
 }
 
 MetricsServer::MetricsServer(std::shared_ptr<prometheus::Registry> registry)
@@ -42,8 +55,8 @@ absl::Status MetricsServer::Start(const std::string& host, int port) {
     if (port_ < 0) return absl::UnavailableError(absl::StrCat("cannot bind metrics on ", host));
   } else {
     if (!server_->bind_to_port(host, port)) {
-      return absl::UnavailableError(absl::StrCat("cannot bind metrics on ", host, ":", port,
-                                                 " (port in use?)"));
+      return absl::UnavailableError(
+          absl::StrCat("cannot bind metrics on ", host, ":", port, " (port in use?)"));
     }
     port_ = port;
   }

@@ -13,6 +13,9 @@
 #include <thread>
 
 #include "absl/status/status.h"
+#include "prometheus/counter.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
 #include "prometheus/registry.h"
 
 namespace httplib {
@@ -49,6 +52,11 @@ std::string RenderMetrics(prometheus::Registry& registry);
 
 // Histogram buckets for latencies in seconds, 10 us .. 10 s, roughly x2.5 per step.
 const std::vector<double>& LatencyBucketsSeconds();
+
+// An unlabelled metric registered in `r`; the histogram uses LatencyBucketsSeconds().
+prometheus::Gauge& AddGauge(prometheus::Registry& r, const char* name, const char* help);
+prometheus::Counter& AddCounter(prometheus::Registry& r, const char* name, const char* help);
+prometheus::Histogram& AddLatency(prometheus::Registry& r, const char* name, const char* help);
 
 }  // namespace engram
 

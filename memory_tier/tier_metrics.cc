@@ -49,26 +49,13 @@ TierMetrics::TierMetrics(std::shared_ptr<prometheus::Registry> registry)
     tiers_[k] = TierChildren{&rows.Add(labels), &bytes.Add(labels), &lookups.Add(labels),
                              &misses.Add(labels), &latency.Add(labels, LatencyBucketsSeconds())};
   }
-  nvme_queue_depth = &BuildGauge()
-                          .Name("engram_nvme_queue_depth")
-                          .Help("NVMe reads in flight")
-                          .Register(r)
-                          .Add({});
-  nvme_reads = &BuildCounter()
-                    .Name("engram_nvme_reads_total")
-                    .Help("NVMe reads submitted, resubmissions included")
-                    .Register(r)
-                    .Add({});
-  nvme_short_reads = &BuildCounter()
-                          .Name("engram_nvme_short_reads_total")
-                          .Help("NVMe reads resubmitted after a short read")
-                          .Register(r)
-                          .Add({});
-  nvme_retries = &BuildCounter()
-                      .Name("engram_nvme_retries_total")
-                      .Help("NVMe reads resubmitted after EAGAIN/EINTR")
-                      .Register(r)
-                      .Add({});
+  nvme_queue_depth = &AddGauge(r, "engram_nvme_queue_depth", "NVMe reads in flight");
+  nvme_reads =
+      &AddCounter(r, "engram_nvme_reads_total", "NVMe reads submitted, resubmissions included");
+  nvme_short_reads =
+      &AddCounter(r, "engram_nvme_short_reads_total", "NVMe reads resubmitted after a short read");
+  nvme_retries =
+      &AddCounter(r, "engram_nvme_retries_total", "NVMe reads resubmitted after EAGAIN/EINTR");
   occupancy_family_ = &BuildGauge()
                            .Name("engram_arena_occupancy_ratio")
                            .Help("Rows held in the table's DRAM arena / rows it can hold")
@@ -84,36 +71,17 @@ TierMetrics::TierMetrics(std::shared_ptr<prometheus::Registry> registry)
   promotions_admitted = &promo.Add({{"result", "admitted"}});
   promotions_rejected = &promo.Add({{"result", "rejected"}});
   promotions_dropped = &promo.Add({{"result", "dropped"}});
-  prefetch_batches = &BuildCounter()
-                          .Name("engram_prefetch_batches_total")
-                          .Help("Prefetch batches answered")
-                          .Register(r)
-                          .Add({});
-  prefetch_batch_errors = &BuildCounter()
-                               .Name("engram_prefetch_batch_errors_total")
-                               .Help("Prefetch batches answered with an error")
-                               .Register(r)
-                               .Add({});
-  prefetch_batch_latency = &BuildHistogram()
-                                .Name("engram_prefetch_batch_latency_seconds")
-                                .Help("Prefetch batch: receipt to response")
-                                .Register(r)
-                                .Add({}, LatencyBucketsSeconds());
-  prefetch_queue = &BuildHistogram()
-                        .Name("engram_prefetch_queue_seconds")
-                        .Help("Time a batch waited for a lookup thread")
-                        .Register(r)
-                        .Add({}, LatencyBucketsSeconds());
-  prefetch_unsent_bytes = &BuildGauge()
-                               .Name("engram_prefetch_unsent_bytes")
-                               .Help("Prefetch responses not yet taken by their clients, bytes")
-                               .Register(r)
-                               .Add({});
-  prefetch_paused_streams = &BuildGauge()
-                                 .Name("engram_prefetch_paused_streams")
-                                 .Help("Prefetch streams not read because their client lags")
-                                 .Register(r)
-                                 .Add({});
+  prefetch_batches = &AddCounter(r, "engram_prefetch_batches_total", "Prefetch batches answered");
+  prefetch_batch_errors = &AddCounter(r, "engram_prefetch_batch_errors_total",
+                                      "Prefetch batches answered with an error");
+  prefetch_batch_latency = &AddLatency(r, "engram_prefetch_batch_latency_seconds",
+                                       "Prefetch batch: receipt to response");
+  prefetch_queue =
+      &AddLatency(r, "engram_prefetch_queue_seconds", "Time a batch waited for a lookup thread");
+  prefetch_unsent_bytes = &AddGauge(r, "engram_prefetch_unsent_bytes",
+                                    "Prefetch responses not yet taken by their clients, bytes");
+  prefetch_paused_streams = &AddGauge(r, "engram_prefetch_paused_streams",
+                                      "Prefetch streams not read because their client lags");
   batch_rows = &BuildHistogram()
                     .Name("engram_lookup_batch_rows")
                     .Help("Rows per Lookup or Prefetch batch")
@@ -134,16 +102,10 @@ TierMetrics::TierMetrics(std::shared_ptr<prometheus::Registry> registry)
   auto& tables = BuildGauge().Name("engram_memory_tables").Help("Tables by state").Register(r);
   tables_serving = &tables.Add({{"state", "serving"}});
   tables_refused = &tables.Add({{"state", "refused"}});
-  state = &BuildGauge()
-               .Name("engram_memory_state")
-               .Help("Lifecycle: 0 loading, 1 ready, 2 draining, 3 stopped")
-               .Register(r)
-               .Add({});
-  stats_flushes = &BuildCounter()
-                       .Name("engram_stats_flushes_total")
-                       .Help("Access statistics persisted to the catalog")
-                       .Register(r)
-                       .Add({});
+  state =
+      &AddGauge(r, "engram_memory_state", "Lifecycle: 0 loading, 1 ready, 2 draining, 3 stopped");
+  stats_flushes =
+      &AddCounter(r, "engram_stats_flushes_total", "Access statistics persisted to the catalog");
 }
 
 TierMetrics::TableChildren TierMetrics::AddTable(const std::string& table_label) {

@@ -12,18 +12,6 @@ using prometheus::BuildCounter;
 using prometheus::BuildGauge;
 using prometheus::BuildHistogram;
 
-prometheus::Gauge& Gauge(prometheus::Registry& r, const char* name, const char* help) {
-  return BuildGauge().Name(name).Help(help).Register(r).Add({});
-}
-
-prometheus::Counter& Counter(prometheus::Registry& r, const char* name, const char* help) {
-  return BuildCounter().Name(name).Help(help).Register(r).Add({});
-}
-
-prometheus::Histogram& Latency(prometheus::Registry& r, const char* name, const char* help) {
-  return BuildHistogram().Name(name).Help(help).Register(r).Add({}, LatencyBucketsSeconds());
-}
-
 const std::vector<double>& TokenBuckets() {
   static const std::vector<double> buckets = {1,   2,   4,   8,    16,   32,  64,
                                               128, 256, 512, 1024, 2048, 4096};
@@ -46,37 +34,39 @@ const char* RowTierName(RowTier tier) {
 
 WorkerMetrics::WorkerMetrics(std::shared_ptr<prometheus::Registry> registry,
                              const std::vector<int>& engram_layer_ids)
-    : queue_length(Gauge(*registry, "engram_worker_queue_length",
-                         "Requests waiting for a slot in the running batch.")),
+    : queue_length(AddGauge(*registry, "engram_worker_queue_length",
+                            "Requests waiting for a slot in the running batch.")),
       running_requests(
-          Gauge(*registry, "engram_worker_running_requests", "Sequences in the running batch.")),
-      time_to_first_token(Latency(*registry, "engram_worker_time_to_first_token_seconds",
-                                  "Time from receiving a request to streaming its first token.")),
-      inter_token_latency(Latency(*registry, "engram_worker_inter_token_latency_seconds",
-                                  "Time between consecutive generated tokens of a request.")),
-      e2e_request_latency(Latency(*registry, "engram_worker_e2e_request_latency_seconds",
-                                  "Time from receiving a request to its last message.")),
-      request_queue_time(Latency(*registry, "engram_worker_request_queue_time_seconds",
-                                 "Time a request waited before joining the running batch.")),
-      prompt_tokens(Counter(*registry, "engram_worker_prompt_tokens_total",
-                            "Prompt tokens of admitted requests.")),
+          AddGauge(*registry, "engram_worker_running_requests", "Sequences in the running batch.")),
+      time_to_first_token(
+          AddLatency(*registry, "engram_worker_time_to_first_token_seconds",
+                     "Time from receiving a request to streaming its first token.")),
+      inter_token_latency(AddLatency(*registry, "engram_worker_inter_token_latency_seconds",
+                                     "Time between consecutive generated tokens of a request.")),
+      e2e_request_latency(AddLatency(*registry, "engram_worker_e2e_request_latency_seconds",
+                                     "Time from receiving a request to its last message.")),
+      request_queue_time(AddLatency(*registry, "engram_worker_request_queue_time_seconds",
+                                    "Time a request waited before joining the running batch.")),
+      prompt_tokens(AddCounter(*registry, "engram_worker_prompt_tokens_total",
+                               "Prompt tokens of admitted requests.")),
       generation_tokens(
-          Counter(*registry, "engram_worker_generation_tokens_total", "Tokens generated.")),
-      step_duration(Latency(*registry, "engram_worker_step_duration_seconds",
-                            "Duration of one batched forward step (prefill chunks + decode).")),
+          AddCounter(*registry, "engram_worker_generation_tokens_total", "Tokens generated.")),
+      step_duration(AddLatency(*registry, "engram_worker_step_duration_seconds",
+                               "Duration of one batched forward step (prefill chunks + decode).")),
       step_tokens(BuildHistogram()
                       .Name("engram_worker_step_tokens")
                       .Help("Tokens processed by one batched forward step.")
                       .Register(*registry)
                       .Add({}, TokenBuckets())),
-      memory_tier_up(Gauge(*registry, "engram_worker_memory_tier_up",
-                           "1 while the memory tier is connected and serves this model's tables.")),
-      memory_tier_reconnects(Counter(*registry, "engram_worker_memory_tier_reconnects_total",
-                                     "Reconnections to the memory tier after it went away.")),
-      prefetch_batches(Counter(*registry, "engram_worker_prefetch_batches_total",
-                               "Row-id batches sent on the memory tier's Prefetch stream.")),
-      prefetch_round_trip(Latency(*registry, "engram_worker_prefetch_round_trip_seconds",
-                                  "Time from sending a Prefetch batch to receiving its rows.")),
+      memory_tier_up(
+          AddGauge(*registry, "engram_worker_memory_tier_up",
+                   "1 while the memory tier is connected and serves this model's tables.")),
+      memory_tier_reconnects(AddCounter(*registry, "engram_worker_memory_tier_reconnects_total",
+                                        "Reconnections to the memory tier after it went away.")),
+      prefetch_batches(AddCounter(*registry, "engram_worker_prefetch_batches_total",
+                                  "Row-id batches sent on the memory tier's Prefetch stream.")),
+      prefetch_round_trip(AddLatency(*registry, "engram_worker_prefetch_round_trip_seconds",
+                                     "Time from sending a Prefetch batch to receiving its rows.")),
       registry_(std::move(registry)) {
   auto& requests = BuildCounter()
                        .Name("engram_worker_requests_total")
