@@ -249,11 +249,6 @@ absl::Status NgramState::Push(int64_t compressed_id) {
   return absl::OkStatus();
 }
 
-void NgramState::HashIds(const EngramHashConstants& constants, int layer_index,
-                         int64_t* out) const {
-  HashWindow(constants, layer_index, window_.data(), /*add_offsets=*/false, out);
-}
-
 void NgramState::RowIds(const EngramHashConstants& constants, int layer_index, int64_t* out) const {
   HashWindow(constants, layer_index, window_.data(), /*add_offsets=*/true, out);
 }

@@ -106,9 +106,8 @@ class NgramState {
 
   // Advances one position. INVALID_ARGUMENT (state unchanged) for an id outside [0, V').
   absl::Status Push(int64_t compressed_id);
-  // Hash / row ids of the current position for `layer_index` into out[0 .. columns()).
+  // Row ids of the current position for `layer_index` into out[0 .. columns()).
   // `constants` must be the ones the state was created with and layer_index in range.
-  void HashIds(const EngramHashConstants& constants, int layer_index, int64_t* out) const;
   void RowIds(const EngramHashConstants& constants, int layer_index, int64_t* out) const;
   // The last N-1 ids, oldest first: the `context` for a prefill chunk that follows.
   absl::Span<const int64_t> Context() const;

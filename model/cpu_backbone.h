@@ -45,8 +45,6 @@ class SequenceState {
   int position() const { return position_; }
   // Most tokens the sequence can ever hold (prompt + generated).
   int max_tokens() const { return max_tokens_; }
-  int remaining() const { return max_tokens_ - position_; }
-  const KvCache& kv_cache() const { return kv_; }
 
  private:
   friend class CpuBackbone;

@@ -94,8 +94,6 @@ class EngramModule {
   // Validates the weights.
   static absl::StatusOr<EngramModule> Create(EngramModuleWeights weights);
 
-  int hidden_size() const { return w_.hidden_size; }
-  int hc_mult() const { return w_.hc_mult; }
   int d_mem() const { return w_.d_mem; }
   bool has_conv() const { return w_.kernel_size > 0; }
   const EngramModuleWeights& weights() const { return w_; }

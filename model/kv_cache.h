@@ -19,10 +19,8 @@ class KvCache {
   // `max_tokens` bounds the positions the cache can ever hold.
   KvCache(int num_layers, int num_kv_heads, int head_dim, int max_tokens);
 
-  int num_layers() const { return num_layers_; }
   // Nkv * D: floats per position per layer, for keys (and the same for values).
   int width() const { return width_; }
-  int max_tokens() const { return max_tokens_; }
   // Positions for which storage is allocated now (<= max_tokens).
   int capacity() const { return capacity_; }
 

@@ -42,8 +42,6 @@ class Sampler {
   // The next token from `logits` (one value per vocabulary id; must not be empty).
   uint32_t Sample(absl::Span<const float> logits);
 
-  const SamplingParams& params() const { return params_; }
-
  private:
   // Uniform in [0, 1) with 53 random bits.
   double NextUniform();

@@ -51,7 +51,6 @@ class OnigRegex {
   // All matches in `subject` (valid UTF-8) in onig::FindMatches order. Thread-safe.
   absl::StatusOr<std::vector<MatchRange>> FindAll(absl::string_view subject) const;
 
-  const std::string& pcre2_pattern() const { return pcre2_pattern_; }
   const std::vector<std::string>& warnings() const { return warnings_; }
 
  private:

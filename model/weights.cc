@@ -7,13 +7,6 @@
 
 namespace engram {
 
-int64_t Weight::num_elements() const {
-  if (data == nullptr) return 0;
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  return n;
-}
-
 absl::StatusOr<Weight> LoadWeight(const SafetensorsDir& tensors, const std::string& name,
                                   const std::vector<int64_t>& shape) {
   ENGRAM_ASSIGN_OR_RETURN(const TensorView* view, tensors.Get(name));

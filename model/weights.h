@@ -36,8 +36,6 @@ struct Weight {
   std::shared_ptr<const std::vector<float>> owned;  // set when converted
 
   bool empty() const { return data == nullptr; }
-  int64_t rows() const { return shape.empty() ? 0 : shape[0]; }
-  int64_t num_elements() const;
 };
 
 struct LayerWeights {

@@ -35,11 +35,6 @@ bool RowFetch::WaitUntil(absl::Time until, absl::Time* ready_at) {
   return true;
 }
 
-bool RowFetch::done() const {
-  absl::MutexLock lock(&mu_);
-  return done_;
-}
-
 absl::Status RowFetch::status() const {
   absl::MutexLock lock(&mu_);
   return status_;
@@ -239,7 +234,6 @@ void LocalRowBackend::Fetch(const std::shared_ptr<RowFetch>& fetch, uint64_t, ui
       fetch->Complete(absl::UnavailableError("local row backend is unavailable"));
       return;
     }
-    ++fetches_;
     if (hold_) {
       held_.push_back(fetch);
       return;
@@ -272,11 +266,6 @@ void LocalRowBackend::SetAvailable(bool available) {
   }
   for (const auto& f : fail)
     f->Complete(absl::UnavailableError("local row backend is unavailable"));
-}
-
-int64_t LocalRowBackend::fetches() const {
-  absl::MutexLock lock(&mu_);
-  return fetches_;
 }
 
 }  // namespace engram

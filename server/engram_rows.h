@@ -59,7 +59,6 @@ class RowFetch {
   // Blocks until the fetch is complete or `until` passes. Returns true when complete, with
   // *ready_at = when it completed.
   bool WaitUntil(absl::Time until, absl::Time* ready_at);
-  bool done() const;
   // The completion status (valid once done).
   absl::Status status() const;
   // Decoded rows, row_ids().size() * head_dim floats (valid once done with OK).
@@ -150,7 +149,6 @@ class StepRows : public EngramRowSource {
     bool stalled = false;
     absl::Duration stall = absl::ZeroDuration();
   };
-  const std::vector<LayerTiming>& timings() const { return timings_; }
   // Adds this step's timings to the prefetch metrics.
   void Record(WorkerMetrics& metrics) const;
 
@@ -183,8 +181,6 @@ class LocalRowBackend : public RowBackend {
   void SetHold(bool hold);
   // While unavailable, Ready() is UNAVAILABLE and fetches fail with UNAVAILABLE.
   void SetAvailable(bool available);
-  // Fetches completed so far.
-  int64_t fetches() const;
 
  private:
   explicit LocalRowBackend(const Model& model);
@@ -194,7 +190,6 @@ class LocalRowBackend : public RowBackend {
   mutable absl::Mutex mu_;
   bool hold_ ABSL_GUARDED_BY(mu_) = false;
   bool available_ ABSL_GUARDED_BY(mu_) = true;
-  int64_t fetches_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<std::shared_ptr<RowFetch>> held_ ABSL_GUARDED_BY(mu_);
 };
 

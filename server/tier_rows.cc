@@ -103,21 +103,6 @@ void TierRowBackend::Start() {
   thread_ = std::thread([this] { ConnectLoop(); });
 }
 
-bool TierRowBackend::WaitConnected(absl::Time deadline) const {
-  absl::MutexLock lock(&mu_);
-  auto connected = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return connection_ != nullptr; };
-  return mu_.AwaitWithDeadline(absl::Condition(&connected), deadline);
-}
-
-bool TierRowBackend::shared_memory_active() const {
-  absl::MutexLock lock(&mu_);
-  if (!connection_) return false;
-  for (const auto& a : connection_->arenas) {
-    if (!a) return false;
-  }
-  return true;
-}
-
 absl::Status TierRowBackend::Ready() const {
   absl::MutexLock lock(&mu_);
   return connection_ ? absl::OkStatus() : unavailable_reason_;

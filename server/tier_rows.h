@@ -63,10 +63,6 @@ class TierRowBackend : public RowBackend {
   void SetListener(std::function<void(bool connected)> listener);
   // Starts connecting in the background (returns at once).
   void Start();
-  // Blocks until connected or `deadline`; true when connected.
-  bool WaitConnected(absl::Time deadline) const;
-  // True when rows are read through shared memory for every Engram layer (co-located tier).
-  bool shared_memory_active() const;
 
   void Fetch(const std::shared_ptr<RowFetch>& fetch, uint64_t sequence_id, uint64_t step) override;
   absl::Status Ready() const override;
