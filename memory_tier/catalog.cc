@@ -116,11 +116,10 @@ std::string SanitizedModelName(absl::string_view model) {
 }
 
 std::string TableDir(const std::string& store_dir, absl::string_view model, uint32_t layer) {
-  const std::string name =
-      SafeFileName(model)
-          ? std::string(model)
-          : absl::StrFormat("%s-%08x", SanitizedModelName(model),
-                            Crc32c(0, model.data(), model.size()));
+  const std::string name = SafeFileName(model)
+                               ? std::string(model)
+                               : absl::StrFormat("%s-%08x", SanitizedModelName(model),
+                                                 Crc32c(0, model.data(), model.size()));
   return absl::StrCat(store_dir, "/tables/", name, "/layer-", layer);
 }
 
