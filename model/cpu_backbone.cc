@@ -21,18 +21,20 @@ SequenceState::~SequenceState() = default;
 
 // Activations of one step, reused across steps so a decode step allocates nothing once warm.
 struct CpuBackbone::Scratch {
-  std::vector<float> h;       // (T, H) residual stream
-  std::vector<float> xn;      // (T, H) normalised input of a sub-block
-  std::vector<float> q;       // (T, Nq*D)
-  std::vector<float> k;       // (T, Nkv*D)
-  std::vector<float> v;       // (T, Nkv*D)
-  std::vector<float> att;     // (T, Nq*D)
-  std::vector<float> proj;    // (T, H) output of o_proj / down_proj
-  std::vector<float> gate;    // (T, I)
-  std::vector<float> up;      // (T, I)
-  std::vector<float> engram;  // (T_item, H) Y of one item's Engram module
-  std::vector<float> last;    // (items, H) last token of each item
-  std::vector<float> logits;  // (items, V)
+  std::vector<float> h;         // (T, H) residual stream
+  std::vector<float> xn;        // (T, H) normalised input of a sub-block
+  std::vector<float> q;         // (T, Nq*D)
+  std::vector<float> k;         // (T, Nkv*D)
+  std::vector<float> v;         // (T, Nkv*D)
+  std::vector<float> att;       // (T, Nq*D)
+  std::vector<float> proj;      // (T, H) output of o_proj / down_proj
+  std::vector<float> gate;      // (T, I)
+  std::vector<float> up;        // (T, I)
+  std::vector<float> rope_cos;  // (T, D/2) RoPE angles of each token's position
+  std::vector<float> rope_sin;  // (T, D/2)
+  std::vector<float> engram;    // (T_item, H) Y of one item's Engram module
+  std::vector<float> last;      // (items, H) last token of each item
+  std::vector<float> logits;    // (items, V)
 };
 
 CpuBackbone::CpuBackbone(const Model& model, CpuBackboneOptions options)
@@ -126,7 +128,15 @@ absl::Status CpuBackbone::Forward(absl::Span<const BatchItem> items, EngramRowSo
   s.proj.resize(T * H);
   s.gate.resize(T * I);
   s.up.resize(T * I);
+  s.rope_cos.resize(T * (D / 2));
+  s.rope_sin.resize(T * (D / 2));
   ThreadPool* pool = pool_.get();
+  // RoPE angles: the same positions in every layer, for queries and keys alike.
+  for (size_t i = 0; i < n_items; ++i) {
+    if (!live(i)) continue;
+    RopeAngles(static_cast<int64_t>(items[i].tokens.size()), D, items[i].sequence->position_,
+               config_.rope_theta, &s.rope_cos[row0[i] * (D / 2)], &s.rope_sin[row0[i] * (D / 2)]);
+  }
 
   // ---- Embedding: h = embed_tokens[tokens]                                     (T, H) ----------
   for (size_t i = 0; i < n_items; ++i) {
@@ -180,8 +190,10 @@ absl::Status CpuBackbone::Forward(absl::Span<const BatchItem> items, EngramRowSo
       const int pos = seq.position_;
       float* q_i = &s.q[row0[i] * Q];   // (n, Nq, D)
       float* k_i = &s.k[row0[i] * KV];  // (n, Nkv, D)
-      ApplyRope(q_i, n, Nq, D, pos, config_.rope_theta);
-      ApplyRope(k_i, n, Nkv, D, pos, config_.rope_theta);
+      const float* cos = &s.rope_cos[row0[i] * (D / 2)];
+      const float* sin = &s.rope_sin[row0[i] * (D / 2)];
+      ApplyRopeAngles(q_i, n, Nq, D, cos, sin);
+      ApplyRopeAngles(k_i, n, Nkv, D, cos, sin);
       for (int j = 0; j < n; ++j) {  // cache[pos + j] = k, v
         std::memcpy(seq.kv_.Keys(l, pos + j), k_i + j * KV, KV * sizeof(float));
         std::memcpy(seq.kv_.Values(l, pos + j), &s.v[(row0[i] + j) * KV], KV * sizeof(float));

@@ -55,21 +55,34 @@ void MatMul(ThreadPool* pool, const float* x, const float* w, const float* bias,
 }
 
 void ApplyRope(float* x, int64_t T, int heads, int D, int start_position, float theta) {
+  std::vector<float> cos_v(T * (D / 2)), sin_v(T * (D / 2));
+  RopeAngles(T, D, start_position, theta, cos_v.data(), sin_v.data());
+  ApplyRopeAngles(x, T, heads, D, cos_v.data(), sin_v.data());
+}
+
+void RopeAngles(int64_t T, int D, int start_position, float theta, float* cos, float* sin) {
   const int half = D / 2;
-  std::vector<float> cos_v(half), sin_v(half);
   for (int64_t t = 0; t < T; ++t) {
     double pos = double(start_position + t);
     for (int i = 0; i < half; ++i) {
       double inv_freq = std::pow(double(theta), -2.0 * i / D);
-      cos_v[i] = static_cast<float>(std::cos(pos * inv_freq));
-      sin_v[i] = static_cast<float>(std::sin(pos * inv_freq));
+      cos[t * half + i] = static_cast<float>(std::cos(pos * inv_freq));
+      sin[t * half + i] = static_cast<float>(std::sin(pos * inv_freq));
     }
+  }
+}
+
+void ApplyRopeAngles(float* x, int64_t T, int heads, int D, const float* cos, const float* sin) {
+  const int half = D / 2;
+  for (int64_t t = 0; t < T; ++t) {
+    const float* c = cos + t * half;
+    const float* s = sin + t * half;
     for (int h = 0; h < heads; ++h) {
       float* v = x + (t * heads + h) * D;
       for (int i = 0; i < half; ++i) {
         float a = v[i], b = v[i + half];
-        v[i] = a * cos_v[i] - b * sin_v[i];
-        v[i + half] = b * cos_v[i] + a * sin_v[i];
+        v[i] = a * c[i] - b * s[i];
+        v[i + half] = b * c[i] + a * s[i];
       }
     }
   }

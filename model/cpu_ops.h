@@ -33,6 +33,10 @@ void MatMul(ThreadPool* pool, const float* x, const float* w, const float* bias,
 //   out[i + D/2] = x[i + D/2] cos + x[i] sin
 // x: (T, heads, D), in place; token t sits at position start_position + t.
 void ApplyRope(float* x, int64_t T, int heads, int D, int start_position, float theta);
+// The same in two halves, so the angles are computed once for every tensor at those positions:
+// RopeAngles writes cos and sin, each (T, D/2); ApplyRopeAngles rotates x with them.
+void RopeAngles(int64_t T, int D, int start_position, float theta, float* cos, float* sin);
+void ApplyRopeAngles(float* x, int64_t T, int heads, int D, const float* cos, const float* sin);
 
 // Causal grouped-query attention of one sequence. Query t (position start_position + t) attends to
 // cache positions [0, start_position + t]; query head h reads kv head h / (Nq / Nkv); scale
