@@ -79,15 +79,18 @@ absl::Status EngramConfig::Validate() const {
   if (max_ngram_size < 2 || max_ngram_size > 16) {
     return Bad("engram_max_ngram_size", absl::StrCat(max_ngram_size, " is outside [2, 16]"));
   }
-  if (n_heads < 1 || n_heads > 1024) return Bad("engram_n_heads", absl::StrCat(n_heads, " is outside [1, 1024]"));
-  if (head_dim < 1 || head_dim > 65536) return Bad("engram_head_dim", absl::StrCat(head_dim, " is outside [1, 65536]"));
+  if (n_heads < 1 || n_heads > 1024)
+    return Bad("engram_n_heads", absl::StrCat(n_heads, " is outside [1, 1024]"));
+  if (head_dim < 1 || head_dim > 65536)
+    return Bad("engram_head_dim", absl::StrCat(head_dim, " is outside [1, 65536]"));
   if (static_cast<int>(vocab_size_per_order.size()) != num_orders()) {
-    return Bad("engram_vocab_size", absl::StrCat("has ", vocab_size_per_order.size(),
-                                                 " entries, expected one per order (",
-                                                 num_orders(), ")"));
+    return Bad("engram_vocab_size",
+               absl::StrCat("has ", vocab_size_per_order.size(),
+                            " entries, expected one per order (", num_orders(), ")"));
   }
   for (int64_t v : vocab_size_per_order) {
-    if (v < 2 || v > (int64_t{1} << 40)) return Bad("engram_vocab_size", absl::StrCat(v, " is outside [2, 2^40]"));
+    if (v < 2 || v > (int64_t{1} << 40))
+      return Bad("engram_vocab_size", absl::StrCat(v, " is outside [2, 2^40]"));
   }
   if (pad_token_id < 0) return Bad("engram_pad_token_id", "must be >= 0");
   if (seed < 0) return Bad("engram_seed", "must be >= 0");
@@ -107,7 +110,8 @@ absl::StatusOr<EngramConfig> ParseEngramConfig(const nlohmann::json& config) {
   if (layers == config.end()) return Bad("engram_layer_ids", "missing");
   if (!layers->is_array()) return Bad("engram_layer_ids", "must be a list of integers");
   if (absl::Status s = ReadIntList(*layers, "engram_layer_ids", &c.layer_ids); !s.ok()) return s;
-  if (absl::Status s = ReadInt(config, "engram_max_ngram_size", &c.max_ngram_size); !s.ok()) return s;
+  if (absl::Status s = ReadInt(config, "engram_max_ngram_size", &c.max_ngram_size); !s.ok())
+    return s;
   if (absl::Status s = ReadInt(config, "engram_n_heads", &c.n_heads); !s.ok()) return s;
   if (absl::Status s = ReadInt(config, "engram_head_dim", &c.head_dim); !s.ok()) return s;
   if (absl::Status s = ReadInt(config, "engram_pad_token_id", &c.pad_token_id); !s.ok()) return s;
@@ -158,6 +162,14 @@ std::string ModelName(const nlohmann::json& config, const std::string& model_dir
     name = std::filesystem::weakly_canonical(p).filename().string();
   }
   return name;
+}
+
+std::string EngramModulePrefix(int layer_id) {
+  return absl::StrCat("model.layers.", layer_id, ".engram.");
+}
+
+std::string EngramTableTensorName(int layer_id) {
+  return absl::StrCat(EngramModulePrefix(layer_id), "multi_head_embedding.embedding.weight");
 }
 
 absl::StatusOr<nlohmann::json> ReadJsonFile(const std::string& path) {

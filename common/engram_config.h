@@ -63,6 +63,11 @@ absl::StatusOr<EngramConfig> ParseEngramConfig(const nlohmann::json& config);
 // present, otherwise the basename of the model directory. Tables are keyed by (name, layer).
 std::string ModelName(const nlohmann::json& config, const std::string& model_dir);
 
+// Tensor names of layer `layer_id`'s Engram module in a model directory (DESIGN.md §2): the module
+// prefix "model.layers.<L>.engram." and its table "<prefix>multi_head_embedding.embedding.weight".
+std::string EngramModulePrefix(int layer_id);
+std::string EngramTableTensorName(int layer_id);
+
 // Reads and parses a JSON file; the error names the file and the position of a syntax error.
 absl::StatusOr<nlohmann::json> ReadJsonFile(const std::string& path);
 

@@ -52,9 +52,12 @@ std::string Fingerprint(const SafetensorsFile* file, const TensorView* t) {
 absl::StatusOr<LayerSource> FindLayerSource(const SafetensorsDir& dir, const std::string& model_dir,
                                             uint32_t layer, const EngramConfig& config,
                                             int64_t expected_rows) {
+  // The plain table, or V4.1's FP8 rows "...embedding.embed.weight" with
+  // "...embedding.embed.scale".
+  const int layer_id = static_cast<int>(layer);
   const std::string base =
-      absl::StrCat("model.layers.", layer, ".engram.multi_head_embedding.embedding.");
-  const TensorView* plain = dir.Find(base + "weight");
+      absl::StrCat(EngramModulePrefix(layer_id), "multi_head_embedding.embedding.");
+  const TensorView* plain = dir.Find(EngramTableTensorName(layer_id));
   const TensorView* fp8 = dir.Find(base + "embed.weight");
   const TensorView* scale = dir.Find(base + "embed.scale");
   LayerSource s;

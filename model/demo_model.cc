@@ -168,8 +168,7 @@ void AddBackbone(const ModelConfig& c, uint64_t seed, SafetensorsWriter* w) {
 void AddTables(const ModelConfig& c, const EngramConstants& constants, uint64_t seed,
                SafetensorsWriter* w) {
   for (size_t li = 0; li < c.engram.layer_ids.size(); ++li) {
-    const std::string name = absl::StrCat("model.layers.", c.engram.layer_ids[li],
-                                          ".engram.multi_head_embedding.embedding.weight");
+    const std::string name = EngramTableTensorName(c.engram.layer_ids[li]);
     const uint64_t key = StreamKey(seed, name);
     w->AddProduced(name, DType::kBF16, {constants.hash.rows_per_layer[li], c.engram.head_dim},
                    [key](uint64_t offset, uint8_t* out, size_t n) {

@@ -18,8 +18,7 @@ Model::~Model() = default;
 const EngramHashConstants& Model::hash_constants() const { return engram_constants_->hash; }
 
 std::string Model::EngramTableName(int engram_layer_index) const {
-  return absl::StrCat("model.layers.", config_.engram.layer_ids[engram_layer_index],
-                      ".engram.multi_head_embedding.embedding.weight");
+  return EngramTableTensorName(config_.engram.layer_ids[engram_layer_index]);
 }
 
 namespace {
@@ -49,15 +48,14 @@ absl::Status LoadInto(const std::string& dir, ModelConfig* config,
   *constants = std::make_unique<EngramConstants>(std::move(c));
   const EngramConfig& ec = config->engram;
   for (size_t li = 0; li < ec.layer_ids.size(); ++li) {
-    const std::string prefix = absl::StrCat("model.layers.", ec.layer_ids[li], ".engram.");
-    ENGRAM_ASSIGN_OR_RETURN(EngramModuleWeights w,
-                            LoadEngramModuleWeights(LookupIn(**tensors), prefix, ec));
+    ENGRAM_ASSIGN_OR_RETURN(
+        EngramModuleWeights w,
+        LoadEngramModuleWeights(LookupIn(**tensors), EngramModulePrefix(ec.layer_ids[li]), ec));
     ENGRAM_ASSIGN_OR_RETURN(EngramModule m, EngramModule::Create(std::move(w)));
     modules->push_back(std::make_unique<EngramModule>(std::move(m)));
     // The worker never reads the table, but when the directory carries it, it must be the table
     // these constants address.
-    const std::string table = prefix + "multi_head_embedding.embedding.weight";
-    if (const TensorView* t = (*tensors)->Find(table)) {
+    if (const TensorView* t = (*tensors)->Find(EngramTableTensorName(ec.layer_ids[li]))) {
       ENGRAM_RETURN_IF_ERROR(ExpectShape(*t, {(*constants)->hash.rows_per_layer[li], ec.head_dim}));
     }
   }
