@@ -30,6 +30,19 @@ absl::StatusOr<RowDType> ParseRowDType(absl::string_view name) {
       absl::StrCat("unknown row dtype \"", name, "\" (expected f32, bf16, f16 or fp8_e4m3_e8m0)"));
 }
 
+std::optional<RowDType> PlainRowDType(DType dtype) {
+  switch (dtype) {
+    case DType::kF32:
+      return RowDType::kF32;
+    case DType::kBF16:
+      return RowDType::kBF16;
+    case DType::kF16:
+      return RowDType::kF16;
+    default:
+      return std::nullopt;
+  }
+}
+
 absl::StatusOr<size_t> RowBytes(RowDType dtype, int head_dim) {
   if (head_dim <= 0) {
     return absl::InvalidArgumentError(absl::StrCat("head_dim must be positive, got ", head_dim));

@@ -20,11 +20,13 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/safetensors.h"
 
 namespace engram {
 
@@ -37,6 +39,9 @@ inline constexpr int kFp8BlockSize = 32;
 absl::string_view RowDTypeName(RowDType dtype);
 // Parses one of the names above; INVALID_ARGUMENT naming the value otherwise.
 absl::StatusOr<RowDType> ParseRowDType(absl::string_view name);
+// The row dtype of a table stored as one safetensors tensor: F32, BF16 or F16; nullopt for any
+// other dtype (FP8 tables are two tensors, rows and scales).
+std::optional<RowDType> PlainRowDType(DType dtype);
 
 // Bytes of one row. INVALID_ARGUMENT when head_dim is not positive, or for fp8_e4m3_e8m0 not a
 // multiple of 32.

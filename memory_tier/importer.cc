@@ -86,21 +86,13 @@ absl::StatusOr<LayerSource> FindLayerSource(const SafetensorsDir& dir, const std
                                                    config.head_dim));
   }
   if (plain != nullptr) {
-    switch (w->dtype) {
-      case DType::kF32:
-        s.dtype = RowDType::kF32;
-        break;
-      case DType::kBF16:
-        s.dtype = RowDType::kBF16;
-        break;
-      case DType::kF16:
-        s.dtype = RowDType::kF16;
-        break;
-      default:
-        return absl::InvalidArgumentError(absl::StrCat(w->name, " has dtype ", DTypeName(w->dtype),
-                                                       "; tables must be F32, BF16 or F16 (or the "
-                                                       "FP8 embed.weight/embed.scale pair)"));
+    const std::optional<RowDType> dtype = PlainRowDType(w->dtype);
+    if (!dtype) {
+      return absl::InvalidArgumentError(absl::StrCat(w->name, " has dtype ", DTypeName(w->dtype),
+                                                     "; tables must be F32, BF16 or F16 (or the "
+                                                     "FP8 embed.weight/embed.scale pair)"));
     }
+    s.dtype = *dtype;
     s.info.dtype = std::string(DTypeName(w->dtype));
   } else {
     s.dtype = RowDType::kFp8E4M3E8M0;

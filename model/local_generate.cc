@@ -36,27 +36,17 @@ absl::StatusOr<std::unique_ptr<TableRowSource>> TableRowSource::Create(const Mod
           absl::StrCat("the model directory ", model.dir(), " has no table ", name,
                        " (in-process generation reads the tables from the model's safetensors)"));
     }
-    RowDType dtype;
-    switch (t->dtype) {
-      case DType::kF32:
-        dtype = RowDType::kF32;
-        break;
-      case DType::kBF16:
-        dtype = RowDType::kBF16;
-        break;
-      case DType::kF16:
-        dtype = RowDType::kF16;
-        break;
-      default:
-        return absl::UnimplementedError(
-            absl::StrCat("table ", name, " has dtype ", DTypeName(t->dtype),
-                         "; in-process generation reads F32, BF16, F16"));
+    const std::optional<RowDType> dtype = PlainRowDType(t->dtype);
+    if (!dtype) {
+      return absl::UnimplementedError(absl::StrCat("table ", name, " has dtype ",
+                                                   DTypeName(t->dtype),
+                                                   "; in-process generation reads F32, BF16, F16"));
     }
     ENGRAM_RETURN_IF_ERROR(
         ExpectShape(*t, {model.hash_constants().rows_per_layer[li], ec.head_dim}));
-    ENGRAM_ASSIGN_OR_RETURN(size_t bytes, RowBytes(dtype, ec.head_dim));
+    ENGRAM_ASSIGN_OR_RETURN(size_t bytes, RowBytes(*dtype, ec.head_dim));
     impl.tables.push_back(t);
-    impl.dtypes.push_back(dtype);
+    impl.dtypes.push_back(*dtype);
     impl.row_bytes.push_back(bytes);
   }
   return source;
