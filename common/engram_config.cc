@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "common/config_util.h"
 #include "nlohmann/json.hpp"
 
 namespace engram {
@@ -15,28 +16,11 @@ absl::Status Bad(absl::string_view key, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat("config key ", key, ": ", what));
 }
 
-// Whether `v` is an integer that T holds exactly; then stores it. A bare get<T>() would wrap
-// 4294967298 to 2 for an int and pass validation with a value nobody wrote.
-template <typename T>
-bool IntValue(const nlohmann::json& v, T* out) {
-  if (v.is_number_unsigned()) {
-    const uint64_t u = v.get<uint64_t>();
-    if (u > static_cast<uint64_t>(std::numeric_limits<T>::max())) return false;
-    *out = static_cast<T>(u);
-    return true;
-  }
-  if (!v.is_number_integer()) return false;
-  const int64_t i = v.get<int64_t>();
-  if (i < std::numeric_limits<T>::min() || i > std::numeric_limits<T>::max()) return false;
-  *out = static_cast<T>(i);
-  return true;
-}
-
 template <typename T>
 absl::Status ReadInt(const nlohmann::json& config, const char* key, T* out) {
   auto it = config.find(key);
   if (it == config.end() || it->is_null()) return absl::OkStatus();
-  if (!IntValue(*it, out)) {
+  if (!JsonIntValue(*it, out)) {
     return Bad(key, absl::StrCat("must be an integer in [", std::numeric_limits<T>::min(), ", ",
                                  std::numeric_limits<T>::max(), "], got ", it->dump()));
   }
@@ -48,7 +32,7 @@ template <typename T>
 absl::Status ReadIntList(const nlohmann::json& list, const char* key, std::vector<T>* out) {
   for (const auto& v : list) {
     T value;
-    if (!IntValue(v, &value)) {
+    if (!JsonIntValue(v, &value)) {
       return Bad(key, absl::StrCat("must be a list of integers in [", std::numeric_limits<T>::min(),
                                    ", ", std::numeric_limits<T>::max(), "], got ", v.dump()));
     }

@@ -15,6 +15,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/synchronization/notification.h"
+#include "common/config_util.h"
 #include "common/engram_config.h"
 #include "common/lifecycle.h"
 #include "common/log.h"
@@ -95,16 +96,9 @@ absl::StatusOr<TierConfig> BuildConfig() {
   return c;
 }
 
-// absl flags are spelled with '_'; accept "--metrics-port" as well.
+// absl flags are spelled with '_'; accept "--metrics-port" as well. Records the flags given.
 std::vector<char*> NormaliseFlagNames(int argc, char** argv, std::vector<std::string>* storage) {
-  storage->assign(argv, argv + argc);
-  for (auto& a : *storage) {
-    if (a.size() > 2 && a[0] == '-' && a[1] == '-') {
-      for (size_t i = 2; i < a.size() && a[i] != '='; ++i) {
-        if (a[i] == '-') a[i] = '_';
-      }
-    }
-  }
+  *storage = UnderscoreFlagNames(argc, argv);
   std::vector<char*> out;
   for (auto& a : *storage) {
     out.push_back(a.data());

@@ -7,6 +7,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/config_util.h"
 #include "common/status.h"
 #include "memory_tier/io_reader.h"
 #include "nlohmann/json.hpp"
@@ -56,12 +57,8 @@ bool TypeFits(const nlohmann::json& v) {
   } else if constexpr (std::is_same_v<T, double>) {
     return v.is_number();
   } else if constexpr (std::is_integral_v<T>) {
-    if (v.is_number_unsigned()) {
-      return v.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<T>::max());
-    }
-    if (!v.is_number_integer() || std::is_unsigned_v<T>) return false;
-    const int64_t i = v.get<int64_t>();
-    return i >= std::numeric_limits<T>::min() && i <= std::numeric_limits<T>::max();
+    T value;
+    return JsonIntValue(v, &value);
   }
   return false;
 }

@@ -8,6 +8,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/config_util.h"
 #include "common/engram_config.h"
 #include "common/log.h"
 #include "common/status.h"
@@ -89,13 +90,10 @@ absl::Status FromJsonValue(const nlohmann::json& j, absl::string_view key, std::
   return absl::OkStatus();
 }
 absl::Status FromJsonValue(const nlohmann::json& j, absl::string_view key, int* out) {
-  // get<int>() would wrap 4294967297 to 1; a value outside int is an error, not a different one.
-  if (!j.is_number_integer() || (j.is_number_unsigned() && j.get<uint64_t>() > INT32_MAX) ||
-      j.get<int64_t>() < INT32_MIN || j.get<int64_t>() > INT32_MAX) {
+  if (!JsonIntValue(j, out)) {
     return absl::InvalidArgumentError(
         absl::StrCat(key, " must be an integer in [", INT32_MIN, ", ", INT32_MAX, "]"));
   }
-  *out = static_cast<int>(j.get<int64_t>());
   return absl::OkStatus();
 }
 absl::Status FromJsonValue(const nlohmann::json& j, absl::string_view key, bool* out) {
@@ -208,17 +206,7 @@ absl::Status WorkerConfig::Validate() const {
 }
 
 absl::StatusOr<WorkerConfig> ParseWorkerCommandLine(int argc, char** argv) {
-  // absl flag names are identifiers; the documented spelling uses dashes (--metrics-port).
-  std::vector<std::string> args(argv, argv + argc);
-  for (size_t i = 1; i < args.size(); ++i) {
-    std::string& a = args[i];
-    if (a == "--") break;
-    if (a.rfind("--", 0) != 0) continue;
-    size_t end = std::min(a.find('='), a.size());
-    for (size_t k = 2; k < end; ++k) {
-      if (a[k] == '-') a[k] = '_';
-    }
-  }
+  std::vector<std::string> args = UnderscoreFlagNames(argc, argv);
   std::vector<char*> ptrs;
   for (std::string& a : args) ptrs.push_back(a.data());
   absl::SetProgramUsageMessage(
