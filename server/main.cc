@@ -172,7 +172,7 @@ absl::Status Run(const WorkerConfig& config, Lifecycle& lifecycle) {
   service.Attach(model.get(), &scheduler);
   if (rows) rows->Start();
 
-  if (lifecycle.state() == LifecycleState::kLoading) lifecycle.Set(LifecycleState::kReady);
+  lifecycle.Set(LifecycleState::kReady);  // no-op when a signal already started the drain
   health.SetReady(lifecycle.state() == LifecycleState::kReady);
   lifecycle.WaitFor(LifecycleState::kDraining);
 
@@ -208,9 +208,7 @@ int main(int argc, char** argv) {
   // First, before any other thread exists, so every thread inherits the blocked signals.
   engram::SignalWatcher signals([&lifecycle](int signal) {
     ENGRAM_LOG(INFO).With("signal", signal) << "termination signal received";
-    if (lifecycle.state() != engram::LifecycleState::kStopped) {
-      lifecycle.Set(engram::LifecycleState::kDraining);
-    }
+    lifecycle.Set(engram::LifecycleState::kDraining);  // states only move forward
   });
   auto config = engram::ParseWorkerCommandLine(argc, argv);
   if (!config.ok()) {
