@@ -17,12 +17,11 @@
 #include "memory_tier/tier_client.h"
 #include "memory_tier/tier_server.h"
 #include "model/kernels/engram_gather.cuh"
+#include "tests/gpu/cuda_ok.h"
 #include "tests/memory_tier/test_model.h"
 
 namespace engram {
 namespace {
-
-#define CUDA_OK(expr) ASSERT_EQ((expr), cudaSuccess) << #expr
 
 TEST(ArenaGatherTest, GpuGatherFromTheTiersArenaMatchesLookup) {
   testing::TempDir tmp;

@@ -12,11 +12,10 @@
 #include "gtest/gtest.h"
 #include "model/kernels/engram_gather.cuh"
 #include "model/kernels/reference.h"
+#include "tests/gpu/cuda_ok.h"
 
 namespace engram::kernels {
 namespace {
-
-#define CUDA_OK(expr) ASSERT_EQ((expr), cudaSuccess) << #expr << ": " << cudaGetErrorString(expr)
 
 struct Shape {
   uint32_t n;
