@@ -53,7 +53,7 @@ absl::StatusOr<std::unique_ptr<TableRowSource>> TableRowSource::Create(const Mod
 }
 
 std::unique_ptr<TableRowSource::History> TableRowSource::NewHistory() const {
-  return std::make_unique<History>();
+  return std::make_unique<History>(History{NgramState(impl_->model.hash_constants())});
 }
 
 absl::Status TableRowSource::Prepare(absl::Span<const BatchItem> items,
@@ -72,8 +72,8 @@ absl::Status TableRowSource::Prepare(absl::Span<const BatchItem> items,
     const size_t n = ids.size();
     std::vector<int64_t> row_ids(n * columns);
     for (int li = 0; li < hash.num_layers(); ++li) {
-      ENGRAM_RETURN_IF_ERROR(
-          ComputeNgramRowIds(hash, li, histories[i]->context, ids, absl::MakeSpan(row_ids)));
+      ENGRAM_RETURN_IF_ERROR(ComputeNgramRowIds(hash, li, histories[i]->state.Context(), ids,
+                                                absl::MakeSpan(row_ids)));
       // (n, columns) rows of head_dim = (n, d_mem), in (order, head) column order.
       std::vector<float> rows(n * columns * head_dim);
       for (size_t r = 0; r < row_ids.size(); ++r) {
@@ -82,11 +82,7 @@ absl::Status TableRowSource::Prepare(absl::Span<const BatchItem> items,
       }
       impl.rows[i].push_back(std::move(rows));
     }
-    // Keep the last N-1 ids for the next chunk.
-    std::vector<int64_t>& ctx = histories[i]->context;
-    ctx.insert(ctx.end(), ids.begin(), ids.end());
-    const size_t keep = static_cast<size_t>(hash.max_ngram_size - 1);
-    if (ctx.size() > keep) ctx.erase(ctx.begin(), ctx.end() - keep);
+    for (int64_t id : ids) ENGRAM_RETURN_IF_ERROR(histories[i]->state.Push(id));
   }
   return absl::OkStatus();
 }

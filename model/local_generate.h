@@ -16,6 +16,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "common/ngram_hash.h"
 #include "model/cpu_backbone.h"
 #include "model/model.h"
 #include "model/sampler.h"
@@ -28,10 +29,10 @@ namespace engram {
 // alike.
 class TableRowSource : public EngramRowSource {
  public:
-  // Hashing history of one sequence: its last N-1 compressed ids, oldest first; starts empty
-  // (positions before the start hash as the pad id).
+  // Hashing history of one sequence: its last N-1 compressed ids (positions before the start
+  // hash as the pad id).
   struct History {
-    std::vector<int64_t> context;
+    NgramState state;
   };
 
   static absl::StatusOr<std::unique_ptr<TableRowSource>> Create(const Model& model);
