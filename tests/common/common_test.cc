@@ -9,11 +9,12 @@
 #include "common/lifecycle.h"
 #include "common/log.h"
 #include "common/metrics_server.h"
-#include "prometheus/counter.h"
-#include "prometheus/registry.h"
 #include "common/ngram_hash.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "prometheus/counter.h"
+#include "prometheus/registry.h"
+#include "tests/common/process.h"
 
 namespace engram {
 namespace {
@@ -135,6 +136,10 @@ TEST(MetricsServerTest, ServesTheRegistryAndRefusesATakenPort) {
   ASSERT_TRUE(first.Start("127.0.0.1", 0).ok());
   ASSERT_GT(first.port(), 0);
   EXPECT_NE(RenderMetrics(*registry).find("engram_test_events_total 3"), std::string::npos);
+  // A scrape over HTTP answers the same registry.
+  absl::StatusOr<std::string> scraped = testing::HttpGet(first.port(), "/metrics");
+  ASSERT_TRUE(scraped.ok()) << scraped.status();
+  EXPECT_NE(scraped->find("\nengram_test_events_total 3\n"), std::string::npos) << *scraped;
   // A second process (or server) on the same port must fail instead of sharing the scrapes
   // (cpp-httplib's default SO_REUSEPORT would let it bind).
   MetricsServer second(registry);

@@ -7,16 +7,14 @@
 #include <fstream>
 
 #include "gtest/gtest.h"
+#include "tests/common/temp_dir.h"
 
 namespace engram {
 namespace {
 
-std::string TempPath(const std::string& name) {
-  return (std::filesystem::temp_directory_path() / ("engram_st_" + std::to_string(::getpid()) + name)).string();
-}
-
 TEST(SafetensorsTest, RoundTripsTensorsAndMetadata) {
-  const std::string path = TempPath("rt.safetensors");
+  testing::TempDir tmp;
+  const std::string path = tmp.path() + "/rt.safetensors";
   std::vector<float> a = {1.0f, -2.5f, 3.25f, 0.0f, 1e-3f, 65504.0f};
   SafetensorsWriter w;
   w.SetMetadata("hidden_size", "3");
@@ -48,11 +46,11 @@ TEST(SafetensorsTest, RoundTripsTensorsAndMetadata) {
   ASSERT_NE(big, nullptr);
   for (int i = 0; i < 15; ++i) EXPECT_EQ(big->data[i], i);
   EXPECT_FALSE((*file)->Get("missing").ok());
-  std::remove(path.c_str());
 }
 
 TEST(SafetensorsTest, RejectsTruncatedAndMalformedFiles) {
-  const std::string path = TempPath("bad.safetensors");
+  testing::TempDir tmp;
+  const std::string path = tmp.path() + "/bad.safetensors";
   std::vector<float> a(100, 1.0f);
   SafetensorsWriter w;
   w.AddF32As("a", DType::kF32, {100}, a);
@@ -97,12 +95,11 @@ TEST(SafetensorsTest, RejectsTruncatedAndMalformedFiles) {
     EXPECT_EQ(wrapped.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_NE(wrapped.status().message().find("\"t\""), std::string::npos) << wrapped.status();
   }
-  std::remove(path.c_str());
 }
 
 TEST(SafetensorsTest, DirectoryNamesBothFilesOfADuplicateTensor) {
-  const std::string dir = TempPath("dir");
-  std::filesystem::create_directories(dir);
+  testing::TempDir tmp;
+  const std::string& dir = tmp.path();
   std::vector<float> a = {1.0f, 2.0f};
   for (const char* name : {"/a.safetensors", "/b.safetensors"}) {
     SafetensorsWriter w;
@@ -121,7 +118,6 @@ TEST(SafetensorsTest, DirectoryNamesBothFilesOfADuplicateTensor) {
   const TensorView* t = (*opened)->Find("same");
   ASSERT_NE(t, nullptr);
   EXPECT_EQ((*opened)->FileOf(t)->path(), dir + "/a.safetensors");
-  std::filesystem::remove_all(dir);
 }
 
 TEST(SafetensorsTest, ConversionsMatchKnownBitPatterns) {

@@ -3,7 +3,6 @@
 // stored file or the published config keys disagree with the recomputed values.
 #include "model/engram_constants.h"
 
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 
@@ -11,6 +10,8 @@
 #include "gtest/gtest.h"
 #include "model/tokenizer.h"
 #include "nlohmann/json.hpp"
+#include "tests/common/temp_dir.h"
+#include "tests/common/test_paths.h"
 
 namespace engram {
 namespace {
@@ -35,19 +36,6 @@ std::vector<int64_t> PairMap() {
   for (int i = 0; i < 100; ++i) map[i] = i / 2;
   map[9] = -1;
   return map;
-}
-
-std::string TempDir(const std::string& name) {
-  const std::string dir =
-      ::testing::TempDir() + "/engram_constants_" + std::to_string(getpid()) + "_" + name;
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
-  return dir;
-}
-
-std::string Gpt2Tokenizer() {
-  const char* dir = std::getenv("ENGRAM_TESTDATA_DIR");
-  return std::string(dir ? dir : "") + "/tokenizer-gpt2/package/models/tokenizer.json";
 }
 
 TEST(EngramConstantsTest, ComputedFromATokenMap) {
@@ -82,7 +70,8 @@ TEST(EngramConstantsTest, JsonRoundTripAndFileRoundTrip) {
   auto back = EngramConstantsFromJson(EngramConstantsToJson(*c));
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_TRUE(CompareEngramConstants(*back, *c).ok());
-  const std::string path = TempDir("roundtrip") + "/engram_constants.json";
+  testing::TempDir tmp;
+  const std::string path = tmp.path() + "/engram_constants.json";
   ASSERT_TRUE(WriteEngramConstants(*c, path).ok());
   auto read = ReadEngramConstants(path);
   ASSERT_TRUE(read.ok()) << read.status();
@@ -123,7 +112,8 @@ TEST(EngramConstantsTest, MalformedFilesNameTheKey) {
   j = EngramConstantsToJson(*c);
   j["format"] = "something-else";
   EXPECT_THAT(EngramConstantsFromJson(j).status().message(), HasSubstr("format"));
-  const std::string path = TempDir("malformed") + "/engram_constants.json";
+  testing::TempDir tmp;
+  const std::string path = tmp.path() + "/engram_constants.json";
   std::ofstream(path) << "{\"format\": ";
   EXPECT_THAT(ReadEngramConstants(path).status().message(), HasSubstr("malformed JSON"));
 }
@@ -148,9 +138,9 @@ TEST(EngramConstantsTest, PublishedConfigKeysAreChecked) {
 class ModelDirTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    ASSERT_TRUE(std::filesystem::exists(Gpt2Tokenizer()))
-        << Gpt2Tokenizer() << " is missing: run scripts/fetch-testdata.sh";
-    auto t = Tokenizer::FromFile(Gpt2Tokenizer());
+    ASSERT_TRUE(std::filesystem::exists(testing::Gpt2Path()))
+        << testing::Gpt2Path() << " is missing: run scripts/fetch-testdata.sh";
+    auto t = Tokenizer::FromFile(testing::Gpt2Path());
     ASSERT_TRUE(t.ok()) << t.status();
     tokenizer_ = std::move(*t);
   }
@@ -158,7 +148,8 @@ class ModelDirTest : public ::testing::Test {
 };
 
 TEST_F(ModelDirTest, StoredFileMustAgree) {
-  const std::string dir = TempDir("model");
+  testing::TempDir tmp;
+  const std::string& dir = tmp.path();
   const EngramConfig config = SmallConfig();
   // No stored file: the computed constants are used.
   auto computed = LoadEngramConstants(dir, config, *tokenizer_);
@@ -185,7 +176,8 @@ TEST_F(ModelDirTest, StoredFileMustAgree) {
 }
 
 TEST_F(ModelDirTest, PublishedKeysMustAgree) {
-  const std::string dir = TempDir("published");
+  testing::TempDir tmp;
+  const std::string& dir = tmp.path();
   EngramConfig config = SmallConfig();
   auto computed = LoadEngramConstants(dir, config, *tokenizer_);
   ASSERT_TRUE(computed.ok());

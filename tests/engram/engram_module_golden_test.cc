@@ -3,7 +3,6 @@
 // hash ids (bit-exact), row ids, gather and module output (atol + rtol), for hc_mult 1 and 4,
 // with and without the conv, f32 / bf16 / f64 files. Also checks that the comparison is not
 // vacuous (a perturbed output is caught) and that bad input is refused with a clear error.
-#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -13,34 +12,31 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "model/engram_module_check.h"
+#include "tests/common/temp_dir.h"
+#include "tests/common/test_paths.h"
 
 namespace engram {
 namespace {
 
 using ::testing::HasSubstr;
 
-std::string Env(const char* name) {
-  const char* v = std::getenv(name);
-  return v ? v : "";
-}
+using testing::Gpt2Path;
+using testing::TempDir;
 
-std::string GoldenDir() { return Env("ENGRAM_SOURCE_DIR") + "/tests/golden/engram_module"; }
-std::string Gpt2Tokenizer() {
-  return Env("ENGRAM_TESTDATA_DIR") + "/tokenizer-gpt2/package/models/tokenizer.json";
-}
+std::string GoldenDir() { return testing::SourceFile("tests/golden/engram_module"); }
 
 class GoldenFiles : public ::testing::TestWithParam<const char*> {
  protected:
   void SetUp() override {
-    ASSERT_TRUE(std::filesystem::exists(Gpt2Tokenizer()))
-        << Gpt2Tokenizer() << " is missing: run scripts/fetch-testdata.sh";
+    ASSERT_TRUE(std::filesystem::exists(Gpt2Path()))
+        << Gpt2Path() << " is missing: run scripts/fetch-testdata.sh";
   }
 };
 
 TEST_P(GoldenFiles, MatchesTheReference) {
   const std::string path = GoldenDir() + "/" + GetParam() + ".safetensors";
   EngramModuleCheckOptions options;
-  options.tokenizer_path = Gpt2Tokenizer();
+  options.tokenizer_path = Gpt2Path();
   auto result = CheckEngramModuleFile(path, options);
   ASSERT_TRUE(result.ok()) << result.status();
   SCOPED_TRACE(result->Summary());
@@ -59,14 +55,15 @@ INSTANTIATE_TEST_SUITE_P(EngramModule, GoldenFiles,
                          ::testing::Values("hc1_conv_bf16", "hc1_noconv_f32", "hc4_conv_f32",
                                            "hc4_noconv_f64"));
 
-std::string CopyToTemp(const std::string& from, const std::string& name) {
-  const std::string to = ::testing::TempDir() + "/" + std::to_string(getpid()) + "_" + name;
+// Copies `from` to tmp/name.
+std::string CopyToTemp(const TempDir& tmp, const std::string& from, const std::string& name) {
+  const std::string to = tmp.path() + "/" + name;
   std::filesystem::copy_file(from, to, std::filesystem::copy_options::overwrite_existing);
   return to;
 }
 
 TEST(GoldenCheck, CatchesAPerturbedOutputValue) {
-  ASSERT_TRUE(std::filesystem::exists(Gpt2Tokenizer()));
+  ASSERT_TRUE(std::filesystem::exists(Gpt2Path()));
   const std::string golden = GoldenDir() + "/hc4_conv_f32.safetensors";
   uint64_t offset = 0;
   float value = 0;
@@ -79,7 +76,8 @@ TEST(GoldenCheck, CatchesAPerturbedOutputValue) {
     offset = (*out)->file_offset + 17 * sizeof(float);
     std::memcpy(&value, (*out)->data + 17 * sizeof(float), sizeof(float));
   }
-  const std::string copy = CopyToTemp(golden, "perturbed.safetensors");
+  TempDir tmp;
+  const std::string copy = CopyToTemp(tmp, golden, "perturbed.safetensors");
   {
     std::fstream f(copy, std::ios::in | std::ios::out | std::ios::binary);
     const float changed = value + 0.01f;
@@ -87,63 +85,59 @@ TEST(GoldenCheck, CatchesAPerturbedOutputValue) {
     f.write(reinterpret_cast<const char*>(&changed), sizeof(changed));
   }
   EngramModuleCheckOptions options;
-  options.tokenizer_path = Gpt2Tokenizer();
+  options.tokenizer_path = Gpt2Path();
   auto result = CheckEngramModuleFile(copy, options);
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_EQ(result->output_mismatches, 1);
   EXPECT_FALSE(result->passed());
   EXPECT_NEAR(result->max_abs_error, 0.01, 1e-4);
   EXPECT_THAT(result->first_output_mismatch, HasSubstr("b 0 t 0 branch 0 channel 17"));
-  std::filesystem::remove(copy);
 }
 
 TEST(GoldenCheck, RefusesBadInput) {
   EngramModuleCheckOptions options;
-  options.tokenizer_path = Gpt2Tokenizer();
+  options.tokenizer_path = Gpt2Path();
   auto missing = CheckEngramModuleFile(GoldenDir() + "/no_such_file.safetensors", options);
   EXPECT_FALSE(missing.ok());
   EXPECT_THAT(missing.status().message(), HasSubstr("no_such_file"));
 
-  const std::string garbage =
-      ::testing::TempDir() + "/" + std::to_string(getpid()) + "_bad.safetensors";
+  TempDir tmp;
+  const std::string garbage = tmp.path() + "/bad.safetensors";
   std::ofstream(garbage) << "this is not a safetensors file at all";
   EXPECT_FALSE(CheckEngramModuleFile(garbage, options).ok());
-  std::filesystem::remove(garbage);
 
   // A tokenizer with a different compressed vocabulary is named as the likely cause.
   EngramModuleCheckOptions gpt4 = options;
-  gpt4.tokenizer_path =
-      Env("ENGRAM_TESTDATA_DIR") + "/tokenizer-gpt4/package/models/tokenizer.json";
+  gpt4.tokenizer_path = testing::Gpt4Path();
   auto wrong = CheckEngramModuleFile(GoldenDir() + "/hc1_conv_bf16.safetensors", gpt4);
   ASSERT_FALSE(wrong.ok());
   EXPECT_THAT(wrong.status().message(), HasSubstr("compressed vocabulary"));
 
   // No tokenizer.json beside the file and none given.
   const std::string alone =
-      CopyToTemp(GoldenDir() + "/hc1_noconv_f32.safetensors", "alone.safetensors");
+      CopyToTemp(tmp, GoldenDir() + "/hc1_noconv_f32.safetensors", "alone.safetensors");
   auto no_tokenizer = CheckEngramModuleFile(alone, EngramModuleCheckOptions{});
   EXPECT_FALSE(no_tokenizer.ok());
   EXPECT_THAT(no_tokenizer.status().message(), HasSubstr("tokenizer.json"));
-  std::filesystem::remove(alone);
 }
 
 TEST(GoldenCheck, RefusesBrokenMetadata) {
   // Rewrite a golden file with inconsistent metadata: layer_id not in layer_ids.
   auto file = SafetensorsFile::Open(GoldenDir() + "/hc1_noconv_f32.safetensors");
   ASSERT_TRUE(file.ok());
+  TempDir tmp;
   auto write_with = [&](const std::string& key, const std::string& value) {
     SafetensorsWriter writer;
     for (const auto& [k, v] : (*file)->metadata()) writer.SetMetadata(k, k == key ? value : v);
     for (const TensorView& t : (*file)->tensors()) {
       writer.Add(t.name, t.dtype, t.shape, absl::Span<const uint8_t>(t.data, t.size_bytes));
     }
-    const std::string path =
-        ::testing::TempDir() + "/" + std::to_string(getpid()) + "_meta.safetensors";
+    const std::string path = tmp.path() + "/meta.safetensors";
     EXPECT_TRUE(writer.Write(path).ok());
     return path;
   };
   EngramModuleCheckOptions options;
-  options.tokenizer_path = Gpt2Tokenizer();
+  options.tokenizer_path = Gpt2Path();
   std::string path = write_with("layer_id", "7");
   EXPECT_THAT(CheckEngramModuleFile(path, options).status().message(),
               HasSubstr("layer_id 7 is not in layer_ids"));
@@ -156,7 +150,6 @@ TEST(GoldenCheck, RefusesBrokenMetadata) {
   path = write_with("hidden_size", "33");
   EXPECT_THAT(CheckEngramModuleFile(path, options).status().message(),
               HasSubstr("io.hidden_states"));
-  std::filesystem::remove(path);
 }
 
 }  // namespace

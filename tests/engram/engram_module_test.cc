@@ -9,6 +9,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/common/expect_near.h"
 
 namespace engram {
 namespace {
@@ -104,18 +105,6 @@ std::vector<double> Reference(const EngramModuleWeights& w, const std::vector<fl
   return out;
 }
 
-void ExpectClose(const std::vector<float>& got, const std::vector<double>& want, double atol,
-                 double rtol) {
-  ASSERT_EQ(got.size(), want.size());
-  int bad = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    if (std::fabs(got[i] - want[i]) > atol + rtol * std::fabs(want[i])) {
-      if (++bad <= 5) ADD_FAILURE() << "index " << i << ": got " << got[i] << ", want " << want[i];
-    }
-  }
-  EXPECT_EQ(bad, 0) << "mismatches";
-}
-
 struct Shape {
   int H, M, D, K, dilation, T;
 };
@@ -131,7 +120,7 @@ TEST_P(EngramModuleShapes, MatchesTheReference) {
   const auto hidden = Random(size_t(s.T) * s.M * s.H, gen);
   std::vector<float> out(size_t(s.T) * s.M * s.H);
   ASSERT_TRUE(module->Forward(rows.data(), hidden.data(), s.T, nullptr, out.data()).ok());
-  ExpectClose(out, Reference(module->weights(), rows, hidden, s.T), 2e-5, 2e-4);
+  testing::ExpectNear(out, Reference(module->weights(), rows, hidden, s.T), 2e-5, 2e-4);
 }
 
 INSTANTIATE_TEST_SUITE_P(Awkward, EngramModuleShapes,

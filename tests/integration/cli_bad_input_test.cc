@@ -24,6 +24,7 @@
 #include "gtest/gtest.h"
 #include "model/demo_model.h"
 #include "nlohmann/json.hpp"
+#include "tests/common/test_paths.h"
 #include "tests/integration/worker_cluster.h"
 
 namespace engram {
@@ -57,12 +58,11 @@ class CliBadInputTest : public ::testing::Test {
   }
   static std::string Tokenizer() { return DefaultDemoTokenizerPath(); }
   static std::string GoldenModule() {
-    return std::string(std::getenv("ENGRAM_SOURCE_DIR")) +
-           "/tests/golden/engram_module/hc1_conv_bf16.safetensors";
+    return testing::SourceFile("tests/golden/engram_module/hc1_conv_bf16.safetensors");
   }
 
   static Outcome Run(std::vector<std::string> args) {
-    args.insert(args.begin(), std::string(std::getenv("ENGRAM_BINARY_DIR")) + "/client/engram");
+    args.insert(args.begin(), testing::BinaryPath("client/engram"));
     const std::string log = Path(absl::StrCat("run", ++runs_, ".log"));
     Outcome o;
     auto p = Process::Start(args, log);

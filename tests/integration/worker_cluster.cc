@@ -1,18 +1,12 @@
 #include "tests/integration/worker_cluster.h"
 
-#include <arpa/inet.h>
-#include <fcntl.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -21,110 +15,12 @@
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
 #include "gtest/gtest.h"
-#include "httplib.h"
 #include "model/demo_model.h"
 #include "nlohmann/json.hpp"
 
 namespace engram::testing {
 
-// ---- Process -----------------------------------------------------------------------------------
-
-absl::StatusOr<std::unique_ptr<Process>> Process::Start(const std::vector<std::string>& argv,
-                                                        const std::string& log_path) {
-  std::vector<char*> args;
-  for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  const pid_t parent = getpid();
-  pid_t pid = fork();
-  if (pid < 0) return absl::InternalError("fork failed");
-  if (pid == 0) {
-    // Child: only async-signal-safe calls until exec.
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(127);
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
-    int fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-    if (fd >= 0) {
-      dup2(fd, 1);
-      dup2(fd, 2);
-    }
-    execv(args[0], args.data());
-    _exit(127);
-  }
-  auto p = std::unique_ptr<Process>(new Process());
-  p->pid_ = pid;
-  p->log_path_ = log_path;
-  return p;
-}
-
-Process::~Process() {
-  if (!reaped_) {
-    Signal(SIGKILL);
-    (void)Wait(absl::Seconds(10));
-  }
-}
-
-void Process::Signal(int signal) {
-  if (!reaped_ && pid_ > 0) kill(pid_, signal);
-}
-
-absl::StatusOr<int> Process::Wait(absl::Duration timeout) {
-  if (reaped_) return absl::FailedPreconditionError("already reaped");
-  int status = 0;
-  const absl::Time deadline = absl::Now() + timeout;
-  for (;;) {
-    pid_t r = waitpid(pid_, &status, WNOHANG);
-    if (r == pid_) {
-      reaped_ = true;
-      return status;
-    }
-    if (absl::Now() > deadline) return absl::DeadlineExceededError("process still running");
-    absl::SleepFor(absl::Milliseconds(10));
-  }
-}
-
-bool Process::running() {
-  if (reaped_) return false;
-  int status;
-  if (waitpid(pid_, &status, WNOHANG) == pid_) {
-    reaped_ = true;
-    return false;
-  }
-  return true;
-}
-
-std::string Process::LogTail(size_t bytes) const {
-  std::ifstream in(log_path_);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  std::string all = ss.str();
-  return all.size() > bytes ? all.substr(all.size() - bytes) : all;
-}
-
 // ---- Helpers -----------------------------------------------------------------------------------
-
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
-
-bool WaitUntil(const std::function<bool()>& condition, absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (!condition()) {
-    if (absl::Now() > deadline) return false;
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  return true;
-}
 
 bool IsServing(const std::string& address) {
   auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
@@ -137,48 +33,7 @@ bool IsServing(const std::string& address) {
   return s.ok() && response.status() == grpc::health::v1::HealthCheckResponse::SERVING;
 }
 
-absl::StatusOr<std::string> HttpGet(int port, const std::string& path) {
-  httplib::Client client("127.0.0.1", port);
-  client.set_connection_timeout(2, 0);
-  client.set_read_timeout(5, 0);
-  auto res = client.Get(path.c_str());
-  if (!res) return absl::UnavailableError(absl::StrCat("GET 127.0.0.1:", port, path, " failed"));
-  if (res->status != 200) {
-    return absl::UnavailableError(
-        absl::StrCat("GET ", path, ": HTTP ", res->status, " ", res->body));
-  }
-  return res->body;
-}
-
-double MetricValue(const std::string& exposition, const std::string& metric) {
-  std::istringstream in(exposition);
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(metric, 0) != 0) continue;
-    const std::string rest = line.substr(metric.size());
-    if (rest.empty() || (rest[0] != ' ' && rest[0] != '{')) continue;
-    if (metric.find('{') == std::string::npos && rest[0] == '{') continue;
-    return std::strtod(rest.substr(rest.rfind(' ') + 1).c_str(), nullptr);
-  }
-  return -1;
-}
-
 // ---- WorkerCluster -----------------------------------------------------------------------------
-
-DemoModelOptions TinyModelOptions(int max_position_embeddings) {
-  DemoModelOptions o;
-  o.hidden_size = 32;
-  o.intermediate_size = 64;
-  o.num_hidden_layers = 2;
-  o.num_attention_heads = 2;
-  o.num_key_value_heads = 1;
-  o.max_position_embeddings = max_position_embeddings;
-  o.engram_layer_ids = {0, 1};
-  o.engram_n_heads = 2;
-  o.engram_head_dim = 16;
-  o.engram_vocab_size = 997;
-  return o;
-}
 
 namespace {
 

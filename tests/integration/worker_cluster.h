@@ -8,9 +8,6 @@
 #ifndef ENGRAM_TESTS_INTEGRATION_WORKER_CLUSTER_H_
 #define ENGRAM_TESTS_INTEGRATION_WORKER_CLUSTER_H_
 
-#include <sys/types.h>
-
-#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -21,48 +18,13 @@
 #include "client/engram_client.h"
 #include "model/demo_model.h"
 #include "model/model.h"
+#include "tests/common/process.h"
+#include "tests/model/tiny_model.h"
 
 namespace engram::testing {
 
-// A child process (fork + exec), killed when its parent dies or when this object is destroyed.
-class Process {
- public:
-  // Starts `argv[0]` with `argv`; stdout and stderr go to `log_path`.
-  static absl::StatusOr<std::unique_ptr<Process>> Start(const std::vector<std::string>& argv,
-                                                        const std::string& log_path);
-  ~Process();
-
-  pid_t pid() const { return pid_; }
-  // Sends `signal` (if still running).
-  void Signal(int signal);
-  // Waits up to `timeout` for the exit; the wait status, or DEADLINE_EXCEEDED.
-  absl::StatusOr<int> Wait(absl::Duration timeout);
-  bool running();
-  const std::string& log_path() const { return log_path_; }
-  // The log's last `bytes` bytes (for failure messages).
-  std::string LogTail(size_t bytes = 4000) const;
-
- private:
-  pid_t pid_ = -1;
-  bool reaped_ = false;
-  std::string log_path_;
-};
-
-// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
-int FreePort();
-// Polls `condition` every 20 ms until it holds or `timeout` passes.
-bool WaitUntil(const std::function<bool()>& condition, absl::Duration timeout);
 // grpc.health.v1 Check of the whole server at `address`: SERVING or not (false when unreachable).
 bool IsServing(const std::string& address);
-// GET http://127.0.0.1:port/path; the body, or an error.
-absl::StatusOr<std::string> HttpGet(int port, const std::string& path);
-// The value of the first sample of `metric` (exact name plus optional {labels}) in a Prometheus
-// text exposition, or -1 when absent.
-double MetricValue(const std::string& exposition, const std::string& metric);
-
-// The tiny demo-format model of these tests: the whole path runs in milliseconds per token on 2
-// cores. Tables of a few thousand rows.
-DemoModelOptions TinyModelOptions(int max_position_embeddings);
 
 struct ClusterOptions {
   // Worker reads rows through the tier's shared-memory arena (else every row is streamed).

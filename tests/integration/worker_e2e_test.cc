@@ -13,6 +13,7 @@
 #include "model/local_generate.h"
 #include "model/tokenizer.h"
 #include "tests/common/raw_call.h"
+#include "tests/common/test_paths.h"
 #include "tests/integration/worker_cluster.h"
 
 namespace engram {
@@ -102,8 +103,8 @@ TEST_F(WorkerE2eTest, EngramGenerateCommandPrintsTheText) {
   v1::GenerateRequest r = Greedy("The command line client", 12);
   const std::string out = cluster_->dir() + "/generate.out";
   auto p = testing::Process::Start(
-      {std::string(getenv("ENGRAM_BINARY_DIR")) + "/client/engram", "generate", "--server",
-       cluster_->worker_address(), "--prompt", r.text(), "--max-tokens", "12", "--quiet"},
+      {testing::BinaryPath("client/engram"), "generate", "--server", cluster_->worker_address(),
+       "--prompt", r.text(), "--max-tokens", "12", "--quiet"},
       out);
   ASSERT_TRUE(p.ok()) << p.status();
   auto status = (*p)->Wait(absl::Seconds(60));

@@ -2,95 +2,27 @@
 // process serves it, a real Prometheus server (Debian /usr/bin/prometheus on 127.0.0.1) scrapes
 // its /metrics, `engram table inspect` reads the catalog beside the running server, and SIGTERM
 // drains the process, which persists its statistics and exits 0.
-#include <arpa/inet.h>
-#include <fcntl.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <spawn.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include <chrono>
-#include <fstream>
+#include <cstring>
+#include <functional>
 #include <random>
-#include <thread>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
-#include "httplib.h"
 #include "memory_tier/tier_client.h"
 #include "nlohmann/json.hpp"
+#include "tests/common/process.h"
 #include "tests/memory_tier/test_model.h"
-
-extern char** environ;
 
 namespace engram {
 namespace {
 
 using testing::BinaryPath;
+using testing::Process;
 using testing::TempDir;
-
-// A child process with its stderr on a pipe.
-struct Child {
-  pid_t pid = -1;
-  int err = -1;  // read end of stderr
-  std::string seen;
-
-  static Child Spawn(std::vector<std::string> argv, bool capture_stderr) {
-    Child c;
-    int fds[2] = {-1, -1};
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    if (capture_stderr) {
-      EXPECT_EQ(pipe2(fds, O_CLOEXEC), 0);
-      posix_spawn_file_actions_adddup2(&actions, fds[1], STDERR_FILENO);
-    } else {
-      posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, "/dev/null", O_WRONLY, 0);
-    }
-    posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
-    std::vector<char*> args;
-    for (auto& a : argv) args.push_back(a.data());
-    args.push_back(nullptr);
-    EXPECT_EQ(posix_spawn(&c.pid, args[0], &actions, nullptr, args.data(), environ), 0);
-    posix_spawn_file_actions_destroy(&actions);
-    if (capture_stderr) {
-      close(fds[1]);
-      c.err = fds[0];
-    }
-    return c;
-  }
-  // Reads stderr until a line contains `needle`; returns that line ("" at EOF).
-  std::string WaitForLine(const std::string& needle) {
-    char buf[4096];
-    while (true) {
-      size_t pos = seen.find(needle);
-      if (pos != std::string::npos) {
-        size_t begin = seen.rfind('\n', pos);
-        begin = begin == std::string::npos ? 0 : begin + 1;
-        size_t end = seen.find('\n', pos);
-        if (end != std::string::npos) return seen.substr(begin, end - begin);
-      }
-      ssize_t n = read(err, buf, sizeof(buf));
-      if (n <= 0) return "";
-      seen.append(buf, static_cast<size_t>(n));
-    }
-  }
-  int Wait() {
-    int status = 0;
-    waitpid(pid, &status, 0);
-    pid = -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  }
-  ~Child() {
-    if (pid > 0) {
-      kill(pid, SIGKILL);
-      waitpid(pid, nullptr, 0);
-    }
-    if (err >= 0) close(err);
-  }
-};
 
 int FieldOf(const std::string& line, const std::string& key) {
   size_t p = line.find(" " + key + "=");
@@ -101,60 +33,55 @@ int FieldOf(const std::string& line, const std::string& key) {
   return v;
 }
 
-int FreePort() {
-  int s = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(s, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  getsockname(s, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(s);
-  return ntohs(addr.sin_port);
-}
-
-// Polls a Prometheus instant query until it returns a sample whose value satisfies `ok`.
+// Polls a Prometheus instant query until it returns a sample whose value satisfies `ok`; `last`
+// gets the last result for the failure message.
 bool PromQueryUntil(int port, const std::string& query, const std::function<bool(double)>& ok,
                     std::string* last) {
-  httplib::Client http("127.0.0.1", port);
-  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (std::chrono::steady_clock::now() < give_up) {
-    auto res = http.Get("/api/v1/query", httplib::Params{{"query", query}}, httplib::Headers{});
-    if (res && res->status == 200) {
-      *last = res->body;
-      auto j = nlohmann::json::parse(res->body, nullptr, false);
-      if (!j.is_discarded() && j.value("status", "") == "success") {
-        for (const auto& r : j["data"]["result"]) {
-          double v = std::stod(r["value"][1].get<std::string>());
-          if (ok(v)) return true;
+  return testing::WaitUntil(
+      [&] {
+        nlohmann::json result = testing::PromQuery(port, query);
+        *last = result.dump();
+        for (const auto& sample : result) {
+          if (ok(testing::PromSampleValue(sample))) return true;
         }
-      }
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(250));  // poll interval, not a wait
-  }
-  return false;
+        return false;
+      },
+      absl::Seconds(60));
+}
+
+// Runs `argv` to its end (up to two minutes) with its output in `log`; the exit code, or -1.
+int RunToExit(const std::vector<std::string>& argv, const std::string& log) {
+  auto p = testing::Process::Start(argv, log);
+  EXPECT_TRUE(p.ok()) << p.status();
+  if (!p.ok()) return -1;
+  auto status = (*p)->Wait(absl::Seconds(120));
+  EXPECT_TRUE(status.ok()) << status.status();
+  return status.ok() ? testing::ExitCode(*status) : -1;
 }
 
 TEST(MemoryProcessTest, ServesScrapedByPrometheusAndDrainsOnSigterm) {
-  if (access("/usr/bin/prometheus", X_OK) != 0) GTEST_SKIP() << "no /usr/bin/prometheus";
+  if (access(testing::kPrometheusBinary, X_OK) != 0) {
+    GTEST_FAIL() << testing::kPrometheusBinary
+                 << " is missing: run scripts/install-deps.sh (Debian package prometheus)";
+  }
   TempDir tmp;
   const std::string model = tmp.path() + "/model", store = tmp.path() + "/store";
   testing::TestModelSpec spec;
   spec.dtype = "fp8_e4m3_e8m0";
   spec.head_dim = 256;
   ASSERT_TRUE(testing::WriteTestModel(model, spec).ok());
-  {
-    Child import = Child::Spawn(
-        {BinaryPath("client/engram"), "table", "import", model, "--store", store}, false);
-    ASSERT_EQ(import.Wait(), 0);
-  }
-  Child server = Child::Spawn(
+  ASSERT_EQ(RunToExit({BinaryPath("client/engram"), "table", "import", model, "--store", store},
+                      tmp.path() + "/import.log"),
+            0);
+  auto started = Process::Start(
       {BinaryPath("memory_tier/engram-memory"), "--store", store, "--listen", "127.0.0.1:0",
        "--metrics-host", "127.0.0.1", "--metrics-port", "0", "--dram-bytes", "300K", "--shm-prefix",
        absl::StrCat("engram-ptest-", getpid()), "--io-depth", "8", "--drain-timeout-s", "5"},
-      true);
-  const std::string ready = server.WaitForLine("msg=ready");
-  ASSERT_FALSE(ready.empty()) << server.seen;
+      tmp.path() + "/memory.log");
+  ASSERT_TRUE(started.ok()) << started.status();
+  Process& server = **started;
+  const std::string ready = server.WaitForLogLine("msg=ready", absl::Seconds(60));
+  ASSERT_FALSE(ready.empty()) << server.LogTail();
   const int port = FieldOf(ready, "port"), metrics_port = FieldOf(ready, "metrics_port");
   ASSERT_GT(port, 0) << ready;
   ASSERT_GT(metrics_port, 0) << ready;
@@ -180,20 +107,10 @@ TEST(MemoryProcessTest, ServesScrapedByPrometheusAndDrainsOnSigterm) {
   }
 
   // A real Prometheus scrapes /metrics; its HTTP API shows the target up and a tier metric.
-  const int prom_port = FreePort();
-  const std::string prom_dir = tmp.path() + "/prometheus";
-  std::filesystem::create_directories(prom_dir);
-  {
-    std::ofstream cfg(prom_dir + "/prometheus.yml");
-    cfg << "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-        << "scrape_configs:\n  - job_name: engram-memory\n    static_configs:\n"
-        << "      - targets: ['127.0.0.1:" << metrics_port << "']\n";
-  }
-  Child prometheus =
-      Child::Spawn({"/usr/bin/prometheus", "--config.file=" + prom_dir + "/prometheus.yml",
-                    "--storage.tsdb.path=" + prom_dir + "/data",
-                    absl::StrCat("--web.listen-address=127.0.0.1:", prom_port)},
-                   false);
+  auto prometheus =
+      testing::StartPrometheus(tmp.path() + "/prometheus", {{"engram-memory", metrics_port}});
+  ASSERT_TRUE(prometheus.ok()) << prometheus.status();
+  const int prom_port = prometheus->port;
   std::string last;
   EXPECT_TRUE(PromQueryUntil(
       prom_port, "up{job=\"engram-memory\"}", [](double v) { return v == 1; }, &last))
@@ -204,21 +121,22 @@ TEST(MemoryProcessTest, ServesScrapedByPrometheusAndDrainsOnSigterm) {
   EXPECT_TRUE(PromQueryUntil(
       prom_port, "engram_memory_tables{state=\"serving\"}", [](double v) { return v == 2; }, &last))
       << last;
-  kill(prometheus.pid, SIGTERM);
-  prometheus.Wait();
+  prometheus->process->Signal(SIGTERM);
+  (void)prometheus->process->Wait(absl::Seconds(30));
 
   // inspect reads the catalog read-only while the server holds it.
-  {
-    Child inspect =
-        Child::Spawn({BinaryPath("client/engram"), "table", "inspect", "--store", store}, false);
-    EXPECT_EQ(inspect.Wait(), 0);
-  }
+  EXPECT_EQ(RunToExit({BinaryPath("client/engram"), "table", "inspect", "--store", store},
+                      tmp.path() + "/inspect.log"),
+            0);
   // SIGTERM: drain, persist statistics, exit 0.
   client->reset();
-  ASSERT_EQ(kill(server.pid, SIGTERM), 0);
-  EXPECT_FALSE(server.WaitForLine("state=draining").empty()) << server.seen;
-  EXPECT_FALSE(server.WaitForLine("msg=stopped").empty()) << server.seen;
-  EXPECT_EQ(server.Wait(), 0);
+  ASSERT_TRUE(server.Signal(SIGTERM));
+  EXPECT_FALSE(server.WaitForLogLine("state=draining", absl::Seconds(60)).empty())
+      << server.LogTail();
+  EXPECT_FALSE(server.WaitForLogLine("msg=stopped", absl::Seconds(60)).empty()) << server.LogTail();
+  auto exit = server.Wait(absl::Seconds(60));
+  ASSERT_TRUE(exit.ok()) << exit.status();
+  EXPECT_EQ(testing::ExitCode(*exit), 0);
   auto [code, out] = testing::RunCommand(absl::StrCat(
       BinaryPath("client/engram"), " table inspect --store ", store, " --layer 1 --top 3"));
   EXPECT_EQ(code, 0) << out;

@@ -4,7 +4,6 @@
 
 #include <unistd.h>
 
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 
@@ -20,6 +19,7 @@
 #include "model/tokenizer.h"
 #include "nlohmann/json.hpp"
 #include "tests/memory_tier/test_model.h"
+#include "tests/tokenizer/test_data.h"
 
 namespace engram {
 namespace {
@@ -27,12 +27,8 @@ namespace {
 constexpr char kPhrase[] = "the quick brown fox jumps over the lazy dog\n";
 
 TEST(TableProfileTest, ProfiledHotRowsAreStoredAndServedFromDramAtStart) {
-  const char* data = std::getenv("ENGRAM_TESTDATA_DIR");
-  const std::string tokenizer_json =
-      absl::StrCat(data ? data : "", "/tokenizer-gpt2/package/models/tokenizer.json");
-  if (!data || access(tokenizer_json.c_str(), R_OK) != 0) {
-    GTEST_SKIP() << "GPT-2 tokenizer.json not found (run scripts/fetch-testdata.sh)";
-  }
+  const std::string tokenizer_json = testing::Gpt2Path();
+  ASSERT_TRUE(testing::HaveTestData(tokenizer_json));
   testing::TempDir tmp;
   const std::string model = tmp.path() + "/model", store = tmp.path() + "/store";
   testing::TestModelSpec spec;

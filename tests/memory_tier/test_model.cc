@@ -129,18 +129,6 @@ absl::StatusOr<std::vector<uint8_t>> SourceRows(const std::string& model_dir, ui
   return out;
 }
 
-TempDir::TempDir() {
-  const char* base = getenv("TMPDIR");
-  std::string tmpl = absl::StrCat(base && *base ? base : "/tmp", "/engram-test-XXXXXX");
-  char* p = mkdtemp(tmpl.data());
-  path_ = p ? p : "";
-}
-
-TempDir::~TempDir() {
-  std::error_code ec;
-  if (!path_.empty()) std::filesystem::remove_all(path_, ec);
-}
-
 RandomRowFile::RandomRowFile(uint64_t n_rows, absl::string_view dtype, int head_dim,
                              uint64_t seed) {
   manifest.model = "test";
@@ -186,11 +174,6 @@ bool UringAvailable() {
     return true;
   }();
   return available;
-}
-
-std::string BinaryPath(const std::string& relative) {
-  const char* b = getenv("ENGRAM_BINARY_DIR");
-  return absl::StrCat(b ? b : ".", "/", relative);
 }
 
 }  // namespace engram::testing

@@ -1,5 +1,5 @@
 // Test helpers for the memory tier: small Engram model directories written with the real
-// SafetensorsWriter, independent expectations read back from their safetensors, temp dirs.
+// SafetensorsWriter, independent expectations read back from their safetensors, random row files.
 #ifndef ENGRAM_TESTS_MEMORY_TIER_TEST_MODEL_H_
 #define ENGRAM_TESTS_MEMORY_TIER_TEST_MODEL_H_
 
@@ -12,6 +12,8 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "memory_tier/row_file.h"
+#include "tests/common/temp_dir.h"
+#include "tests/common/test_paths.h"
 
 namespace engram::testing {
 
@@ -37,17 +39,6 @@ std::vector<int64_t> TestModelRows(const TestModelSpec& spec);
 absl::StatusOr<std::vector<uint8_t>> SourceRows(const std::string& model_dir, uint32_t layer,
                                                 size_t* row_bytes);
 
-// A fresh directory under $TMPDIR (or /tmp), removed with everything in it on destruction.
-class TempDir {
- public:
-  TempDir();
-  ~TempDir();
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
-
 // A row file of `rows` random rows (bytes from `seed`) written with the real RowFileWriter in
 // a temporary directory: model "test", layer 1, version 1, 64 KiB chunks. The rows stay in memory
 // as the expectation.
@@ -68,9 +59,6 @@ std::pair<int, std::string> RunCommand(const std::string& command);
 // Whether this process may set up an io_uring (container seccomp profiles often forbid it). Tests
 // of the io_uring backend skip without it; the pread fallback is tested either way.
 bool UringAvailable();
-
-// Path of a built binary (ENGRAM_BINARY_DIR/<relative>).
-std::string BinaryPath(const std::string& relative);
 
 }  // namespace engram::testing
 

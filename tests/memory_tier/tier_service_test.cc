@@ -8,7 +8,6 @@
 #include <random>
 #include <thread>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "common/row_format.h"
@@ -16,18 +15,19 @@
 #include "engram/v1/memory_tier.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
-#include "httplib.h"
 #include "memory_tier/catalog.h"
 #include "memory_tier/importer.h"
 #include "memory_tier/table_set.h"
 #include "memory_tier/tier_client.h"
 #include "memory_tier/tier_server.h"
+#include "tests/common/process.h"
 #include "tests/common/raw_call.h"
 #include "tests/memory_tier/test_model.h"
 
 namespace engram {
 namespace {
 
+using testing::ScrapeMetric;
 using testing::SourceRows;
 using testing::TempDir;
 using testing::TestModelSpec;
@@ -276,11 +276,10 @@ TEST_F(TierServiceTest, CoLocatedClientReadsTheArenaAndReportsItsHits) {
     }
   }
   EXPECT_TRUE(found);
-  httplib::Client http("127.0.0.1", server_->metrics_port());
-  auto res = http.Get("/metrics");
-  ASSERT_TRUE(res);
-  EXPECT_NE(res->body.find("engram_tier_rows_served_total{tier=\"arena\"} 200"), std::string::npos)
-      << res->body.substr(0, 2000);
+  auto metrics = testing::HttpGet(server_->metrics_port(), "/metrics");
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  EXPECT_NE(metrics->find("engram_tier_rows_served_total{tier=\"arena\"} 200"), std::string::npos)
+      << metrics->substr(0, 2000);
 }
 
 TEST_F(TierServiceTest, BadInputGetsClearErrorsAndTheStreamGoesOn) {
@@ -475,22 +474,6 @@ class LaggingPrefetchClient
   bool done_ ABSL_GUARDED_BY(mu_) = false;
 };
 
-// The value of an unlabelled metric on the server's /metrics.
-double ScrapeMetric(int port, const std::string& name) {
-  httplib::Client http("127.0.0.1", port);
-  auto res = http.Get("/metrics");
-  if (!res) return -1;
-  const std::string prefix = "\n" + name + " ";
-  const size_t at = res->body.find(prefix);
-  if (at == std::string::npos) return -1;
-  const size_t begin = at + prefix.size();
-  double value = -1;
-  if (!absl::SimpleAtod(res->body.substr(begin, res->body.find('\n', begin) - begin), &value)) {
-    return -1;
-  }
-  return value;
-}
-
 // A client that stops reading its responses must not make the server buffer every answer (a
 // stuck worker would otherwise grow engram-memory until the host kills it, taking every other
 // worker's rows with it): the stream is capped at max_message_bytes of unsent responses, and the
@@ -524,10 +507,8 @@ TEST_F(TierServiceTest, AClientThatStopsReadingIsHeldBackNotBuffered) {
   // The server reaches its cap and stops reading this stream. (Polled with a deadline: without
   // the cap this state never comes and the wait fails.)
   const int port = server_->metrics_port();
-  const absl::Time deadline = absl::Now() + absl::Seconds(30);
-  while (ScrapeMetric(port, "engram_prefetch_paused_streams") != 1 && absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(5));
-  }
+  testing::WaitUntil([&] { return ScrapeMetric(port, "engram_prefetch_paused_streams") == 1; },
+                     absl::Seconds(30));
   ASSERT_EQ(ScrapeMetric(port, "engram_prefetch_paused_streams"), 1);
   // At most the cap plus the one batch that crossed it.
   EXPECT_LE(ScrapeMetric(port, "engram_prefetch_unsent_bytes"), 2.0 * (1 << 20));

@@ -9,6 +9,7 @@
 #include "gtest/gtest.h"
 #include "model/kv_cache.h"
 #include "model/thread_pool.h"
+#include "tests/common/expect_near.h"
 
 namespace engram {
 namespace {
@@ -19,18 +20,6 @@ std::vector<float> Random(size_t n, uint32_t seed) {
   std::vector<float> v(n);
   for (float& x : v) x = dist(gen);
   return v;
-}
-
-void ExpectNear(const std::vector<float>& got, const std::vector<double>& want, double atol,
-                double rtol) {
-  ASSERT_EQ(got.size(), want.size());
-  int bad = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    if (std::fabs(got[i] - want[i]) > atol + rtol * std::fabs(want[i]) && ++bad <= 5) {
-      ADD_FAILURE() << "element " << i << ": got " << got[i] << ", want " << want[i];
-    }
-  }
-  EXPECT_EQ(bad, 0);
 }
 
 TEST(CpuOpsTest, MatMulMatchesNaiveAndIgnoresTheThreadSplit) {
@@ -50,7 +39,7 @@ TEST(CpuOpsTest, MatMulMatchesNaiveAndIgnoresTheThreadSplit) {
     MatMul(nullptr, x.data(), w.data(), b.data(), T, K, N, inline_out.data());
     MatMul(&pool3, x.data(), w.data(), b.data(), T, K, N, out3.data());
     MatMul(&pool2, x.data(), w.data(), b.data(), T, K, N, out2.data());
-    ExpectNear(inline_out, want, 1e-4, 1e-4);
+    testing::ExpectNear(inline_out, want, 1e-4, 1e-4);
     EXPECT_EQ(inline_out, out3);
     EXPECT_EQ(inline_out, out2);
   }
@@ -80,7 +69,7 @@ TEST(CpuOpsTest, RmsNormMatchesNaive) {
   }
   std::vector<float> out(T * H);
   RmsNorm(x.data(), w.data(), T, H, 1e-5f, out.data());
-  ExpectNear(out, want, 1e-6, 1e-5);
+  testing::ExpectNear(out, want, 1e-6, 1e-5);
   RmsNorm(x.data(), w.data(), T, H, 1e-5f, x.data());  // in place
   EXPECT_EQ(x, out);
 }
@@ -101,7 +90,7 @@ TEST(CpuOpsTest, RopeRotatesHalvesByPosition) {
       }
     }
   }
-  ExpectNear(y, want, 1e-5, 1e-5);
+  testing::ExpectNear(y, want, 1e-5, 1e-5);
   // Position 0 is the identity.
   auto z = x;
   ApplyRope(z.data(), 1, heads, D, 0, 10000.0f);
@@ -142,15 +131,15 @@ TEST(CpuOpsTest, GroupedQueryAttentionIsCausal) {
   std::vector<float> out(T * Nq * D), out_pool(out.size());
   Attention(nullptr, q.data(), cache, 0, T, start, Nq, Nkv, D, out.data());
   Attention(&pool, q.data(), cache, 0, T, start, Nq, Nkv, D, out_pool.data());
-  ExpectNear(out, want, 1e-5, 1e-5);
+  testing::ExpectNear(out, want, 1e-5, 1e-5);
   EXPECT_EQ(out, out_pool);
 }
 
 TEST(CpuOpsTest, SwiGluAndAdd) {
   std::vector<float> gate = {-2.0f, 0.0f, 1.5f}, up = {1.0f, 3.0f, -2.0f};
   SwiGlu(gate.data(), up.data(), 3);
-  ExpectNear(gate, {-2.0 / (1 + std::exp(2.0)), 0.0, 1.5 / (1 + std::exp(-1.5)) * -2.0}, 1e-6,
-             1e-6);
+  testing::ExpectNear(gate, {-2.0 / (1 + std::exp(2.0)), 0.0, 1.5 / (1 + std::exp(-1.5)) * -2.0},
+                      1e-6, 1e-6);
   std::vector<float> a = {1, 2, 3}, b = {0.5f, -2, 1};
   AddInPlace(a.data(), b.data(), 3);
   EXPECT_EQ(a, (std::vector<float>{1.5f, 0, 4}));

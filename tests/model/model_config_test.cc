@@ -12,6 +12,8 @@
 #include "gtest/gtest.h"
 #include "model/weights.h"
 #include "nlohmann/json.hpp"
+#include "tests/common/temp_dir.h"
+#include "tests/common/test_paths.h"
 
 namespace engram {
 namespace {
@@ -83,18 +85,18 @@ TEST(ModelConfigTest, ReadsEveryKey) {
   EXPECT_EQ(c->max_position_embeddings, 128);
   EXPECT_TRUE(c->tie_word_embeddings);
   EXPECT_EQ(c->bos_token_id, 1u);
-  EXPECT_THAT(c->eos_token_ids, testing::ElementsAre(2u, 7u));
+  EXPECT_THAT(c->eos_token_ids, ::testing::ElementsAre(2u, 7u));
   EXPECT_TRUE(c->IsEos(7));
   EXPECT_FALSE(c->IsEos(1));
   EXPECT_EQ(c->torch_dtype, "bfloat16");
   ASSERT_TRUE(c->has_engram());
-  EXPECT_THAT(c->engram.layer_ids, testing::ElementsAre(1, 2));
+  EXPECT_THAT(c->engram.layer_ids, ::testing::ElementsAre(1, 2));
   EXPECT_EQ(c->engram.hidden_size, 32);
   EXPECT_EQ(c->engram.d_mem(), 2 * 2 * 8);
   j["eos_token_id"] = 5;
   c = ParseModelConfig(j, "/x");
   ASSERT_TRUE(c.ok()) << c.status();
-  EXPECT_THAT(c->eos_token_ids, testing::ElementsAre(5u));
+  EXPECT_THAT(c->eos_token_ids, ::testing::ElementsAre(5u));
 }
 
 TEST(ModelConfigTest, ErrorsNameTheKey) {
@@ -160,8 +162,8 @@ TEST(ModelConfigTest, LoadNamesTheFile) {
   absl::StatusOr<ModelConfig> c = LoadModelConfig("/nonexistent/model");
   EXPECT_FALSE(c.ok());
   EXPECT_THAT(std::string(c.status().message()), HasSubstr("/nonexistent/model/config.json"));
-  std::string dir = testing::TempDir() + "/bad_config_model";
-  std::filesystem::create_directories(dir);
+  testing::TempDir tmp;
+  const std::string& dir = tmp.path();
   std::ofstream(dir + "/config.json") << "{\"vocab_size\": 10, ";
   c = LoadModelConfig(dir);
   EXPECT_FALSE(c.ok());
@@ -173,16 +175,13 @@ TEST(ModelConfigTest, LoadNamesTheFile) {
 // ---- Weights ---------------------------------------------------------------------------------
 
 // The golden backbone model (tests/golden/backbone) as a source of well-formed tensors.
-std::string GoldenModelDir() {
-  const char* src = std::getenv("ENGRAM_SOURCE_DIR");
-  return std::string(src ? src : ".") + "/tests/golden/backbone/model";
-}
+std::string GoldenModelDir() { return testing::SourceFile("tests/golden/backbone/model"); }
 
-// Copies the golden model into `dir`, dropping `drop` and replacing `reshape` by a [3, 5] tensor;
-// `tie` rewrites config.json with tie_word_embeddings and drops lm_head.weight.
-std::string Variant(const std::string& name, const std::string& drop, const std::string& reshape,
-                    bool tie = false) {
-  std::string dir = testing::TempDir() + "/weights_" + name;
+// Copies the golden model into tmp/name, dropping `drop` and replacing `reshape` by a [3, 5]
+// tensor; `tie` rewrites config.json with tie_word_embeddings and drops lm_head.weight.
+std::string Variant(const testing::TempDir& tmp, const std::string& name, const std::string& drop,
+                    const std::string& reshape, bool tie = false) {
+  std::string dir = tmp.path() + "/" + name;
   std::filesystem::create_directories(dir);
   auto src = SafetensorsDir::Open(GoldenModelDir());
   EXPECT_TRUE(src.ok()) << src.status();
@@ -218,9 +217,9 @@ TEST(WeightsTest, LoadsEveryTensorConvertingDtypes) {
   auto w = LoadFrom(GoldenModelDir(), &keep);
   ASSERT_TRUE(w.ok()) << w.status();
   ASSERT_EQ(w->layers.size(), 3u);
-  EXPECT_THAT(w->embed_tokens.shape, testing::ElementsAre(96, 32));
-  EXPECT_THAT(w->layers[1].gate_proj.shape, testing::ElementsAre(80, 32));
-  EXPECT_THAT(w->layers[2].down_proj.shape, testing::ElementsAre(32, 80));
+  EXPECT_THAT(w->embed_tokens.shape, ::testing::ElementsAre(96, 32));
+  EXPECT_THAT(w->layers[1].gate_proj.shape, ::testing::ElementsAre(80, 32));
+  EXPECT_THAT(w->layers[2].down_proj.shape, ::testing::ElementsAre(32, 80));
   EXPECT_FALSE(w->layers[0].q_bias.empty());
   EXPECT_FALSE(w->layers[0].o_bias.empty());
   // F32 is used in place; BF16 (MLP) and F16 (norms) are converted copies.
@@ -237,20 +236,22 @@ TEST(WeightsTest, LoadsEveryTensorConvertingDtypes) {
 }
 
 TEST(WeightsTest, TiedEmbeddingsShareTheTable) {
+  testing::TempDir tmp;
   std::unique_ptr<SafetensorsDir> keep;
-  auto w = LoadFrom(Variant("tied", "", "", /*tie=*/true), &keep);
+  auto w = LoadFrom(Variant(tmp, "tied", "", "", /*tie=*/true), &keep);
   ASSERT_TRUE(w.ok()) << w.status();
   EXPECT_EQ(w->lm_head.data, w->embed_tokens.data);
 }
 
 TEST(WeightsTest, MissingTensorIsNamed) {
+  testing::TempDir tmp;
   std::unique_ptr<SafetensorsDir> keep;
-  auto w = LoadFrom(Variant("missing", "model.layers.2.mlp.up_proj.weight", ""), &keep);
+  auto w = LoadFrom(Variant(tmp, "missing", "model.layers.2.mlp.up_proj.weight", ""), &keep);
   ASSERT_FALSE(w.ok());
   EXPECT_EQ(w.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(std::string(w.status().message()), HasSubstr("model.layers.2.mlp.up_proj.weight"));
   EXPECT_THAT(std::string(w.status().message()), HasSubstr("loading backbone weights"));
-  w = LoadFrom(Variant("no_head", "lm_head.weight", ""), &keep);
+  w = LoadFrom(Variant(tmp, "no_head", "lm_head.weight", ""), &keep);
   ASSERT_FALSE(w.ok());
   EXPECT_THAT(std::string(w.status().message()), HasSubstr("lm_head.weight"));
   EXPECT_THAT(std::string(w.status().message()), HasSubstr("tie_word_embeddings"));
@@ -259,7 +260,8 @@ TEST(WeightsTest, MissingTensorIsNamed) {
 // A config that names far more layers than the files hold fails on the first missing layer; it
 // does not try to allocate them all first (that threw std::bad_alloc).
 TEST(WeightsTest, MoreLayersThanTheFilesHoldIsNotFound) {
-  const std::string dir = Variant("many_layers", "", "");
+  testing::TempDir tmp;
+  const std::string dir = Variant(tmp, "many_layers", "", "");
   auto config = nlohmann::json::parse(std::ifstream(dir + "/config.json"));
   config["num_hidden_layers"] = 2000000000;
   std::ofstream(dir + "/config.json") << config.dump();
@@ -271,21 +273,23 @@ TEST(WeightsTest, MoreLayersThanTheFilesHoldIsNotFound) {
 }
 
 TEST(WeightsTest, MisShapedTensorIsNamedWithBothShapes) {
+  testing::TempDir tmp;
   std::unique_ptr<SafetensorsDir> keep;
-  auto w = LoadFrom(Variant("shape", "", "model.layers.1.self_attn.k_proj.weight"), &keep);
+  auto w = LoadFrom(Variant(tmp, "shape", "", "model.layers.1.self_attn.k_proj.weight"), &keep);
   ASSERT_FALSE(w.ok());
   EXPECT_EQ(w.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(
       std::string(w.status().message()),
       HasSubstr("model.layers.1.self_attn.k_proj.weight\" has shape [3, 5], expected [16, 32]"));
   // A mis-shaped optional bias is refused too.
-  w = LoadFrom(Variant("bias", "", "model.layers.0.self_attn.v_proj.bias"), &keep);
+  w = LoadFrom(Variant(tmp, "bias", "", "model.layers.0.self_attn.v_proj.bias"), &keep);
   ASSERT_FALSE(w.ok());
   EXPECT_THAT(std::string(w.status().message()), HasSubstr("v_proj.bias"));
 }
 
 TEST(WeightsTest, NonFloatTensorIsRefused) {
-  std::string dir = Variant("int", "model.norm.weight", "");
+  testing::TempDir tmp;
+  std::string dir = Variant(tmp, "int", "model.norm.weight", "");
   {
     // Re-add model.norm.weight as I32.
     auto src = SafetensorsDir::Open(dir);

@@ -7,12 +7,16 @@
 // Needs the GPT-2 tokenizer.json from scripts/fetch-testdata.sh (the demo model writer copies it).
 #include "server/scheduler.h"
 
+#include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
@@ -26,6 +30,7 @@
 #include "server/engram_rows.h"
 #include "server/request.h"
 #include "server/worker_metrics.h"
+#include "tests/model/tiny_model.h"
 
 namespace engram {
 namespace {
@@ -88,17 +93,7 @@ class SchedulerTest : public ::testing::Test {
       GTEST_FAIL() << tokenizer << " is missing: run scripts/fetch-testdata.sh";
     }
     dir_ = new std::string(absl::StrCat(::testing::TempDir(), "/scheduler_test_model_", getpid()));
-    DemoModelOptions o;
-    o.hidden_size = 32;
-    o.intermediate_size = 64;
-    o.num_hidden_layers = 2;
-    o.num_attention_heads = 2;
-    o.num_key_value_heads = 1;
-    o.max_position_embeddings = kContext;
-    o.engram_layer_ids = {0, 1};
-    o.engram_n_heads = 2;
-    o.engram_head_dim = 16;
-    o.engram_vocab_size = 997;
+    DemoModelOptions o = testing::TinyModelOptions(kContext);
     o.model_name = "scheduler-test";
     absl::Status s = WriteDemoModel(*dir_, o);
     ASSERT_TRUE(s.ok()) << s;
@@ -323,18 +318,37 @@ TEST_F(SchedulerTest, SeededSamplingIsReproducibleAcrossBatchCompositions) {
   r.mutable_sampling()->set_top_k(50);
   r.mutable_sampling()->set_top_p(0.95f);
   r.mutable_sampling()->set_seed(1234);
+  std::vector<v1::GenerateRequest> requests;
   std::vector<std::shared_ptr<Collector>> sinks;
   for (int i = 0; i < 3; ++i) {
-    v1::GenerateRequest ri = r;
-    ri.set_request_id(absl::StrCat("seeded-", i));
+    requests.push_back(r);
+    requests.back().set_request_id(absl::StrCat("seeded-", i));
     sinks.push_back(std::make_shared<Collector>());
-    ASSERT_TRUE(Submit(ri, sinks.back()).ok());
   }
+  // The first request decodes alone at first; the others join it from its first token event, so
+  // the same seeded request runs in batches of different sizes.
+  std::atomic<bool> submitted{false};
+  sinks[0]->OnTokens([&](int tokens) {
+    if (tokens == 1 && !submitted.exchange(true)) {
+      for (int i = 1; i < 3; ++i) EXPECT_TRUE(Submit(requests[i], sinks[i]).ok());
+    }
+  });
+  ASSERT_TRUE(Submit(requests[0], sinks[0]).ok());
   LocalGenerateResult want = Reference(r);
   for (auto& s : sinks) {
     ASSERT_TRUE(s->Wait().status.ok());
     EXPECT_EQ(s->tokens(), want.tokens);
   }
+
+  size_t most_together = 0;
+  for (const StepInfo& s : Steps()) {
+    std::set<std::string> seeded;
+    for (const auto& i : s.items) {
+      if (absl::StartsWith(i.request_id, "seeded-")) seeded.insert(i.request_id);
+    }
+    most_together = std::max(most_together, seeded.size());
+  }
+  EXPECT_GE(most_together, 2u) << "no step ran two of the seeded requests together";
 }
 
 TEST_F(SchedulerTest, CancelAndAbortEndTheRequestAtAStepBoundary) {

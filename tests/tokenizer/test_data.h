@@ -18,33 +18,29 @@
 #include "model/tokenizer.h"
 #include "model/tokenizer_utf8.h"
 #include "nlohmann/json.hpp"
+#include "tests/common/test_paths.h"
 
 namespace engram::testing {
 
-inline std::string EnvDir(const char* name, const char* fallback) {
-  const char* v = std::getenv(name);
-  return v != nullptr && *v != '\0' ? v : fallback;
+// ADD_FAILURE naming the missing test data and how to get it.
+inline void AddMissingTestDataFailure(const std::string& path) {
+  ADD_FAILURE() << "missing test data " << path
+                << " (run scripts/fetch-testdata.sh for .cache/testdata; ../shared must sit "
+                   "beside the checkout)";
 }
 
-inline std::string SharedVectors(const std::string& file) {
-  return EnvDir("ENGRAM_SHARED_DIR", "../shared") + "/reference/vectors/" + file;
+// Whether `path` is readable; ADD_FAILURE with how to get it when it is not.
+inline bool HaveTestData(const std::string& path) {
+  if (std::ifstream(path, std::ios::binary)) return true;
+  AddMissingTestDataFailure(path);
+  return false;
 }
-inline std::string TestData(const std::string& file) {
-  return EnvDir("ENGRAM_TESTDATA_DIR", ".cache/testdata") + "/" + file;
-}
-inline std::string SourceFile(const std::string& file) {
-  return EnvDir("ENGRAM_SOURCE_DIR", ".") + "/" + file;
-}
-inline std::string Gpt2Path() { return TestData("tokenizer-gpt2/package/models/tokenizer.json"); }
-inline std::string Gpt4Path() { return TestData("tokenizer-gpt4/package/models/tokenizer.json"); }
 
 // Reads a whole file; ADD_FAILURE with how to get it when it is missing.
 inline bool ReadFile(const std::string& path, std::string* out) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
-    ADD_FAILURE() << "missing test data " << path
-                  << " (run scripts/fetch-testdata.sh for .cache/testdata; ../shared must sit "
-                     "beside the checkout)";
+    AddMissingTestDataFailure(path);
     return false;
   }
   std::stringstream buffer;
@@ -103,6 +99,13 @@ inline std::string Codepoints(absl::string_view text) {
     out += buf;
   }
   return out;
+}
+
+// A byte-level piece as the pre-tokenizer returns it -> the bytes of the text it stands for.
+inline std::string ByteLevelToText(const std::string& piece) {
+  std::string bytes;
+  tokenizer_internal::AppendByteLevelDecoded(piece, &bytes);
+  return bytes;
 }
 
 inline std::vector<uint32_t> Ids(const nlohmann::json& array) {

@@ -19,6 +19,7 @@
 namespace engram {
 namespace {
 
+using testing::ByteLevelToText;
 using testing::Codepoints;
 using testing::FromHexCodepoints;
 using testing::Ids;
@@ -47,12 +48,6 @@ std::unique_ptr<Tokenizer> GoldenTokenizer(const std::string& name) {
   }
   ADD_FAILURE() << "no golden case " << name;
   return nullptr;
-}
-
-std::string ByteLevelToText(const std::string& piece) {
-  std::string bytes;
-  tokenizer_internal::AppendByteLevelDecoded(piece, &bytes);
-  return bytes;
 }
 
 // Every hand-built case: BPE options, added tokens, normalizers, post-processors, splits.

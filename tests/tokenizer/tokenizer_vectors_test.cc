@@ -17,16 +17,10 @@
 namespace engram {
 namespace {
 
+using testing::ByteLevelToText;
 using testing::Codepoints;
 using testing::Ids;
 using testing::ReadJson;
-
-// byte-level pieces as the pre-tokenizer returns them -> the text they stand for.
-std::string ByteLevelToText(const std::string& piece) {
-  std::string bytes;
-  tokenizer_internal::AppendByteLevelDecoded(piece, &bytes);
-  return bytes;
-}
 
 void CheckVectorFile(const Tokenizer& t, const std::string& file) {
   nlohmann::json v = ReadJson(testing::SharedVectors(file));
