@@ -17,10 +17,6 @@ uint64_t Hash(uint64_t row, int i) {
   return z ^ (z >> 31);
 }
 
-bool Hotter(const RowCount& a, const RowCount& b) {
-  return a.count != b.count ? a.count > b.count : a.row < b.row;
-}
-
 }  // namespace
 
 AccessStats::AccessStats(const Options& options) {
@@ -33,14 +29,23 @@ AccessStats::AccessStats(const Options& options) {
   sketch_.assign(kDepth * width, 0);
 }
 
-void AccessStats::Record(uint64_t row, uint32_t n) {
-  accesses_ += n;
+size_t AccessStats::Slot(uint64_t row, int i) const {
+  return i * (mask_ + 1) + (Hash(row, i) & mask_);
+}
+
+uint32_t AccessStats::AddToSketch(uint64_t row, uint32_t n) {
   uint32_t estimate = UINT32_MAX;
   for (int i = 0; i < kDepth; ++i) {
-    uint16_t& c = sketch_[i * (mask_ + 1) + (Hash(row, i) & mask_)];
+    uint16_t& c = sketch_[Slot(row, i)];
     c = static_cast<uint16_t>(std::min<uint32_t>(uint32_t{c} + n, UINT16_MAX));
     estimate = std::min<uint32_t>(estimate, c);
   }
+  return estimate;
+}
+
+void AccessStats::Record(uint64_t row, uint32_t n) {
+  accesses_ += n;
+  const uint32_t estimate = AddToSketch(row, n);
   auto it = hot_.find(row);
   if (it != hot_.end()) {
     it->second += n;
@@ -58,7 +63,7 @@ void AccessStats::Record(uint64_t row, uint32_t n) {
 uint32_t AccessStats::Estimate(uint64_t row) const {
   uint32_t estimate = UINT32_MAX;
   for (int i = 0; i < kDepth; ++i) {
-    estimate = std::min<uint32_t>(estimate, sketch_[i * (mask_ + 1) + (Hash(row, i) & mask_)]);
+    estimate = std::min<uint32_t>(estimate, sketch_[Slot(row, i)]);
   }
   return estimate;
 }
@@ -92,11 +97,7 @@ std::vector<RowCount> AccessStats::Hottest(size_t n) const {
 
 void AccessStats::Seed(absl::Span<const RowCount> counts) {
   for (const RowCount& rc : counts) {
-    const uint32_t n = static_cast<uint32_t>(std::min<double>(std::ceil(rc.count), UINT16_MAX));
-    for (int i = 0; i < kDepth; ++i) {
-      uint16_t& c = sketch_[i * (mask_ + 1) + (Hash(rc.row, i) & mask_)];
-      c = static_cast<uint16_t>(std::min<uint32_t>(uint32_t{c} + n, UINT16_MAX));
-    }
+    AddToSketch(rc.row, static_cast<uint32_t>(std::min<double>(std::ceil(rc.count), UINT16_MAX)));
     hot_[rc.row] += rc.count;
     if (hot_.size() >= 2 * tracked_rows_) Prune();
   }

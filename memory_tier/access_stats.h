@@ -48,6 +48,10 @@ class AccessStats {
 
  private:
   void Prune();
+  // Index in sketch_ of the row's counter in sketch row i.
+  size_t Slot(uint64_t row, int i) const;
+  // Adds n (saturating) to the row's counters; returns the new estimate (their minimum).
+  uint32_t AddToSketch(uint64_t row, uint32_t n);
 
   uint64_t mask_ = 0;
   uint64_t window_ = 0;

@@ -299,9 +299,7 @@ absl::StatusOr<std::vector<RowCount>> Catalog::LoadStats(absl::string_view model
     out.push_back(rc);
   }
   ENGRAM_RETURN_IF_ERROR(FromRocks(it->status(), "reading statistics"));
-  std::sort(out.begin(), out.end(), [](const RowCount& a, const RowCount& b) {
-    return a.count != b.count ? a.count > b.count : a.row < b.row;
-  });
+  std::sort(out.begin(), out.end(), Hotter);
   if (limit > 0 && out.size() > limit) out.resize(limit);
   return out;
 }

@@ -56,6 +56,10 @@ struct RowCount {
   uint64_t row = 0;
   double count = 0;
 };
+// The hottest-first order: higher count first, then lower row id.
+inline bool Hotter(const RowCount& a, const RowCount& b) {
+  return a.count != b.count ? a.count > b.count : a.row < b.row;
+}
 
 class Catalog {
  public:

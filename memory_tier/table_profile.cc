@@ -98,9 +98,7 @@ absl::StatusOr<ProfileResult> ProfileTables(Catalog& catalog, const ProfileOptio
       rows.push_back({row, static_cast<double>(n)});
       lookups += n;
     }
-    std::sort(rows.begin(), rows.end(), [](const RowCount& a, const RowCount& b) {
-      return a.count != b.count ? a.count > b.count : a.row < b.row;
-    });
+    std::sort(rows.begin(), rows.end(), Hotter);
     LayerProfile lp;
     lp.layer = static_cast<uint32_t>(hash.layer_ids[li]);
     lp.lookups = lookups;
