@@ -176,4 +176,16 @@ bool UringAvailable() {
   return available;
 }
 
+TableDescription ArenaTableDescription(const DramTier& dram, const TableKey& key, uint64_t rows) {
+  TableDescription d;
+  d.key = key;
+  d.rows = rows;
+  d.row_bytes = static_cast<uint32_t>(dram.row_bytes());
+  d.arena.shm_name = dram.arena().shm_name();
+  d.arena.layout = dram.resident() ? "resident" : "cache";
+  d.arena.host_id = LocalHostId();
+  d.arena.arena_id = dram.arena().header().arena_id;
+  return d;
+}
+
 }  // namespace engram::testing

@@ -11,7 +11,9 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "memory_tier/dram_tier.h"
 #include "memory_tier/row_file.h"
+#include "memory_tier/tier_client.h"
 #include "tests/common/temp_dir.h"
 #include "tests/common/test_paths.h"
 
@@ -51,6 +53,10 @@ struct RandomRowFile {
   std::string path;  // dir/v1.rows
   std::vector<uint8_t> rows;
 };
+
+// The description a co-located worker gets for `dram`'s shared-memory arena (as TableInfo would
+// give it), for opening an ArenaReader: `key`, `rows`, the tier's row size and arena.
+TableDescription ArenaTableDescription(const DramTier& dram, const TableKey& key, uint64_t rows);
 
 // Runs `command` with /bin/sh; returns its exit code (-1 when it did not exit) and its output,
 // stdout and stderr together.

@@ -96,16 +96,9 @@ struct Arena {
   static constexpr bool kNeedsUring = false;
   static TierUnderTest Make(const Table& t) {
     TierUnderTest u{MakeDram(t, kResident, kResident ? "ares" : "acache"), nullptr};
-    const SharedArena& a = u.dram->arena();
-    TableDescription d;
-    d.key = TableKey{t.manifest.model, t.manifest.layer, t.manifest.version};
-    d.rows = t.manifest.layout.rows;
-    d.row_bytes = t.manifest.layout.row_bytes;
-    d.arena.shm_name = a.shm_name();
-    d.arena.layout = kResident ? "resident" : "cache";
-    d.arena.host_id = LocalHostId();
-    d.arena.arena_id = a.header().arena_id;
-    auto reader = ArenaReader::Open(d);
+    auto reader = ArenaReader::Open(testing::ArenaTableDescription(
+        *u.dram, TableKey{t.manifest.model, t.manifest.layer, t.manifest.version},
+        t.manifest.layout.rows));
     EXPECT_TRUE(reader.ok()) << reader.status();
     u.tier = std::move(*reader);
     return u;

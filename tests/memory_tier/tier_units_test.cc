@@ -175,14 +175,8 @@ TEST(ArenaTest, ClientRefusesForeignHostsMismatchesAndRetiredArenas) {
   o.version = 4;
   auto dram = DramTier::Create(o, 100, 64);
   ASSERT_TRUE(dram.ok()) << dram.status();
-  TableDescription d;
-  d.key = TableKey{"m", 0, 4};
-  d.rows = 100;
-  d.row_bytes = 64;
-  d.arena.shm_name = o.shm_name;
-  d.arena.layout = "resident";
-  d.arena.host_id = LocalHostId();
-  d.arena.arena_id = (*dram)->arena().header().arena_id;
+  ASSERT_TRUE((*dram)->resident());
+  TableDescription d = testing::ArenaTableDescription(**dram, TableKey{"m", 0, 4}, 100);
   // Still loading: not readable yet.
   EXPECT_EQ(ArenaReader::Open(d).status().code(), absl::StatusCode::kFailedPrecondition);
   (*dram)->MarkReady();

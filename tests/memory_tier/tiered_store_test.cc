@@ -54,15 +54,8 @@ struct Fixture {
   }
 
   TableDescription Description() const {
-    TableDescription d;
-    d.key = TableKey{manifest.model, manifest.layer, manifest.version};
-    d.rows = manifest.layout.rows;
-    d.row_bytes = kRowBytes;
-    d.arena.shm_name = dram->arena().shm_name();
-    d.arena.layout = dram->resident() ? "resident" : "cache";
-    d.arena.host_id = LocalHostId();
-    d.arena.arena_id = dram->arena().header().arena_id;
-    return d;
+    return testing::ArenaTableDescription(
+        *dram, TableKey{manifest.model, manifest.layer, manifest.version}, manifest.layout.rows);
   }
 };
 
