@@ -131,8 +131,8 @@ class SequenceRows {
 // fetches, waits where rows are not there yet, and records slack and stalls per layer.
 class StepRows : public EngramRowSource {
  public:
-  // `engram_layer_ids`: the model's Engram layers (for messages); `rows_timeout`: the longest
-  // wait for one fetch (also bounded by each item's deadline).
+  // `engram_layer_ids`: the model's Engram layers (for messages; must outlive the step);
+  // `rows_timeout`: the longest wait for one fetch (also bounded by each item's deadline).
   StepRows(const std::vector<int>& engram_layer_ids, int columns, int head_dim,
            absl::Duration rows_timeout);
 
@@ -159,7 +159,7 @@ class StepRows : public EngramRowSource {
     int count;
     absl::Time deadline;
   };
-  const std::vector<int> layer_ids_;
+  const std::vector<int>& layer_ids_;
   const int columns_;
   const int head_dim_;
   const absl::Duration rows_timeout_;

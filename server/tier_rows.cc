@@ -287,7 +287,9 @@ void TierRowBackend::Fetch(const std::shared_ptr<RowFetch>& fetch, uint64_t sequ
   absl::Span<const uint64_t> ids = fetch->row_ids();
   const int head_dim = fetch->head_dim();
 
+  // Positions the arena did not serve: all of them without a usable arena.
   std::vector<uint32_t> missing;
+  bool from_arena = false;
   ArenaReader* arena = c->arenas[li].get();
   if (arena != nullptr && arena->valid()) {
     std::vector<uint8_t> raw(ids.size() * table.row_bytes);
@@ -296,34 +298,28 @@ void TierRowBackend::Fetch(const std::shared_ptr<RowFetch>& fetch, uint64_t sequ
       // Decode every row; the misses' garbage is overwritten when their batch arrives.
       s = DecodeRows(table.dtype, raw.data(), ids.size(), head_dim, fetch->mutable_rows());
     }
-    if (!s.ok()) {
-      missing.resize(ids.size());
-      for (size_t i = 0; i < ids.size(); ++i) missing[i] = static_cast<uint32_t>(i);
-    }
-    const size_t hits = ids.size() - missing.size();
-    metrics_.engram_rows(RowTier::kDramShm).Increment(static_cast<double>(hits));
-    if (hits > 0) {
-      absl::MutexLock lock(&mu_);
-      auto& report = arena_hits_[li];
-      size_t m = 0;
-      for (size_t i = 0; i < ids.size(); ++i) {
-        if (m < missing.size() && missing[m] == i) {
-          ++m;
-          continue;
-        }
-        report.push_back(ids[i]);
-      }
-    }
-  } else {
+    from_arena = s.ok();
+  }
+  if (!from_arena) {
     missing.resize(ids.size());
     for (size_t i = 0; i < ids.size(); ++i) missing[i] = static_cast<uint32_t>(i);
   }
+  const size_t hits = ids.size() - missing.size();
+  if (from_arena) metrics_.engram_rows(RowTier::kDramShm).Increment(static_cast<double>(hits));
 
+  // The arena hits join the layer's report, which travels with the next batch sent.
   std::vector<uint64_t> report;
   {
     absl::MutexLock lock(&mu_);
-    if (!missing.empty() || arena_hits_[li].size() >= kArenaReportRows)
-      report.swap(arena_hits_[li]);
+    std::vector<uint64_t>& hits_report = arena_hits_[li];
+    for (size_t i = 0, m = 0; hits > 0 && i < ids.size(); ++i) {
+      if (m < missing.size() && missing[m] == i) {
+        ++m;
+        continue;
+      }
+      hits_report.push_back(ids[i]);
+    }
+    if (!missing.empty() || hits_report.size() >= kArenaReportRows) report.swap(hits_report);
   }
   if (missing.empty()) {
     fetch->Complete(absl::OkStatus());
