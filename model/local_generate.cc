@@ -7,6 +7,7 @@
 #include "common/row_format.h"
 #include "common/status.h"
 #include "model/engram_constants.h"
+#include "model/output_text.h"
 #include "model/tokenizer.h"
 
 namespace engram {
@@ -157,8 +158,7 @@ absl::StatusOr<LocalGenerateResult> LocalGenerate(const Model& model,
 
   LocalGenerateResult result;
   Sampler sampler(options.sampling);
-  DecodeStream detok(model.tokenizer(), options.skip_special_tokens);
-  StopStringMatcher stop_strings(options.stop.stop_strings);
+  OutputText output(model.tokenizer(), options.skip_special_tokens, options.stop.stop_strings);
   const int prompt_tokens = static_cast<int>(prompt.size());
   for (int generated = 1;; ++generated) {
     const uint32_t token = sampler.Sample(logits);
@@ -169,7 +169,7 @@ absl::StatusOr<LocalGenerateResult> LocalGenerate(const Model& model,
     }
     result.tokens.push_back(token);
     bool stopped = false;
-    result.text += stop_strings.Push(detok.Step(token), &stopped);
+    result.text += output.Step(token, &stopped);
     if (stopped) {
       result.finish_reason = FinishReason::kStop;
       break;
@@ -183,12 +183,9 @@ absl::StatusOr<LocalGenerateResult> LocalGenerate(const Model& model,
     }
     ENGRAM_RETURN_IF_ERROR(step({&token, 1}));
   }
-  if (!stop_strings.stopped()) {  // bytes held back for an incomplete character
-    bool stopped = false;
-    result.text += stop_strings.Push(detok.Flush(), &stopped);
-    if (stopped) result.finish_reason = FinishReason::kStop;
-    result.text += stop_strings.Flush();
-  }
+  bool stopped = false;
+  result.text += output.Finish(&stopped);
+  if (stopped) result.finish_reason = FinishReason::kStop;
   return result;
 }
 

@@ -8,6 +8,7 @@
 #include "common/status.h"
 #include "model/cpu_backbone.h"
 #include "model/model.h"
+#include "model/output_text.h"
 #include "model/sampler.h"
 #include "model/tokenizer.h"
 #include "server/engram_rows.h"
@@ -23,15 +24,13 @@ struct Sequence {
         params(std::move(p)),
         sink(std::move(sink)),
         sampler(params.sampling),
-        detokenizer(tokenizer, params.skip_special_tokens),
-        stop_strings(params.stop.stop_strings) {}
+        output(tokenizer, params.skip_special_tokens, params.stop.stop_strings) {}
 
   const uint64_t handle;
   const GenerateParams params;
   std::shared_ptr<GenerateSink> sink;
   Sampler sampler;
-  DecodeStream detokenizer;
-  StopStringMatcher stop_strings;
+  OutputText output;
 
   // Set on admission.
   std::unique_ptr<SequenceState> state;
@@ -348,7 +347,7 @@ void Scheduler::RunStep() {
     if (reason != FinishReason::kEos && reason != FinishReason::kStop) {
       event.token_ids.push_back(s.next_token);
       bool stopped = false;
-      event.text = s.stop_strings.Push(s.detokenizer.Step(s.next_token), &stopped);
+      event.text = s.output.Step(s.next_token, &stopped);
       if (stopped) reason = FinishReason::kStop;
       ++s.emitted;
       metrics_.generation_tokens.Increment();
@@ -380,15 +379,11 @@ void Scheduler::Finish(Sequence& s, absl::Status status, FinishReason reason, Ge
   if (!status.ok()) {
     event.token_ids.clear();
     event.text.clear();
-  } else if (!s.stop_strings.stopped()) {
+  } else {
     // Text held back (an incomplete character, a possible stop string prefix) ends here.
     bool stopped = false;
-    event.text += s.stop_strings.Push(s.detokenizer.Flush(), &stopped);
-    if (stopped) {
-      event.finish_reason = FinishReason::kStop;
-    } else {
-      event.text += s.stop_strings.Flush();
-    }
+    event.text += s.output.Finish(&stopped);
+    if (stopped) event.finish_reason = FinishReason::kStop;
   }
   event.prompt_tokens = static_cast<uint32_t>(s.params.prompt.size());
   event.completion_tokens = s.emitted;
