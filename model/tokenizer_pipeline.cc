@@ -60,6 +60,19 @@ absl::StatusOr<SplitBehavior> ParseBehavior(const nlohmann::json& object,
   return JsonError(absl::StrCat(where, ".behavior"), absl::StrCat("unknown behavior \"", b, "\""));
 }
 
+// The components of a "Sequence" under `key`, each parsed by T::FromJson.
+template <typename T>
+absl::Status ParseChildren(const nlohmann::json& json, const char* key, const std::string& where,
+                           std::vector<std::unique_ptr<T>>* children) {
+  ENGRAM_ASSIGN_OR_RETURN(const nlohmann::json* list, JsonArray(json, key, where));
+  for (size_t i = 0; i < list->size(); ++i) {
+    ENGRAM_ASSIGN_OR_RETURN(std::unique_ptr<T> child,
+                            T::FromJson((*list)[i], absl::StrCat(where, ".", key, "[", i, "]")));
+    children->push_back(std::move(child));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 // ---- Normalizer --------------------------------------------------------------------------------
@@ -70,12 +83,7 @@ absl::StatusOr<std::unique_ptr<TextNormalizer>> TextNormalizer::FromJson(const n
   auto n = std::make_unique<TextNormalizer>();
   if (type == "Sequence") {
     n->kind_ = Kind::kSequence;
-    ENGRAM_ASSIGN_OR_RETURN(const nlohmann::json* list, JsonArray(json, "normalizers", where));
-    for (size_t i = 0; i < list->size(); ++i) {
-      ENGRAM_ASSIGN_OR_RETURN(auto child,
-                              FromJson((*list)[i], absl::StrCat(where, ".normalizers[", i, "]")));
-      n->children_.push_back(std::move(child));
-    }
+    ENGRAM_RETURN_IF_ERROR(ParseChildren(json, "normalizers", where, &n->children_));
   } else if (type == "NFC") {
     n->kind_ = Kind::kNfc;
   } else if (type == "NFD") {
@@ -226,12 +234,7 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> PreTokenizer::FromJson(const nlohm
   auto p = std::make_unique<PreTokenizer>();
   if (type == "Sequence") {
     p->kind_ = Kind::kSequence;
-    ENGRAM_ASSIGN_OR_RETURN(const nlohmann::json* list, JsonArray(json, "pretokenizers", where));
-    for (size_t i = 0; i < list->size(); ++i) {
-      ENGRAM_ASSIGN_OR_RETURN(auto child,
-                              FromJson((*list)[i], absl::StrCat(where, ".pretokenizers[", i, "]")));
-      p->children_.push_back(std::move(child));
-    }
+    ENGRAM_RETURN_IF_ERROR(ParseChildren(json, "pretokenizers", where, &p->children_));
   } else if (type == "Split") {
     p->kind_ = Kind::kSplit;
     ENGRAM_ASSIGN_OR_RETURN(p->pattern_, ParsePattern(json, where));
@@ -307,12 +310,7 @@ absl::StatusOr<std::unique_ptr<PostProcessor>> PostProcessor::FromJson(const nlo
   auto p = std::make_unique<PostProcessor>();
   if (type == "Sequence") {
     p->kind_ = Kind::kSequence;
-    ENGRAM_ASSIGN_OR_RETURN(const nlohmann::json* list, JsonArray(json, "processors", where));
-    for (size_t i = 0; i < list->size(); ++i) {
-      ENGRAM_ASSIGN_OR_RETURN(auto child,
-                              FromJson((*list)[i], absl::StrCat(where, ".processors[", i, "]")));
-      p->children_.push_back(std::move(child));
-    }
+    ENGRAM_RETURN_IF_ERROR(ParseChildren(json, "processors", where, &p->children_));
   } else if (type == "ByteLevel") {
     p->kind_ = Kind::kByteLevel;  // trims offsets only; never adds ids
   } else if (type == "RobertaProcessing" || type == "BertProcessing") {
