@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "common/splitmix64.h"
+
 namespace engram {
 namespace {
 
@@ -10,12 +12,7 @@ constexpr int kDepth = 4;
 constexpr uint64_t kSeeds[kDepth] = {0x9e3779b97f4a7c15ull, 0xc2b2ae3d27d4eb4full,
                                      0x165667b19e3779f9ull, 0x27d4eb2f165667c5ull};
 
-uint64_t Hash(uint64_t row, int i) {
-  uint64_t z = row ^ kSeeds[i];
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
+uint64_t Hash(uint64_t row, int i) { return SplitMix64Mix(row ^ kSeeds[i]); }
 
 }  // namespace
 

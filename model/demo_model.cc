@@ -11,6 +11,7 @@
 #include "common/engram_config.h"
 #include "common/log.h"
 #include "common/safetensors.h"
+#include "common/splitmix64.h"
 #include "common/status.h"
 #include "model/engram_constants.h"
 #include "model/model_config.h"
@@ -33,23 +34,16 @@ constexpr char kEndOfText[] = "<|endoftext|>";
 // Every element is a pure function of (seed, tensor name, element index): the files do not depend
 // on the order tensors are written in, and a table can be produced in any chunking.
 
-uint64_t Mix64(uint64_t z) {  // SplitMix64's finaliser
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
 uint64_t StreamKey(uint64_t seed, absl::string_view name) {
   uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a
   for (char c : name) h = (h ^ static_cast<uint8_t>(c)) * 0x100000001b3ull;
-  return Mix64(h ^ Mix64(seed));
+  return SplitMix64Mix(h ^ SplitMix64Mix(seed));
 }
 
 // Uniform on [-sqrt(3), sqrt(3)) * std: mean 0, standard deviation `std`. A uniform is as good as a
 // normal for a demo and keeps producing a table of millions of rows cheap.
 float Value(uint64_t key, uint64_t index, float std) {
-  uint64_t bits = Mix64(key + (index + 1) * 0x9E3779B97F4A7C15ull);
-  double u = static_cast<double>(bits >> 11) * 0x1.0p-53;  // [0, 1)
+  const double u = UnitInterval(SplitMix64Mix(key + (index + 1) * kSplitMix64Gamma));
   return static_cast<float>((2.0 * u - 1.0) * 1.7320508075688772 * std);
 }
 

@@ -6,6 +6,7 @@
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
+#include "common/splitmix64.h"
 
 namespace engram {
 namespace {
@@ -42,15 +43,7 @@ uint32_t ArgMax(absl::Span<const float> logits) {
 
 Sampler::Sampler(const SamplingParams& params) : params_(params), state_(params.seed) {}
 
-double Sampler::NextUniform() {
-  // SplitMix64 (Steele et al.): tiny state, full period, and the same sequence on every platform,
-  // unlike the std:: distributions.
-  uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  z ^= z >> 31;
-  return static_cast<double>(z >> 11) * 0x1.0p-53;
-}
+double Sampler::NextUniform() { return UnitInterval(SplitMix64Next(&state_)); }
 
 uint32_t Sampler::Sample(absl::Span<const float> logits) {
   if (params_.temperature <= 0 || logits.size() <= 1) return ArgMax(logits);
