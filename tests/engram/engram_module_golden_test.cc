@@ -12,6 +12,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "model/engram_module_check.h"
+#include "tests/common/rewrite_safetensors.h"
 #include "tests/common/temp_dir.h"
 #include "tests/common/test_paths.h"
 
@@ -123,17 +124,16 @@ TEST(GoldenCheck, RefusesBadInput) {
 
 TEST(GoldenCheck, RefusesBrokenMetadata) {
   // Rewrite a golden file with inconsistent metadata: layer_id not in layer_ids.
-  auto file = SafetensorsFile::Open(GoldenDir() + "/hc1_noconv_f32.safetensors");
-  ASSERT_TRUE(file.ok());
+  const std::string golden = GoldenDir() + "/hc1_noconv_f32.safetensors";
+  ASSERT_TRUE(SafetensorsFile::Open(golden).ok());
   TempDir tmp;
   auto write_with = [&](const std::string& key, const std::string& value) {
-    SafetensorsWriter writer;
-    for (const auto& [k, v] : (*file)->metadata()) writer.SetMetadata(k, k == key ? value : v);
-    for (const TensorView& t : (*file)->tensors()) {
-      writer.Add(t.name, t.dtype, t.shape, absl::Span<const uint8_t>(t.data, t.size_bytes));
-    }
     const std::string path = tmp.path() + "/meta.safetensors";
-    EXPECT_TRUE(writer.Write(path).ok());
+    absl::Status s = testing::RewriteSafetensors(golden, path, [&](auto* metadata, auto*) {
+      auto it = metadata->find(key);
+      if (it != metadata->end()) it->second = value;
+    });
+    EXPECT_TRUE(s.ok()) << s;
     return path;
   };
   EngramModuleCheckOptions options;

@@ -11,8 +11,6 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <functional>
-#include <map>
 #include <string>
 #include <vector>
 
@@ -24,6 +22,7 @@
 #include "gtest/gtest.h"
 #include "model/demo_model.h"
 #include "nlohmann/json.hpp"
+#include "tests/common/rewrite_safetensors.h"
 #include "tests/common/test_paths.h"
 #include "tests/integration/worker_cluster.h"
 
@@ -131,22 +130,9 @@ class CliBadInputTest : public ::testing::Test {
   }
 
   // A copy of the golden module file with `edit` applied to its tensors and metadata.
-  static std::string ModuleVariant(const std::string& name,
-                                   const std::function<void(std::map<std::string, std::string>*,
-                                                            std::vector<TensorView>*)>& edit) {
-    auto file = SafetensorsFile::Open(GoldenModule());
-    EXPECT_TRUE(file.ok()) << file.status();
-    std::map<std::string, std::string> metadata = (*file)->metadata();
-    std::vector<TensorView> tensors;
-    for (const TensorView& t : (*file)->tensors()) tensors.push_back(t);
-    edit(&metadata, &tensors);
-    SafetensorsWriter writer;
-    for (const auto& [k, v] : metadata) writer.SetMetadata(k, v);
-    for (const TensorView& t : tensors) {
-      writer.Add(t.name, t.dtype, t.shape, absl::MakeConstSpan(t.data, t.size_bytes));
-    }
+  static std::string ModuleVariant(const std::string& name, const testing::SafetensorsEdit& edit) {
     const std::string path = Path(name + ".safetensors");
-    absl::Status s = writer.Write(path);
+    absl::Status s = testing::RewriteSafetensors(GoldenModule(), path, edit);
     EXPECT_TRUE(s.ok()) << s;
     return path;
   }

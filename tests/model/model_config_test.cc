@@ -12,6 +12,7 @@
 #include "gtest/gtest.h"
 #include "model/weights.h"
 #include "nlohmann/json.hpp"
+#include "tests/common/rewrite_safetensors.h"
 #include "tests/common/temp_dir.h"
 #include "tests/common/test_paths.h"
 
@@ -183,19 +184,21 @@ std::string Variant(const testing::TempDir& tmp, const std::string& name, const 
                     const std::string& reshape, bool tie = false) {
   std::string dir = tmp.path() + "/" + name;
   std::filesystem::create_directories(dir);
-  auto src = SafetensorsDir::Open(GoldenModelDir());
-  EXPECT_TRUE(src.ok()) << src.status();
-  SafetensorsWriter writer;
-  std::vector<float> junk(15, 0.5f);
-  for (const TensorView* t : (*src)->tensors()) {
-    if (t->name == drop || (tie && t->name == "lm_head.weight")) continue;
-    if (t->name == reshape) {
-      writer.AddF32As(t->name, DType::kF32, {3, 5}, junk);
-      continue;
-    }
-    writer.Add(t->name, t->dtype, t->shape, absl::MakeConstSpan(t->data, t->size_bytes));
-  }
-  EXPECT_TRUE(writer.Write(dir + "/model.safetensors").ok());
+  const std::vector<float> junk(15, 0.5f);
+  absl::Status written = testing::RewriteSafetensors(
+      GoldenModelDir() + "/model.safetensors", dir + "/model.safetensors",
+      [&](auto*, std::vector<TensorView>* tensors) {
+        testing::DropTensor(tensors, drop);
+        if (tie) testing::DropTensor(tensors, "lm_head.weight");
+        for (TensorView& t : *tensors) {
+          if (t.name != reshape) continue;
+          t.dtype = DType::kF32;
+          t.shape = {3, 5};
+          t.data = reinterpret_cast<const uint8_t*>(junk.data());
+          t.size_bytes = junk.size() * sizeof(float);
+        }
+      });
+  EXPECT_TRUE(written.ok()) << written;
   auto config = nlohmann::json::parse(std::ifstream(GoldenModelDir() + "/config.json"));
   if (tie) config["tie_word_embeddings"] = true;
   std::ofstream(dir + "/config.json") << config.dump();

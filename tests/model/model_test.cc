@@ -14,6 +14,7 @@
 #include "model/engram_module.h"
 #include "model/tokenizer.h"
 #include "nlohmann/json.hpp"
+#include "tests/common/rewrite_safetensors.h"
 
 namespace engram {
 namespace {
@@ -50,7 +51,7 @@ class ModelTest : public ::testing::Test {
   static void SetUpTestSuite() {
     ASSERT_TRUE(fs::exists(DefaultDemoTokenizerPath()))
         << DefaultDemoTokenizerPath() << " is missing: run scripts/fetch-testdata.sh";
-    dir_ = new std::string(testing::TempDir() + "/model_test_demo");
+    dir_ = new std::string(::testing::TempDir() + "/model_test_demo");
     fs::remove_all(*dir_);
     absl::Status st = WriteDemoModel(*dir_, Small());
     ASSERT_TRUE(st.ok()) << st;
@@ -59,7 +60,7 @@ class ModelTest : public ::testing::Test {
 
   // A copy of the demo model to break.
   std::string Copy(const std::string& name) {
-    std::string d = testing::TempDir() + "/model_test_" + name;
+    std::string d = ::testing::TempDir() + "/model_test_" + name;
     fs::remove_all(d);
     fs::create_directories(d);
     for (const auto& e : fs::directory_iterator(*dir_)) fs::copy(e.path(), d / e.path().filename());
@@ -77,7 +78,7 @@ TEST_F(ModelTest, LoadsTheDemoModel) {
   EXPECT_EQ(m.name(), "engram-demo");
   EXPECT_EQ(m.config().vocab_size, 50257);
   EXPECT_EQ(m.config().num_hidden_layers, 3);
-  EXPECT_THAT(m.config().eos_token_ids, testing::ElementsAre(50256u));
+  EXPECT_THAT(m.config().eos_token_ids, ::testing::ElementsAre(50256u));
   EXPECT_TRUE(m.config().tie_word_embeddings);
   EXPECT_EQ(m.weights().lm_head.data, m.weights().embed_tokens.data);
   EXPECT_EQ(m.tokenizer().max_id(), 50256u);
@@ -96,7 +97,7 @@ TEST_F(ModelTest, LoadsTheDemoModel) {
 }
 
 TEST_F(ModelTest, DemoWriterIsDeterministicAndIdempotent) {
-  std::string other = testing::TempDir() + "/model_test_demo_again";
+  std::string other = ::testing::TempDir() + "/model_test_demo_again";
   fs::remove_all(other);
   ASSERT_TRUE(WriteDemoModel(other, Small()).ok());
   for (const char* f :
@@ -117,7 +118,7 @@ TEST_F(ModelTest, DemoWriterIsDeterministicAndIdempotent) {
 TEST_F(ModelTest, DemoWriterNeedsItsTokenizer) {
   DemoModelOptions o = Small();
   o.tokenizer_path = "/nonexistent/tokenizer.json";
-  absl::Status st = WriteDemoModel(testing::TempDir() + "/model_test_no_tok", o);
+  absl::Status st = WriteDemoModel(::testing::TempDir() + "/model_test_no_tok", o);
   EXPECT_EQ(st.code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(std::string(st.message()), HasSubstr("/nonexistent/tokenizer.json"));
   EXPECT_THAT(std::string(st.message()), HasSubstr("fetch-testdata.sh"));
@@ -197,16 +198,11 @@ TEST_F(ModelTest, StoredConstantsMustAgree) {
 
 TEST_F(ModelTest, MissingEngramModuleTensorIsNamed) {
   std::string d = Copy("no_module");
-  auto src = SafetensorsDir::Open(d);
-  ASSERT_TRUE(src.ok());
-  SafetensorsWriter w;
-  for (const TensorView* t : (*src)->tensors()) {
-    if (t->name == "model.layers.2.engram.key_projs.0.weight") continue;
-    w.Add(t->name, t->dtype, t->shape, absl::MakeConstSpan(t->data, t->size_bytes));
-  }
-  ASSERT_TRUE(w.Write(d + "/rewritten.tmpfile").ok());
-  src->reset();
-  fs::rename(d + "/rewritten.tmpfile", d + "/model.safetensors");
+  absl::Status st = testing::RewriteSafetensors(
+      d + "/model.safetensors", d + "/model.safetensors", [](auto*, std::vector<TensorView>* t) {
+        testing::DropTensor(t, "model.layers.2.engram.key_projs.0.weight");
+      });
+  ASSERT_TRUE(st.ok()) << st;
   auto m = Model::Load(d);
   ASSERT_FALSE(m.ok());
   EXPECT_THAT(std::string(m.status().message()),
