@@ -13,6 +13,7 @@ std::string OutputText::Step(uint32_t token, bool* stopped) {
 }
 
 std::string OutputText::Finish(bool* stopped) {
+  *stopped = false;
   if (stop_strings_.stopped()) return "";
   std::string text = stop_strings_.Push(detokenizer_.Flush(), stopped);
   if (!*stopped) text += stop_strings_.Flush();

@@ -23,7 +23,7 @@ class OutputText {
   // and returns the text before it (later calls return nothing).
   std::string Step(uint32_t token, bool* stopped);
   // At the end of the generation: the text still held back (an incomplete character, a possible
-  // stop-string prefix). Sets *stopped when that text completes a stop string.
+  // stop-string prefix). *stopped tells whether that text completes a stop string.
   std::string Finish(bool* stopped);
 
  private:
