@@ -2,10 +2,13 @@
 //
 //   engram model init-demo DIR [--tokenizer FILE] [--name NAME] [--engram-vocab-size N]
 //       writes the built-in demo model (model/demo_model.h); idempotent.
+//   engram model init-random DIR --preset dense-4b|dense-8b|tiny [--tokenizer FILE] [--name NAME]
+//       writes random bf16 weights of a real model's shape, no Engram (model/demo_model.h).
 //   engram model info DIR
 //       loads the model as the worker does and prints a JSON summary.
 //   engram model run DIR (--prompt TEXT | --tokens 1,2,3) [--max-tokens N] [--temperature T]
 //       [--top-k K] [--top-p P] [--seed S] [--stop STR] [--prefill-chunk N] [--threads N]
+//       [--device cuda|cpu|auto]
 //       generates in-process (model/local_generate.h: no server, rows from the model's own tables)
 //       and prints the text, then a JSON line with the token ids and the finish reason.
 #include <cstdio>
@@ -16,6 +19,7 @@
 #include "client/cli.h"
 #include "common/ngram_hash.h"
 #include "common/status.h"
+#include "model/backbone_factory.h"
 #include "model/demo_model.h"
 #include "model/local_generate.h"
 #include "model/model.h"
@@ -30,7 +34,8 @@ constexpr char kUsage[] =
     "       engram model info DIR\n"
     "       engram model run DIR (--prompt TEXT | --tokens 1,2,3) [--max-tokens N]\n"
     "           [--temperature T] [--top-k K] [--top-p P] [--seed S] [--stop STR]\n"
-    "           [--prefill-chunk N] [--threads N]\n";
+    "           [--prefill-chunk N] [--threads N] [--device cuda|cpu|auto]\n"
+    "       engram model init-random DIR --preset dense-4b|dense-8b|tiny [--tokenizer FILE]\n";
 
 absl::StatusOr<std::string> OneDir(const Args& args) {
   if (args.positional().size() != 1) {
@@ -51,6 +56,18 @@ absl::Status InitDemo(int argc, char** argv) {
       args.GetInt("engram-vocab-size", options.engram_vocab_size, 2, int64_t{1} << 32));
   ENGRAM_RETURN_IF_ERROR(WriteDemoModel(dir, options));
   std::printf("demo model ready in %s\n", dir.c_str());
+  return absl::OkStatus();
+}
+
+absl::Status InitRandom(int argc, char** argv) {
+  ENGRAM_ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, {"preset", "tokenizer", "name"}));
+  ENGRAM_ASSIGN_OR_RETURN(std::string dir, OneDir(args));
+  if (!args.Has("preset")) return absl::InvalidArgumentError("--preset is required");
+  ENGRAM_ASSIGN_OR_RETURN(DemoModelOptions options, RandomModelPreset(*args.Get("preset")));
+  options.tokenizer_path = args.GetOr("tokenizer", "");
+  options.model_name = args.GetOr("name", options.model_name);
+  ENGRAM_RETURN_IF_ERROR(WriteDemoModel(dir, options));
+  std::printf("random %s model ready in %s\n", args.Get("preset")->c_str(), dir.c_str());
   return absl::OkStatus();
 }
 
@@ -88,7 +105,7 @@ absl::Status Run(int argc, char** argv) {
   ENGRAM_ASSIGN_OR_RETURN(
       Args args, Args::Parse(argc, argv,
                              {"prompt", "tokens", "max-tokens", "temperature", "top-k", "top-p",
-                              "seed", "stop", "prefill-chunk", "threads"}));
+                              "seed", "stop", "prefill-chunk", "threads", "device"}));
   ENGRAM_ASSIGN_OR_RETURN(std::string dir, OneDir(args));
   if (args.Has("prompt") == args.Has("tokens")) {
     return absl::InvalidArgumentError("give exactly one of --prompt and --tokens");
@@ -117,11 +134,20 @@ absl::Status Run(int argc, char** argv) {
                 .seed = static_cast<uint64_t>(seed)};
   o.prefill_chunk = static_cast<int>(chunk);
   o.threads = static_cast<int>(threads);
-  ENGRAM_ASSIGN_OR_RETURN(LocalGenerateResult r, LocalGenerate(*model, prompt, o));
+  BackboneOptions backbone_options;
+  backbone_options.device = args.GetOr("device", "auto");
+  backbone_options.threads = o.threads;
+  backbone_options.max_batch_sequences = 1;
+  backbone_options.max_step_tokens = std::max<int>(
+      1, o.prefill_chunk > 0 ? o.prefill_chunk : static_cast<int>(prompt.size()));
+  ENGRAM_ASSIGN_OR_RETURN(std::unique_ptr<Backbone> backbone,
+                          CreateBackbone(*model, backbone_options));
+  ENGRAM_ASSIGN_OR_RETURN(LocalGenerateResult r, LocalGenerate(*model, *backbone, prompt, o));
   nlohmann::json j;
   j["prompt_tokens"] = prompt.size();
   j["tokens"] = r.tokens;
   j["finish_reason"] = std::string(FinishReasonName(r.finish_reason));
+  j["device"] = backbone->device_name();
   std::printf("%s\n%s\n", r.text.c_str(), j.dump().c_str());
   return absl::OkStatus();
 }
@@ -135,6 +161,8 @@ int ModelCommand(int argc, char** argv) {
   absl::Status st;
   if (sub == "init-demo") {
     st = InitDemo(argc - 1, argv + 1);
+  } else if (sub == "init-random") {
+    st = InitRandom(argc - 1, argv + 1);
   } else if (sub == "info") {
     st = Info(argc - 1, argv + 1);
   } else if (sub == "run") {
@@ -148,7 +176,7 @@ int ModelCommand(int argc, char** argv) {
 
 }  // namespace
 
-ENGRAM_CLI_COMMAND(model, "model", "init-demo / info / run: the model directory on this machine",
+ENGRAM_CLI_COMMAND(model, "model", "init-demo / init-random / info / run: the model directory on this machine",
                    ModelCommand);
 
 }  // namespace engram::cli

@@ -3,21 +3,21 @@
 #include <algorithm>
 #include <cstring>
 
-#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "model/cpu_ops.h"
 #include "model/engram_module.h"
 #include "model/model.h"
+#include "model/sampler.h"
 #include "model/thread_pool.h"
 
 namespace engram {
 
-SequenceState::SequenceState(const ModelConfig& config, int max_tokens)
-    : max_tokens_(max_tokens),
+CpuSequenceState::CpuSequenceState(const ModelConfig& config, int max_tokens)
+    : SequenceState(max_tokens),
       kv_(config.num_hidden_layers, config.num_key_value_heads, config.head_dim, max_tokens) {}
 
-SequenceState::~SequenceState() = default;
+CpuSequenceState::~CpuSequenceState() = default;
 
 // Activations of one step, reused across steps so a decode step allocates nothing once warm.
 struct CpuBackbone::Scratch {
@@ -57,9 +57,9 @@ CpuBackbone::CpuBackbone(const ModelConfig& config, const BackboneWeights& weigh
 
 CpuBackbone::~CpuBackbone() = default;
 
-std::unique_ptr<SequenceState> CpuBackbone::NewSequence(int max_tokens) const {
+std::unique_ptr<SequenceState> CpuBackbone::NewSequence(int max_tokens) {
   max_tokens = std::clamp(max_tokens, 1, config_.max_position_embeddings);
-  std::unique_ptr<SequenceState> s(new SequenceState(config_, max_tokens));
+  std::unique_ptr<CpuSequenceState> s(new CpuSequenceState(config_, max_tokens));
   for (const EngramModule* module : engram_modules_) {
     s->conv_.push_back(
         module->has_conv() ? std::make_unique<EngramConvState>(module->NewConvState()) : nullptr);
@@ -72,41 +72,28 @@ absl::Status CpuBackbone::Forward(absl::Span<const BatchItem> items, EngramRowSo
   if (logits == nullptr || item_status == nullptr) {
     return absl::InvalidArgumentError("Forward: logits and item_status must not be null");
   }
-  absl::flat_hash_set<const SequenceState*> seen;
-  for (const BatchItem& item : items) {
-    if (item.sequence == nullptr) return absl::InvalidArgumentError("Forward: null sequence");
-    if (!seen.insert(item.sequence).second) {
-      return absl::InvalidArgumentError("Forward: a sequence appears twice in one batch");
-    }
-  }
+  StepOutput checked;
+  ENGRAM_RETURN_IF_ERROR(ValidateBatch(items, config_.vocab_size, &checked));
+  *item_status = std::move(checked.status);
+  auto state = [&](size_t i) -> CpuSequenceState& {
+    return static_cast<CpuSequenceState&>(*items[i].sequence);
+  };
   const int64_t H = config_.hidden_size, I = config_.intermediate_size, V = config_.vocab_size;
   const int Nq = config_.num_attention_heads, Nkv = config_.num_key_value_heads;
   const int D = config_.head_dim;
   const int64_t Q = config_.q_width(), KV = config_.kv_width();
   const size_t n_items = items.size();
-  item_status->assign(n_items, absl::OkStatus());
 
-  // ---- Admission: reject what cannot run, place the rest in the batch's token rows ----------
+  // ---- Admission: place the items that can run in the batch's token rows ---------------------
   std::vector<int64_t> row0(n_items, 0);  // first row of each item in the (T, ...) activations
   int64_t T = 0;
   for (size_t i = 0; i < n_items; ++i) {
-    const BatchItem& item = items[i];
     absl::Status& st = (*item_status)[i];
-    if (item.tokens.empty()) {
-      st = absl::InvalidArgumentError("no tokens to process");
-    }
-    for (size_t j = 0; st.ok() && j < item.tokens.size(); ++j) {
-      if (item.tokens[j] >= static_cast<uint32_t>(V)) {
-        st = absl::InvalidArgumentError(
-            absl::StrCat("token id ", item.tokens[j], " is outside the vocabulary (size ", V, ")"));
-      }
-    }
     if (st.ok()) {
-      SequenceState& s = *item.sequence;
-      st = s.kv_.Reserve(s.position_ + static_cast<int>(item.tokens.size()));
+      st = state(i).kv_.Reserve(state(i).position_ + static_cast<int>(items[i].tokens.size()));
     }
     row0[i] = T;
-    if (st.ok()) T += static_cast<int64_t>(item.tokens.size());
+    if (st.ok()) T += static_cast<int64_t>(items[i].tokens.size());
   }
   if (T == 0) return absl::OkStatus();
   auto live = [&](size_t i) { return (*item_status)[i].ok(); };
@@ -114,7 +101,7 @@ absl::Status CpuBackbone::Forward(absl::Span<const BatchItem> items, EngramRowSo
   std::vector<std::vector<EngramConvState>> saved_conv(n_items);
   for (size_t i = 0; i < n_items; ++i) {
     if (!live(i)) continue;
-    for (const auto& c : items[i].sequence->conv_)
+    for (const auto& c : state(i).conv_)
       saved_conv[i].push_back(c ? *c : EngramConvState{});
   }
 
@@ -134,7 +121,7 @@ absl::Status CpuBackbone::Forward(absl::Span<const BatchItem> items, EngramRowSo
   // RoPE angles: the same positions in every layer, for queries and keys alike.
   for (size_t i = 0; i < n_items; ++i) {
     if (!live(i)) continue;
-    RopeAngles(static_cast<int64_t>(items[i].tokens.size()), D, items[i].sequence->position_,
+    RopeAngles(static_cast<int64_t>(items[i].tokens.size()), D, state(i).position_,
                config_.rope_theta, &s.rope_cos[row0[i] * (D / 2)], &s.rope_sin[row0[i] * (D / 2)]);
   }
 
@@ -168,7 +155,7 @@ absl::Status CpuBackbone::Forward(absl::Span<const BatchItem> items, EngramRowSo
           continue;
         }
         s.engram.resize(n * H);
-        absl::Status st = module.Forward(r->data(), h_i, n, items[i].sequence->conv_[li].get(),
+        absl::Status st = module.Forward(r->data(), h_i, n, state(i).conv_[li].get(),
                                          s.engram.data());  // Y: (n, H)
         if (!st.ok()) {
           (*item_status)[i] = Annotate(st, absl::StrCat("Engram layer ", l));
@@ -185,7 +172,7 @@ absl::Status CpuBackbone::Forward(absl::Span<const BatchItem> items, EngramRowSo
     MatMul(pool, s.xn.data(), w.v_proj.data, w.v_bias.data, T, H, KV, s.v.data());  // (T, Nkv*D)
     for (size_t i = 0; i < n_items; ++i) {
       if (!live(i)) continue;
-      SequenceState& seq = *items[i].sequence;
+      CpuSequenceState& seq = state(i);
       const int n = static_cast<int>(items[i].tokens.size());
       const int pos = seq.position_;
       float* q_i = &s.q[row0[i] * Q];   // (n, Nq, D)
@@ -234,7 +221,7 @@ absl::Status CpuBackbone::Forward(absl::Span<const BatchItem> items, EngramRowSo
 
   // ---- Commit: live items advance; failed ones keep their position and conv histories -------
   for (size_t i = 0; i < n_items; ++i) {
-    SequenceState& seq = *items[i].sequence;
+    CpuSequenceState& seq = state(i);
     if (live(i)) {
       seq.position_ += static_cast<int>(items[i].tokens.size());
     } else if (!saved_conv[i].empty()) {
@@ -242,6 +229,24 @@ absl::Status CpuBackbone::Forward(absl::Span<const BatchItem> items, EngramRowSo
         if (seq.conv_[li]) *seq.conv_[li] = std::move(saved_conv[i][li]);
       }
     }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackbone::Step(absl::Span<const BatchItem> items, EngramRowSource& rows,
+                               StepOutput* out) {
+  if (out == nullptr) return absl::InvalidArgumentError("Step: out must not be null");
+  const size_t V = static_cast<size_t>(config_.vocab_size);
+  float* logits = out->logits;
+  if (logits == nullptr) {
+    step_logits_.resize(items.size() * V);
+    logits = step_logits_.data();
+  }
+  ENGRAM_RETURN_IF_ERROR(Forward(items, rows, logits, &out->status));
+  out->tokens.assign(items.size(), 0);
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (!out->status[i].ok() || items[i].sampler == nullptr) continue;
+    out->tokens[i] = items[i].sampler->Sample(absl::MakeConstSpan(logits + i * V, V));
   }
   return absl::OkStatus();
 }

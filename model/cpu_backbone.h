@@ -1,4 +1,5 @@
-// The decoder-only transformer with Engram modules, on the CPU in f32 (the reference backend).
+// The decoder-only transformer with Engram modules, on the CPU in f32: the reference backend of
+// the Backbone interface (model/backbone.h).
 //
 // Per block i (Llama, DESIGN.md §2, engram.md §1.5-1.6, hc_mult = 1):
 //   h += Engram_i(rows, h)                  only when i is in engram_layer_ids (before attention)
@@ -22,6 +23,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "model/backbone.h"
 #include "model/kv_cache.h"
 #include "model/model_config.h"
 #include "model/weights.h"
@@ -33,48 +35,18 @@ class EngramModule;      // model/engram_module.h
 struct EngramConvState;  // model/engram_module.h
 class ThreadPool;        // model/thread_pool.h
 
-// Per-sequence state owned by the scheduler: KV cache, Engram conv states, position. Created by
-// CpuBackbone::NewSequence(max_tokens). Not thread-safe; one step at a time per sequence.
-class SequenceState {
+// The CPU backbone's sequence state: a KV cache that grows on the heap, the Engram conv states.
+class CpuSequenceState : public SequenceState {
  public:
-  ~SequenceState();
-  SequenceState(const SequenceState&) = delete;
-  SequenceState& operator=(const SequenceState&) = delete;
-
-  // Tokens already processed (the position of the next token).
-  int position() const { return position_; }
-  // Most tokens the sequence can ever hold (prompt + generated).
-  int max_tokens() const { return max_tokens_; }
+  ~CpuSequenceState() override;
 
  private:
   friend class CpuBackbone;
-  SequenceState(const ModelConfig& config, int max_tokens);
+  CpuSequenceState(const ModelConfig& config, int max_tokens);
 
-  int position_ = 0;
-  int max_tokens_;
   KvCache kv_;
   // One per Engram layer index; null entries when the conv is disabled (engram_kernel_size 0).
   std::vector<std::unique_ptr<EngramConvState>> conv_;
-};
-
-// One item of a batched step: a sequence and its new tokens (a prefill chunk or one decode token).
-struct BatchItem {
-  SequenceState* sequence;
-  absl::Span<const uint32_t> tokens;
-};
-
-// Supplies the Engram rows of an item for an Engram layer. Called by the forward pass exactly when
-// it reaches that layer (that is where the worker waits for prefetched rows). Returns [tokens,
-// d_mem] f32 rows in (order, head) column order, or an error (e.g. UNAVAILABLE when the memory tier
-// is gone) which fails the step for that item only.
-//
-// Call pattern: from the thread that called Forward, in layer order, for each Engram layer index
-// all live items in item order; at most once per (item, layer); never for an item that has already
-// failed. The returned span must stay valid until the next Rows call.
-class EngramRowSource {
- public:
-  virtual ~EngramRowSource() = default;
-  virtual absl::StatusOr<absl::Span<const float>> Rows(size_t item, int engram_layer_index) = 0;
 };
 
 struct CpuBackboneOptions {
@@ -82,7 +54,7 @@ struct CpuBackboneOptions {
   int threads = 0;
 };
 
-class CpuBackbone {
+class CpuBackbone : public Backbone {
  public:
   // `model` must outlive the backbone.
   explicit CpuBackbone(const Model& model, CpuBackboneOptions options = {});
@@ -90,18 +62,24 @@ class CpuBackbone {
   // entry of config.engram.layer_ids, all borrowed.
   CpuBackbone(const ModelConfig& config, const BackboneWeights& weights,
               std::vector<const EngramModule*> engram_modules, CpuBackboneOptions options = {});
-  ~CpuBackbone();
+  ~CpuBackbone() override;
   CpuBackbone(const CpuBackbone&) = delete;
   CpuBackbone& operator=(const CpuBackbone&) = delete;
 
-  const ModelConfig& config() const { return config_; }
-  int vocab_size() const { return config_.vocab_size; }
+  // ---- Backbone ----
+  const ModelConfig& config() const override { return config_; }
+  std::string device_name() const override { return "cpu"; }
+  // Memory grows with use, not with max_tokens.
+  std::unique_ptr<SequenceState> NewSequence(int max_tokens) override;
+  // Unbounded: the cache grows on the heap.
+  KvCapacity kv_capacity() const override { return KvCapacity{}; }
+  int64_t BlocksNeeded(const SequenceState&, int) const override { return 0; }
+  absl::Status Reserve(SequenceState&, int) override { return absl::OkStatus(); }
+  // Forward into logits, then each item's sampler (model/sampler.h) on its row.
+  absl::Status Step(absl::Span<const BatchItem> items, EngramRowSource& rows,
+                    StepOutput* out) override;
 
-  // A fresh sequence that can hold up to `max_tokens` tokens, clamped to [1,
-  // max_position_embeddings]. Memory grows with use, not with max_tokens.
-  std::unique_ptr<SequenceState> NewSequence(int max_tokens) const;
-
-  // Runs the batch; writes the next-token logits of each item's last token to logits[item * vocab].
+  // The logits half of Step: runs the batch and writes the next-token logits of each item's last token to logits[item * vocab].
   // Per-item failures are reported in item_status (the other items still complete).
   //
   // An item fails with INVALID_ARGUMENT (no tokens, a token id >= vocab_size), OUT_OF_RANGE (the
@@ -123,6 +101,7 @@ class CpuBackbone {
   std::vector<int> engram_index_of_layer_;           // [layer] -> engram layer index or -1
   std::unique_ptr<ThreadPool> pool_;
   std::unique_ptr<Scratch> scratch_;
+  std::vector<float> step_logits_;  // Step's [items, vocab] when the caller wants none
 };
 
 }  // namespace engram

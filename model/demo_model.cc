@@ -6,6 +6,8 @@
 #include <fstream>
 #include <optional>
 #include <sstream>
+#include <thread>
+#include <algorithm>
 
 #include "absl/strings/str_cat.h"
 #include "common/engram_config.h"
@@ -51,7 +53,17 @@ std::vector<float> Fill(uint64_t seed, const std::string& name, int64_t n, float
                         float mean = 0) {
   const uint64_t key = StreamKey(seed, name);
   std::vector<float> v(n);
-  for (int64_t i = 0; i < n; ++i) v[i] = mean + Value(key, i, std);
+  // Each value depends only on its index, so large tensors (a 4B model's) fill in parallel.
+  const int64_t threads = std::clamp<int64_t>(n >> 22, 1, 16);
+  std::vector<std::thread> pool;
+  for (int64_t t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      for (int64_t i = n * t / threads; i < n * (t + 1) / threads; ++i) {
+        v[i] = mean + Value(key, i, std);
+      }
+    });
+  }
+  for (auto& th : pool) th.join();
   return v;
 }
 
@@ -80,6 +92,7 @@ absl::Status WriteFileAtomically(const std::string& path, absl::string_view data
 nlohmann::ordered_json DemoConfig(const DemoModelOptions& o, int vocab_size, uint32_t eos) {
   nlohmann::ordered_json c;
   if (!o.model_name.empty()) c["model_name"] = o.model_name;
+  if (o.vocab_size > 0) vocab_size = o.vocab_size;
   c["architectures"] = {"LlamaForCausalLM"};
   c["hidden_act"] = "silu";
   c["vocab_size"] = vocab_size;
@@ -88,7 +101,7 @@ nlohmann::ordered_json DemoConfig(const DemoModelOptions& o, int vocab_size, uin
   c["num_hidden_layers"] = o.num_hidden_layers;
   c["num_attention_heads"] = o.num_attention_heads;
   c["num_key_value_heads"] = o.num_key_value_heads;
-  c["head_dim"] = o.hidden_size / o.num_attention_heads;
+  c["head_dim"] = o.head_dim > 0 ? o.head_dim : o.hidden_size / o.num_attention_heads;
   c["rms_norm_eps"] = 1e-5;
   c["rope_theta"] = 10000.0;
   c["max_position_embeddings"] = o.max_position_embeddings;
@@ -96,17 +109,19 @@ nlohmann::ordered_json DemoConfig(const DemoModelOptions& o, int vocab_size, uin
   c["bos_token_id"] = eos;
   c["eos_token_id"] = eos;
   c["torch_dtype"] = "bfloat16";
-  c["engram_layer_ids"] = o.engram_layer_ids;
-  c["engram_max_ngram_size"] = o.engram_max_ngram_size;
-  c["engram_n_heads"] = o.engram_n_heads;
-  c["engram_head_dim"] = o.engram_head_dim;
-  c["engram_vocab_size"] = o.engram_vocab_size;
-  // GPT-2 has no pad token; <|endoftext|> is what precedes a document, so it stands for
-  // "before the sequence start" in the n-gram windows.
-  c["engram_pad_token_id"] = eos;
-  c["engram_seed"] = 0;
-  c["engram_kernel_size"] = o.engram_kernel_size;
-  c["hc_mult"] = 1;
+  if (!o.engram_layer_ids.empty()) {  // a plain Llama has no Engram keys at all
+    c["engram_layer_ids"] = o.engram_layer_ids;
+    c["engram_max_ngram_size"] = o.engram_max_ngram_size;
+    c["engram_n_heads"] = o.engram_n_heads;
+    c["engram_head_dim"] = o.engram_head_dim;
+    c["engram_vocab_size"] = o.engram_vocab_size;
+    // GPT-2 has no pad token; <|endoftext|> is what precedes a document, so it stands for
+    // "before the sequence start" in the n-gram windows.
+    c["engram_pad_token_id"] = eos;
+    c["engram_seed"] = 0;
+    c["engram_kernel_size"] = o.engram_kernel_size;
+    c["hc_mult"] = 1;
+  }
   // Not a model key: records the weights' seed so a different seed is not mistaken for this model.
   c["demo_weights_seed"] = o.seed;
   return c;
@@ -178,13 +193,13 @@ void AddTables(const ModelConfig& c, const EngramConstants& constants, uint64_t 
 }
 
 bool Complete(const std::string& dir, const std::string& config_text,
-              const std::string& tokenizer_text) {
+              const std::string& tokenizer_text, bool engram) {
   auto config = ReadFile(dir + "/config.json");
   auto tokenizer = ReadFile(dir + "/tokenizer.json");
   std::error_code ec;
   return config.ok() && *config == config_text && tokenizer.ok() && *tokenizer == tokenizer_text &&
          fs::exists(dir + "/model.safetensors", ec) &&
-         fs::exists(dir + "/" + kEngramConstantsFile, ec);
+         (!engram || fs::exists(dir + "/" + kEngramConstantsFile, ec));
 }
 
 absl::Status Write(const std::string& dir, const DemoModelOptions& options) {
@@ -206,7 +221,7 @@ absl::Status Write(const std::string& dir, const DemoModelOptions& options) {
   }
   const int vocab_size = static_cast<int>(tokenizer->max_id()) + 1;
   const std::string config_text = DemoConfig(options, vocab_size, *eos).dump(2) + "\n";
-  if (Complete(dir, config_text, *tokenizer_text)) {
+  if (Complete(dir, config_text, *tokenizer_text, !options.engram_layer_ids.empty())) {
     ENGRAM_LOG(INFO).With("dir", dir) << "demo model already present";
     return absl::OkStatus();
   }
@@ -214,8 +229,10 @@ absl::Status Write(const std::string& dir, const DemoModelOptions& options) {
   ENGRAM_ASSIGN_OR_RETURN(
       ModelConfig config,
       ParseModelConfig(nlohmann::json::parse(config_text, nullptr, false), dir));
-  ENGRAM_ASSIGN_OR_RETURN(EngramConstants constants,
-                          ComputeEngramConstants(config.engram, *tokenizer));
+  EngramConstants constants;
+  if (config.has_engram()) {
+    ENGRAM_ASSIGN_OR_RETURN(constants, ComputeEngramConstants(config.engram, *tokenizer));
+  }
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec)
@@ -225,12 +242,14 @@ absl::Status Write(const std::string& dir, const DemoModelOptions& options) {
 
   SafetensorsWriter writer;
   writer.SetMetadata("format", "pt");
-  writer.SetMetadata("generator", "engram model init-demo");
+  writer.SetMetadata("generator", options.generator);
   AddBackbone(config, options.seed, &writer);
   AddTables(config, constants, options.seed, &writer);
   ENGRAM_RETURN_IF_ERROR(writer.Write(dir + "/model.safetensors"));
   ENGRAM_RETURN_IF_ERROR(WriteFileAtomically(dir + "/tokenizer.json", *tokenizer_text));
-  ENGRAM_RETURN_IF_ERROR(WriteEngramConstants(constants, dir + "/" + kEngramConstantsFile));
+  if (config.has_engram()) {
+    ENGRAM_RETURN_IF_ERROR(WriteEngramConstants(constants, dir + "/" + kEngramConstantsFile));
+  }
   ENGRAM_RETURN_IF_ERROR(WriteFileAtomically(dir + "/config.json", config_text));
   int64_t rows = 0;
   for (int64_t r : constants.hash.rows_per_layer) rows += r;
@@ -256,15 +275,48 @@ absl::Status WriteDemoModel(const std::string& dir, const DemoModelOptions& opti
   if (tokenizer_internal::FindInvalidUtf8(options.model_name) != absl::string_view::npos) {
     return absl::InvalidArgumentError("demo model: the model name is not valid UTF-8");
   }
-  if (options.hidden_size < 2 || options.num_attention_heads < 1 ||
-      options.hidden_size % options.num_attention_heads != 0 ||
-      (options.hidden_size / options.num_attention_heads) % 2 != 0) {
+  const int head_dim = options.head_dim > 0 ? options.head_dim
+                       : options.num_attention_heads > 0
+                           ? options.hidden_size / options.num_attention_heads
+                           : 0;
+  if (options.hidden_size < 2 || options.num_attention_heads < 1 || head_dim % 2 != 0 ||
+      (options.head_dim == 0 && options.hidden_size % options.num_attention_heads != 0)) {
     return absl::InvalidArgumentError(
         "demo model: hidden_size must split into an even head_dim per attention head");
   }
   absl::Status st = Write(dir, options);
   if (!st.ok()) return Annotate(st, absl::StrCat("writing the demo model to ", dir));
   return st;
+}
+
+absl::StatusOr<DemoModelOptions> RandomModelPreset(const std::string& name) {
+  DemoModelOptions o;
+  o.engram_layer_ids.clear();
+  o.generator = "engram model init-random";
+  o.model_name = "random-" + name;
+  if (name == "dense-4b" || name == "dense-8b") {
+    const bool big = name == "dense-8b";
+    o.vocab_size = 151936;
+    o.hidden_size = big ? 4096 : 2560;
+    o.intermediate_size = big ? 12288 : 9728;
+    o.num_hidden_layers = 36;
+    o.num_attention_heads = 32;
+    o.num_key_value_heads = 8;
+    o.head_dim = 128;
+    o.max_position_embeddings = 4096;
+    return o;
+  }
+  if (name == "tiny") {
+    o.hidden_size = 256;
+    o.intermediate_size = 512;
+    o.num_hidden_layers = 4;
+    o.num_attention_heads = 4;
+    o.num_key_value_heads = 2;
+    o.head_dim = 64;
+    return o;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown preset \"", name, "\" (dense-4b, dense-8b or tiny)"));
 }
 
 }  // namespace engram

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 
 namespace engram {
 
@@ -23,7 +24,10 @@ struct DemoModelOptions {
   // config.json "model_name" (the key of its tables in the memory tier); empty = the directory's
   // basename (ModelName).
   std::string model_name = "engram-demo";
-  // Backbone shape. vocab_size is the tokenizer's size.
+  // Backbone shape. vocab_size 0 = the tokenizer's size (a larger one leaves ids the tokenizer
+  // never produces); head_dim 0 = hidden_size / num_attention_heads.
+  int vocab_size = 0;
+  int head_dim = 0;
   int hidden_size = 64;
   int intermediate_size = 192;
   int num_hidden_layers = 4;
@@ -40,7 +44,19 @@ struct DemoModelOptions {
   int engram_kernel_size = 4;
   // Seed of every weight.
   uint64_t seed = 2026;
+  // Written into the safetensors metadata ("generator").
+  std::string generator = "engram model init-demo";
 };
+
+// Shapes for `engram model init-random --preset NAME`: random bf16 weights of a real model's shape
+// and no Engram layers (backbone benchmarks, docs/benchmarks.md):
+//   dense-4b  Qwen3-4B's shape: hidden 2560, 36 layers, 32 query / 8 KV heads of 128, intermediate
+//             9728, vocab 151936, tied embeddings (~4.0 B parameters, 8 GB in bf16)
+//   dense-8b  Qwen3-8B's shape: hidden 4096, 36 layers, 32 / 8 heads of 128, intermediate 12288,
+//             vocab 151936 (~7.6 B parameters with tied embeddings)
+//   tiny      hidden 256, 4 layers, 4 / 2 heads of 64, intermediate 512 (tests)
+// INVALID_ARGUMENT for another name.
+absl::StatusOr<DemoModelOptions> RandomModelPreset(const std::string& name);
 
 // The GPT-2 tokenizer.json fetched by scripts/fetch-testdata.sh:
 // $ENGRAM_TESTDATA_DIR/tokenizer-gpt2/package/models/tokenizer.json when the variable is set,

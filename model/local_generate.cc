@@ -121,23 +121,32 @@ absl::Status Check(const Model& model, absl::Span<const uint32_t> prompt,
 absl::StatusOr<LocalGenerateResult> LocalGenerate(const Model& model,
                                                   absl::Span<const uint32_t> prompt,
                                                   const LocalGenerateOptions& options) {
+  CpuBackbone backbone(model, CpuBackboneOptions{.threads = options.threads});
+  return LocalGenerate(model, backbone, prompt, options);
+}
+
+absl::StatusOr<LocalGenerateResult> LocalGenerate(const Model& model, Backbone& backbone,
+                                                  absl::Span<const uint32_t> prompt,
+                                                  const LocalGenerateOptions& options) {
   const int max_context = model.config().max_position_embeddings;
   const int context =
       options.max_context > 0 ? std::min(options.max_context, max_context) : max_context;
   ENGRAM_RETURN_IF_ERROR(Check(model, prompt, options, context));
 
-  CpuBackbone backbone(model, CpuBackboneOptions{.threads = options.threads});
   std::unique_ptr<SequenceState> seq = backbone.NewSequence(context);
+  ENGRAM_RETURN_IF_ERROR(backbone.Reserve(*seq, static_cast<int>(prompt.size())));
   std::unique_ptr<TableRowSource> rows;
   std::unique_ptr<TableRowSource::History> history;
   if (model.config().has_engram()) {
     ENGRAM_ASSIGN_OR_RETURN(rows, TableRowSource::Create(model));
     history = rows->NewHistory();
   }
-  std::vector<float> logits(model.config().vocab_size);
+  Sampler sampler(options.sampling);
   // One step of the sequence alone: the same path a scheduler step takes with a batch of one.
-  auto step = [&](absl::Span<const uint32_t> tokens) -> absl::Status {
-    BatchItem item{seq.get(), tokens};
+  // Returns the sampled token when `sample` is set.
+  auto step = [&](absl::Span<const uint32_t> tokens, bool sample) -> absl::StatusOr<uint32_t> {
+    ENGRAM_RETURN_IF_ERROR(backbone.Reserve(*seq, static_cast<int>(tokens.size())));
+    BatchItem item{seq.get(), tokens, sample ? &sampler : nullptr};
     TableRowSource::History* h = history.get();
     if (rows) ENGRAM_RETURN_IF_ERROR(rows->Prepare({item}, {&h, 1}));
     struct NoRows : EngramRowSource {
@@ -145,23 +154,24 @@ absl::StatusOr<LocalGenerateResult> LocalGenerate(const Model& model,
         return absl::InternalError("the model has no Engram layers");
       }
     } no_rows;
-    std::vector<absl::Status> status;
-    ENGRAM_RETURN_IF_ERROR(backbone.Forward(
-        {item}, rows ? static_cast<EngramRowSource&>(*rows) : no_rows, logits.data(), &status));
-    return status[0];
+    StepOutput out;
+    ENGRAM_RETURN_IF_ERROR(
+        backbone.Step({item}, rows ? static_cast<EngramRowSource&>(*rows) : no_rows, &out));
+    ENGRAM_RETURN_IF_ERROR(out.status[0]);
+    return out.tokens[0];
   };
 
   const size_t chunk = options.prefill_chunk > 0 ? options.prefill_chunk : prompt.size();
+  uint32_t token = 0;
   for (size_t begin = 0; begin < prompt.size(); begin += chunk) {
-    ENGRAM_RETURN_IF_ERROR(step(prompt.subspan(begin, std::min(chunk, prompt.size() - begin))));
+    const size_t n = std::min(chunk, prompt.size() - begin);
+    ENGRAM_ASSIGN_OR_RETURN(token, step(prompt.subspan(begin, n), begin + n == prompt.size()));
   }
 
   LocalGenerateResult result;
-  Sampler sampler(options.sampling);
   OutputText output(model.tokenizer(), options.skip_special_tokens, options.stop.stop_strings);
   const int prompt_tokens = static_cast<int>(prompt.size());
   for (int generated = 1;; ++generated) {
-    const uint32_t token = sampler.Sample(logits);
     FinishReason reason = CheckStopToken(options.stop, token, generated);
     if (reason == FinishReason::kEos || reason == FinishReason::kStop) {
       result.finish_reason = reason;
@@ -181,7 +191,7 @@ absl::StatusOr<LocalGenerateResult> LocalGenerate(const Model& model,
       result.finish_reason = reason;
       break;
     }
-    ENGRAM_RETURN_IF_ERROR(step({&token, 1}));
+    ENGRAM_ASSIGN_OR_RETURN(token, step({&token, 1}, true));
   }
   bool stopped = false;
   result.text += output.Finish(&stopped);

@@ -1,4 +1,4 @@
-// In-process reference generation: Model + CpuBackbone + Sampler, with the Engram rows read
+// In-process reference generation: Model + a Backbone (the CPU one by default) + Sampler, with the Engram rows read
 // straight from the model's own safetensors tables (no memory tier, no scheduler).
 //
 // This is the yardstick of the end-to-end tests: the worker's streamed output must equal
@@ -75,7 +75,12 @@ struct LocalGenerateResult {
   FinishReason finish_reason = FinishReason::kNone;
 };
 
-// Generates from `prompt` (token ids, non-empty, all < vocab_size, shorter than the context).
+// Generates from `prompt` (token ids, non-empty, all < vocab_size, shorter than the context) on
+// `backbone` (which must run `model`).
+absl::StatusOr<LocalGenerateResult> LocalGenerate(const Model& model, Backbone& backbone,
+                                                  absl::Span<const uint32_t> prompt,
+                                                  const LocalGenerateOptions& options);
+// The same on a CpuBackbone of options.threads threads.
 absl::StatusOr<LocalGenerateResult> LocalGenerate(const Model& model,
                                                   absl::Span<const uint32_t> prompt,
                                                   const LocalGenerateOptions& options);

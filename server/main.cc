@@ -24,7 +24,7 @@
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
-#include "model/cpu_backbone.h"
+#include "model/backbone_factory.h"
 #include "model/model.h"
 #include "model/model_config.h"
 #include "server/inference_service.h"
@@ -136,11 +136,19 @@ absl::Status Run(const WorkerConfig& config, Lifecycle& lifecycle) {
 
   const absl::Time load_start = absl::Now();
   ENGRAM_ASSIGN_OR_RETURN(std::unique_ptr<const Model> model, Model::Load(config.model.dir));
-  CpuBackboneOptions backbone_options;
+  BackboneOptions backbone_options;
+  backbone_options.device = config.model.device;
   backbone_options.threads = config.model.threads;
-  CpuBackbone backbone(*model, backbone_options);
+  backbone_options.gpu_memory_fraction = config.model.gpu_memory_fraction;
+  backbone_options.cuda_graphs = config.model.cuda_graphs;
+  backbone_options.max_batch_sequences = config.scheduler.max_running_requests;
+  backbone_options.max_step_tokens = config.scheduler.max_step_tokens;
+  ENGRAM_ASSIGN_OR_RETURN(std::unique_ptr<Backbone> backbone_owner,
+                          CreateBackbone(*model, backbone_options));
+  Backbone& backbone = *backbone_owner;
   ENGRAM_LOG(INFO)
           .With("model", model->name())
+          .With("device", backbone.device_name())
           .With("layers", model_config.num_hidden_layers)
           .With("engram_layers", model_config.engram.layer_ids.size())
           .With("seconds", absl::ToDoubleSeconds(absl::Now() - load_start))

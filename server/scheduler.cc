@@ -6,7 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
 #include "common/status.h"
-#include "model/cpu_backbone.h"
+#include "model/backbone.h"
 #include "model/model.h"
 #include "model/output_text.h"
 #include "model/sampler.h"
@@ -32,12 +32,15 @@ struct Sequence {
   Sampler sampler;
   OutputText output;
 
-  // Set on admission.
+  // Set on admission (and reset by preemption).
   std::unique_ptr<SequenceState> state;
   std::unique_ptr<SequenceRows> rows;
   // Most tokens this request may generate: max_tokens, less when the context is smaller.
   int max_new_tokens = 0;
-  // Prompt tokens already run through the backbone.
+  // What the next admission prefills: the prompt, or after a preemption the prompt and every token
+  // generated so far (recomputed; the last one was sampled but not yet fed).
+  std::vector<uint32_t> input;
+  // Tokens of `input` already run through the backbone.
   int prefilled = 0;
   // The last sampled token, fed by the next step (valid once prefill is complete).
   uint32_t next_token = 0;
@@ -47,7 +50,7 @@ struct Sequence {
   bool running = false;
   absl::Time last_token_at;
 
-  bool prefill_done() const { return prefilled == static_cast<int>(params.prompt.size()); }
+  bool prefill_done() const { return prefilled == static_cast<int>(input.size()); }
 };
 
 // A step item and the sequence it belongs to.
@@ -57,7 +60,7 @@ struct StepItem {
   int tokens;
 };
 
-Scheduler::Scheduler(const Model& model, CpuBackbone& backbone, RowBackend* rows,
+Scheduler::Scheduler(const Model& model, Backbone& backbone, RowBackend* rows,
                      WorkerMetrics& metrics, SchedulerOptions options)
     : model_(model), backbone_(backbone), rows_(rows), metrics_(metrics), options_(options) {}
 
@@ -229,26 +232,49 @@ void Scheduler::Admit() {
   while (!waiting_.empty() && static_cast<int>(running_.size()) < options_.max_running_requests) {
     std::unique_ptr<Sequence> s = std::move(waiting_.front());
     waiting_.pop_front();
-    const int prompt = static_cast<int>(s->params.prompt.size());
-    s->max_new_tokens = std::min(s->params.stop.max_tokens, options_.max_context_tokens - prompt);
-    s->state = backbone_.NewSequence(prompt + s->max_new_tokens);
-    absl::Status status;
-    if (rows_ != nullptr) {
-      // The whole prompt's row ids go out now, long before its chunks reach the Engram layers.
+    const bool first = s->input.empty();  // not a preempted sequence coming back
+    if (first) {
+      const int prompt = static_cast<int>(s->params.prompt.size());
+      s->max_new_tokens = std::min(s->params.stop.max_tokens, options_.max_context_tokens - prompt);
+      s->input = s->params.prompt;
+    }
+    const int total = static_cast<int>(s->params.prompt.size()) + s->max_new_tokens;
+    std::unique_ptr<SequenceState> state = backbone_.NewSequence(total);
+    // The whole input's KV blocks now, so that its chunks cannot run out; one more for the first
+    // generated token.
+    const int reserve = static_cast<int>(s->input.size()) + 1;
+    absl::Status status = backbone_.Reserve(*state, reserve);
+    if (absl::IsResourceExhausted(status)) {
+      const KvCapacity kv = backbone_.kv_capacity();
+      if (backbone_.BlocksNeeded(*state, reserve) <= kv.total_blocks && !running_.empty()) {
+        // It fits once running sequences finish: wait at the head of the queue.
+        waiting_.push_front(std::move(s));
+        return;
+      }
+      status = absl::ResourceExhaustedError(absl::StrCat(
+          "the request needs ", reserve, " tokens of KV cache; the worker holds ",
+          kv.total_blocks * kv.block_tokens, " in all"));
+    }
+    if (status.ok() && rows_ != nullptr) {
+      // The whole input's row ids go out now, long before its chunks reach the Engram layers.
       status = rows_->Ready();
       if (status.ok()) {
         s->rows = std::make_unique<SequenceRows>(
             model_.engram_constants(), model_.config().engram.head_dim, *rows_, s->handle);
-        status = s->rows->FetchPrompt(s->params.prompt);
+        status = s->rows->FetchPrompt(s->input);
       }
     }
     if (!status.ok()) {
       Finish(*s, status, FinishReason::kNone);
       continue;
     }
-    const absl::Time now = absl::Now();
-    metrics_.request_queue_time.Observe(absl::ToDoubleSeconds(now - s->params.received));
-    metrics_.prompt_tokens.Increment(prompt);
+    s->state = std::move(state);
+    s->prefilled = 0;
+    if (first) {
+      const absl::Time now = absl::Now();
+      metrics_.request_queue_time.Observe(absl::ToDoubleSeconds(now - s->params.received));
+      metrics_.prompt_tokens.Increment(static_cast<double>(s->params.prompt.size()));
+    }
     s->running = true;
     running_.push_back(std::move(s));
     absl::MutexLock lock(&mu_);
@@ -256,7 +282,36 @@ void Scheduler::Admit() {
   }
 }
 
+void Scheduler::Preempt() {
+  std::unique_ptr<Sequence> s = std::move(running_.back());
+  running_.pop_back();
+  s->state.reset();
+  s->rows.reset();
+  s->running = false;
+  if (s->prefill_done() && s->generated > 0) {
+    // Everything fed so far plus the sampled token that was next: recomputed on readmission.
+    s->input.push_back(s->next_token);
+  }
+  s->prefilled = 0;
+  metrics_.preemptions.Increment();
+  ENGRAM_LOG(INFO).With("request", s->params.request_id).With("tokens", s->input.size())
+      << "preempted: the KV cache is full; the sequence will be recomputed";
+  waiting_.push_front(std::move(s));
+  absl::MutexLock lock(&mu_);
+  --running_count_;
+}
+
 void Scheduler::RunStep() {
+  // Decode tokens may each need a new KV block; preempt the newest sequences until they fit.
+  for (;;) {
+    int64_t needed = 0;
+    for (const auto& s : running_) {
+      if (s->prefill_done()) needed += backbone_.BlocksNeeded(*s->state, 1);
+    }
+    if (needed <= backbone_.kv_capacity().free_blocks || running_.empty()) break;
+    Preempt();
+  }
+  if (running_.empty()) return;
   ++step_;
   const ModelConfig& config = model_.config();
   std::vector<StepItem> items;
@@ -268,7 +323,10 @@ void Scheduler::RunStep() {
   auto add = [&](Sequence& s, bool prefill, absl::Span<const uint32_t> tokens) {
     const int begin = s.state->position();
     items.push_back(StepItem{&s, prefill, static_cast<int>(tokens.size())});
-    batch.push_back(BatchItem{s.state.get(), tokens});
+    // The last chunk of the input and every decode token end with a sample.
+    const bool sample = !prefill || s.prefilled + static_cast<int>(tokens.size()) ==
+                                        static_cast<int>(s.input.size());
+    batch.push_back(BatchItem{s.state.get(), tokens, sample ? &s.sampler : nullptr});
     rows.AddItem(s.rows.get(), begin, static_cast<int>(tokens.size()), s.params.deadline);
     if (observer_)
       info.items.push_back({s.params.request_id, begin, static_cast<int>(tokens.size()), prefill});
@@ -283,22 +341,29 @@ void Scheduler::RunStep() {
   for (auto& s : running_) {
     if (s->prefill_done() || budget <= 0) continue;
     const int n = std::min({options_.prefill_chunk_tokens,
-                            static_cast<int>(s->params.prompt.size()) - s->prefilled, budget});
-    add(*s, true, absl::MakeConstSpan(s->params.prompt).subspan(s->prefilled, n));
+                            static_cast<int>(s->input.size()) - s->prefilled, budget});
+    add(*s, true, absl::MakeConstSpan(s->input).subspan(s->prefilled, n));
     budget -= n;
   }
   if (observer_) observer_(info);
 
-  const int vocab = backbone_.vocab_size();
-  logits_.resize(items.size() * static_cast<size_t>(vocab));
-  std::vector<absl::Status> item_status;
+  StepOutput out;
   const absl::Time start = absl::Now();
-  absl::Status forward = backbone_.Forward(batch, rows, logits_.data(), &item_status);
-  metrics_.step_duration.Observe(absl::ToDoubleSeconds(absl::Now() - start));
+  absl::Status forward = backbone_.Step(batch, rows, &out);
+  const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  metrics_.step_duration.Observe(seconds);
+  const bool any_prefill =
+      std::any_of(items.begin(), items.end(), [](const StepItem& i) { return i.prefill; });
+  (any_prefill ? metrics_.prefill_step_duration : metrics_.decode_step_duration).Observe(seconds);
   metrics_.step_tokens.Observe(options_.max_step_tokens - budget);
+  const uint64_t replays = backbone_.graph_replays();
+  if (replays > graph_replays_seen_) metrics_.graph_replays.Increment(double(replays - graph_replays_seen_));
+  graph_replays_seen_ = replays;
   rows.Record(metrics_);
+  std::vector<absl::Status>& item_status = out.status;
   if (!forward.ok()) {
-    // A malformed batch is a scheduler bug: fail the step's requests rather than loop on it.
+    // A malformed batch is a scheduler bug, a device fault is fatal to the step: fail the step's
+    // requests rather than loop on it.
     ENGRAM_LOG(ERROR).With("step", step_) << "forward pass failed: " << forward;
     item_status.assign(items.size(),
                        absl::InternalError(absl::StrCat("forward pass: ", forward.message())));
@@ -313,9 +378,11 @@ void Scheduler::RunStep() {
     if (items[i].prefill) {
       s.prefilled += items[i].tokens;
       if (!s.prefill_done()) continue;
+    } else {
+      s.input.push_back(s.next_token);  // fed by this step
+      ++s.prefilled;
     }
-    const uint32_t token = s.sampler.Sample(
-        absl::MakeConstSpan(logits_).subspan(i * static_cast<size_t>(vocab), vocab));
+    const uint32_t token = out.tokens[i];
     sampled[i] = true;
     s.next_token = token;
     ++s.generated;
@@ -406,6 +473,7 @@ void Scheduler::Finish(Sequence& s, absl::Status status, FinishReason reason, Ge
 void Scheduler::PublishGauges() {
   absl::MutexLock lock(&mu_);
   metrics_.running_requests.Set(running_count_);
+  metrics_.kv_cache_usage.Set(backbone_.kv_capacity().usage());
   metrics_.queue_length.Set(static_cast<double>(live_.size()) - running_count_);
 }
 

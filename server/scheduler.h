@@ -5,19 +5,26 @@
 //   1. Take what other threads queued since the last step: new requests (Submit) and
 //      cancellations (Cancel, Abort). Cancelled requests end now, queued or running.
 //   2. End every request whose deadline has passed (DEADLINE_EXCEEDED).
-//   3. Admit queued requests, oldest first, while fewer than max_running_requests run: create the
-//      sequence (KV cache, Engram state) and compute and send the row ids of the whole prompt to
-//      the memory tier at once (SequenceRows::FetchPrompt). New requests therefore join the running
-//      batch between steps.
+//   3. Admit queued requests, oldest first, while fewer than max_running_requests run and the
+//      backbone can reserve the KV blocks of the whole prompt (Backbone::Reserve; a bounded GPU
+//      cache): create the sequence (KV cache, Engram state) and compute and send the row ids of the
+//      whole prompt to the memory tier at once (SequenceRows::FetchPrompt). New requests therefore
+//      join the running batch between steps. A prompt larger than the whole cache fails with
+//      RESOURCE_EXHAUSTED.
 //   4. Form the step: one decode token for every sequence past its prompt, then prompt chunks of at
 //      most prefill_chunk_tokens per sequence (prefill chunking) while the step has fewer than
 //      max_step_tokens tokens. A long prompt never holds the others' decode back for more than one
 //      chunk.
-//   5. Run the forward pass (CpuBackbone::Forward). It waits for Engram rows only at the layer that
-//      needs them (StepRows); a sequence whose rows do not come fails alone (UNAVAILABLE).
-//   6. For every sequence that produced logits: sample, check the stop conditions and, when it goes
-//      on, compute and send its next position's row ids right away (SequenceRows::FetchNext),
-//      before the next step starts. Then stream the step's tokens and text to each request
+//      Decode tokens may need new KV blocks: when the cache lacks them, the newest running sequence
+//      is preempted (its state and blocks freed; it goes back to the head of the queue and later
+//      recomputes its prompt and the tokens it generated, then continues where it stopped) until
+//      the step fits.
+//   5. Run the step (Backbone::Step: the forward pass, then each finishing item's sampler on the
+//      device that ran it). It waits for Engram rows only at the layer that needs them (StepRows);
+//      a sequence whose rows do not come fails alone (UNAVAILABLE).
+//   6. For every sequence that produced a token: check the stop conditions and, when it goes on,
+//      compute and send its next position's row ids right away (SequenceRows::FetchNext), before
+//      the next step starts. Then stream the step's tokens and text to each request
 //      (GenerateSink), ending finished requests with their finish reason and usage.
 // The loop sleeps only when there is nothing to run.
 //
@@ -45,7 +52,7 @@
 namespace engram {
 
 class Model;
-class CpuBackbone;
+class Backbone;
 class RowBackend;
 class WorkerMetrics;
 struct Sequence;
@@ -78,7 +85,7 @@ class Scheduler {
  public:
   // Everything passed must outlive the scheduler. `rows` may be null only for a model without
   // Engram layers.
-  Scheduler(const Model& model, CpuBackbone& backbone, RowBackend* rows, WorkerMetrics& metrics,
+  Scheduler(const Model& model, Backbone& backbone, RowBackend* rows, WorkerMetrics& metrics,
             SchedulerOptions options);
   // Stops the loop (Stop()) if it runs.
   ~Scheduler();
@@ -121,13 +128,15 @@ class Scheduler {
   void ExpireDeadlines();
   void Admit();
   void RunStep();
+  // Frees the newest running sequence's state and queues it again at the head of waiting_.
+  void Preempt();
   // Sends the request's last event (`event` holds tokens of this step not yet sent) and forgets it.
   // The caller removes it from waiting_/running_.
   void Finish(Sequence& s, absl::Status status, FinishReason reason, GenerateEvent event = {});
   void PublishGauges();
 
   const Model& model_;
-  CpuBackbone& backbone_;
+  Backbone& backbone_;
   RowBackend* rows_;
   WorkerMetrics& metrics_;
   const SchedulerOptions options_;
@@ -150,7 +159,7 @@ class Scheduler {
   std::list<std::unique_ptr<Sequence>> waiting_;
   std::list<std::unique_ptr<Sequence>> running_;
   uint64_t step_ = 0;
-  std::vector<float> logits_;
+  uint64_t graph_replays_seen_ = 0;
 };
 
 }  // namespace engram

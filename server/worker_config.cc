@@ -24,6 +24,10 @@ ABSL_FLAG(std::optional<absl::Duration>, drain_timeout, std::nullopt, "SIGTERM d
 ABSL_FLAG(std::optional<std::string>, port_file, std::nullopt, "write bound ports here as JSON");
 ABSL_FLAG(std::optional<std::string>, model, std::nullopt, "model directory");
 ABSL_FLAG(std::optional<int>, threads, std::nullopt, "CPU backbone threads (0 = all)");
+ABSL_FLAG(std::optional<std::string>, device, std::nullopt, "backbone device: cuda|cpu|auto");
+ABSL_FLAG(std::optional<double>, gpu_memory_fraction, std::nullopt,
+          "share of GPU memory for weights, workspace and KV cache");
+ABSL_FLAG(std::optional<bool>, cuda_graphs, std::nullopt, "replay decode steps from CUDA graphs");
 ABSL_FLAG(std::optional<std::string>, memory, std::nullopt, "engram-memory address host:port");
 ABSL_FLAG(std::optional<bool>, shared_memory, std::nullopt, "read rows from the tier's arena");
 ABSL_FLAG(std::optional<absl::Duration>, reconnect_initial_backoff, std::nullopt,
@@ -58,6 +62,9 @@ void VisitFields(Config& c, Visitor&& visit) {
   visit("server.port_file", c.server.port_file);
   visit("model.dir", c.model.dir);
   visit("model.threads", c.model.threads);
+  visit("model.device", c.model.device);
+  visit("model.gpu_memory_fraction", c.model.gpu_memory_fraction);
+  visit("model.cuda_graphs", c.model.cuda_graphs);
   visit("memory_tier.address", c.memory_tier.address);
   visit("memory_tier.shared_memory", c.memory_tier.shared_memory);
   visit("memory_tier.reconnect_initial_backoff", c.memory_tier.reconnect_initial_backoff);
@@ -82,6 +89,7 @@ nlohmann::json::json_pointer Pointer(absl::string_view dotted) {
 nlohmann::json ToJsonValue(const std::string& v) { return v; }
 nlohmann::json ToJsonValue(int v) { return v; }
 nlohmann::json ToJsonValue(bool v) { return v; }
+nlohmann::json ToJsonValue(double v) { return v; }
 nlohmann::json ToJsonValue(absl::Duration v) { return absl::FormatDuration(v); }
 
 absl::Status FromJsonValue(const nlohmann::json& j, absl::string_view key, std::string* out) {
@@ -100,6 +108,11 @@ absl::Status FromJsonValue(const nlohmann::json& j, absl::string_view key, bool*
   if (!j.is_boolean())
     return absl::InvalidArgumentError(absl::StrCat(key, " must be true or false"));
   *out = j.get<bool>();
+  return absl::OkStatus();
+}
+absl::Status FromJsonValue(const nlohmann::json& j, absl::string_view key, double* out) {
+  if (!j.is_number()) return absl::InvalidArgumentError(absl::StrCat(key, " must be a number"));
+  *out = j.get<double>();
   return absl::OkStatus();
 }
 absl::Status FromJsonValue(const nlohmann::json& j, absl::string_view key, absl::Duration* out) {
@@ -176,6 +189,12 @@ absl::Status WorkerConfig::Validate() const {
     return Bad("server.drain_timeout", "must be >= 0");
   if (model.threads < 0 || model.threads > 1024)
     return Bad("model.threads", "must be in [0, 1024]");
+  if (model.device != "auto" && model.device != "cpu" && model.device != "cuda") {
+    return Bad("model.device", absl::StrCat("\"", model.device, "\" is not cuda, cpu or auto"));
+  }
+  if (!(model.gpu_memory_fraction > 0 && model.gpu_memory_fraction <= 1)) {
+    return Bad("model.gpu_memory_fraction", "must be in (0, 1]");
+  }
   if (memory_tier.reconnect_initial_backoff <= absl::ZeroDuration() ||
       memory_tier.reconnect_max_backoff < memory_tier.reconnect_initial_backoff) {
     return Bad("memory_tier.reconnect_*_backoff", "need 0 < initial <= max");
@@ -229,6 +248,9 @@ absl::StatusOr<WorkerConfig> ParseWorkerCommandLine(int argc, char** argv) {
   Override(FLAGS_port_file, &c.server.port_file);
   Override(FLAGS_model, &c.model.dir);
   Override(FLAGS_threads, &c.model.threads);
+  Override(FLAGS_device, &c.model.device);
+  Override(FLAGS_gpu_memory_fraction, &c.model.gpu_memory_fraction);
+  Override(FLAGS_cuda_graphs, &c.model.cuda_graphs);
   Override(FLAGS_memory, &c.memory_tier.address);
   Override(FLAGS_shared_memory, &c.memory_tier.shared_memory);
   Override(FLAGS_reconnect_initial_backoff, &c.memory_tier.reconnect_initial_backoff);

@@ -45,6 +45,16 @@ struct WorkerConfig {
     std::string dir;
     // Threads of the CPU backbone; 0 = one per hardware thread. Flag --threads. Default 0.
     int threads = 0;
+    // Where the backbone runs: "cuda" (the GPU backbone), "cpu" (the f32 reference) or "auto"
+    // (cuda when the worker was built with CUDA and a GPU is visible, else cpu). Flag --device.
+    // Default "auto".
+    std::string device = "auto";
+    // Share of the GPU's memory the CUDA backbone may fill (weights, workspace, then the KV cache
+    // takes what is left up to this share). Flag --gpu-memory-fraction. Default 0.9.
+    double gpu_memory_fraction = 0.9;
+    // Replay decode steps from captured CUDA graphs (per batch-size bucket). Flag --cuda-graphs.
+    // Default true.
+    bool cuda_graphs = true;
   } model;
 
   struct MemoryTier {

@@ -58,6 +58,16 @@ WorkerMetrics::WorkerMetrics(std::shared_ptr<prometheus::Registry> registry,
                       .Help("Tokens processed by one batched forward step.")
                       .Register(*registry)
                       .Add({}, TokenBuckets())),
+      prefill_step_duration(AddLatency(*registry, "engram_worker_prefill_step_duration_seconds",
+                                       "Duration of a forward step that held prompt tokens.")),
+      decode_step_duration(AddLatency(*registry, "engram_worker_decode_step_duration_seconds",
+                                      "Duration of a forward step of decode tokens only.")),
+      kv_cache_usage(AddGauge(*registry, "engram_worker_kv_cache_usage_ratio",
+                              "Fraction of the KV cache's blocks in use (0 when unbounded).")),
+      preemptions(AddCounter(*registry, "engram_worker_preemptions_total",
+                             "Sequences preempted for lack of KV blocks (recomputed later).")),
+      graph_replays(AddCounter(*registry, "engram_worker_cuda_graph_replays_total",
+                               "Decode steps replayed from a captured CUDA graph.")),
       memory_tier_up(
           AddGauge(*registry, "engram_worker_memory_tier_up",
                    "1 while the memory tier is connected and serves this model's tables.")),

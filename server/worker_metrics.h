@@ -55,6 +55,16 @@ class WorkerMetrics {
   // Duration of one batched forward step, and tokens processed in it.
   prometheus::Histogram& step_duration;
   prometheus::Histogram& step_tokens;
+  // Duration of steps that held prompt tokens (prefill, possibly with decode tokens) and of pure
+  // decode steps.
+  prometheus::Histogram& prefill_step_duration;
+  prometheus::Histogram& decode_step_duration;
+  // Fraction of the KV cache's blocks in use (0 for the CPU backend, whose cache is unbounded).
+  prometheus::Gauge& kv_cache_usage;
+  // Sequences preempted (their KV blocks freed, recomputed later) because decode ran out of blocks.
+  prometheus::Counter& preemptions;
+  // Decode steps replayed from a captured CUDA graph.
+  prometheus::Counter& graph_replays;
   // 1 while the memory tier is connected and its tables match the model, else 0.
   prometheus::Gauge& memory_tier_up;
   // Successful reconnections to the memory tier after it went away.
