@@ -5,29 +5,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
+#include "model/cpu_ops.h"
 
 namespace engram {
 namespace {
-
-// Eight independent partial sums: the loop vectorises without -ffast-math and the rounding stays
-// close to PyTorch's blocked reductions.
-float Dot(const float* a, const float* b, int n) {
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int i = 0;
-  for (; i + 8 <= n; i += 8) {
-    for (int l = 0; l < 8; ++l) acc[l] += a[i + l] * b[i + l];
-  }
-  float tail = 0;
-  for (; i < n; ++i) tail += a[i] * b[i];
-  return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail;
-}
-
-// torch.nn.functional.rms_norm in f32: x * rsqrt(mean(x^2) + eps) * weight.
-void RmsNorm(const float* x, const float* weight, int n, float eps, float* out) {
-  const float mean_sq = Dot(x, x, n) / static_cast<float>(n);
-  const float scale = 1.0f / std::sqrt(mean_sq + eps);
-  for (int i = 0; i < n; ++i) out[i] = (x[i] * scale) * weight[i];
-}
 
 float Sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 
@@ -192,9 +173,9 @@ absl::Status EngramModule::Forward(const float* rows, const float* hidden, int T
     }
     for (int t = 0; t < T; ++t) {
       const size_t row = static_cast<size_t>(t) * C + wm;  // (t, m) in [T, M, H]
-      RmsNorm(key.data() + static_cast<size_t>(t) * H, w_.key_norm_weight.data() + wm, H,
+      RmsNorm(key.data() + static_cast<size_t>(t) * H, w_.key_norm_weight.data() + wm, 1, H,
               kEngramGateNormEps, normed_key.data());
-      RmsNorm(hidden + row, w_.query_norm_weight.data() + wm, H, kEngramGateNormEps,
+      RmsNorm(hidden + row, w_.query_norm_weight.data() + wm, 1, H, kEngramGateNormEps,
               normed_query.data());
       const float gate = Gate(Dot(normed_key.data(), normed_query.data(), H) * inv_sqrt_h);
       for (int i = 0; i < H; ++i) out[row + i] = gate * value[static_cast<size_t>(t) * H + i];
@@ -219,7 +200,7 @@ absl::Status EngramModule::Forward(const float* rows, const float* hidden, int T
   for (int t = 0; t < T; ++t) {
     for (int m = 0; m < M; ++m) {
       const size_t at = static_cast<size_t>(t) * C + static_cast<size_t>(m) * H;
-      RmsNorm(out + at, w_.conv_norm_weight.data() + static_cast<size_t>(m) * H, H,
+      RmsNorm(out + at, w_.conv_norm_weight.data() + static_cast<size_t>(m) * H, 1, H,
               kEngramConvNormEps, normed.data() + at);
     }
   }

@@ -47,53 +47,61 @@ double Sampler::NextUniform() { return UnitInterval(SplitMix64Next(&state_)); }
 
 uint32_t Sampler::Sample(absl::Span<const float> logits) {
   if (params_.temperature <= 0 || logits.size() <= 1) return ArgMax(logits);
-  const size_t V = logits.size();
   const double u = NextUniform();  // drawn first: one draw per call, whatever the filters keep
+  return SampleWithUniform(logits, params_, u, &scratch_);
+}
 
-  // Candidates: every id, or the top_k by descending logit (ties: lower id first). order_[0,
+uint32_t SampleWithUniform(absl::Span<const float> logits, const SamplingParams& params, double u,
+                           SampleScratch* scratch) {
+  if (params.temperature <= 0 || logits.size() <= 1) return ArgMax(logits);
+  const size_t V = logits.size();
+  std::vector<uint32_t>& order = scratch->order;
+  std::vector<double>& probs = scratch->probs;
+
+  // Candidates: every id, or the top_k by descending logit (ties: lower id first). order[0,
   // sorted) is in descending order.
-  order_.resize(V);
-  std::iota(order_.begin(), order_.end(), 0u);
+  order.resize(V);
+  std::iota(order.begin(), order.end(), 0u);
   auto before = [&](uint32_t a, uint32_t b) {
     float ka = Key(logits[a]), kb = Key(logits[b]);
     return ka > kb || (ka == kb && a < b);
   };
   size_t n = V, sorted = 0;
-  if (params_.top_k > 0 && static_cast<size_t>(params_.top_k) < V) {
-    n = sorted = params_.top_k;
-    std::partial_sort(order_.begin(), order_.begin() + n, order_.end(), before);
+  if (params.top_k > 0 && static_cast<size_t>(params.top_k) < V) {
+    n = sorted = params.top_k;
+    std::partial_sort(order.begin(), order.begin() + n, order.end(), before);
   }
 
-  // Softmax weights of logits / temperature over the candidates, in double; probs_[i] belongs to
-  // order_[i].
+  // Softmax weights of logits / temperature over the candidates, in double; probs[i] belongs to
+  // order[i].
   float max_logit = -std::numeric_limits<float>::infinity();
-  for (size_t i = 0; i < n; ++i) max_logit = std::max(max_logit, Key(logits[order_[i]]));
+  for (size_t i = 0; i < n; ++i) max_logit = std::max(max_logit, Key(logits[order[i]]));
   if (!std::isfinite(max_logit)) return ArgMax(logits);
   auto weight = [&](uint32_t id) {
-    return std::exp((double(Key(logits[id])) - max_logit) / params_.temperature);
+    return std::exp((double(Key(logits[id])) - max_logit) / params.temperature);
   };
-  probs_.resize(n);
+  probs.resize(n);
   double sum = 0;
-  for (size_t i = 0; i < n; ++i) sum += probs_[i] = weight(order_[i]);
+  for (size_t i = 0; i < n; ++i) sum += probs[i] = weight(order[i]);
 
   // Nucleus: the shortest prefix of the descending order whose mass reaches top_p (at least one
   // token). Only as much of the order as the nucleus reaches is sorted, in growing blocks: a peaked
   // distribution needs a few hundred of the vocabulary, and a full sort per token cost ~6 ms at
   // 50k ids.
-  if (params_.top_p < 1.0f) {
-    const double target = double(params_.top_p) * sum;
+  if (params.top_p < 1.0f) {
+    const double target = double(params.top_p) * sum;
     double cumulative = 0;
     size_t nucleus = n;
     for (size_t i = 0; i < n; ++i) {
       if (i == sorted) {
         const size_t next = std::min(n, std::max<size_t>(2 * sorted, 256));
-        auto first = order_.begin() + sorted, last = order_.begin() + next;
-        if (next < n) std::nth_element(first, last, order_.begin() + n, before);
+        auto first = order.begin() + sorted, last = order.begin() + next;
+        if (next < n) std::nth_element(first, last, order.begin() + n, before);
         std::sort(first, last, before);
-        for (size_t k = sorted; k < next; ++k) probs_[k] = weight(order_[k]);
+        for (size_t k = sorted; k < next; ++k) probs[k] = weight(order[k]);
         sorted = next;
       }
-      cumulative += probs_[i];
+      cumulative += probs[i];
       if (cumulative >= target) {
         nucleus = i + 1;
         break;
@@ -101,15 +109,15 @@ uint32_t Sampler::Sample(absl::Span<const float> logits) {
     }
     n = nucleus;
     sum = 0;
-    for (size_t i = 0; i < n; ++i) sum += probs_[i];
+    for (size_t i = 0; i < n; ++i) sum += probs[i];
   }
 
   double threshold = u * sum, cumulative = 0;
   for (size_t i = 0; i < n; ++i) {
-    cumulative += probs_[i];
-    if (threshold < cumulative) return order_[i];
+    cumulative += probs[i];
+    if (threshold < cumulative) return order[i];
   }
-  return order_[n - 1];  // rounding at the very top of the range
+  return order[n - 1];  // rounding at the very top of the range
 }
 
 absl::string_view FinishReasonName(FinishReason reason) {

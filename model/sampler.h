@@ -35,21 +35,37 @@ struct SamplingParams {
 // INVALID_ARGUMENT naming the field ("temperature must be >= 0, got -1").
 absl::Status ValidateSamplingParams(const SamplingParams& params);
 
+// Reusable buffers of SampleWithUniform, so a sampler does not allocate per token.
+struct SampleScratch {
+  std::vector<uint32_t> order;  // candidate ids
+  std::vector<double> probs;    // their weights
+};
+
+// The token chosen from `logits` (one value per vocabulary id; must not be empty) for the uniform
+// draw u in [0, 1): the whole selection of the semantics above with the randomness taken out, so
+// that the GPU sampler (model/kernels/sampling.cuh), which gets u from the host, is tested against
+// it. u is not used when the choice is greedy (temperature <= 0 or a single logit).
+uint32_t SampleWithUniform(absl::Span<const float> logits, const SamplingParams& params, double u,
+                           SampleScratch* scratch);
+
 class Sampler {
  public:
   explicit Sampler(const SamplingParams& params);
 
-  // The next token from `logits` (one value per vocabulary id; must not be empty).
+  // The next token from `logits` (one value per vocabulary id; must not be empty). Draws one
+  // uniform exactly when the choice is not greedy (temperature > 0 and more than one logit).
   uint32_t Sample(absl::Span<const float> logits);
 
- private:
-  // Uniform in [0, 1) with 53 random bits.
+  // Uniform in [0, 1) with 53 random bits: the request's next draw. Public for the GPU sampler,
+  // which makes the same draws on the host and the selection on the device.
   double NextUniform();
 
+  const SamplingParams& params() const { return params_; }
+
+ private:
   SamplingParams params_;
   uint64_t state_;
-  std::vector<uint32_t> order_;  // scratch: candidate ids
-  std::vector<double> probs_;    // scratch: their probabilities
+  SampleScratch scratch_;
 };
 
 // Greedy choice: index of the largest value, the lowest one among equals.
