@@ -1,29 +1,50 @@
 #!/usr/bin/env bash
-# The GPU machine's half of a GPU run: executes the GPU tests and the benchmarks from a bundle made
-# on the build machine, and writes every result under $OUT. Build and pack first (docs/benchmarks.md):
+# The GPU machine's half of a GPU run: the gpu-labelled tests and the benchmarks from the bundle
+# that scripts/gpu-pack.sh made, every result written under $OUT (docs/benchmarks.md):
 #
-#   cmake --build build --target engram_gather_test arena_gather_test gather_bench memory_tier_bench
-#   ../shared/tools/gpu-bundle.sh .gpu build/tests/gpu/engram_gather_test \
-#       build/tests/gpu/arena_gather_test build/bench/gather_bench build/bench/memory_tier_bench
+#   cmake --build build && bash scripts/gpu-pack.sh      (on the build machine)
+#   bash scripts/gpu-run.sh [tests] [bench] [4b]          (on the GPU machine, .gpu carried along)
 #
-# then run `bash scripts/gpu-run.sh` on the GPU machine with .gpu carried along.
+# tests: every test listed in .gpu/gpu-tests.txt (ctest -L gpu), under compute-sanitizer when
+#        ENGRAM_SANITIZE=1; bench: the demo model through `engram model run --device cuda`;
+#        4b: the dense-4b throughput benchmark with the Hugging Face baseline on the same card.
 set -uo pipefail
+cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/engram-gpu-results}
 mkdir -p "$out"
+what=${*:-tests bench 4b}
+export ENGRAM_SOURCE_DIR=$PWD ENGRAM_TESTDATA_DIR=$PWD/.gpu/testdata
 {
   date -u +%Y-%m-%dT%H:%M:%SZ
-  nvidia-smi --query-gpu=name,driver_version,memory.total,pcie.link.gen.current,pcie.link.width.current --format=csv
-  echo "cpus: $(nproc)"; free -g | head -2; uname -r
+  nvidia-smi --query-gpu=name,driver_version,memory.total,pcie.link.gen.current --format=csv
+  echo "cpus: $(nproc)"
 } > "$out/machine.txt" 2>&1
+cat "$out/machine.txt"
 status=0
-for t in engram_gather_test arena_gather_test; do
-  if .gpu/run "$t" > "$out/$t.txt" 2>&1; then echo "$t: passed"; else echo "$t: FAILED"; status=1; fi
-  tail -n 3 "$out/$t.txt"
-done
-.gpu/run gather_bench --table-mib 4096 --iters 200 > "$out/gather_bench_4g.txt" 2>&1
-.gpu/run gather_bench --table-mib 256 --iters 200 > "$out/gather_bench_256m.txt" 2>&1
-cat "$out/gather_bench_4g.txt"
-mkdir -p /tmp/engram-bench
-.gpu/run memory_tier_bench --dir /tmp/engram-bench --table-gib 4 --seconds 2 > "$out/memory_tier_bench.txt" 2>&1
-tail -n 30 "$out/memory_tier_bench.txt"
+if [[ $what == *tests* ]]; then
+  : > "$out/tests.txt"
+  while read -r t; do
+    if timeout 120 .gpu/run "$t" >> "$out/tests.txt" 2>&1; then r=passed; else r=FAILED; status=1; fi
+    echo "$t: $r" | tee -a "$out/summary.txt"
+  done < .gpu/gpu-tests.txt
+  grep -E "^\[  FAILED|Failure|error|largest" "$out/tests.txt" | head -60
+fi
+if [[ $what == *bench* ]]; then
+  demo=/tmp/engram-demo
+  .gpu/run engram model init-demo "$demo" > /dev/null 2>&1
+  for dev in cpu cuda; do
+    timeout 120 .gpu/run engram model run "$demo" --prompt "The capital of France is" \
+      --max-tokens 24 --device $dev 2>&1 | tail -n 2 | tee -a "$out/summary.txt"
+  done
+fi
+if [[ $what == *4b* ]]; then
+  m=/tmp/dense-4b
+  t0=$(date +%s)
+  .gpu/run engram model init-random "$m" --preset dense-4b > "$out/init4b.txt" 2>&1 || status=1
+  echo "dense-4b written in $(( $(date +%s) - t0 )) s" | tee -a "$out/summary.txt"
+  timeout 240 .gpu/run throughput_bench --model "$m" --device cuda --sequences 512 \
+    --max-running 256 2>&1 | grep -v '^{' | tee "$out/throughput_512.txt" | tail -n 8
+  timeout 150 python3 bench/hf_baseline.py --model "$m" --sequences 32 --batch 32 2>&1 \
+    | tail -n 3 | tee "$out/hf_baseline.txt"
+fi
 exit $status
