@@ -3,7 +3,7 @@
 # on the build machine, and writes every result under $OUT. Build and pack first (docs/benchmarks.md):
 #
 #   cmake --build build --target engram_gather_test arena_gather_test gather_bench memory_tier_bench
-#   ../shared/tools/gpu-bundle.sh .gpu build/tests/gpu/engram_gather_test \
+#   scripts/gpu-bundle.sh .gpu build/tests/gpu/engram_gather_test \
 #       build/tests/gpu/arena_gather_test build/bench/gather_bench build/bench/memory_tier_bench
 #
 # then run `bash scripts/gpu-run.sh` on the GPU machine with .gpu carried along.
