@@ -1,4 +1,4 @@
-// engram-worker: the public inference server (DESIGN.md §1).
+// engram-worker: the public inference server (docs/architecture.md contract 1).
 //
 //   engram-worker --model DIR --memory HOST:PORT [--listen HOST:PORT] [--metrics-port P] ...
 //

@@ -1,4 +1,4 @@
-// WorkerConfig: the one configuration struct of engram-worker (STYLE.md pattern 7).
+// WorkerConfig: the one configuration struct of engram-worker (docs/architecture.md pattern 7).
 //
 // Nested by subsystem; every field documented with its unit and default. It is filled, in this
 // order of precedence (later wins):
