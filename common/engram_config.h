@@ -2,7 +2,7 @@
 //
 // Key names follow DeepSeek-V4.1 where they overlap (engram_layer_ids, engram_max_ngram_size,
 // engram_n_heads, engram_head_dim, engram_vocab_size, engram_pad_token_id, ...) plus hc_mult,
-// engram_kernel_size (0 = no conv) and engram_seed. See shared/DESIGN.md §2.
+// engram_kernel_size (0 = no conv) and engram_seed. See docs/architecture.md contract 2.
 #ifndef ENGRAM_COMMON_ENGRAM_CONFIG_H_
 #define ENGRAM_COMMON_ENGRAM_CONFIG_H_
 
@@ -63,8 +63,9 @@ absl::StatusOr<EngramConfig> ParseEngramConfig(const nlohmann::json& config);
 // present, otherwise the basename of the model directory. Tables are keyed by (name, layer).
 std::string ModelName(const nlohmann::json& config, const std::string& model_dir);
 
-// Tensor names of layer `layer_id`'s Engram module in a model directory (DESIGN.md §2): the module
-// prefix "model.layers.<L>.engram." and its table "<prefix>multi_head_embedding.embedding.weight".
+// Tensor names of layer `layer_id`'s Engram module in a model directory (docs/architecture.md
+// contract 2): the module prefix "model.layers.<L>.engram." and its table
+// "<prefix>multi_head_embedding.embedding.weight".
 std::string EngramModulePrefix(int layer_id);
 std::string EngramTableTensorName(int layer_id);
 

@@ -1,4 +1,4 @@
-// The one conversion between absl::Status and grpc::Status (STYLE.md rule 6).
+// The one conversion between absl::Status and grpc::Status (docs/architecture.md pattern 6).
 //
 // Abseil status codes are the google.rpc codes, so the mapping is one to one. Only the service
 // files (memory_tier/memory_tier_service.cc, server/inference_service.cc) and client stubs call it.

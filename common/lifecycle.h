@@ -1,4 +1,4 @@
-// Process lifecycle: loading -> ready -> draining (STYLE.md rule 9).
+// Process lifecycle: loading -> ready -> draining (docs/architecture.md pattern 9).
 //
 // Health reports the state; SIGTERM/SIGINT move a process to draining, after which it stops taking
 // new work, finishes what it has within a timeout and exits. The signal is received by a dedicated

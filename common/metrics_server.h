@@ -2,7 +2,7 @@
 //
 // prometheus-cpp's own Exposer (civetweb) cannot start in a process that links cuBLAS 13: civetweb
 // creates threads with 100 KiB stacks and libcublasLt carries ~94 KiB of static TLS
-// (shared/reference/environment.md). So both servers serve /metrics with cpp-httplib and
+// (docs/environment.md). So both servers serve /metrics with cpp-httplib and
 // prometheus-cpp's TextSerializer instead; one mechanism for both processes.
 #ifndef ENGRAM_COMMON_METRICS_SERVER_H_
 #define ENGRAM_COMMON_METRICS_SERVER_H_

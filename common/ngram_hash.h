@@ -1,5 +1,5 @@
 // The Engram n-gram hash: which table rows a token position reads, bit-exact with the reference
-// (shared/reference/engram.md §1.3-1.4, the demo's NgramHashMapping + MultiHeadEmbedding).
+// (docs/engram-reference.md §1.3-1.4, the demo's NgramHashMapping + MultiHeadEmbedding).
 //
 // Vocabulary of this file:
 //   N        max_ngram_size; orders n = 2..N are hashed.

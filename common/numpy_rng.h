@@ -2,7 +2,7 @@
 //
 // The Engram hash multipliers are drawn with numpy's Generator (PCG64 seeded through SeedSequence,
 // Lemire's bounded sampling), so reproducing a model's row ids means reproducing those draws
-// exactly. The specification, constants and check values are in shared/reference/numpy-rng.md;
+// exactly. The specification, constants and check values are in docs/numpy-rng.md;
 // every numpy release from 1.19 on produces the same bits for the calls supported here.
 #ifndef ENGRAM_COMMON_NUMPY_RNG_H_
 #define ENGRAM_COMMON_NUMPY_RNG_H_

@@ -1,7 +1,7 @@
 // Status helpers shared by every part of engram-serve.
 //
-// absl::Status / absl::StatusOr<T> is the one error type (STYLE.md rule 6). The pinned Abseil
-// (20220623) has no ABSL_RETURN_IF_ERROR, so these two macros stand in until it does.
+// absl::Status / absl::StatusOr<T> is the one error type (docs/architecture.md pattern 6). The
+// pinned Abseil (20220623) has no ABSL_RETURN_IF_ERROR, so these two macros stand in until it does.
 #ifndef ENGRAM_COMMON_STATUS_H_
 #define ENGRAM_COMMON_STATUS_H_
 

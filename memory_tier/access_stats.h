@@ -1,7 +1,7 @@
 // File: memory_tier/access_stats.h
 //
-// Per-table access statistics, the input of placement (DESIGN.md §3: Zipf-aware placement seeded
-// by an offline profile, refined online):
+// Per-table access statistics, the input of placement (docs/architecture.md contract 3: Zipf-aware
+// placement seeded by an offline profile, refined online):
 //   - a count-min sketch of 16-bit counters (4 hash rows) estimating how often any row was read
 //     recently; all counters halve every `window` recorded accesses, so old popularity fades
 //     (TinyLFU's reset). The admission filter compares these estimates;

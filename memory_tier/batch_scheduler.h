@@ -3,7 +3,7 @@
 // The lookup threads of engram-memory: a priority queue of batches (Lookup calls and Prefetch
 // batches) served by a fixed pool of threads, earliest Engram layer first and, within a layer, in
 // arrival order. Layer 1's rows have the least time to arrive before the GPU needs them
-// (DESIGN.md §4), so they overtake later layers' batches that are still waiting.
+// (docs/architecture.md contract 4), so they overtake later layers' batches that are still waiting.
 #ifndef ENGRAM_MEMORY_TIER_BATCH_SCHEDULER_H_
 #define ENGRAM_MEMORY_TIER_BATCH_SCHEDULER_H_
 

@@ -17,6 +17,7 @@
 #include "absl/synchronization/notification.h"
 #include "common/config_util.h"
 #include "common/engram_config.h"
+#include "common/flags_help.h"
 #include "common/lifecycle.h"
 #include "common/log.h"
 #include "common/status.h"
@@ -113,7 +114,12 @@ std::vector<char*> NormaliseFlagNames(int argc, char** argv, std::vector<std::st
 }
 
 int Run(int argc, char** argv) {
-  absl::SetProgramUsageMessage("engram-memory --store DIR [--listen ADDR] [--metrics-port P] ...");
+  constexpr char kUsage[] = "engram-memory --store DIR [--listen ADDR] [--metrics-port P] ...";
+  if (HelpRequested(argc, argv)) {
+    std::fputs(FlagsHelp(kUsage, __FILE__).c_str(), stdout);
+    return 0;
+  }
+  absl::SetProgramUsageMessage(kUsage);
   std::vector<std::string> storage;
   std::vector<char*> args = NormaliseFlagNames(argc, argv, &storage);
   absl::ParseCommandLine(static_cast<int>(args.size()), args.data());

@@ -1,8 +1,9 @@
 // File: memory_tier/row_file.h
 //
 // The on-disk format of an Engram table version: one row file per (model, layer, version) plus a
-// JSON manifest beside it. DESIGN.md §3: fixed-size records, no row crosses a 4 KiB page, row id ->
-// (page, slot) by arithmetic, no per-row index, a checksum per chunk.
+// JSON manifest beside it. As contract 3 of docs/architecture.md fixes it: fixed-size records, no
+// row crosses a 4 KiB page, row id -> (page, slot) by arithmetic, no per-row index, a checksum per
+// chunk.
 //
 // Row file (all integers little-endian):
 //   [0, 4096)           RowFileHeader (magic "ENGRAMRF", format 1, geometry, dtype, model, layer,

@@ -1,12 +1,13 @@
 // File: memory_tier/table_profile.h
 //
-// `engram table profile`: the offline profile that seeds placement (DESIGN.md §3). A text corpus
-// is tokenized with the model's tokenizer, mapped to compressed ids with the model's Engram
-// constants (model/engram_constants.h, checked against engram_constants.json when present), and
-// hashed to row ids per Engram layer exactly as the worker will (common/ngram_hash.h). Each row's
-// access count goes into the catalog's statistics (catalog.h SaveStats), replacing what was there,
-// so engram-memory starts with the profiled hot set: the counts seed its access statistics and
-// fill its DRAM cache arenas before the first request (TieredStore::WarmUp).
+// `engram table profile`: the offline profile that seeds placement (contract 3 of
+// docs/architecture.md). A text corpus is tokenized with the model's tokenizer, mapped to
+// compressed ids with the model's Engram constants (model/engram_constants.h, checked against
+// engram_constants.json when present), and hashed to row ids per Engram layer exactly as the worker
+// will (common/ngram_hash.h). Each row's access count goes into the catalog's statistics (catalog.h
+// SaveStats), replacing what was there, so engram-memory starts with the profiled hot set: the
+// counts seed its access statistics and fill its DRAM cache arenas before the first request
+// (TieredStore::WarmUp).
 //
 // The corpus is cut into documents at blank lines (and at 64 KiB at the latest); each document is
 // one sequence, hashed from a sequence start. Counts are raw access counts, the unit of the online

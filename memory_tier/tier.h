@@ -1,9 +1,9 @@
 // File: memory_tier/tier.h
 //
-// The one interface every tier of the memory tier implements (STYLE.md pattern 1): the server's
-// DRAM arena (DramTier), the NVMe row files (NvmeTier) and a co-located client's read-only view
-// of the arena (ArenaReader). A tier answers a batch of row ids of one table: it writes the rows
-// it has at their input positions and lists the positions it does not have. Its Status is
+// The one interface every tier of the memory tier implements (docs/architecture.md pattern 1): the
+// server's DRAM arena (DramTier), the NVMe row files (NvmeTier) and a co-located client's read-only
+// view of the arena (ArenaReader). A tier answers a batch of row ids of one table: it writes the
+// rows it has at their input positions and lists the positions it does not have. Its Status is
 // reserved for failure of the tier itself (an I/O error, a bad id), never for a miss.
 //
 // Example (a cascade is a loop over tiers, see tiered_store.h):

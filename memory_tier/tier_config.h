@@ -1,9 +1,9 @@
 // File: memory_tier/tier_config.h
 //
-// The one configuration struct of engram-memory (STYLE.md pattern 7), nested by subsystem. Every
-// field says its unit and default. Filled from an optional JSON file (same nesting and key names
-// as ToJson(), e.g. {"dram": {"bytes": 1073741824}}) and then from the command-line flags that were
-// given explicitly (memory_tier/main.cc), validated once, printed at startup.
+// The one configuration struct of engram-memory (docs/architecture.md pattern 7), nested by
+// subsystem. Every field says its unit and default. Filled from an optional JSON file (same nesting
+// and key names as ToJson(), e.g. {"dram": {"bytes": 1073741824}}) and then from the command-line
+// flags that were given explicitly (memory_tier/main.cc), validated once, printed at startup.
 #ifndef ENGRAM_MEMORY_TIER_TIER_CONFIG_H_
 #define ENGRAM_MEMORY_TIER_TIER_CONFIG_H_
 

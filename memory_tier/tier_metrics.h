@@ -1,8 +1,8 @@
 // File: memory_tier/tier_metrics.h
 //
-// Every Prometheus metric of engram-memory, declared in one place (STYLE.md pattern 8). Names are
-// engram_<subsystem>_<what>_<unit>; label children are resolved once (per tier at construction,
-// per table when the table loads), never looked up by string on a request path.
+// Every Prometheus metric of engram-memory, declared in one place (docs/architecture.md pattern 8).
+// Names are engram_<subsystem>_<what>_<unit>; label children are resolved once (per tier at
+// construction, per table when the table loads), never looked up by string on a request path.
 //
 //   engram_tier_rows_served_total{tier}          rows served, by the tier that finally served them
 //                                                (dram, nvme; arena = read by co-located clients)

@@ -2,8 +2,8 @@
 //
 // The engram-memory process minus main(): /metrics, the catalog, the gRPC server
 // (engram.v1.MemoryTier + grpc.health.v1 + reflection), the tables and the statistics flusher,
-// with the lifecycle loading -> ready -> draining -> stopped (STYLE.md pattern 9). Tests and the
-// benchmark run it in-process; memory_tier/main.cc adds flags and signals.
+// with the lifecycle loading -> ready -> draining -> stopped (docs/architecture.md pattern 9).
+// Tests and the benchmark run it in-process; memory_tier/main.cc adds flags and signals.
 //
 //   ENGRAM_ASSIGN_OR_RETURN(auto server, TierServer::Start(config));   // blocks while loading
 //   ... server->port() ...

@@ -1,8 +1,9 @@
 // File: memory_tier/tiered_store.h
 //
-// One table version served by a cascade of tiers (STYLE.md pattern 2): tier 0 gets every row id,
-// tier k+1 only what tier k missed; every row is counted by the tier that finally served it.
-// The last tier (NVMe) holds every row, so a row missing everywhere is an internal error.
+// One table version served by a cascade of tiers (docs/architecture.md pattern 2): tier 0 gets
+// every row id, tier k+1 only what tier k missed; every row is counted by the tier that finally
+// served it. The last tier (NVMe) holds every row, so a row missing everywhere is an internal
+// error.
 //
 // Off the request path, one promoter thread per table consumes a bounded queue of access records:
 // it updates the access statistics (access_stats.h) and offers rows served below the cache tier

@@ -1,5 +1,5 @@
 // The Engram compressed token map: raw token id -> compressed id, built exactly as the reference
-// CompressedTokenizer builds it (shared/reference/engram.md §1.2).
+// CompressedTokenizer builds it (docs/engram-reference.md §1.2).
 //
 // For every id in range(len(tokenizer)): text = decode([id]) (special tokens kept); if the text
 // contains U+FFFD the key is the raw token string (id_to_token), otherwise EngramNormalize(text),

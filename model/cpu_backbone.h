@@ -1,7 +1,8 @@
 // The decoder-only transformer with Engram modules, on the CPU in f32: the reference backend of
 // the Backbone interface (model/backbone.h).
 //
-// Per block i (Llama, DESIGN.md §2, engram.md §1.5-1.6, hc_mult = 1):
+// Per block i (Llama as in docs/architecture.md contract 2; Engram as in docs/engram-reference.md
+// §1.5-1.6 with hc_mult = 1):
 //   h += Engram_i(rows, h)                  only when i is in engram_layer_ids (before attention)
 //   h += o_proj(Attention(RoPE(q), RoPE(k), v) over the KV cache)  of RMSNorm(h)
 //   h += down_proj(SiLU(gate_proj(x)) * up_proj(x))               of x = RMSNorm(h)

@@ -1,5 +1,5 @@
 // The operations of the CPU backbone, in plain f32: the reference every future kernel is tested
-// against (STYLE.md pattern 3).
+// against (docs/architecture.md pattern 3).
 //
 // Determinism: each output element is computed by one fixed sequence of floating-point operations
 // that does not depend on T (the number of tokens), on the thread split or on what else is in the

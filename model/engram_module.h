@@ -1,5 +1,5 @@
 // The Engram module forward pass on the CPU (f32), exactly as the reference computes it
-// (shared/reference/engram.md §1.5-1.6, the demo's `Engram.forward` and `ShortConv`).
+// (docs/engram-reference.md §1.5-1.6, the demo's `Engram.forward` and `ShortConv`).
 //
 // Per position t, with e_t the gathered rows concatenated in column order ([d_mem]):
 //   v     = W_V e_t + b_V                                          [H]  (shared by the branches)
@@ -14,7 +14,8 @@
 // RMSNorms use eps = 1e-5 (ShortConv's norm_eps default). The conv is depthwise over hc_mult * H
 // channels, kernel K = kernel_size, dilation = max_ngram_size: output t mixes normalised inputs at
 // t, t-d, ..., t-(K-1)d (zeros before the sequence start). Weights load from the reference's module
-// names, so a model trained with the reference module loads as is (DESIGN.md §2).
+// names, so a model trained with the reference module loads as is (contract 2 of
+// docs/architecture.md).
 //
 // The module does not fetch rows: the caller passes them in (the worker gets them from the memory
 // tier, `engram check-module` from the table in the file).

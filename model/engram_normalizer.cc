@@ -101,7 +101,7 @@ icu::UnicodeString Normalized(NormalForm form, const icu::UnicodeString& text) {
 }
 
 // Lowercase mappings of letters newer than ICU 72's Unicode 15 data, as Rust's (Unicode 17)
-// char::to_lowercase gives them (shared/reference/hf-tokenizers.md §8).
+// char::to_lowercase gives them (docs/hf-tokenizers.md §8).
 char32_t LowercaseBeyondIcu(char32_t c) {
   switch (c) {
     case 0x1C89:

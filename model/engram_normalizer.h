@@ -3,9 +3,9 @@
 //
 // The reference builds its compressed token map with a `tokenizers.normalizers.Sequence` of NFKC,
 // NFD, StripAccents, Lowercase, Replace([ \t\r\n]+ -> " "), Replace(^ $ -> U+E000), Strip,
-// Replace(U+E000 -> " ") (shared/reference/engram.md §1.2). The library normalises with Unicode 9.0
+// Replace(U+E000 -> " ") (docs/engram-reference.md §1.2). The library normalises with Unicode 9.0
 // tables, lowercases with the Rust standard library (Unicode 17 in the 0.23 wheels) and strips
-// Unicode White_Space; ICU 72 reproduces it with the recipe of shared/reference/hf-tokenizers.md §8
+// Unicode White_Space; ICU 72 reproduces it with the recipe of docs/hf-tokenizers.md §8
 // (a Unicode 9.0 filter on the normalisers and on the mark set, per-code-point lowercasing and a
 // few letters ICU 72 does not know). Inputs that are not valid UTF-8 are first decoded lossily.
 #ifndef ENGRAM_MODEL_ENGRAM_NORMALIZER_H_

@@ -1,7 +1,7 @@
 // An Engram model loaded from its directory: config, backbone weights, tokenizer, the frozen Engram
 // hash constants and the Engram modules' small weights.
 //
-// Directory layout (Hugging Face style, DESIGN.md §2):
+// Directory layout (Hugging Face style, docs/architecture.md contract 2):
 //   config.json              model_config.h
 //   *.safetensors            backbone tensors (weights.h) + per Engram layer the module weights and
 //                            the table

@@ -3,8 +3,8 @@
 // Backbone keys use the Hugging Face Llama names (vocab_size, hidden_size, intermediate_size,
 // num_hidden_layers, num_attention_heads, num_key_value_heads, head_dim, rms_norm_eps, rope_theta,
 // max_position_embeddings, tie_word_embeddings, bos_token_id, eos_token_id, torch_dtype); the
-// Engram keys are those of common/engram_config.h (DESIGN.md §2). A config without engram_layer_ids
-// is a plain Llama-style model (no Engram module anywhere).
+// Engram keys are those of common/engram_config.h (docs/architecture.md contract 2). A config
+// without engram_layer_ids is a plain Llama-style model (no Engram module anywhere).
 #ifndef ENGRAM_MODEL_MODEL_CONFIG_H_
 #define ENGRAM_MODEL_MODEL_CONFIG_H_
 

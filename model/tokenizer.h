@@ -81,8 +81,8 @@ class Tokenizer {
   uint32_t max_id_ = 0;
 };
 
-// Incremental detokenizer with decode_stream semantics (hf-tokenizers.md §7.6): Step returns the
-// new text, holding back while the text ends in an incomplete UTF-8 sequence (i.e. in U+FFFD).
+// Incremental detokenizer with decode_stream semantics (docs/hf-tokenizers.md §7.6): Step returns
+// the new text, holding back while the text ends in an incomplete UTF-8 sequence (i.e. in U+FFFD).
 class DecodeStream {
  public:
   // `tokenizer` must outlive the stream.

@@ -1,6 +1,6 @@
 // The tokenizer.json components around the BPE model, as Hugging Face tokenizers runs them:
 // normalizer, pre-tokenizer, post-processor and decoder. Each is parsed once into a small tree and
-// applied with the library's semantics (shared/reference/hf-tokenizers.md §1-§7).
+// applied with the library's semantics (docs/hf-tokenizers.md §1-§7).
 #ifndef ENGRAM_MODEL_TOKENIZER_PIPELINE_H_
 #define ENGRAM_MODEL_TOKENIZER_PIPELINE_H_
 

@@ -1,6 +1,6 @@
 // The backbone weights of a model, as f32 tensors read from its safetensors files.
 //
-// Tensor names are the Hugging Face Llama ones (DESIGN.md §2):
+// Tensor names are the Hugging Face Llama ones (docs/architecture.md contract 2):
 //   model.embed_tokens.weight                              [V, H]
 //   model.layers.{i}.input_layernorm.weight                [H]
 //   model.layers.{i}.self_attn.{q,k,v,o}_proj.weight       [Nq*D, H], [Nkv*D, H], [Nkv*D, H], [H,

@@ -1,4 +1,4 @@
-// Engram rows ahead of need: the worker side of DESIGN.md §4.
+// Engram rows ahead of need: the worker side of docs/architecture.md contract 4.
 //
 // Row ids depend only on token ids, so the worker asks for rows long before a layer reads them:
 //   - on admission, the row ids of every prompt position and every Engram layer are computed

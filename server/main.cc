@@ -1,4 +1,4 @@
-// engram-worker: the public inference server (DESIGN.md §1).
+// engram-worker: the public inference server (docs/architecture.md contract 1).
 //
 //   engram-worker --model DIR --memory HOST:PORT [--listen HOST:PORT] [--metrics-port P] ...
 //
@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "common/flags_help.h"
 #include "common/lifecycle.h"
 #include "common/log.h"
 #include "common/metrics_server.h"
@@ -212,6 +213,10 @@ absl::Status Run(const WorkerConfig& config, Lifecycle& lifecycle) {
 }  // namespace engram
 
 int main(int argc, char** argv) {
+  if (engram::HelpRequested(argc, argv)) {
+    std::fputs(engram::WorkerFlagsHelp().c_str(), stdout);
+    return 0;
+  }
   engram::Lifecycle lifecycle;
   // First, before any other thread exists, so every thread inherits the blocked signals.
   engram::SignalWatcher signals([&lifecycle](int signal) {

@@ -10,6 +10,7 @@
 #include "absl/strings/str_split.h"
 #include "common/config_util.h"
 #include "common/engram_config.h"
+#include "common/flags_help.h"
 #include "common/log.h"
 #include "common/status.h"
 
@@ -224,13 +225,22 @@ absl::Status WorkerConfig::Validate() const {
   return absl::OkStatus();
 }
 
+constexpr char kWorkerUsage[] =
+    "engram-worker --model DIR --memory HOST:PORT [--listen HOST:PORT] [--metrics-port P] "
+    "[--config FILE] ...";
+
+std::string WorkerFlagsHelp() {
+  return absl::StrCat(
+      FlagsHelp(kWorkerUsage, __FILE__),
+      "\nDefaults (the keys of a --config file; a flag given overrides the file):\n",
+      WorkerConfig().ToJson().dump(2), "\n");
+}
+
 absl::StatusOr<WorkerConfig> ParseWorkerCommandLine(int argc, char** argv) {
   std::vector<std::string> args = UnderscoreFlagNames(argc, argv);
   std::vector<char*> ptrs;
   for (std::string& a : args) ptrs.push_back(a.data());
-  absl::SetProgramUsageMessage(
-      "engram-worker --model DIR --memory HOST:PORT [--listen HOST:PORT] [--metrics-port P] "
-      "[--config FILE] ...");
+  absl::SetProgramUsageMessage(kWorkerUsage);
   std::vector<char*> rest = absl::ParseCommandLine(static_cast<int>(ptrs.size()), ptrs.data());
   if (rest.size() > 1) {
     return absl::InvalidArgumentError(absl::StrCat("unexpected argument \"", rest[1], "\""));

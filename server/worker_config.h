@@ -1,4 +1,4 @@
-// WorkerConfig: the one configuration struct of engram-worker (STYLE.md pattern 7).
+// WorkerConfig: the one configuration struct of engram-worker (docs/architecture.md pattern 7).
 //
 // Nested by subsystem; every field documented with its unit and default. It is filled, in this
 // order of precedence (later wins):
@@ -113,8 +113,13 @@ absl::Status ApplyJsonConfig(const nlohmann::json& json, WorkerConfig* config);
 
 // Parses the process command line (absl flags; dashes in flag names are accepted), reads --config
 // when given, applies the flags that were set and validates. Positional arguments are an error.
-// --help/--helpfull print usage and exit as absl does (this is main's parser only).
+// --helpfull and --help=SUBSTRING print absl's usage and exit (this is main's parser only); main
+// answers --help itself with WorkerFlagsHelp().
 absl::StatusOr<WorkerConfig> ParseWorkerCommandLine(int argc, char** argv);
+
+// What `engram-worker --help` prints: the usage line, every flag with its help text, and the
+// default configuration as JSON (the keys a --config file uses).
+std::string WorkerFlagsHelp();
 
 }  // namespace engram
 

@@ -1,5 +1,5 @@
-// WorkerMetrics: every Prometheus metric of engram-worker, declared in one place (STYLE.md
-// pattern 8). Served on /metrics by common/metrics_server.h.
+// WorkerMetrics: every Prometheus metric of engram-worker, declared in one place
+// (docs/architecture.md pattern 8). Served on /metrics by common/metrics_server.h.
 //
 // Names follow engram_<subsystem>_<what>_<unit> and mirror what vLLM/SGLang users know
 // (queue length, running requests, time to first token, inter-token latency, prompt/generation

@@ -1,8 +1,8 @@
 // Gather of Engram table rows by row id on the GPU, from HBM or from pinned host memory.
 //
 // The table may live in device memory (the HBM hot tier) or in host memory mapped into the GPU's
-// address space (the memory tier's shared-memory arena after cudaHostRegister, DESIGN.md §3): the
-// kernel reads it in place, so warm rows cross PCIe once, with no staging copy.
+// address space (the memory tier's shared-memory arena after cudaHostRegister, docs/architecture.md
+// contract 3): the kernel reads it in place, so warm rows cross PCIe once, with no staging copy.
 #ifndef ENGRAM_MODEL_KERNELS_ENGRAM_GATHER_CUH_
 #define ENGRAM_MODEL_KERNELS_ENGRAM_GATHER_CUH_
 

@@ -1,6 +1,6 @@
 // Plain CPU references for the CUDA kernels in model/kernels/. Every kernel is tested against its
-// reference with awkward shapes (STYLE.md pattern 3); these functions are the definition of what the
-// kernels compute.
+// reference with awkward shapes (docs/architecture.md pattern 3); these functions are the
+// definition of what the kernels compute.
 #ifndef ENGRAM_MODEL_KERNELS_REFERENCE_H_
 #define ENGRAM_MODEL_KERNELS_REFERENCE_H_
 

@@ -1,6 +1,6 @@
 // Element-wise comparison of a float result with a float64 reference, with a tolerance of the form
-// atol + rtol * |reference| (STYLE.md pattern 3); a NaN never passes, and a failure names the first
-// mismatches.
+// atol + rtol * |reference| (docs/architecture.md pattern 3); a NaN never passes, and a failure
+// names the first mismatches.
 #ifndef ENGRAM_TESTS_COMMON_EXPECT_NEAR_H_
 #define ENGRAM_TESTS_COMMON_EXPECT_NEAR_H_
 

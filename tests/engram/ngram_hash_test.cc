@@ -1,4 +1,4 @@
-// N-gram hashing: the public check values of shared/reference/engram.md §1.3 (V4.1 multipliers and
+// N-gram hashing: the public check values of docs/engram-reference.md §1.3 (V4.1 multipliers and
 // prime sums, the demo's prime table), primality, and prefill == chunked prefill == decode.
 #include "common/ngram_hash.h"
 
@@ -86,7 +86,7 @@ TEST(PrimesTest, V41RowCountsMatchPublishedNumEmbeddings) {
   const auto primes = EngramPrimes(c);
   ASSERT_EQ(primes.size(), 2u);
   ASSERT_EQ(primes[0].size(), 24u);
-  // engram.md §1.3 table: first and last prime of each order.
+  // docs/engram-reference.md §1.3 table: first and last prime of each order.
   EXPECT_EQ(primes[0][0], 16000057);
   EXPECT_EQ(primes[0][7], 16000183);
   EXPECT_EQ(primes[0][8], 16000189);

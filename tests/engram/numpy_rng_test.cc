@@ -1,15 +1,15 @@
 // numpy default_rng(...).integers(...) bit-exactness: every vector of
-// shared/reference/vectors/numpy_rng_vectors.json (produced by numpy itself) and every check value
-// of shared/reference/numpy-rng.md §5, including the rejection cases.
+// tests/vectors/numpy_rng_vectors.json (written by numpy itself, tests/vectors/generate.py) and
+// every check value of docs/numpy-rng.md §5, including the rejection cases.
 #include "common/numpy_rng.h"
 
-#include <cstdlib>
 #include <string>
 
 #include "common/engram_config.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/common/test_paths.h"
 
 namespace engram {
 namespace {
@@ -25,17 +25,14 @@ std::vector<int64_t> Draw(uint64_t seed, int64_t high, int64_t n) {
 }
 
 TEST(NumpyRngVectors, EverySeedOfTheJsonFile) {
-  const char* shared = std::getenv("ENGRAM_SHARED_DIR");
-  ASSERT_NE(shared, nullptr) << "ENGRAM_SHARED_DIR is not set";
-  const std::string path = std::string(shared) + "/reference/vectors/numpy_rng_vectors.json";
-  auto json = ReadJsonFile(path);
+  auto json = ReadJsonFile(engram::testing::VectorFile("numpy_rng_vectors.json"));
   ASSERT_TRUE(json.ok()) << json.status();
   const auto& seeds = (*json)["seeds"];
   ASSERT_GE(seeds.size(), 7u);
   int checked = 0;
   for (const auto& entry : seeds) {
     const uint64_t seed = entry["seed"].get<uint64_t>();
-    SCOPED_TRACE(testing::Message() << "seed " << seed);
+    SCOPED_TRACE(::testing::Message() << "seed " << seed);
     EXPECT_THAT(SeedSequenceGenerateState(seed, 8),
                 ElementsAreArray(entry["seedseq_state_u32x8"].get<std::vector<uint32_t>>()));
     // generate_state(4, uint64) pairs the words low-first.
@@ -61,7 +58,7 @@ TEST(NumpyRngVectors, EverySeedOfTheJsonFile) {
 }
 
 TEST(NumpyRngSpec, Intermediates) {
-  // numpy-rng.md §5.1: SeedSequence words of seed 10007.
+  // docs/numpy-rng.md §5.1: SeedSequence words of seed 10007.
   EXPECT_THAT(SeedSequenceGenerateState(10007, 8),
               ElementsAre(0x8ad70d07u, 0x77d32a34u, 0xb84a4fa5u, 0x993ed609u, 0xc8698e49u,
                           0xd5f972deu, 0xbcf148deu, 0x7d79ebaeu));

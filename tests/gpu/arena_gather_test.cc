@@ -1,9 +1,9 @@
-// The GPU reads the memory tier's shared-memory arena in place (DESIGN.md §3): a real engram-memory
-// (in-process TierServer on 127.0.0.1:0, gRPC over loopback) imports a bf16 table and holds it
-// resident in its arena; the test opens the arena as a co-located worker does (TableInfo ->
-// ArenaReader), registers the read-only mapping with cudaHostRegister and gathers random rows with
-// LaunchEngramGather. Every row must equal the row Lookup returns over gRPC and the source
-// safetensors, byte for byte.
+// The GPU reads the memory tier's shared-memory arena in place (docs/architecture.md contract 3): a
+// real engram-memory (in-process TierServer on 127.0.0.1:0, gRPC over loopback) imports a bf16
+// table and holds it resident in its arena; the test opens the arena as a co-located worker does
+// (TableInfo -> ArenaReader), registers the read-only mapping with cudaHostRegister and gathers
+// random rows with LaunchEngramGather. Every row must equal the row Lookup returns over gRPC and
+// the source safetensors, byte for byte.
 #include <cuda_runtime.h>
 #include <unistd.h>
 

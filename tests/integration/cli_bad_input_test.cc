@@ -1,4 +1,4 @@
-// The `engram` CLI on bad input (issue 2): missing files, malformed JSON or safetensors, ids out of
+// The `engram` CLI on bad input: missing files, malformed JSON or safetensors, ids out of
 // range and inconsistent configs each end with exactly one line "engram <command>: <problem>"
 // (besides info-level progress logs) and a non-zero exit status, never a crash (a signal, an
 // uncaught exception). Covers tokenize, hash, check-module, generate and model init-demo/info/run,

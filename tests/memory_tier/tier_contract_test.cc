@@ -1,6 +1,6 @@
 // The Tier contract (memory_tier/tier.h), one typed suite run against every implementation:
 // DRAM resident, DRAM cache, NVMe via io_uring, NVMe via pread, and a co-located client's
-// ArenaReader over a resident and over a cache arena (STYLE.md pattern 10).
+// ArenaReader over a resident and over a cache arena (docs/architecture.md pattern 10).
 #include <unistd.h>
 
 #include <random>

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Derives the Engram compressed vocabulary size V' of a tokenizer.json independently of the C++
-code and of Hugging Face tokenizers, from the reference rules alone (shared/reference/engram.md
+code and of Hugging Face tokenizers, from the reference rules alone (docs/engram-reference.md
 §1.2) and the normaliser's code point vectors:
 
     /usr/bin/python3 tests/tokenizer/derive_compressed_vocab.py \\
         .cache/testdata/tokenizer-gpt2/package/models/tokenizer.json \\
-        ../shared/reference/vectors/engram_normalizer_codepoints.json
+        tests/vectors/engram_normalizer_codepoints.json
 
 - decode([id]): byte-level alphabet -> bytes, bytes.decode("utf-8", "replace") (Python's
   "replace" is Rust's from_utf8_lossy); unassigned ids below len(tokenizer) decode to "".

@@ -15,7 +15,7 @@ using testing::Codepoints;
 using testing::FromHexCodepoints;
 
 TEST(EngramNormalizerTest, Vectors) {
-  nlohmann::json v = testing::ReadJson(testing::SharedVectors("engram_normalizer_vectors.json"));
+  nlohmann::json v = testing::ReadJson(testing::VectorFile("engram_normalizer_vectors.json"));
   ASSERT_TRUE(v.is_array());
   ASSERT_GT(v.size(), 40u);
   for (const auto& c : v) {
@@ -26,7 +26,7 @@ TEST(EngramNormalizerTest, Vectors) {
 }
 
 TEST(EngramNormalizerTest, EveryCodepointAndRandomStrings) {
-  nlohmann::json v = testing::ReadJson(testing::SharedVectors("engram_normalizer_codepoints.json"));
+  nlohmann::json v = testing::ReadJson(testing::VectorFile("engram_normalizer_codepoints.json"));
   ASSERT_TRUE(v.is_object());
   const auto& changed = v["single_codepoints_non_identity"];
   ASSERT_GT(changed.size(), 19000u);

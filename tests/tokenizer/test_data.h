@@ -25,8 +25,8 @@ namespace engram::testing {
 // ADD_FAILURE naming the missing test data and how to get it.
 inline void AddMissingTestDataFailure(const std::string& path) {
   ADD_FAILURE() << "missing test data " << path
-                << " (run scripts/fetch-testdata.sh for .cache/testdata; ../shared must sit "
-                   "beside the checkout)";
+                << " (run scripts/fetch-testdata.sh for .cache/testdata; tests/vectors and "
+                   "tests/tokenizer/testdata are part of the checkout)";
 }
 
 // Whether `path` is readable; ADD_FAILURE with how to get it when it is not.

@@ -1,7 +1,7 @@
 // The tokenizer pipeline piece by piece: hand-built tokenizers against Hugging Face's outputs
 // (testdata/hf_goldens.json), the Oniguruma-compatible regexes against the library's own class
-// membership (testdata/oniguruma_classes.json) and the shared probes, lossy UTF-8, and the errors
-// malformed tokenizer.json files get.
+// membership (testdata/oniguruma_classes.json) and the probes of tests/vectors, lossy UTF-8, and
+// the errors malformed tokenizer.json files get.
 #include <set>
 #include <string>
 #include <vector>
@@ -34,7 +34,7 @@ const nlohmann::json& Goldens() {
 
 const nlohmann::json& Probes() {
   static const auto* p =
-      new nlohmann::json(ReadJson(testing::SharedVectors("hf_tokenizers_probes.json")));
+      new nlohmann::json(ReadJson(testing::VectorFile("hf_tokenizers_probes.json")));
   return *p;
 }
 

@@ -1,5 +1,5 @@
-// The GPT-2 and cl100k tokenizer.json files against every external vector: the shared reference
-// vectors (tokenizers 0.23.2), the probes that apply to these files, gpt-tokenizer's TestPlans.txt
+// The GPT-2 and cl100k tokenizer.json files against every external vector: the reference vectors
+// of tests/vectors (tokenizers 0.23.2), the probes that apply to these files, gpt-tokenizer's TestPlans.txt
 // (tiktoken's cl100k_base and r50k_base = GPT-2 vocabulary) and the goldens made by
 // tests/tokenizer/gen_hf_goldens.py (random texts, decode_stream, every single-id decode).
 #include <functional>
@@ -23,7 +23,7 @@ using testing::Ids;
 using testing::ReadJson;
 
 void CheckVectorFile(const Tokenizer& t, const std::string& file) {
-  nlohmann::json v = ReadJson(testing::SharedVectors(file));
+  nlohmann::json v = ReadJson(testing::VectorFile(file));
   ASSERT_TRUE(v.is_object()) << file;
   ASSERT_FALSE(v["encode"].empty());
   for (const auto& e : v["encode"]) {
@@ -84,7 +84,7 @@ TEST(TokenizerVectorsTest, SizesAndSpecialTokens) {
 }
 
 TEST(TokenizerVectorsTest, ProbesThatApplyToTheseFiles) {
-  nlohmann::json p = ReadJson(testing::SharedVectors("hf_tokenizers_probes.json"));
+  nlohmann::json p = ReadJson(testing::VectorFile("hf_tokenizers_probes.json"));
   ASSERT_TRUE(p.is_object());
   const Tokenizer* gpt2 = testing::Gpt2();
   const Tokenizer* gpt4 = testing::Gpt4();
@@ -158,7 +158,7 @@ std::vector<std::string> Tokens(const Tokenizer& t, const std::string& text) {
 }
 
 TEST(TokenizerVectorsTest, AddedTokenAndTemplateProbesOnGpt2) {
-  nlohmann::json p = ReadJson(testing::SharedVectors("hf_tokenizers_probes.json"));
+  nlohmann::json p = ReadJson(testing::VectorFile("hf_tokenizers_probes.json"));
   const auto& a = p["added_tokens"];
   ASSERT_TRUE(a.is_object());
   auto strings = [](const nlohmann::json& j) { return j.get<std::vector<std::string>>(); };

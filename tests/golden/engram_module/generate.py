@@ -13,10 +13,10 @@ Differences from the demo, all forced by the environment, none changing results:
   package: RMSNorm is written out exactly as torch 2.x's F.rms_norm computes it (eps=None means
   torch.finfo(dtype).eps), and the tokenizer's decode([id]) + normaliser are reimplemented below
   for GPT-2's byte-level tokenizer.json. The normaliser is checked against the Hugging Face
-  reference vectors (shared/reference/vectors) for every character GPT-2's vocabulary decodes to.
+  reference vectors (tests/vectors) for every character GPT-2's vocabulary decodes to.
 - No safetensors package: a minimal writer is included.
 
-Usage: /usr/bin/python3 generate.py [GPT2_TOKENIZER_JSON [SHARED_DIR]]
+Usage: /usr/bin/python3 generate.py [GPT2_TOKENIZER_JSON [VECTORS_DIR]]
 """
 import json
 import math
@@ -34,7 +34,7 @@ from sympy import isprime
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
 TOKENIZER = os.path.join(ROOT, ".cache/testdata/tokenizer-gpt2/package/models/tokenizer.json")
-SHARED = os.path.abspath(os.path.join(ROOT, "..", "shared"))
+VECTORS = os.path.join(ROOT, "tests", "vectors")
 
 # ---- GPT-2 decode([id]) and the Engram normaliser ------------------------------------------------
 
@@ -96,9 +96,9 @@ def normalize(text):
     return s[begin:end].replace(SENTINEL, " ")
 
 
-def check_normalizer(texts, shared_dir):
+def check_normalizer(texts, vectors_dir):
     """Compares with the Hugging Face vectors for every code point the texts contain."""
-    path = os.path.join(shared_dir, "reference/vectors/engram_normalizer_codepoints.json")
+    path = os.path.join(vectors_dir, "engram_normalizer_codepoints.json")
     with open(path, encoding="utf-8") as f:
         table = json.load(f)["single_codepoints_non_identity"]
     expected = {int(k, 16): "".join(chr(int(h, 16)) for h in v.split()) for k, v in table.items()}
@@ -106,7 +106,7 @@ def check_normalizer(texts, shared_dir):
     bad = [c for c in chars if normalize(chr(c)) != expected.get(c, chr(c))]
     if bad:
         raise SystemExit("normaliser differs from Hugging Face on %s" % [hex(c) for c in bad[:20]])
-    with open(os.path.join(shared_dir, "reference/vectors/engram_normalizer_vectors.json"),
+    with open(os.path.join(vectors_dir, "engram_normalizer_vectors.json"),
               encoding="utf-8") as f:
         for case in json.load(f):
             if normalize(case["in"]) != case["out"]:
@@ -117,12 +117,12 @@ def check_normalizer(texts, shared_dir):
 class CompressedTokenizer:
     """The demo's CompressedTokenizer over GPT-2's tokenizer.json."""
 
-    def __init__(self, tokenizer_path, shared_dir):
+    def __init__(self, tokenizer_path, vectors_dir):
         id_to_token = load_vocab(tokenizer_path)
         vocab_size = len(id_to_token)
         assert sorted(id_to_token) == list(range(vocab_size))
         texts = [decode_one(id_to_token[tid]) for tid in range(vocab_size)]
-        self.checked_chars = check_normalizer(texts, shared_dir)
+        self.checked_chars = check_normalizer(texts, vectors_dir)
         key2new = {}
         self.lookup_table = np.empty(vocab_size, dtype=np.int64)
         for tid in range(vocab_size):
@@ -400,8 +400,8 @@ def generate(case, compressed):
 
 def main():
     tokenizer = sys.argv[1] if len(sys.argv) > 1 else TOKENIZER
-    shared = sys.argv[2] if len(sys.argv) > 2 else SHARED
-    compressed = CompressedTokenizer(tokenizer, shared)
+    vectors = sys.argv[2] if len(sys.argv) > 2 else VECTORS
+    compressed = CompressedTokenizer(tokenizer, vectors)
     print("compressed vocab: %d of %d ids (normaliser checked on %d distinct chars)" % (
         len(compressed), len(compressed.lookup_table), compressed.checked_chars))
     for case in CASES:
