@@ -29,10 +29,12 @@ for f in "${bins[@]}"; do
     [ -f "$out/lib/$name" ] || { cp -L "$path" "$out/lib/$name"; strip --strip-unneeded "$out/lib/$name" 2>/dev/null || true; }
   done
 done
-# The GPT-2 tokenizer.json of the demo model (scripts/fetch-testdata.sh).
-tok=.cache/testdata/tokenizer-gpt2/package/models/tokenizer.json
-mkdir -p "$out/testdata/$(dirname "${tok#.cache/testdata/}")"
-cp "$root/$tok" "$out/testdata/${tok#.cache/testdata/}"
+# The GPT-2 and cl100k tokenizer.json files (scripts/fetch-testdata.sh): the demo model's tokenizer
+# and what tests/vectors/generate.py reads.
+for name in tokenizer-gpt2 tokenizer-gpt4; do
+  mkdir -p "$out/testdata/$name/package/models"
+  cp "$root/.cache/testdata/$name/package/models/tokenizer.json" "$out/testdata/$name/package/models/"
+done
 cat > "$out/run" <<'RUN'
 #!/bin/bash
 here=$(cd "$(dirname "$0")" && pwd)

@@ -3,16 +3,18 @@
 # that scripts/gpu-pack.sh made, every result written under $OUT (docs/benchmarks.md):
 #
 #   cmake --build build && bash scripts/gpu-pack.sh      (on the build machine)
-#   bash scripts/gpu-run.sh [tests] [bench] [4b]          (on the GPU machine, .gpu carried along)
+#   bash scripts/gpu-run.sh [tests] [bench] [4b] [vectors]   (on the GPU machine, .gpu carried)
 #
 # tests: every test listed in .gpu/gpu-tests.txt (ctest -L gpu), under compute-sanitizer when
 #        ENGRAM_SANITIZE=1; bench: the demo model through `engram model run --device cuda`;
-#        4b: the dense-4b throughput benchmark with the Hugging Face baseline on the same card.
+#        4b: the dense-4b throughput benchmark with the Hugging Face baseline on the same card;
+#        vectors: tests/vectors/generate.py with the machine's numpy and tokenizers, into
+#        $OUT/vectors.tar (compare with tests/vectors).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/engram-gpu-results}
 mkdir -p "$out"
-what=${*:-tests bench 4b}
+what=${*:-tests bench 4b vectors}
 export ENGRAM_SOURCE_DIR=$PWD ENGRAM_TESTDATA_DIR=$PWD/.gpu/testdata
 {
   date -u +%Y-%m-%dT%H:%M:%SZ
@@ -40,11 +42,20 @@ fi
 if [[ $what == *4b* ]]; then
   m=/tmp/dense-4b
   t0=$(date +%s)
-  .gpu/run engram model init-random "$m" --preset dense-4b > "$out/init4b.txt" 2>&1 || status=1
+  .gpu/run engram model init-random "$m" --preset dense-4b > /tmp/init4b.txt 2>&1 || { status=1; tail -n 5 /tmp/init4b.txt; }
   echo "dense-4b written in $(( $(date +%s) - t0 )) s" | tee -a "$out/summary.txt"
   timeout 240 .gpu/run throughput_bench --model "$m" --device cuda --sequences 512 \
-    --max-running 256 2>&1 | grep -v '^{' | tee "$out/throughput_512.txt" | tail -n 8
+    --max-running 256 2>&1 | grep -v '^{' | tee "$out/bench.txt" | tail -n 8
   timeout 150 python3 bench/hf_baseline.py --model "$m" --sequences 32 --batch 32 2>&1 \
-    | tail -n 3 | tee "$out/hf_baseline.txt"
+    | tail -n 3 | tee -a "$out/bench.txt"
+fi
+if [[ $what == *vectors* ]]; then
+  rm -rf /tmp/vectors && mkdir -p /tmp/vectors
+  python3 tests/vectors/generate.py --testdata .gpu/testdata --out /tmp/vectors 2>&1 | tail -n 5
+  for f in /tmp/vectors/*.json; do
+    cmp -s "$f" "tests/vectors/$(basename "$f")" && echo "$(basename "$f"): identical" \
+      || echo "$(basename "$f"): DIFFERS"
+  done | tee -a "$out/summary.txt"
+  tar -C /tmp -cf "$out/vectors.tar" vectors
 fi
 exit $status
