@@ -19,9 +19,9 @@
 //     (the CPU contract of EngramConvState).
 //
 // Arithmetic mirrors the CPU: eps FLT_EPSILON for the gate norms and 1e-5 for the conv norm, the
-// signed square root clamped at 1e-6, sigmoid 1 / (1 + exp(-x)), taps accumulated in order j = 0..K-1
-// from zero, Y = u + SiLU(acc), h += Y. The sums of squares are f32 trees where the CPU uses double
-// (relative difference ~1e-6 at H = 8192).
+// signed square root clamped at 1e-6, sigmoid 1 / (1 + exp(-x)), taps accumulated in order j =
+// 0..K-1 from zero, Y = u + SiLU(acc), h += Y. The sums of squares are f32 trees where the CPU uses
+// double (relative difference ~1e-6 at H = 8192).
 #include "model/kernels/engram_ops.cuh"
 
 #include <algorithm>
@@ -134,8 +134,8 @@ __global__ void ConvKernel(const float* __restrict__ u, float* hidden, int H, in
     for (int j = 0; j < K; ++j) {
       const int64_t q = p - static_cast<int64_t>(K - 1 - j) * dilation;
       if (q < 0) continue;  // before the sequence start: zero padding
-      const float x = q >= start ? normed[(first_row + (q - start)) * H + c]
-                                 : history[(q % ring) * H + c];
+      const float x =
+          q >= start ? normed[(first_row + (q - start)) * H + c] : history[(q % ring) * H + c];
       acc += conv_weight[static_cast<int64_t>(c) * K + j] * x;
     }
     const int64_t at = static_cast<int64_t>(t) * H + c;
@@ -199,8 +199,8 @@ absl::Status LaunchEngramGate(const EngramGateArgs& a, cudaStream_t stream) {
         absl::StrCat("engram gate: need T >= 0 and H >= 1, got T = ", a.T, ", H = ", a.H));
   }
   if (a.T == 0) return absl::OkStatus();
-  if (a.vk == nullptr || a.key_norm == nullptr || a.query_norm == nullptr ||
-      a.hidden == nullptr || a.u == nullptr) {
+  if (a.vk == nullptr || a.key_norm == nullptr || a.query_norm == nullptr || a.hidden == nullptr ||
+      a.u == nullptr) {
     return absl::InvalidArgumentError("engram gate: null vk, key_norm, query_norm, hidden or u");
   }
   EngramGateKernel<<<a.T, kThreads, 0, stream>>>(a.vk, a.value_bias, a.key_bias, a.key_norm,

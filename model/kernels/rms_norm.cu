@@ -118,8 +118,7 @@ __global__ void AddRmsNormKernel(float* h, const float* __restrict__ add,
                                  const float* __restrict__ bias, const float* __restrict__ weight,
                                  float eps, int H, bf16* __restrict__ out) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * H;
-  const float ss =
-      AddAndSquares<kVec>(h + row, add == nullptr ? nullptr : add + row, bias, H);
+  const float ss = AddAndSquares<kVec>(h + row, add == nullptr ? nullptr : add + row, bias, H);
   if (out == nullptr) return;  // the same for the whole block: no barrier is skipped by some only
   const float inv = InverseRms(ss, eps, H);
   ScaleToBf16<kVec>(h + row, inv, weight, H, out + row);

@@ -59,7 +59,8 @@ __global__ void RopeKvAppendKernel(const float* __restrict__ qkv, const float* _
     if (head < num_heads) {
       dst = q_out + (t * num_heads + head) * head_dim;
     } else {
-      dst = k_cache + KvIndex(block, head - num_heads, offset, num_kv_heads, block_tokens, head_dim);
+      dst =
+          k_cache + KvIndex(block, head - num_heads, offset, num_kv_heads, block_tokens, head_dim);
     }
     dst[i] = __float2bfloat16_rn(out_lo);
     dst[i + half] = __float2bfloat16_rn(out_hi);

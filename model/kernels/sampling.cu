@@ -21,10 +21,11 @@
 // sequence) is bound by one CTA's bandwidth, ~10 us at 150k ids for the sampled path, plus the
 // sort when it is needed (one CTA per sorted row as well).
 //
-// Precision: the CPU sums in double, this in f32 (a tree inside each tile, then the carried prefix),
-// so a draw within ~1e-6 relative of a boundary between two candidates (or a running sum within
-// that of the top_p target) may pick the neighbour. The uniform is clamped below the kept mass, so
-// rounding never runs past the last candidate with weight (the CPU's "last candidate" fallback).
+// Precision: the CPU sums in double, this in f32 (a tree inside each tile, then the carried
+// prefix), so a draw within ~1e-6 relative of a boundary between two candidates (or a running sum
+// within that of the top_p target) may pick the neighbour. The uniform is clamped below the kept
+// mass, so rounding never runs past the last candidate with weight (the CPU's "last candidate"
+// fallback).
 //
 // A row that needs the sort while args.any_sorted is false (the caller's flag is wrong) gets token
 // -1 instead of a silently different sample.
@@ -238,13 +239,15 @@ __global__ void __launch_bounds__(kRowThreads)
   if (p.top_p < 1.0f) {
     // top_p <= 1, so target <= total = cum[n - 1]: some index qualifies.
     const float target = p.top_p * total;
-    const int last = FirstIndex(cum, n, [&](float c) { return c >= target; }, shared);
+    const int last = FirstIndex(
+        cum, n, [&](float c) { return c >= target; }, shared);
     kept = (last == INT_MAX ? n - 1 : last) + 1;
     mass = cum[kept - 1];
   }
   float threshold = p.uniform * mass;
   if (!(threshold < mass)) threshold = nextafterf(mass, 0.0f);  // uniform rounded up to 1
-  int pick = FirstIndex(cum, kept, [&](float c) { return c > threshold; }, shared);
+  int pick = FirstIndex(
+      cum, kept, [&](float c) { return c > threshold; }, shared);
   if (pick == INT_MAX) pick = kept - 1;  // cannot happen: cum[kept - 1] = mass > threshold
   if (threadIdx.x == 0) tokens[b] = sort ? sorted_ids[base + pick] : pick;
 }
@@ -310,17 +313,18 @@ size_t SampleWorkspaceBytes(int B, int V) {
 absl::Status LaunchSample(const SampleArgs& a, cudaStream_t stream) {
   if (a.B == 0) return absl::OkStatus();
   if (!ShapeOk(a.B, a.V)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "sample: need 1 <= B <= 65535, V >= 1 and B * V <= 2^31 - 1; got B = ", a.B, ", V = ", a.V));
+    return absl::InvalidArgumentError(
+        absl::StrCat("sample: need 1 <= B <= 65535, V >= 1 and B * V <= 2^31 - 1; got B = ", a.B,
+                     ", V = ", a.V));
   }
-  if (a.logits == nullptr || a.params == nullptr || a.tokens == nullptr ||
-      a.workspace == nullptr) {
+  if (a.logits == nullptr || a.params == nullptr || a.tokens == nullptr || a.workspace == nullptr) {
     return absl::InvalidArgumentError(
         "sample: null logits, params, tokens or workspace (SampleWorkspaceBytes(B, V) bytes)");
   }
   const Layout l = MakeLayout(a.B, a.V);
   char* ws = static_cast<char*>(a.workspace);
-  float* keys[2] = {reinterpret_cast<float*>(ws + l.keys[0]), reinterpret_cast<float*>(ws + l.keys[1])};
+  float* keys[2] = {reinterpret_cast<float*>(ws + l.keys[0]),
+                    reinterpret_cast<float*>(ws + l.keys[1])};
   int32_t* ids[2] = {reinterpret_cast<int32_t*>(ws + l.ids[0]),
                      reinterpret_cast<int32_t*>(ws + l.ids[1])};
   int* begin = reinterpret_cast<int*>(ws + l.begin);
@@ -343,8 +347,7 @@ absl::Status LaunchSample(const SampleArgs& a, cudaStream_t stream) {
       cub::DoubleBuffer<int32_t> id_buffers(ids[0], ids[1]);
       err = cub::DeviceSegmentedRadixSort::SortPairsDescending(
           ws + l.temp, temp_bytes, key_buffers, id_buffers, a.B * a.V, a.B,
-          static_cast<const int*>(begin), static_cast<const int*>(end), 0, 32,
-          stream);
+          static_cast<const int*>(begin), static_cast<const int*>(end), 0, 32, stream);
       // The buffer the sort ended in is chosen on the host (a fixed number of passes).
       sorted_keys = key_buffers.Current();
       sorted_ids = id_buffers.Current();
@@ -356,8 +359,8 @@ absl::Status LaunchSample(const SampleArgs& a, cudaStream_t stream) {
           absl::StrCat("sample: segmented radix sort: ", cudaGetErrorString(err)));
     }
   }
-  SampleRowKernel<<<a.B, kRowThreads, 0, stream>>>(a.logits, a.params, a.V, sorted_keys,
-                                                   sorted_ids, cum, a.tokens);
+  SampleRowKernel<<<a.B, kRowThreads, 0, stream>>>(a.logits, a.params, a.V, sorted_keys, sorted_ids,
+                                                   cum, a.tokens);
   return LaunchStatus("sample");
 }
 

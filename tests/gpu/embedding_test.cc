@@ -42,7 +42,7 @@ TEST_P(EmbeddingTest, MatchesTheTableRows) {
   for (auto& v : table) v = __float2bfloat16(normal(rng) * 3.0f);
   std::vector<int32_t> tokens(T);
   for (auto& id : tokens) id = static_cast<int32_t>(rng() % vocab);
-  tokens[0] = vocab - 1;  // the last row
+  tokens[0] = vocab - 1;             // the last row
   if (T > 2) tokens[2] = tokens[1];  // a repeat
   if (T > 3) tokens[3] = 0;
 
@@ -57,9 +57,9 @@ TEST_P(EmbeddingTest, MatchesTheTableRows) {
   DeviceBuffer<bf16> d_table = ToDevice(table);
   DeviceBuffer<int32_t> d_tokens = ToDevice(tokens);
   DeviceBuffer<float> d_out = ToDevice(std::vector<float>(want.size() + shift, -7.0f));
-  ASSERT_TRUE(LaunchEmbedding(d_table.get() + shift, H, d_tokens.get(), T, d_out.get() + shift,
-                              nullptr)
-                  .ok());
+  ASSERT_TRUE(
+      LaunchEmbedding(d_table.get() + shift, H, d_tokens.get(), T, d_out.get() + shift, nullptr)
+          .ok());
   CUDA_OK(cudaDeviceSynchronize());
   ExpectNearDevice(d_out.get() + shift, want, 0.0, 0.0, absl::StrCat("embedding T=", T, " H=", H));
   if (misaligned) {  // the element before the output is untouched

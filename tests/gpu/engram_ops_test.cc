@@ -287,7 +287,8 @@ TEST_P(EngramConvTest, StepOfItemsMatchesModule) {
       const std::vector<float> p_hidden =
           Random(static_cast<size_t>(s.prefix) * H, -hidden_scale, hidden_scale, &rng);
       std::vector<float> y(static_cast<size_t>(s.prefix) * H);
-      ASSERT_TRUE(module.Forward(p_rows.data(), p_hidden.data(), s.prefix, &states[i], y.data()).ok());
+      ASSERT_TRUE(
+          module.Forward(p_rows.data(), p_hidden.data(), s.prefix, &states[i], y.data()).ok());
     }
     rings_before[i] = states[i].history;
     ASSERT_EQ(rings_before[i].size(), static_cast<size_t>(R) * H);
@@ -312,8 +313,8 @@ TEST_P(EngramConvTest, StepOfItemsMatchesModule) {
         CpuHPlusY(module, rows[i].data(), hidden[i].data(), specs[i].n, &states[i]);
     want_h.insert(want_h.end(), h.begin(), h.end());
   }
-  const std::string what = absl::StrCat("H=", H, " K=", conv.K, " d=", conv.dilation,
-                                        tiny ? " tiny" : "");
+  const std::string what =
+      absl::StrCat("H=", H, " K=", conv.K, " d=", conv.dilation, tiny ? " tiny" : "");
   ExpectNearDevice(r.hidden.get(), want_h, kTolH, kTolH, what + " h");
   for (size_t i = 0; i < specs.size(); ++i) {
     if (R == 0) continue;
@@ -386,7 +387,8 @@ TEST_P(EngramChunkTest, ChunkedStepsEqualOneStep) {
     const StepResult r = RunStep(module, dm, step);
     const std::vector<float> h = DownloadAsFloat(r.hidden.get(), static_cast<size_t>(n + 2) * H);
     const size_t first = step[0].live ? 0 : 2 * static_cast<size_t>(H);
-    chunked.insert(chunked.end(), h.begin() + first, h.begin() + first + static_cast<size_t>(n) * H);
+    chunked.insert(chunked.end(), h.begin() + first,
+                   h.begin() + first + static_cast<size_t>(n) * H);
     at += n;
   }
   ASSERT_EQ(at, L);

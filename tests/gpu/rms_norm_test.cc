@@ -87,7 +87,8 @@ TEST_P(AddRmsNormTest, MatchesCpuOps) {
   if (with_add) {
     std::vector<float> addend = add;
     if (with_bias) {
-      for (int t = 0; t < T; ++t) AddInPlace(addend.data() + static_cast<size_t>(t) * H, bias.data(), H);
+      for (int t = 0; t < T; ++t)
+        AddInPlace(addend.data() + static_cast<size_t>(t) * H, bias.data(), H);
     }
     AddInPlace(want_h.data(), addend.data(), static_cast<int64_t>(n));
   }
@@ -105,9 +106,8 @@ TEST_P(AddRmsNormTest, MatchesCpuOps) {
   DeviceBuffer<float> d_weight = ToDevice(padded(weight));
   DeviceBuffer<bf16> d_out = ToDevice(std::vector<bf16>(n + shift, __float2bfloat16(0.0f)));
   ASSERT_TRUE(LaunchAddRmsNorm(d_h.get() + shift, with_add ? d_add.get() + shift : nullptr,
-                               with_bias ? d_bias.get() + shift : nullptr,
-                               d_weight.get() + shift, eps, T, H,
-                               with_out ? d_out.get() + shift : nullptr, nullptr)
+                               with_bias ? d_bias.get() + shift : nullptr, d_weight.get() + shift,
+                               eps, T, H, with_out ? d_out.get() + shift : nullptr, nullptr)
                   .ok());
   CUDA_OK(cudaDeviceSynchronize());
   const std::string what = absl::StrCat(ModeName(mode), " T=", T, " H=", H);
@@ -169,7 +169,7 @@ TEST_P(GatherRmsNormTest, MatchesCpuOps) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, GatherRmsNormTest,
-                         ::testing::Combine(::testing::Values(1, 19), 
+                         ::testing::Combine(::testing::Values(1, 19),
                                             ::testing::Values(1, 19, 111, 2560, 8192),
                                             ::testing::Bool()));
 

@@ -54,8 +54,10 @@ TEST(RopeTableTest, HoldsExactlyTheAnglesOfRopeAngles) {
       std::vector<float> want_cos(static_cast<size_t>(T) * (D / 2)), want_sin(want_cos.size());
       RopeAngles(T, D, start, theta, want_cos.data(), want_sin.data());
       for (size_t i = 0; i < want_cos.size(); ++i) {
-        ASSERT_EQ(cos[static_cast<size_t>(start) * (D / 2) + i], want_cos[i]) << "D " << D << " i " << i;
-        ASSERT_EQ(sin[static_cast<size_t>(start) * (D / 2) + i], want_sin[i]) << "D " << D << " i " << i;
+        ASSERT_EQ(cos[static_cast<size_t>(start) * (D / 2) + i], want_cos[i])
+            << "D " << D << " i " << i;
+        ASSERT_EQ(sin[static_cast<size_t>(start) * (D / 2) + i], want_sin[i])
+            << "D " << D << " i " << i;
       }
     }
   }
@@ -105,7 +107,8 @@ TEST_P(RopeKvAppendTest, MatchesApplyRopeAngles) {
     if (with_bias) AddInPlace(row.data(), bias.data(), width);
     std::copy_n(row.begin(), Nq * D, q.begin() + static_cast<size_t>(t) * Nq * D);
     std::copy_n(row.begin() + Nq * D, Nkv * D, k.begin() + static_cast<size_t>(t) * Nkv * D);
-    std::copy_n(row.begin() + (Nq + Nkv) * D, Nkv * D, v.begin() + static_cast<size_t>(t) * Nkv * D);
+    std::copy_n(row.begin() + (Nq + Nkv) * D, Nkv * D,
+                v.begin() + static_cast<size_t>(t) * Nkv * D);
     std::copy_n(cos.begin() + static_cast<size_t>(positions[t]) * half, half,
                 tok_cos.begin() + static_cast<size_t>(t) * half);
     std::copy_n(sin.begin() + static_cast<size_t>(positions[t]) * half, half,

@@ -264,7 +264,8 @@ Counts CheckBatch(const Batch& batch, const std::vector<int32_t>& got) {
     SamplingParams lo_p = p, hi_p = p;
     if (p.top_p < 1.0f) {
       lo_p.top_p = static_cast<float>(p.top_p * (1 - kMargin));
-      hi_p.top_p = std::min(static_cast<float>(p.top_p * (1 + kMargin)), std::nextafter(1.0f, 0.0f));
+      hi_p.top_p =
+          std::min(static_cast<float>(p.top_p * (1 + kMargin)), std::nextafter(1.0f, 0.0f));
     }
     const uint32_t lo = SampleWithUniform(row, lo_p, std::max(0.0, u - kMargin), &scratch);
     const uint32_t hi = SampleWithUniform(row, hi_p, u + kMargin, &scratch);
@@ -274,8 +275,10 @@ Counts CheckBatch(const Batch& batch, const std::vector<int32_t>& got) {
     } else {
       ++counts.bracket;
       const std::vector<int> rank = Ranks(std::vector<float>(row.begin(), row.end()), Sorted(p, V));
-      EXPECT_LE(rank[lo], rank[got[b]]) << what << ": got " << got[b] << ", lo " << lo << ", hi " << hi;
-      EXPECT_LE(rank[got[b]], rank[hi]) << what << ": got " << got[b] << ", lo " << lo << ", hi " << hi;
+      EXPECT_LE(rank[lo], rank[got[b]])
+          << what << ": got " << got[b] << ", lo " << lo << ", hi " << hi;
+      EXPECT_LE(rank[got[b]], rank[hi])
+          << what << ": got " << got[b] << ", lo " << lo << ", hi " << hi;
     }
   }
   return counts;

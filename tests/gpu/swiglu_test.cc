@@ -58,7 +58,8 @@ TEST_P(SwiGluTest, MatchesCpuOps) {
   }
 
   DeviceBuffer<float> d_in = ToDevice(gate_up);
-  DeviceBuffer<bf16> d_out = ToDevice(std::vector<bf16>(want.size() + shift, __float2bfloat16(0.0f)));
+  DeviceBuffer<bf16> d_out =
+      ToDevice(std::vector<bf16>(want.size() + shift, __float2bfloat16(0.0f)));
   ASSERT_TRUE(LaunchSwiGlu(d_in.get() + shift, T, I, d_out.get() + shift, nullptr).ok());
   CUDA_OK(cudaDeviceSynchronize());
   ExpectNearDevice(d_out.get() + shift, want, 1e-6, 1e-2, absl::StrCat("swiglu T=", T, " I=", I));
