@@ -718,6 +718,8 @@ struct Forward {
 absl::Status CudaBackbone::Step(absl::Span<const BatchItem> items, EngramRowSource& rows,
                                 StepOutput* out) {
   ENGRAM_RETURN_IF_ERROR(ValidateBatch(items, config_.vocab_size, out));
+  // The current device is per thread, and Step runs on the scheduler's thread, not Create's.
+  CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device), "cudaSetDevice");
   Impl& m = *impl_;
   const int bt = options_.block_tokens;
   auto state = [&](size_t i) -> CudaSequenceState& {
