@@ -94,7 +94,7 @@ absl::Status Run(const WorkerConfig& config, Lifecycle& lifecycle) {
         "the model has Engram layers: --memory HOST:PORT is required");
   }
   auto registry = std::make_shared<prometheus::Registry>();
-  WorkerMetrics metrics(registry, model_config.engram.layer_ids);
+  WorkerMetrics metrics(registry, model_config.engram.layer_ids, model_config.name);
   MetricsServer metrics_server(registry);
   if (config.server.metrics_port >= 0) {
     ENGRAM_RETURN_IF_ERROR(
@@ -110,6 +110,8 @@ absl::Status Run(const WorkerConfig& config, Lifecycle& lifecycle) {
   service_options.limits.default_max_tokens = config.scheduler.default_max_tokens;
   service_options.memory_tier_address = config.memory_tier.address;
   InferenceService service(metrics, service_options);
+  metrics.SetLimits(config.scheduler.max_running_requests, config.scheduler.max_queued_requests,
+                    service_options.limits.max_context_tokens);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

@@ -45,6 +45,8 @@ struct Sequence {
   uint32_t emitted = 0;
   // In running_ (counted in running_count_).
   bool running = false;
+  absl::Time admitted_at = absl::InfinitePast();
+  absl::Time first_token_at = absl::InfinitePast();
   absl::Time last_token_at;
 
   bool prefill_done() const { return prefilled == static_cast<int>(params.prompt.size()); }
@@ -248,6 +250,7 @@ void Scheduler::Admit() {
     }
     const absl::Time now = absl::Now();
     metrics_.request_queue_time.Observe(absl::ToDoubleSeconds(now - s->params.received));
+    s->admitted_at = now;
     metrics_.prompt_tokens.Increment(prompt);
     s->running = true;
     running_.push_back(std::move(s));
@@ -352,6 +355,7 @@ void Scheduler::RunStep() {
       ++s.emitted;
       metrics_.generation_tokens.Increment();
       if (s.emitted == 1) {
+        s.first_token_at = now;
         metrics_.time_to_first_token.Observe(absl::ToDoubleSeconds(now - s.params.received));
       } else {
         metrics_.inter_token_latency.Observe(absl::ToDoubleSeconds(now - s.last_token_at));
@@ -388,6 +392,8 @@ void Scheduler::Finish(Sequence& s, absl::Status status, FinishReason reason, Ge
   event.prompt_tokens = static_cast<uint32_t>(s.params.prompt.size());
   event.completion_tokens = s.emitted;
   metrics_.requests(status.code()).Increment();
+  metrics_.RecordFinished(event.finish_reason, status.code(), s.admitted_at, s.first_token_at,
+                          absl::Now());
   metrics_.e2e_request_latency.Observe(absl::ToDoubleSeconds(absl::Now() - s.params.received));
   {
     absl::MutexLock lock(&mu_);
@@ -404,6 +410,12 @@ void Scheduler::Finish(Sequence& s, absl::Status status, FinishReason reason, Ge
 }
 
 void Scheduler::PublishGauges() {
+  // The CPU backbone's KV cache holds each running sequence's reservation (prompt + most new
+  // tokens), out of at most max_running_requests x context tokens.
+  double reserved = 0;
+  for (const auto& s : running_) reserved += s->params.prompt.size() + s->max_new_tokens;
+  metrics_.kv_cache_usage_ratio.Set(
+      reserved / (static_cast<double>(options_.max_running_requests) * options_.max_context_tokens));
   absl::MutexLock lock(&mu_);
   metrics_.running_requests.Set(running_count_);
   metrics_.queue_length.Set(static_cast<double>(live_.size()) - running_count_);

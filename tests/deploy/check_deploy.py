@@ -30,6 +30,34 @@ else:
     run([promtool, "test", "rules", "alerts_test.yml"], prom)
     run([promtool, "check", "config", "prometheus.yml"], prom)
 
+# Every alert: a description, a runbook_url whose anchor is a section of docs/operations.md, and a
+# promtool test in which it fires.
+with open(os.path.join(src, "docs", "operations.md")) as f:
+    anchors = set()
+    for line in f:
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^a-z0-9 _-]", "", title).replace(" ", "-"))
+with open(os.path.join(deploy, "prometheus", "alerts.yml")) as f:
+    rules_text = f.read()
+with open(os.path.join(deploy, "prometheus", "alerts_test.yml")) as f:
+    tests_text = f.read()
+alert_names = re.findall(r"^\s*- alert: (\w+)", rules_text, re.M)
+if len(alert_names) < 10:
+    failures.append(f"alerts.yml has only {len(alert_names)} alerts")
+for block in re.split(r"^\s*- alert: ", rules_text, flags=re.M)[1:]:
+    name = block.split()[0]
+    if "description:" not in block:
+        failures.append(f"alert {name} has no description")
+    m = re.search(r'runbook_url: "[^"#]*#([^"]+)"', block)
+    if not m:
+        failures.append(f"alert {name} has no runbook_url")
+    elif m.group(1) not in anchors:
+        failures.append(f"alert {name}: runbook anchor #{m.group(1)} is no heading of docs/operations.md")
+    fires = re.search(r"alertname: " + name + r"\n\s*exp_alerts:\n\s*- exp_labels", tests_text)
+    if not fires:
+        failures.append(f"alert {name} has no promtool test in which it fires (alerts_test.yml)")
+
 with open(os.path.join(deploy, "grafana", "engram-serve.json")) as f:
     dashboard = json.load(f)
 exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
@@ -40,7 +68,7 @@ with open(os.path.join(deploy, "prometheus", "alerts.yml")) as f:
 
 # Metric names declared in code: string literals starting with engram_ in the metrics files.
 declared = set()
-for path in ("server/worker_metrics.cc", "memory_tier/tier_metrics.cc"):
+for path in ("server/worker_metrics.cc", "memory_tier/tier_metrics.cc", "common/process_metrics.cc"):
     with open(os.path.join(src, path)) as f:
         declared |= set(re.findall(r'"(engram_[a-z0-9_]+)"', f.read()))
 used = set()
