@@ -28,6 +28,7 @@
 #include "model/model.h"
 #include "model/model_config.h"
 #include "server/inference_service.h"
+#include "server/openai_api.h"
 #include "server/scheduler.h"
 #include "server/tier_rows.h"
 #include "server/worker_config.h"
@@ -38,11 +39,13 @@ namespace {
 
 constexpr char kServiceName[] = "engram.v1.Inference";
 
-absl::Status WritePortFile(const std::string& path, int grpc_port, int metrics_port) {
+absl::Status WritePortFile(const std::string& path, int grpc_port, int metrics_port,
+                           int http_port) {
   const std::string tmp = path + ".tmp";
   {
     std::ofstream out(tmp);
-    out << "{\"grpc\": " << grpc_port << ", \"metrics\": " << metrics_port << "}\n";
+    out << "{\"grpc\": " << grpc_port << ", \"metrics\": " << metrics_port
+        << ", \"http\": " << http_port << "}\n";
     if (!out) return absl::InternalError(absl::StrCat("cannot write ", tmp));
   }
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
@@ -112,6 +115,9 @@ absl::Status Run(const WorkerConfig& config, Lifecycle& lifecycle) {
   InferenceService service(metrics, service_options);
   metrics.SetLimits(config.scheduler.max_running_requests, config.scheduler.max_queued_requests,
                     service_options.limits.max_context_tokens);
+  OpenAiApi http(metrics,
+                 MakeOpenAiApiOptions(config, service_options.limits, model_config.name));
+  if (config.http.port >= 0) ENGRAM_RETURN_IF_ERROR(http.Start(config.http.host, config.http.port));
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -130,10 +136,12 @@ absl::Status Run(const WorkerConfig& config, Lifecycle& lifecycle) {
           .With("listen", config.server.listen)
           .With("grpc_port", grpc_port)
           .With("metrics_port", metrics_server.port())
+          .With("http_port", config.http.port >= 0 ? http.port() : -1)
       << "serving gRPC (NOT_SERVING until the model and the memory tier are ready)";
   if (!config.server.port_file.empty()) {
     ENGRAM_RETURN_IF_ERROR(
-        WritePortFile(config.server.port_file, grpc_port, metrics_server.port()));
+        WritePortFile(config.server.port_file, grpc_port, metrics_server.port(),
+                      config.http.port >= 0 ? http.port() : -1));
   }
 
   const absl::Time load_start = absl::Now();
@@ -172,6 +180,14 @@ absl::Status Run(const WorkerConfig& config, Lifecycle& lifecycle) {
   Scheduler scheduler(*model, backbone, rows.get(), metrics, scheduler_options);
   scheduler.Start();
   service.Attach(model.get(), &scheduler);
+  http.SetReadiness([&lifecycle, tier = rows.get()]() -> absl::Status {
+    if (lifecycle.state() != LifecycleState::kReady) {
+      return absl::UnavailableError(
+          absl::StrCat("the worker is ", std::string(LifecycleStateName(lifecycle.state()))));
+    }
+    return tier != nullptr ? tier->Ready() : absl::OkStatus();
+  });
+  http.Attach(model.get(), &scheduler);
   if (rows) rows->Start();
 
   lifecycle.Set(LifecycleState::kReady);  // no-op when a signal already started the drain
@@ -190,6 +206,7 @@ absl::Status Run(const WorkerConfig& config, Lifecycle& lifecycle) {
     ENGRAM_LOG(WARNING) << "drain timeout: ending the remaining requests";
   }
   scheduler.Stop(absl::UnavailableError("the worker shut down before the request finished"));
+  http.Stop();  // after every HTTP stream wrote its last event
   // Every stream got its last message. gRPC's graceful shutdown also waits for idle client
   // connections to go away, which clients holding a channel never do: a short grace, then the
   // library closes them.
