@@ -35,9 +35,10 @@ struct HttpServerOptions {
   int max_pending_connections = 64;
   // Idle keep-alive connections are closed after this.
   absl::Duration keep_alive_timeout = absl::Seconds(5);
-  // Reading a request / writing a response chunk gives up after these.
+  // Reading a request / writing a response chunk gives up after these (a client that stops
+  // reading a stream holds its thread at most write_timeout per chunk, also at shutdown).
   absl::Duration read_timeout = absl::Seconds(30);
-  absl::Duration write_timeout = absl::Seconds(30);
+  absl::Duration write_timeout = absl::Seconds(10);
   // Largest request body; larger ones get 413.
   size_t max_body_bytes = 64 << 20;
   // The body of the 429 answer to a connection beyond the pool (JSON).
