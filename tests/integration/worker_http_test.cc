@@ -4,9 +4,9 @@
 // server-sent events stream and end with [DONE]; chat completions render the model's ChatML
 // template; stop strings; bad input -> 400 JSON; a full scheduler -> 429; a full connection pool ->
 // 429; the memory tier away -> 503 (and /health 503); a deadline -> 504; a client that disconnects
-// has its request cancelled (it leaves the running gauge); Abort by X-Request-Id; 16 concurrent
-// streams; a model without a chat template -> 400; the new metrics (finish reasons, limits,
-// model_name, build info, process metrics, 600 s buckets).
+// has its request cancelled (it leaves the running gauge); Abort by X-Request-Id; 64 concurrent
+// streams; a model without a chat template -> 400; a drain; the new metrics (finish reasons,
+// limits, model_name, build info, process metrics, 600 s buckets).
 #include <signal.h>
 #include <sys/wait.h>
 
@@ -515,8 +515,8 @@ TEST_F(WorkerHttpNoTemplateTest, ChatWithoutATemplateIs400NamingTheReason) {
       << r;
 }
 
-TEST_F(WorkerHttpNoTemplateTest, SixteenConcurrentStreamsAllComplete) {
-  constexpr int kStreams = 16;
+TEST_F(WorkerHttpNoTemplateTest, SixtyFourConcurrentStreamsAllComplete) {
+  constexpr int kStreams = 64;
   const json body = {{"prompt", "Stream number {i} says"}, {"max_tokens", 12},
                      {"temperature", 0}, {"stream", true}};
   const json r = api_.Python({"concurrent", absl::StrCat(kStreams), body.dump()});
