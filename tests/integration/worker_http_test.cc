@@ -37,6 +37,8 @@ using testing::Process;
 using testing::WaitUntil;
 using testing::WorkerCluster;
 
+constexpr int kContext = 4096;
+
 constexpr char kChatMl[] =
     R"({% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %})";
 
@@ -135,6 +137,9 @@ class WorkerHttpTest : public ::testing::Test {
   static void SetUpTestSuite() {
     ClusterOptions o;
     o.chat_template = kChatMl;
+    // A long context: the requests that must still run while the test looks (429, disconnect,
+    // abort) generate up to 4000 tokens, ample time even on a fast machine.
+    o.max_position_embeddings = kContext;
     o.worker_flags = {"--max-running-requests", "2", "--max-queued-requests", "1",
                       "--http-threads", "6",
                       "--http-max-pending-connections", "0"};
@@ -301,7 +306,7 @@ TEST_F(WorkerHttpTest, BadInputIs400WithAnOpenAiError) {
       {{{"prompt", "x"}, {"logprobs", 3}}, "logprobs"},
       {{{"prompt", {"a", "b"}}}, "one prompt per request"},
       {{{"prompt", {1, 2, 99999999}}}, "out of range"},
-      {{{"prompt", Repeat(" hello", 1100)}}, "context window"},
+      {{{"prompt", Repeat(" hello", kContext + 100)}}, "context window"},
       {{{"max_tokens", 3}}, "prompt is required"},
   };
   for (const Case& c : cases) {
@@ -332,7 +337,7 @@ TEST_F(WorkerHttpTest, ModelsAndHealth) {
   ASSERT_EQ(models["status"], 200) << models;
   EXPECT_EQ(models["body"]["object"], "list");
   EXPECT_EQ(models["body"]["data"][0]["id"], cluster_->model().name());
-  EXPECT_EQ(models["body"]["data"][0]["max_model_len"], 1024);
+  EXPECT_EQ(models["body"]["data"][0]["max_model_len"], kContext);
   const std::string out = api_.Curl("/health", {});
   EXPECT_TRUE(absl::EndsWith(out, "\n200")) << out;
 }
@@ -340,7 +345,7 @@ TEST_F(WorkerHttpTest, ModelsAndHealth) {
 TEST_F(WorkerHttpTest, DeadlineIs504) {
   const json r = api_.Request(
       "POST", "/v1/completions",
-      {{"prompt", "A long story"}, {"max_tokens", 1000}, {"ignore_eos", true}, {"temperature", 0}},
+      {{"prompt", "A long story"}, {"max_tokens", 4000}, {"ignore_eos", true}, {"temperature", 0}},
       {{"X-Request-Timeout", "0.05"}});
   EXPECT_EQ(r["status"], 504) << r;
   EXPECT_EQ(r["body"]["error"]["code"], "DEADLINE_EXCEEDED") << r;
@@ -353,7 +358,7 @@ TEST_F(WorkerHttpTest, FullSchedulerIs429AndDisconnectCancels) {
   const double abort_before =
       api_.Metric("engram_worker_requests_finished_total{finish_reason=\"abort\"}");
   const std::string release = cluster_->dir() + "/release-hold";
-  const json body = {{"prompt", "Tell me everything"}, {"max_tokens", 1000},
+  const json body = {{"prompt", "Tell me everything"}, {"max_tokens", 4000},
                      {"ignore_eos", true},             {"temperature", 0},
                      {"stream", true}};
   auto p = Process::Start(
@@ -414,7 +419,7 @@ TEST_F(WorkerHttpTest, FullConnectionPoolIs429) {
 
 // Abort (gRPC) of an HTTP request named by X-Request-Id ends its stream with finish_reason abort.
 TEST_F(WorkerHttpTest, AbortByRequestIdEndsTheStream) {
-  const json body = {{"prompt", "Keep going"}, {"max_tokens", 1000}, {"ignore_eos", true},
+  const json body = {{"prompt", "Keep going"}, {"max_tokens", 4000}, {"ignore_eos", true},
                      {"temperature", 0},       {"stream", true}};
   auto p = Process::Start(
       {"/usr/bin/python3", testing::SourceFile("tests/integration/openai_client.py"),
@@ -448,7 +453,7 @@ TEST_F(WorkerHttpTest, MetricsForGatewaysAndAutoscalers) {
   const std::string model = absl::StrCat("model_name=\"", cluster_->model().name(), "\"");
   EXPECT_EQ(MetricValue(m, "engram_worker_max_running_requests"), 2) << m;
   EXPECT_EQ(MetricValue(m, "engram_worker_max_queued_requests"), 1);
-  EXPECT_EQ(MetricValue(m, "engram_worker_max_context_tokens"), 1024);
+  EXPECT_EQ(MetricValue(m, "engram_worker_max_context_tokens"), kContext);
   EXPECT_GT(MetricValue(m, absl::StrCat("engram_worker_requests_total{code=\"OK\",", model, "}")),
             0)
       << m;
