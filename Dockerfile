@@ -21,6 +21,9 @@ ARG BUILDER=${BASE}
 ARG RUNTIME=${BASE}
 
 FROM ${BUILDER} AS build
+# The git revision engram_build_info reports (the build context has no .git):
+#   --build-arg REVISION=$(git rev-parse --short=12 HEAD)
+ARG REVISION=unknown
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       build-essential cmake ninja-build pkg-config \
       libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev \
@@ -37,7 +40,7 @@ COPY memory_tier memory_tier
 COPY server server
 COPY client client
 RUN cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release \
-         -DENGRAM_BUILD_TESTS=OFF -DENGRAM_BUILD_BENCH=OFF \
+         -DENGRAM_BUILD_TESTS=OFF -DENGRAM_BUILD_BENCH=OFF -DENGRAM_GIT_REVISION="${REVISION}" \
     && cmake --build build -j"$(nproc)" --target engram engram-memory engram-worker \
     && mkdir -p /out/bin /out/lib \
     && cp build/client/engram build/memory_tier/engram-memory build/server/engram-worker /out/bin/ \
