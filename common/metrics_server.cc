@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/process_metrics.h"
 #include "httplib.h"
 #include "prometheus/text_serializer.h"
 
@@ -15,7 +16,8 @@ std::string RenderMetrics(prometheus::Registry& registry) {
 const std::vector<double>& LatencyBucketsSeconds() {
   static const std::vector<double> buckets = {1e-5,   2.5e-5, 5e-5, 1e-4,   2.5e-4, 5e-4, 1e-3,
                                               2.5e-3, 5e-3,   1e-2, 2.5e-2, 5e-2,   0.1,  0.25,
-                                              0.5,    1.0,    2.5,  5.0,    10.0};
+                                              0.5,    1.0,    2.5,  5.0,    10.0, 30.0,
+                                              60.0,   120.0,  300.0, 600.0};
   return buckets;
 }
 
@@ -33,7 +35,8 @@ prometheus::Histogram& AddLatency(prometheus::Registry& r, const char* name, con
 }
 
 MetricsServer::MetricsServer(std::shared_ptr<prometheus::Registry> registry)
-    : registry_(std::move(registry)) {}
+    : registry_(std::move(registry)),
+      process_metrics_(std::make_unique<ProcessMetrics>(*registry_)) {}
 
 MetricsServer::~MetricsServer() { Stop(); }
 
@@ -47,6 +50,7 @@ absl::Status MetricsServer::Start(const std::string& host, int port) {
     setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
   });
   server_->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+    process_metrics_->Update();
     if (before_scrape_) before_scrape_();
     res.set_content(RenderMetrics(*registry_), "text/plain; version=0.0.4; charset=utf-8");
   });

@@ -4,6 +4,9 @@
 // creates threads with 100 KiB stacks and libcublasLt carries ~94 KiB of static TLS
 // (docs/environment.md). So both servers serve /metrics with cpp-httplib and
 // prometheus-cpp's TextSerializer instead; one mechanism for both processes.
+//
+// It also exports the process_* metrics (common/process_metrics.h) into the registry it serves,
+// refreshed before each scrape.
 #ifndef ENGRAM_COMMON_METRICS_SERVER_H_
 #define ENGRAM_COMMON_METRICS_SERVER_H_
 
@@ -24,6 +27,8 @@ class Server;
 
 namespace engram {
 
+class ProcessMetrics;
+
 class MetricsServer {
  public:
   explicit MetricsServer(std::shared_ptr<prometheus::Registry> registry);
@@ -42,6 +47,7 @@ class MetricsServer {
  private:
   std::shared_ptr<prometheus::Registry> registry_;
   std::function<void()> before_scrape_;
+  std::unique_ptr<ProcessMetrics> process_metrics_;
   std::unique_ptr<httplib::Server> server_;
   std::thread thread_;
   int port_ = 0;
@@ -50,7 +56,8 @@ class MetricsServer {
 // Renders a registry in the Prometheus text format (what /metrics returns).
 std::string RenderMetrics(prometheus::Registry& registry);
 
-// Histogram buckets for latencies in seconds, 10 us .. 10 s, roughly x2.5 per step.
+// Histogram buckets for latencies in seconds, 10 us .. 10 s roughly x2.5 per step, then 30 s,
+// 1, 2, 5 and 10 min (a long generation's end-to-end time must land in a bucket, not +Inf).
 const std::vector<double>& LatencyBucketsSeconds();
 
 // An unlabelled metric registered in `r`; the histogram uses LatencyBucketsSeconds().

@@ -272,10 +272,14 @@ absl::StatusOr<std::unique_ptr<IoReader>> IoReader::Create(int fd, const std::st
   if (options.backend == IoBackend::kUring) {
     auto uring = UringReader::Create(fd, path, options, counters);
     if (uring.ok()) return std::unique_ptr<IoReader>(std::move(*uring));
+    if (counters != nullptr) counters->uring_fallbacks.fetch_add(1);
     static std::atomic<bool> logged{false};
     if (!logged.exchange(true)) {
       ENGRAM_LOG(WARNING).With("error", uring.status().message())
-          << "io_uring unavailable; the cold tier falls back to pread";
+          << "io_uring unavailable; the cold tier falls back to pread, which is much slower. In a "
+             "container the usual cause is a seccomp profile that blocks io_uring (the runtime's "
+             "default does): use deploy/seccomp/engram-memory.json (docs/operations.md). Counted "
+             "in engram_nvme_uring_fallback_readers";
     }
   }
   return std::unique_ptr<IoReader>(new PreadReader(fd, path, options, counters));

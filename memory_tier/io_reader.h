@@ -54,6 +54,8 @@ struct IoCounters {
   std::atomic<uint64_t> short_reads{0};  // resubmitted after a short read
   std::atomic<uint64_t> retries{0};      // resubmitted after EAGAIN/EINTR
   std::atomic<int64_t> in_flight{0};     // reads in flight now (the queue depth gauge)
+  // Readers created with pread because io_uring was asked for and unavailable.
+  std::atomic<int64_t> uring_fallbacks{0};
 };
 
 struct IoReaderOptions {

@@ -258,12 +258,13 @@ absl::Status TableSet::FlushStats(Catalog& catalog, double elapsed_s) {
 
 void TableSet::UpdateGauges() {
   absl::MutexLock lock(&gauges_mu_);
-  int64_t in_flight = 0;
+  int64_t in_flight = 0, fallbacks = 0, unlocked = 0;
   uint64_t reads = 0, short_reads = 0, retries = 0, admitted = 0, rejected = 0, dropped = 0;
   for (auto& t : tables_) {
     if (!t->serving) continue;
     const IoCounters& c = t->nvme->counters();
     in_flight += c.in_flight.load();
+    fallbacks += c.uring_fallbacks.load();
     reads += c.reads.load();
     short_reads += c.short_reads.load();
     retries += c.retries.load();
@@ -271,12 +272,15 @@ void TableSet::UpdateGauges() {
     rejected += t->store->rejections();
     dropped += t->store->dropped();
     if (t->dram) {
+      if (!t->dram->arena().locked()) ++unlocked;
       t->metrics.occupancy->Set(static_cast<double>(t->dram->occupied_rows()) /
                                 static_cast<double>(t->dram->capacity_rows()));
       t->metrics.arena_bytes->Set(static_cast<double>(t->dram->arena().size()));
     }
   }
   metrics_->nvme_queue_depth->Set(static_cast<double>(in_flight));
+  metrics_->nvme_uring_fallback_readers->Set(static_cast<double>(fallbacks));
+  metrics_->arenas_unlocked->Set(static_cast<double>(unlocked));
   auto advance = [](prometheus::Counter* c, uint64_t now, uint64_t* exported) {
     if (now > *exported) c->Increment(static_cast<double>(now - *exported));
     *exported = now;

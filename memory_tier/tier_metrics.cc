@@ -2,6 +2,7 @@
 
 #include "absl/status/status.h"
 #include "common/metrics_server.h"
+#include "common/process_metrics.h"
 
 namespace engram {
 
@@ -56,6 +57,15 @@ TierMetrics::TierMetrics(std::shared_ptr<prometheus::Registry> registry)
       &AddCounter(r, "engram_nvme_short_reads_total", "NVMe reads resubmitted after a short read");
   nvme_retries =
       &AddCounter(r, "engram_nvme_retries_total", "NVMe reads resubmitted after EAGAIN/EINTR");
+  nvme_uring_fallback_readers = &AddGauge(
+      r, "engram_nvme_uring_fallback_readers",
+      "NVMe readers using pread because io_uring was unavailable (a seccomp profile that blocks "
+      "io_uring, e.g. the container runtime's default, or an old kernel): much slower cold reads");
+  arenas_unlocked = &AddGauge(
+      r, "engram_arena_unlocked",
+      "Shared-memory arenas mlock could not pin (RLIMIT_MEMLOCK too low and no CAP_IPC_LOCK): they "
+      "may be swapped out");
+  AddBuildInfo(r, "memory");
   occupancy_family_ = &BuildGauge()
                            .Name("engram_arena_occupancy_ratio")
                            .Help("Rows held in the table's DRAM arena / rows it can hold")

@@ -14,6 +14,9 @@
 //   engram_nvme_reads_total                      reads submitted, resubmissions included
 //   engram_nvme_short_reads_total                reads resubmitted after a short read
 //   engram_nvme_retries_total                    reads resubmitted after EAGAIN/EINTR
+//   engram_nvme_uring_fallback_readers           NVMe readers on pread because io_uring was
+//                                                unavailable (seccomp, kernel) (gauge)
+//   engram_arena_unlocked                        arenas that mlock could not pin (gauge)
 //   engram_arena_occupancy_ratio{table}          rows held / rows the arena can hold
 //   engram_arena_bytes{table}                    size of the table's shared-memory arena
 //   engram_promotion_total{result}               admitted | rejected | dropped
@@ -28,6 +31,7 @@
 //   engram_memory_tables{state}                  tables serving | refused
 //   engram_memory_state                          0 loading, 1 ready, 2 draining, 3 stopped
 //   engram_stats_flushes_total                   statistics persisted to the catalog
+//   engram_build_info{component="memory",...}    1 (common/process_metrics.h)
 #ifndef ENGRAM_MEMORY_TIER_TIER_METRICS_H_
 #define ENGRAM_MEMORY_TIER_TIER_METRICS_H_
 
@@ -83,6 +87,8 @@ class TierMetrics {
   prometheus::Counter* nvme_reads;
   prometheus::Counter* nvme_short_reads;
   prometheus::Counter* nvme_retries;
+  prometheus::Gauge* nvme_uring_fallback_readers;
+  prometheus::Gauge* arenas_unlocked;
   prometheus::Counter* promotions_admitted;
   prometheus::Counter* promotions_rejected;
   prometheus::Counter* promotions_dropped;

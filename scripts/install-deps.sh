@@ -8,7 +8,7 @@ pkgs=(
   libabsl-dev librocksdb-dev liburing-dev prometheus-cpp-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libicu-dev libpcre2-dev nlohmann-json3-dev libcpp-httplib-dev
-  prometheus nodejs npm python3 python3-grpcio
+  prometheus nodejs npm python3 python3-grpcio python3-yaml curl
 )
 missing=()
 for p in "${pkgs[@]}"; do

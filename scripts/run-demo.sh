@@ -18,6 +18,7 @@ store=${ENGRAM_DEMO_STORE:-demo/store}
 worker_port=${ENGRAM_WORKER_PORT:-50051}
 memory_port=${ENGRAM_MEMORY_PORT:-50052}
 worker_metrics_port=${ENGRAM_WORKER_METRICS_PORT:-9400}
+worker_http_port=${ENGRAM_WORKER_HTTP_PORT:-8000}
 memory_metrics_port=${ENGRAM_MEMORY_METRICS_PORT:-9401}
 logs=demo/logs
 
@@ -60,7 +61,8 @@ fi
 
 step "starting engram-worker on 127.0.0.1:${worker_port} (log ${logs}/worker.log)"
 "$build/server/engram-worker" --model "$model" --memory "127.0.0.1:${memory_port}" \
-  --listen "127.0.0.1:${worker_port}" --metrics-port "$worker_metrics_port" >"$logs/worker.log" 2>&1 &
+  --listen "127.0.0.1:${worker_port}" --metrics-port "$worker_metrics_port" \
+  --http-host 127.0.0.1 --http-port "$worker_http_port" >"$logs/worker.log" 2>&1 &
 worker_pid=$!
 if ! "$engram" health --server "127.0.0.1:${worker_port}" --wait 120 >/dev/null; then
   tail -n 20 "$logs/worker.log"; echo "engram-worker did not become ready"; exit 1
@@ -76,6 +78,7 @@ cat <<EOF
 
 engram-serve is running the demo model:
   engram-worker  127.0.0.1:${worker_port}   metrics http://127.0.0.1:${worker_metrics_port}/metrics
+                 OpenAI-compatible HTTP API http://127.0.0.1:${worker_http_port}/v1
   engram-memory  127.0.0.1:${memory_port}   metrics http://127.0.0.1:${memory_metrics_port}/metrics
 
 From the repository root (${root}), in another terminal.
@@ -93,7 +96,13 @@ With python3-grpcio (stubs generated into ${py}):
   for r in stub.Generate(pb.GenerateRequest(text="The capital of France is", stopping=pb.StoppingCriteria(max_tokens=32))): print(r.text, end="", flush=True)
   print()'
 
-Health: ${engram} health --server 127.0.0.1:${worker_port}
+Over HTTP, OpenAI-style (docs/http-api.md):
+  curl -s http://127.0.0.1:${worker_http_port}/v1/completions -H 'Content-Type: application/json' \\
+      -d '{"prompt": "The capital of France is", "max_tokens": 32, "temperature": 0}'
+  curl -sN http://127.0.0.1:${worker_http_port}/v1/completions -H 'Content-Type: application/json' \\
+      -d '{"prompt": "Once upon a time", "max_tokens": 32, "stream": true}'
+
+Health: ${engram} health --server 127.0.0.1:${worker_port}   (HTTP: curl http://127.0.0.1:${worker_http_port}/health)
 Press Ctrl-C to stop both.
 EOF
 

@@ -29,6 +29,7 @@
 #include "model/model.h"
 #include "model/model_config.h"
 #include "server/inference_service.h"
+#include "server/openai_api.h"
 #include "server/scheduler.h"
 #include "server/tier_rows.h"
 #include "server/worker_config.h"
@@ -39,11 +40,13 @@ namespace {
 
 constexpr char kServiceName[] = "engram.v1.Inference";
 
-absl::Status WritePortFile(const std::string& path, int grpc_port, int metrics_port) {
+absl::Status WritePortFile(const std::string& path, int grpc_port, int metrics_port,
+                           int http_port) {
   const std::string tmp = path + ".tmp";
   {
     std::ofstream out(tmp);
-    out << "{\"grpc\": " << grpc_port << ", \"metrics\": " << metrics_port << "}\n";
+    out << "{\"grpc\": " << grpc_port << ", \"metrics\": " << metrics_port
+        << ", \"http\": " << http_port << "}\n";
     if (!out) return absl::InternalError(absl::StrCat("cannot write ", tmp));
   }
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
@@ -95,7 +98,7 @@ absl::Status Run(const WorkerConfig& config, Lifecycle& lifecycle) {
         "the model has Engram layers: --memory HOST:PORT is required");
   }
   auto registry = std::make_shared<prometheus::Registry>();
-  WorkerMetrics metrics(registry, model_config.engram.layer_ids);
+  WorkerMetrics metrics(registry, model_config.engram.layer_ids, model_config.name);
   MetricsServer metrics_server(registry);
   if (config.server.metrics_port >= 0) {
     ENGRAM_RETURN_IF_ERROR(
@@ -111,6 +114,11 @@ absl::Status Run(const WorkerConfig& config, Lifecycle& lifecycle) {
   service_options.limits.default_max_tokens = config.scheduler.default_max_tokens;
   service_options.memory_tier_address = config.memory_tier.address;
   InferenceService service(metrics, service_options);
+  metrics.SetLimits(config.scheduler.max_running_requests, config.scheduler.max_queued_requests,
+                    service_options.limits.max_context_tokens);
+  OpenAiApi http(metrics,
+                 MakeOpenAiApiOptions(config, service_options.limits, model_config.name));
+  if (config.http.port >= 0) ENGRAM_RETURN_IF_ERROR(http.Start(config.http.host, config.http.port));
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -129,10 +137,12 @@ absl::Status Run(const WorkerConfig& config, Lifecycle& lifecycle) {
           .With("listen", config.server.listen)
           .With("grpc_port", grpc_port)
           .With("metrics_port", metrics_server.port())
+          .With("http_port", config.http.port >= 0 ? http.port() : -1)
       << "serving gRPC (NOT_SERVING until the model and the memory tier are ready)";
   if (!config.server.port_file.empty()) {
     ENGRAM_RETURN_IF_ERROR(
-        WritePortFile(config.server.port_file, grpc_port, metrics_server.port()));
+        WritePortFile(config.server.port_file, grpc_port, metrics_server.port(),
+                      config.http.port >= 0 ? http.port() : -1));
   }
 
   const absl::Time load_start = absl::Now();
@@ -179,6 +189,14 @@ absl::Status Run(const WorkerConfig& config, Lifecycle& lifecycle) {
   Scheduler scheduler(*model, backbone, rows.get(), metrics, scheduler_options);
   scheduler.Start();
   service.Attach(model.get(), &scheduler);
+  http.SetReadiness([&lifecycle, tier = rows.get()]() -> absl::Status {
+    if (lifecycle.state() != LifecycleState::kReady) {
+      return absl::UnavailableError(
+          absl::StrCat("the worker is ", std::string(LifecycleStateName(lifecycle.state()))));
+    }
+    return tier != nullptr ? tier->Ready() : absl::OkStatus();
+  });
+  http.Attach(model.get(), &scheduler);
   if (rows) rows->Start();
 
   lifecycle.Set(LifecycleState::kReady);  // no-op when a signal already started the drain
@@ -197,6 +215,7 @@ absl::Status Run(const WorkerConfig& config, Lifecycle& lifecycle) {
     ENGRAM_LOG(WARNING) << "drain timeout: ending the remaining requests";
   }
   scheduler.Stop(absl::UnavailableError("the worker shut down before the request finished"));
+  http.Stop();  // after every HTTP stream wrote its last event
   // Every stream got its last message. gRPC's graceful shutdown also waits for idle client
   // connections to go away, which clients holding a channel never do: a short grace, then the
   // library closes them.

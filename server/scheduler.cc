@@ -48,6 +48,8 @@ struct Sequence {
   uint32_t emitted = 0;
   // In running_ (counted in running_count_).
   bool running = false;
+  absl::Time admitted_at = absl::InfinitePast();
+  absl::Time first_token_at = absl::InfinitePast();
   absl::Time last_token_at;
 
   bool prefill_done() const { return prefilled == static_cast<int>(input.size()); }
@@ -273,6 +275,7 @@ void Scheduler::Admit() {
     if (first) {
       const absl::Time now = absl::Now();
       metrics_.request_queue_time.Observe(absl::ToDoubleSeconds(now - s->params.received));
+      s->admitted_at = now;
       metrics_.prompt_tokens.Increment(static_cast<double>(s->params.prompt.size()));
     }
     s->running = true;
@@ -419,6 +422,7 @@ void Scheduler::RunStep() {
       ++s.emitted;
       metrics_.generation_tokens.Increment();
       if (s.emitted == 1) {
+        s.first_token_at = now;
         metrics_.time_to_first_token.Observe(absl::ToDoubleSeconds(now - s.params.received));
       } else {
         metrics_.inter_token_latency.Observe(absl::ToDoubleSeconds(now - s.last_token_at));
@@ -455,6 +459,8 @@ void Scheduler::Finish(Sequence& s, absl::Status status, FinishReason reason, Ge
   event.prompt_tokens = static_cast<uint32_t>(s.params.prompt.size());
   event.completion_tokens = s.emitted;
   metrics_.requests(status.code()).Increment();
+  metrics_.RecordFinished(event.finish_reason, status.code(), s.admitted_at, s.first_token_at,
+                          absl::Now());
   metrics_.e2e_request_latency.Observe(absl::ToDoubleSeconds(absl::Now() - s.params.received));
   {
     absl::MutexLock lock(&mu_);
@@ -471,9 +477,20 @@ void Scheduler::Finish(Sequence& s, absl::Status status, FinishReason reason, Ge
 }
 
 void Scheduler::PublishGauges() {
+  // A bounded cache (the GPU's) reports its blocks in use. The CPU backbone's cache is unbounded;
+  // it holds each running sequence's reservation (prompt + most new tokens), out of at most
+  // max_running_requests x context tokens.
+  const KvCapacity kv = backbone_.kv_capacity();
+  if (kv.bounded()) {
+    metrics_.kv_cache_usage_ratio.Set(kv.usage());
+  } else {
+    double reserved = 0;
+    for (const auto& s : running_) reserved += s->params.prompt.size() + s->max_new_tokens;
+    metrics_.kv_cache_usage_ratio.Set(reserved / (static_cast<double>(options_.max_running_requests) *
+                                                  options_.max_context_tokens));
+  }
   absl::MutexLock lock(&mu_);
   metrics_.running_requests.Set(running_count_);
-  metrics_.kv_cache_usage.Set(backbone_.kv_capacity().usage());
   metrics_.queue_length.Set(static_cast<double>(live_.size()) - running_count_);
 }
 

@@ -23,6 +23,17 @@ ABSL_FLAG(std::optional<std::string>, metrics_host, std::nullopt, "/metrics host
 ABSL_FLAG(std::optional<int>, metrics_port, std::nullopt, "/metrics port (0 = any, -1 = off)");
 ABSL_FLAG(std::optional<absl::Duration>, drain_timeout, std::nullopt, "SIGTERM drain timeout");
 ABSL_FLAG(std::optional<std::string>, port_file, std::nullopt, "write bound ports here as JSON");
+ABSL_FLAG(std::optional<std::string>, http_host, std::nullopt, "OpenAI-compatible HTTP API host");
+ABSL_FLAG(std::optional<int>, http_port, std::nullopt,
+          "OpenAI-compatible HTTP API port (0 = any, -1 = off)");
+ABSL_FLAG(std::optional<int>, http_threads, std::nullopt,
+          "HTTP connection threads (0 = max running + max queued + 8)");
+ABSL_FLAG(std::optional<int>, http_max_pending_connections, std::nullopt,
+          "HTTP connections waiting for a thread before 429");
+ABSL_FLAG(std::optional<absl::Duration>, http_keep_alive_timeout, std::nullopt,
+          "idle HTTP keep-alive timeout");
+ABSL_FLAG(std::optional<absl::Duration>, http_request_timeout, std::nullopt,
+          "deadline of HTTP requests without X-Request-Timeout (0 = none)");
 ABSL_FLAG(std::optional<std::string>, model, std::nullopt, "model directory");
 ABSL_FLAG(std::optional<int>, threads, std::nullopt, "CPU backbone threads (0 = all)");
 ABSL_FLAG(std::optional<std::string>, device, std::nullopt, "backbone device: cuda|cpu|auto");
@@ -61,6 +72,12 @@ void VisitFields(Config& c, Visitor&& visit) {
   visit("server.metrics_port", c.server.metrics_port);
   visit("server.drain_timeout", c.server.drain_timeout);
   visit("server.port_file", c.server.port_file);
+  visit("http.host", c.http.host);
+  visit("http.port", c.http.port);
+  visit("http.threads", c.http.threads);
+  visit("http.max_pending_connections", c.http.max_pending_connections);
+  visit("http.keep_alive_timeout", c.http.keep_alive_timeout);
+  visit("http.request_timeout", c.http.request_timeout);
   visit("model.dir", c.model.dir);
   visit("model.threads", c.model.threads);
   visit("model.device", c.model.device);
@@ -188,6 +205,14 @@ absl::Status WorkerConfig::Validate() const {
   }
   if (server.drain_timeout < absl::ZeroDuration())
     return Bad("server.drain_timeout", "must be >= 0");
+  if (http.port < -1 || http.port > 65535) return Bad("http.port", "must be in [-1, 65535]");
+  if (http.threads < 0 || http.threads > 65536) return Bad("http.threads", "must be in [0, 65536]");
+  if (http.max_pending_connections < 0)
+    return Bad("http.max_pending_connections", "must be >= 0");
+  if (http.keep_alive_timeout < absl::Seconds(1))
+    return Bad("http.keep_alive_timeout", "must be >= 1s");
+  if (http.request_timeout < absl::ZeroDuration())
+    return Bad("http.request_timeout", "must be >= 0 (0 = none)");
   if (model.threads < 0 || model.threads > 1024)
     return Bad("model.threads", "must be in [0, 1024]");
   if (model.device != "auto" && model.device != "cpu" && model.device != "cuda") {
@@ -256,6 +281,12 @@ absl::StatusOr<WorkerConfig> ParseWorkerCommandLine(int argc, char** argv) {
   Override(FLAGS_metrics_port, &c.server.metrics_port);
   Override(FLAGS_drain_timeout, &c.server.drain_timeout);
   Override(FLAGS_port_file, &c.server.port_file);
+  Override(FLAGS_http_host, &c.http.host);
+  Override(FLAGS_http_port, &c.http.port);
+  Override(FLAGS_http_threads, &c.http.threads);
+  Override(FLAGS_http_max_pending_connections, &c.http.max_pending_connections);
+  Override(FLAGS_http_keep_alive_timeout, &c.http.keep_alive_timeout);
+  Override(FLAGS_http_request_timeout, &c.http.request_timeout);
   Override(FLAGS_model, &c.model.dir);
   Override(FLAGS_threads, &c.model.threads);
   Override(FLAGS_device, &c.model.device);

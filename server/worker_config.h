@@ -40,6 +40,27 @@ struct WorkerConfig {
     std::string port_file;
   } server;
 
+  struct Http {
+    // The OpenAI-compatible HTTP API (docs/http-api.md): host and port (0 picks a free one; -1
+    // disables it). Flags --http-host, --http-port. Default "0.0.0.0", 8000.
+    std::string host = "0.0.0.0";
+    int port = 8000;
+    // Threads serving HTTP connections; each open connection (a streaming request, a waiting
+    // non-streaming one, an idle keep-alive) holds one. 0 = max_running_requests +
+    // max_queued_requests + 8, enough for every request the scheduler can hold. Flag
+    // --http-threads. Default 0.
+    int threads = 0;
+    // Accepted connections waiting for a free thread at most; beyond it a connection is answered
+    // 429 at once. Flag --http-max-pending-connections. Default 64.
+    int max_pending_connections = 64;
+    // How long an idle keep-alive connection keeps its thread. Flag --http-keep-alive-timeout.
+    // Default 5s.
+    absl::Duration keep_alive_timeout = absl::Seconds(5);
+    // Deadline of an HTTP request that sends no X-Request-Timeout header; 0 = none. Flag
+    // --http-request-timeout. Default 0.
+    absl::Duration request_timeout = absl::ZeroDuration();
+  } http;
+
   struct Model {
     // Model directory (config.json, *.safetensors, tokenizer.json). Required. Flag --model.
     std::string dir;

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/metrics_server.h"
+#include "common/process_metrics.h"
 
 namespace engram {
 namespace {
@@ -16,6 +17,22 @@ const std::vector<double>& TokenBuckets() {
   static const std::vector<double> buckets = {1,   2,   4,   8,    16,   32,  64,
                                               128, 256, 512, 1024, 2048, 4096};
   return buckets;
+}
+
+prometheus::Labels Model(const std::string& model) { return {{"model_name", model}}; }
+
+prometheus::Gauge& ModelGauge(prometheus::Registry& r, const char* name, const char* help,
+                              const std::string& model) {
+  return BuildGauge().Name(name).Help(help).Register(r).Add(Model(model));
+}
+prometheus::Counter& ModelCounter(prometheus::Registry& r, const char* name, const char* help,
+                                  const std::string& model) {
+  return BuildCounter().Name(name).Help(help).Register(r).Add(Model(model));
+}
+prometheus::Histogram& ModelLatency(prometheus::Registry& r, const char* name, const char* help,
+                                    const std::string& model) {
+  return BuildHistogram().Name(name).Help(help).Register(r).Add(Model(model),
+                                                                 LatencyBucketsSeconds());
 }
 
 }  // namespace
@@ -33,24 +50,31 @@ const char* RowTierName(RowTier tier) {
 }
 
 WorkerMetrics::WorkerMetrics(std::shared_ptr<prometheus::Registry> registry,
-                             const std::vector<int>& engram_layer_ids)
-    : queue_length(AddGauge(*registry, "engram_worker_queue_length",
-                            "Requests waiting for a slot in the running batch.")),
-      running_requests(
-          AddGauge(*registry, "engram_worker_running_requests", "Sequences in the running batch.")),
+                             const std::vector<int>& engram_layer_ids,
+                             const std::string& model_name)
+    : model_name(model_name.empty() ? "unknown" : model_name),
+      queue_length(ModelGauge(*registry, "engram_worker_queue_length",
+                              "Requests waiting for a slot in the running batch.",
+                              this->model_name)),
+      running_requests(ModelGauge(*registry, "engram_worker_running_requests",
+                                  "Sequences in the running batch.", this->model_name)),
       time_to_first_token(
-          AddLatency(*registry, "engram_worker_time_to_first_token_seconds",
-                     "Time from receiving a request to streaming its first token.")),
-      inter_token_latency(AddLatency(*registry, "engram_worker_inter_token_latency_seconds",
-                                     "Time between consecutive generated tokens of a request.")),
-      e2e_request_latency(AddLatency(*registry, "engram_worker_e2e_request_latency_seconds",
-                                     "Time from receiving a request to its last message.")),
-      request_queue_time(AddLatency(*registry, "engram_worker_request_queue_time_seconds",
-                                    "Time a request waited before joining the running batch.")),
-      prompt_tokens(AddCounter(*registry, "engram_worker_prompt_tokens_total",
-                               "Prompt tokens of admitted requests.")),
-      generation_tokens(
-          AddCounter(*registry, "engram_worker_generation_tokens_total", "Tokens generated.")),
+          ModelLatency(*registry, "engram_worker_time_to_first_token_seconds",
+                       "Time from receiving a request to streaming its first token.",
+                       this->model_name)),
+      inter_token_latency(ModelLatency(*registry, "engram_worker_inter_token_latency_seconds",
+                                       "Time between consecutive generated tokens of a request.",
+                                       this->model_name)),
+      e2e_request_latency(ModelLatency(*registry, "engram_worker_e2e_request_latency_seconds",
+                                       "Time from receiving a request to its last message.",
+                                       this->model_name)),
+      request_queue_time(ModelLatency(*registry, "engram_worker_request_queue_time_seconds",
+                                      "Time a request waited before joining the running batch.",
+                                      this->model_name)),
+      prompt_tokens(ModelCounter(*registry, "engram_worker_prompt_tokens_total",
+                                 "Prompt tokens of admitted requests.", this->model_name)),
+      generation_tokens(ModelCounter(*registry, "engram_worker_generation_tokens_total",
+                                     "Tokens generated.", this->model_name)),
       step_duration(AddLatency(*registry, "engram_worker_step_duration_seconds",
                                "Duration of one batched forward step (prefill chunks + decode).")),
       step_tokens(BuildHistogram()
@@ -62,8 +86,6 @@ WorkerMetrics::WorkerMetrics(std::shared_ptr<prometheus::Registry> registry,
                                        "Duration of a forward step that held prompt tokens.")),
       decode_step_duration(AddLatency(*registry, "engram_worker_decode_step_duration_seconds",
                                       "Duration of a forward step of decode tokens only.")),
-      kv_cache_usage(AddGauge(*registry, "engram_worker_kv_cache_usage_ratio",
-                              "Fraction of the KV cache's blocks in use (0 when unbounded).")),
       preemptions(AddCounter(*registry, "engram_worker_preemptions_total",
                              "Sequences preempted for lack of KV blocks (recomputed later).")),
       graph_replays(AddCounter(*registry, "engram_worker_cuda_graph_replays_total",
@@ -73,11 +95,42 @@ WorkerMetrics::WorkerMetrics(std::shared_ptr<prometheus::Registry> registry,
                    "1 while the memory tier is connected and serves this model's tables.")),
       memory_tier_reconnects(AddCounter(*registry, "engram_worker_memory_tier_reconnects_total",
                                         "Reconnections to the memory tier after it went away.")),
+      kv_cache_usage_ratio(ModelGauge(
+          *registry, "engram_worker_kv_cache_usage_ratio",
+          "Share of the KV cache in use (0..1): for the CPU backbone, tokens held by running "
+          "sequences / (max running requests x context).",
+          this->model_name)),
+      request_prefill_time(ModelLatency(*registry, "engram_worker_request_prefill_time_seconds",
+                                        "Time from admission into the batch to the first token.",
+                                        this->model_name)),
+      request_decode_time(ModelLatency(*registry, "engram_worker_request_decode_time_seconds",
+                                       "Time from the first token to the end of the request.",
+                                       this->model_name)),
       prefetch_batches(AddCounter(*registry, "engram_worker_prefetch_batches_total",
                                   "Row-id batches sent on the memory tier's Prefetch stream.")),
       prefetch_round_trip(AddLatency(*registry, "engram_worker_prefetch_round_trip_seconds",
                                      "Time from sending a Prefetch batch to receiving its rows.")),
       registry_(std::move(registry)) {
+  AddBuildInfo(*registry_, "worker");
+  auto limit = [&](const char* name, const char* help) -> prometheus::Gauge& {
+    return ModelGauge(*registry_, name, help, this->model_name);
+  };
+  max_running_ = &limit("engram_worker_max_running_requests",
+                        "Configured most sequences in the running batch (--max-running-requests).");
+  max_queued_ = &limit("engram_worker_max_queued_requests",
+                       "Configured most requests waiting for a batch slot (--max-queued-requests).");
+  max_context_ = &limit("engram_worker_max_context_tokens",
+                        "Configured context window in tokens (prompt + generated).");
+  auto& finished =
+      BuildCounter()
+          .Name("engram_worker_requests_finished_total")
+          .Help("Requests the scheduler ended, by finish reason: stop (stop string or token, EOS), "
+                "length (max_tokens or context), abort (Abort, client gone), error.")
+          .Register(*registry_);
+  const char* reasons[] = {"stop", "length", "abort", "error"};
+  for (int i = 0; i < 4; ++i) {
+    finished_[i] = &finished.Add({{"model_name", this->model_name}, {"finish_reason", reasons[i]}});
+  }
   auto& requests = BuildCounter()
                        .Name("engram_worker_requests_total")
                        .Help("Finished Generate requests by gRPC status code.")
@@ -85,7 +138,8 @@ WorkerMetrics::WorkerMetrics(std::shared_ptr<prometheus::Registry> registry,
   // absl spells the codes as gRPC does ("INVALID_ARGUMENT"): the label values of other servers.
   for (int code = 0; code < kNumCodes; ++code) {
     requests_[code] =
-        &requests.Add({{"code", absl::StatusCodeToString(static_cast<absl::StatusCode>(code))}});
+        &requests.Add({{"code", absl::StatusCodeToString(static_cast<absl::StatusCode>(code))},
+                       {"model_name", this->model_name}});
   }
 
   auto& rows = BuildCounter()
@@ -122,6 +176,32 @@ prometheus::Counter& WorkerMetrics::requests(absl::StatusCode code) {
   int c = static_cast<int>(code);
   if (c < 0 || c >= kNumCodes) c = static_cast<int>(absl::StatusCode::kUnknown);
   return *requests_[c];
+}
+
+void WorkerMetrics::RecordFinished(FinishReason reason, absl::StatusCode code, absl::Time admitted,
+                                   absl::Time first_token, absl::Time end) {
+  int index;
+  if (code == absl::StatusCode::kCancelled || reason == FinishReason::kAborted) {
+    index = 2;  // abort
+  } else if (code != absl::StatusCode::kOk) {
+    index = 3;  // error
+  } else if (reason == FinishReason::kLength || reason == FinishReason::kContext) {
+    index = 1;  // length
+  } else {
+    index = 0;  // stop (stop string or token id, EOS)
+  }
+  finished_[index]->Increment();
+  if (admitted != absl::InfinitePast() && first_token != absl::InfinitePast()) {
+    request_prefill_time.Observe(absl::ToDoubleSeconds(first_token - admitted));
+    request_decode_time.Observe(absl::ToDoubleSeconds(end - first_token));
+  }
+}
+
+void WorkerMetrics::SetLimits(int max_running_requests, int max_queued_requests,
+                              int max_context_tokens) {
+  max_running_->Set(max_running_requests);
+  max_queued_->Set(max_queued_requests);
+  max_context_->Set(max_context_tokens);
 }
 
 }  // namespace engram

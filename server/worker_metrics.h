@@ -6,14 +6,21 @@
 // token counters, e2e latency). Label children are resolved once here and kept as references:
 // nothing is looked up by string on the request path. Per-layer children are indexed by the
 // Engram layer's index in the model's engram_layer_ids (0, 1, ...), not by its layer id.
+//
+// Request metrics carry a model_name label (what gateways and dashboards group by); latency
+// histograms reach 600 s (LatencyBucketsSeconds). The configured limits are gauges, so
+// autoscaler thresholds need no hard-coded numbers (KEDA/HPA: running / max_running).
 #ifndef ENGRAM_SERVER_WORKER_METRICS_H_
 #define ENGRAM_SERVER_WORKER_METRICS_H_
 
 #include <array>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "model/sampler.h"
 #include "prometheus/counter.h"
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
@@ -29,14 +36,16 @@ inline constexpr int kNumRowTiers = 3;
 
 class WorkerMetrics {
  public:
-  // `engram_layer_ids`: the model's Engram layers, used as the `layer` label values.
+  // `engram_layer_ids`: the model's Engram layers, used as the `layer` label values;
+  // `model_name`: the model_name label of the request metrics (empty = "unknown").
   WorkerMetrics(std::shared_ptr<prometheus::Registry> registry,
-                const std::vector<int>& engram_layer_ids);
+                const std::vector<int>& engram_layer_ids, const std::string& model_name = "");
   WorkerMetrics(const WorkerMetrics&) = delete;
   WorkerMetrics& operator=(const WorkerMetrics&) = delete;
 
   const std::shared_ptr<prometheus::Registry>& registry() const { return registry_; }
 
+  const std::string model_name;
   // Requests waiting for a batch slot (engram_worker_queue_length).
   prometheus::Gauge& queue_length;
   // Sequences in the running batch (engram_worker_running_requests).
@@ -59,8 +68,6 @@ class WorkerMetrics {
   // decode steps.
   prometheus::Histogram& prefill_step_duration;
   prometheus::Histogram& decode_step_duration;
-  // Fraction of the KV cache's blocks in use (0 for the CPU backend, whose cache is unbounded).
-  prometheus::Gauge& kv_cache_usage;
   // Sequences preempted (their KV blocks freed, recomputed later) because decode ran out of blocks.
   prometheus::Counter& preemptions;
   // Decode steps replayed from a captured CUDA graph.
@@ -69,12 +76,28 @@ class WorkerMetrics {
   prometheus::Gauge& memory_tier_up;
   // Successful reconnections to the memory tier after it went away.
   prometheus::Counter& memory_tier_reconnects;
+  // The share of the KV cache in use, 0..1 (engram_worker_kv_cache_usage_ratio). Set by the
+  // scheduler (CPU backbone: tokens held by running sequences / (max running x context)); a
+  // backbone with a block pool reports its used blocks / all blocks.
+  prometheus::Gauge& kv_cache_usage_ratio;
+  // Time from admission to the first token, and from the first token to the end, per request.
+  prometheus::Histogram& request_prefill_time;
+  prometheus::Histogram& request_decode_time;
   // Prefetch messages sent and their round-trip time (send -> rows received).
   prometheus::Counter& prefetch_batches;
   prometheus::Histogram& prefetch_round_trip;
 
   // Finished requests by gRPC code (engram_worker_requests_total{code="OK"|...}).
   prometheus::Counter& requests(absl::StatusCode code);
+  // A request the scheduler ended: counts engram_worker_requests_finished_total{finish_reason}
+  // (stop: stop string/token or EOS; length: max_tokens or the context; abort: Abort or the client
+  // went away; error: any other failure) and observes its prefill and decode times (a phase whose
+  // start is InfinitePast did not happen and is not observed).
+  void RecordFinished(FinishReason reason, absl::StatusCode code, absl::Time admitted,
+                      absl::Time first_token, absl::Time end);
+  // The configured limits (engram_worker_max_running_requests, _max_queued_requests,
+  // _max_context_tokens).
+  void SetLimits(int max_running_requests, int max_queued_requests, int max_context_tokens);
   // Engram rows used by the forward pass, by the tier that served them.
   prometheus::Counter& engram_rows(RowTier tier) { return *engram_rows_[static_cast<int>(tier)]; }
   // Per Engram layer: how early the rows were ready before the layer needed them (slack), how
@@ -94,6 +117,11 @@ class WorkerMetrics {
   // gRPC status codes 0 (OK) .. 16 (UNAUTHENTICATED).
   static constexpr int kNumCodes = 17;
   std::array<prometheus::Counter*, kNumCodes> requests_{};
+  // stop, length, abort, error.
+  std::array<prometheus::Counter*, 4> finished_{};
+  prometheus::Gauge* max_running_ = nullptr;
+  prometheus::Gauge* max_queued_ = nullptr;
+  prometheus::Gauge* max_context_ = nullptr;
   std::array<prometheus::Counter*, kNumRowTiers> engram_rows_{};
   std::vector<prometheus::Histogram*> slack_;
   std::vector<prometheus::Counter*> stalls_;

@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cstdio>
 #include <cstdlib>
@@ -151,14 +152,48 @@ absl::StatusOr<std::string> HttpGet(int port, const std::string& path) {
   return res->body;
 }
 
+namespace {
+
+// The label pairs of `{a="x",b="y"}` (no escaped quotes in this project's label values).
+std::vector<std::string> LabelPairs(const std::string& braces) {
+  std::vector<std::string> pairs;
+  std::string inner = braces.substr(1, braces.size() - 2);
+  size_t start = 0;
+  while (start < inner.size()) {
+    size_t close = inner.find('"', inner.find('"', start) + 1);
+    if (close == std::string::npos) break;
+    pairs.push_back(inner.substr(start, close + 1 - start));
+    start = close + 2;  // past '",'
+  }
+  return pairs;
+}
+
+}  // namespace
+
 double MetricValue(const std::string& exposition, const std::string& metric) {
+  const size_t brace = metric.find('{');
+  const std::string name = metric.substr(0, brace);
+  const std::vector<std::string> wanted =
+      brace == std::string::npos ? std::vector<std::string>{} : LabelPairs(metric.substr(brace));
   std::istringstream in(exposition);
   std::string line;
   while (std::getline(in, line)) {
-    if (line.rfind(metric, 0) != 0) continue;
-    const std::string rest = line.substr(metric.size());
+    if (line.rfind(name, 0) != 0) continue;
+    const std::string rest = line.substr(name.size());
     if (rest.empty() || (rest[0] != ' ' && rest[0] != '{')) continue;
-    if (metric.find('{') == std::string::npos && rest[0] == '{') continue;
+    if (rest[0] == '{') {
+      const size_t end = rest.find("} ");
+      if (end == std::string::npos) continue;
+      const std::vector<std::string> have = LabelPairs(rest.substr(0, end + 1));
+      // Every label asked for must be there; labels not asked for are ignored.
+      bool match = true;
+      for (const std::string& w : wanted) {
+        match = match && std::find(have.begin(), have.end(), w) != have.end();
+      }
+      if (!match) continue;
+    } else if (!wanted.empty()) {
+      continue;
+    }
     return std::strtod(rest.substr(rest.rfind(' ') + 1).c_str(), nullptr);
   }
   return -1;

@@ -56,7 +56,9 @@ bool WaitUntil(const std::function<bool()>& condition, absl::Duration timeout);
 // GET http://127.0.0.1:port/path; the body, or an error.
 absl::StatusOr<std::string> HttpGet(int port, const std::string& path);
 // The value of the first sample of `metric` (exact name plus optional {labels}) in a Prometheus
-// text exposition, or -1 when absent.
+// text exposition, or -1 when absent. The labels given must all be on the sample; labels not given
+// are ignored (engram_worker_requests_total{code="OK"} matches the sample that also carries
+// model_name).
 double MetricValue(const std::string& exposition, const std::string& metric);
 // MetricValue of http://127.0.0.1:port/metrics; -1 when unreachable or absent.
 double ScrapeMetric(int port, const std::string& metric);

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -72,6 +73,11 @@ absl::StatusOr<std::unique_ptr<WorkerCluster>> WorkerCluster::Start(ClusterOptio
   o.model_name = absl::StrCat("tiny-", getpid());
   absl::Status s = WriteDemoModel(model_dir, o);
   if (!s.ok()) return s;
+  if (!options.chat_template.empty()) {
+    std::ofstream config(model_dir + "/tokenizer_config.json");
+    config << nlohmann::json{{"chat_template", options.chat_template}}.dump(2);
+    if (!config) return absl::InternalError("cannot write tokenizer_config.json");
+  }
   auto model = Model::Load(model_dir);
   if (!model.ok()) return model.status();
   c->model_ = *std::move(model);
@@ -152,6 +158,10 @@ absl::Status WorkerCluster::StartWorker(const ClusterOptions& options) {
       "0",
       "--port-file",
       port_file,
+      "--http-host",
+      "127.0.0.1",
+      "--http-port",
+      "0",
       "--threads",
       "1",
       "--reconnect-initial-backoff",
@@ -173,6 +183,7 @@ absl::Status WorkerCluster::StartWorker(const ClusterOptions& options) {
   if (!ports.ok()) return ports.status();
   worker_address_ = absl::StrCat("127.0.0.1:", (*ports)["grpc"].get<int>());
   worker_metrics_port_ = (*ports)["metrics"].get<int>();
+  worker_http_port_ = (*ports)["http"].get<int>();
   if (!WaitUntil([&] { return IsServing(worker_address_) || !worker_->running(); },
                  absl::Seconds(60)) ||
       !worker_->running()) {

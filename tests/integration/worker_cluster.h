@@ -35,6 +35,8 @@ struct ClusterOptions {
   // Context window of the tiny model: long enough that a generation outlasts the test's
   // reaction (abort, kill) by a wide margin even on a loaded machine.
   int max_position_embeddings = 1024;
+  // When set, written as the model's tokenizer_config.json "chat_template".
+  std::string chat_template;
 };
 
 class WorkerCluster {
@@ -47,6 +49,8 @@ class WorkerCluster {
   const std::string& worker_address() const { return worker_address_; }
   const std::string& memory_address() const { return memory_address_; }
   int worker_metrics_port() const { return worker_metrics_port_; }
+  // The worker's OpenAI-compatible HTTP API (always started, on a free port).
+  int worker_http_port() const { return worker_http_port_; }
   int memory_metrics_port() const { return memory_metrics_port_; }
   const std::string& dir() const { return dir_; }
   // A client of the worker with `timeout` per call.
@@ -78,6 +82,7 @@ class WorkerCluster {
   int memory_port_ = 0;
   int memory_metrics_port_ = 0;
   int worker_metrics_port_ = 0;
+  int worker_http_port_ = 0;
   int memory_starts_ = 0;
 };
 

@@ -148,6 +148,8 @@ TEST(PreadFallbackTest, UringUnderSeccompFallsBackToPread) {
     auto tier = NvmeTier::Open(t.manifest, t.path, o);
     ASSERT_TRUE(tier.ok()) << tier.status();
     EXPECT_EQ((*tier)->backend(), IoBackend::kPread);
+    // Counted, for engram_nvme_uring_fallback_readers.
+    EXPECT_GE((*tier)->counters().uring_fallbacks.load(), 1);
     for (uint64_t seed = 0; seed < 3; ++seed) {
       absl::Status s = LookupAndCheck(**tier, t, seed);
       EXPECT_TRUE(s.ok()) << s;
@@ -159,6 +161,7 @@ TEST(PreadFallbackTest, UringUnderSeccompFallsBackToPread) {
   auto tier = NvmeTier::Open(t.manifest, t.path, o);
   ASSERT_TRUE(tier.ok());
   EXPECT_EQ((*tier)->backend(), IoBackend::kUring);
+  EXPECT_EQ((*tier)->counters().uring_fallbacks.load(), 0);
 }
 
 TEST(NvmeTierTest, DedupsPagesAndMergesAdjacentPagesIntoRuns) {

@@ -115,7 +115,8 @@ class SchedulerTest : public ::testing::Test {
     scheduler_.reset();
     options.max_context_tokens = kContext;
     registry_ = std::make_shared<prometheus::Registry>();
-    metrics_ = std::make_unique<WorkerMetrics>(registry_, model_->config().engram.layer_ids);
+    metrics_ = std::make_unique<WorkerMetrics>(registry_, model_->config().engram.layer_ids,
+                                               model_->name());
     CpuBackboneOptions b;
     b.threads = 1;
     backbone_ = std::make_unique<CpuBackbone>(*model_, b);
@@ -425,7 +426,20 @@ TEST_F(SchedulerTest, BoundedQueueAnswersResourceExhausted) {
   EXPECT_EQ(scheduler_->queued(), 0);
   EXPECT_EQ(scheduler_->running(), 0);
   const std::string text = RenderMetrics(*registry_);
-  EXPECT_NE(text.find("engram_worker_requests_total{code=\"OK\"} 2"), std::string::npos) << text;
+  const std::string model = "model_name=\"" + model_->name() + "\"";
+  EXPECT_NE(text.find("engram_worker_requests_total{code=\"OK\"," + model + "} 2"),
+            std::string::npos)
+      << text;
+  // Both ran to max_tokens; nothing is left in the KV cache.
+  EXPECT_NE(text.find("engram_worker_requests_finished_total{finish_reason=\"length\"," + model +
+                      "} 2"),
+            std::string::npos)
+      << text;
+  // The loop publishes the gauge after the step that ended them.
+  for (int i = 0; i < 500 && metrics_->kv_cache_usage_ratio.Value() != 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(metrics_->kv_cache_usage_ratio.Value(), 0);
 }
 
 TEST_F(SchedulerTest, DeadlinesEndQueuedAndStalledRequests) {

@@ -93,5 +93,27 @@ TEST(WorkerConfigTest, ValidateNamesTheKey) {
   EXPECT_NE(Error(c).find("scheduler.max_queued_requests"), std::string::npos);
 }
 
+TEST(WorkerConfigTest, HttpApiSection) {
+  WorkerConfig c = Valid();
+  EXPECT_EQ(c.http.port, 8000);
+  auto j = nlohmann::json::parse(R"({"http": {"port": 0, "threads": 12,
+      "max_pending_connections": 3, "keep_alive_timeout": "2s", "request_timeout": "90s"}})");
+  ASSERT_TRUE(ApplyJsonConfig(j, &c).ok());
+  EXPECT_EQ(c.http.port, 0);
+  EXPECT_EQ(c.http.threads, 12);
+  EXPECT_EQ(c.http.max_pending_connections, 3);
+  EXPECT_EQ(c.http.keep_alive_timeout, absl::Seconds(2));
+  EXPECT_EQ(c.http.request_timeout, absl::Seconds(90));
+  EXPECT_TRUE(c.Validate().ok()) << c.Validate();
+  c.http.port = -2;
+  EXPECT_NE(Error(c).find("http.port"), std::string::npos);
+  c = Valid();
+  c.http.keep_alive_timeout = absl::Milliseconds(10);
+  EXPECT_NE(Error(c).find("http.keep_alive_timeout"), std::string::npos);
+  c = Valid();
+  c.http.request_timeout = absl::Seconds(-1);
+  EXPECT_NE(Error(c).find("http.request_timeout"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace engram
