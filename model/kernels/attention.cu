@@ -97,8 +97,8 @@ __device__ __forceinline__ void Mma(float (&d)[4], const uint32_t (&a)[4], uint3
 }
 
 __device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo
-  return *reinterpret_cast<const uint32_t*>(&v);
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x goes in the low half
+  return uint32_t{__bfloat16_as_ushort(v.x)} | (uint32_t{__bfloat16_as_ushort(v.y)} << 16);
 }
 
 // Element offset of 16-byte chunk `chunk` of row `row` in a swizzled [rows, D] bf16 tile.
