@@ -57,6 +57,10 @@ absl::StatusOr<std::unique_ptr<TierServer>> TierServer::Start(const TierConfig& 
   builder.RegisterService(s->service_.get());
   builder.SetMaxReceiveMessageSize(static_cast<int>(config.server.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(config.server.max_message_bytes));
+  // Workers ping every 10 s (keepalive, also on an idle connection) to notice a hung tier; accept
+  // pings every 5 s without counting them as abuse (gRPC's default allows one per 5 minutes).
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   s->server_ = builder.BuildAndStart();
   if (!s->server_ || s->port_ == 0) {
     return absl::UnavailableError(
