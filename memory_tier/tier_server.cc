@@ -67,9 +67,18 @@ absl::StatusOr<std::unique_ptr<TierServer>> TierServer::Start(const TierConfig& 
         absl::StrCat("cannot listen on ", config.server.listen, " (address in use?)"));
   }
   grpc::HealthCheckServiceInterface* health = s->server_->GetHealthCheckService();
-  auto set_health = [health](bool serving) {
+  // "" and engram.v1.MemoryTier follow the lifecycle; each table also has its own service name,
+  // engram.v1.MemoryTier/<model>/<layer>, SERVING only while the tier is ready and the table is
+  // served (a refused version is NOT_SERVING there, while the other tables are served).
+  auto set_health = [health, raw = s.get()](bool serving) {
     health->SetServingStatus(serving);
     health->SetServingStatus(kServiceName, serving);
+    if (raw->tables_) {
+      for (const auto& t : raw->tables_->tables()) {
+        health->SetServingStatus(TableHealthServiceName(t->record.model, t->record.layer),
+                                 serving && t->serving);
+      }
+    }
   };
   set_health(false);
   TierMetrics* metrics = s->metrics_.get();
@@ -98,6 +107,10 @@ absl::StatusOr<std::unique_ptr<TierServer>> TierServer::Start(const TierConfig& 
 }
 
 TierServer::~TierServer() { Shutdown(); }
+
+std::string TableHealthServiceName(absl::string_view model, uint32_t layer) {
+  return absl::StrCat(kServiceName, "/", model, "/", layer);
+}
 
 int TierServer::metrics_port() const { return metrics_server_ ? metrics_server_->port() : -1; }
 
