@@ -381,6 +381,16 @@ TEST_F(TierServiceTest, UnparsableRequestsAreInvalidArgument) {
   EXPECT_TRUE(client_->CheckHealth().ok());
 }
 
+// An unknown table name of 2 MiB is not echoed back whole: the error stays short.
+TEST_F(TierServiceTest, ErrorsDoNotEchoLargeInput) {
+  StartServer();
+  const std::string name(2 << 20, 'm');
+  auto r = client_->Lookup({name, 1, 0}, std::vector<uint64_t>{1});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status().message().size();
+  EXPECT_LT(r.status().message().size(), 1024u);
+  EXPECT_NE(r.status().message().find("2097152 bytes"), absl::string_view::npos);
+}
+
 // A batch_id that is already pending on the stream is refused (INVALID_ARGUMENT), not answered
 // twice; the first batch with that id gets its rows and the stream goes on.
 TEST_F(TierServiceTest, ADuplicatePendingBatchIdIsRefused) {
