@@ -3,6 +3,7 @@
 #include <chrono>
 #include <deque>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "common/grpc_message.h"
 #include "common/grpc_status.h"
@@ -80,9 +81,19 @@ class PrefetchReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::B
       return;
     }
     service_->RecordArenaHits(*request);
+    // A batch_id already pending on this stream would be answered twice: refuse the second.
+    bool duplicate;
+    {
+      absl::MutexLock lock(&mu_);
+      duplicate = !pending_ids_.insert(request->batch_id()).second;
+    }
     absl::StatusOr<ServedTable*> table =
-        request->row_ids().empty() ? absl::StatusOr<ServedTable*>(nullptr)
-                                   : service_->Admit(request->table(), request->row_ids().size());
+        duplicate ? absl::InvalidArgumentError(absl::StrCat(
+                        "batch_id ", request->batch_id(),
+                        " is already pending on this stream; batch ids must be unique"))
+        : request->row_ids().empty()
+            ? absl::StatusOr<ServedTable*>(nullptr)
+            : service_->Admit(request->table(), request->row_ids().size());
     const bool admitted = table.ok() && *table != nullptr;
     // The rows this batch will send, reserved now so that the cap holds while it runs.
     const uint64_t reserved =
@@ -100,7 +111,8 @@ class PrefetchReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::B
                        " prefetch batches pending on this stream; slow down"));
     }
     if (!table.ok() || *table == nullptr) {
-      Complete(*request, table.status(), nullptr, received, received, /*reserved=*/0);
+      Complete(*request, table.status(), nullptr, received, received, /*reserved=*/0,
+               /*owns_id=*/!duplicate);
     } else {
       ServedTable* t = *table;
       service_->scheduler_->Submit(request->table().layer(), [this, request, t, received,
@@ -198,7 +210,7 @@ class PrefetchReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::B
   // OnReadDone counted for it in unsent_bytes_.
   void Complete(const v1::PrefetchRequest& request, const absl::Status& status,
                 std::unique_ptr<v1::PrefetchResponse> response, Clock::time_point received,
-                Clock::time_point started, uint64_t reserved) {
+                Clock::time_point started, uint64_t reserved, bool owns_id = true) {
     if (!response) response = std::make_unique<v1::PrefetchResponse>();
     response->set_batch_id(request.batch_id());
     if (!status.ok()) {
@@ -223,6 +235,7 @@ class PrefetchReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::B
     {
       absl::MutexLock lock(&mu_);
       --pending_;
+      if (owns_id) pending_ids_.erase(request.batch_id());
       AddUnsent(-static_cast<int64_t>(reserved));
       if (!broken_ && !finished_) {
         AddUnsent(out.bytes);
@@ -280,6 +293,8 @@ class PrefetchReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::B
   Outgoing current_ ABSL_GUARDED_BY(mu_);  // being written
   std::deque<Outgoing> outbox_ ABSL_GUARDED_BY(mu_);
   int pending_ ABSL_GUARDED_BY(mu_) = 0;
+  // batch_ids of the batches taken in and not answered yet.
+  absl::flat_hash_set<uint64_t> pending_ids_ ABSL_GUARDED_BY(mu_);
   // Threads in OnReadDone or about to restart reading: Finish() waits for them.
   int read_chain_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t unsent_bytes_ ABSL_GUARDED_BY(mu_) = 0;

@@ -238,9 +238,23 @@ absl::StatusOr<ServedTable*> TableSet::Resolve(absl::string_view model, uint32_t
     }
     return t.get();
   }
+  // The name comes from the client: echo at most kEchoBytes of it (a request may carry megabytes),
+  // and list at most kListedTables of the tables served.
+  constexpr size_t kEchoBytes = 128;
+  constexpr size_t kListedTables = 16;
   std::vector<std::string> names;
-  for (auto& t : tables_) names.push_back(t->label);
-  return absl::InvalidArgumentError(absl::StrCat("unknown table ", model, " layer ", layer,
+  for (auto& t : tables_) {
+    if (names.size() == kListedTables) {
+      names.push_back(absl::StrCat("... ", tables_.size() - kListedTables, " more"));
+      break;
+    }
+    names.push_back(t->label);
+  }
+  const std::string shown =
+      model.size() <= kEchoBytes
+          ? std::string(model)
+          : absl::StrCat(model.substr(0, kEchoBytes), "... (", model.size(), " bytes)");
+  return absl::InvalidArgumentError(absl::StrCat("unknown table ", shown, " layer ", layer,
                                                  " (tables: ", absl::StrJoin(names, ", "), ")"));
 }
 

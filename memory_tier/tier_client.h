@@ -178,6 +178,11 @@ struct TierClientOptions {
   absl::Duration rpc_timeout = absl::Seconds(10);
   // Largest message received (a 12,288-row batch of 264 B rows is 3.2 MB). Default 256 MiB.
   int max_receive_message_bytes = 256 << 20;
+  // HTTP/2 keepalive: a ping every keepalive_time (also without calls); no answer within
+  // keepalive_timeout closes the connection (streams fail UNAVAILABLE). Zero = off. The server
+  // must permit pings this often (engram-memory accepts one every 5 s).
+  absl::Duration keepalive_time = absl::ZeroDuration();
+  absl::Duration keepalive_timeout = absl::Seconds(5);
 };
 
 // A connection to engram-memory. Thread-safe; one instance per process is enough.

@@ -57,15 +57,28 @@ absl::StatusOr<std::unique_ptr<TierServer>> TierServer::Start(const TierConfig& 
   builder.RegisterService(s->service_.get());
   builder.SetMaxReceiveMessageSize(static_cast<int>(config.server.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(config.server.max_message_bytes));
+  // Workers ping every 10 s (keepalive, also on an idle connection) to notice a hung tier; accept
+  // pings every 5 s without counting them as abuse (gRPC's default allows one per 5 minutes).
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   s->server_ = builder.BuildAndStart();
   if (!s->server_ || s->port_ == 0) {
     return absl::UnavailableError(
         absl::StrCat("cannot listen on ", config.server.listen, " (address in use?)"));
   }
   grpc::HealthCheckServiceInterface* health = s->server_->GetHealthCheckService();
-  auto set_health = [health](bool serving) {
+  // "" and engram.v1.MemoryTier follow the lifecycle; each table also has its own service name,
+  // engram.v1.MemoryTier/<model>/<layer>, SERVING only while the tier is ready and the table is
+  // served (a refused version is NOT_SERVING there, while the other tables are served).
+  auto set_health = [health, raw = s.get()](bool serving) {
     health->SetServingStatus(serving);
     health->SetServingStatus(kServiceName, serving);
+    if (raw->tables_) {
+      for (const auto& t : raw->tables_->tables()) {
+        health->SetServingStatus(TableHealthServiceName(t->record.model, t->record.layer),
+                                 serving && t->serving);
+      }
+    }
   };
   set_health(false);
   TierMetrics* metrics = s->metrics_.get();
@@ -94,6 +107,10 @@ absl::StatusOr<std::unique_ptr<TierServer>> TierServer::Start(const TierConfig& 
 }
 
 TierServer::~TierServer() { Shutdown(); }
+
+std::string TableHealthServiceName(absl::string_view model, uint32_t layer) {
+  return absl::StrCat(kServiceName, "/", model, "/", layer);
+}
 
 int TierServer::metrics_port() const { return metrics_server_ ? metrics_server_->port() : -1; }
 

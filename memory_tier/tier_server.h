@@ -11,10 +11,13 @@
 #ifndef ENGRAM_MEMORY_TIER_TIER_SERVER_H_
 #define ENGRAM_MEMORY_TIER_TIER_SERVER_H_
 
+#include <cstdint>
 #include <memory>
+#include <string>
 #include <thread>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/notification.h"
 #include "common/lifecycle.h"
 #include "memory_tier/tier_config.h"
@@ -30,6 +33,9 @@ class MemoryTierService;
 class MetricsServer;
 class TableSet;
 class TierMetrics;
+
+// The grpc.health.v1 service name of one table: "engram.v1.MemoryTier/<model>/<layer>".
+std::string TableHealthServiceName(absl::string_view model, uint32_t layer);
 
 class TierServer {
  public:

@@ -125,11 +125,12 @@ void SequenceRows::ReleaseBefore(int position) {
 // ---- StepRows ----------------------------------------------------------------------------------
 
 StepRows::StepRows(const std::vector<int>& engram_layer_ids, int columns, int head_dim,
-                   absl::Duration rows_timeout)
+                   absl::Duration rows_timeout, RowBackend* backend)
     : layer_ids_(engram_layer_ids),
       columns_(columns),
       head_dim_(head_dim),
       rows_timeout_(rows_timeout),
+      backend_(backend),
       timings_(engram_layer_ids.size()) {}
 
 void StepRows::AddItem(const SequenceRows* rows, int begin, int count, absl::Time deadline) {
@@ -144,21 +145,32 @@ absl::StatusOr<absl::Span<const float>> StepRows::Rows(size_t item, int engram_l
   auto [fetch, offset] = *found;
 
   const absl::Time needed_at = absl::Now();
-  const absl::Time until = std::min(it.deadline, needed_at + rows_timeout_);
+  // What is left of the step's rows wait budget (shared by every item and layer of the step).
+  const absl::Duration budget = std::max(absl::ZeroDuration(), rows_timeout_ - waited_);
+  const absl::Time until = std::min(it.deadline, needed_at + budget);
   absl::Time ready_at;
   LayerTiming& timing = timings_[engram_layer_index];
   timing.measured = true;
-  if (!fetch->WaitUntil(until, &ready_at)) {
+  const bool arrived = fetch->WaitUntil(until, &ready_at);
+  const absl::Time waited_until = arrived ? std::max(needed_at, ready_at) : absl::Now();
+  waited_ += waited_until - needed_at;
+  if (!arrived) {
     timing.stalled = true;
-    timing.stall += absl::Now() - needed_at;
+    timing.stall += waited_until - needed_at;
     timing.min_slack = absl::ZeroDuration();
     const bool deadline = until == it.deadline;
-    return absl::UnavailableError(
+    const std::string source = backend_ != nullptr ? backend_->Name() : "the row source";
+    const std::string what =
         absl::StrCat("Engram rows for layer ", layer_ids_[engram_layer_index], " (positions ",
                      it.begin, "..", it.begin + it.count - 1, ") did not arrive ",
                      deadline ? "before the request's deadline"
-                              : absl::StrCat("within ", absl::FormatDuration(rows_timeout_)),
-                     " (the memory tier is slow or away)"));
+                              : absl::StrCat("within ", absl::FormatDuration(rows_timeout_),
+                                             " (the step's rows timeout)"));
+    if (!deadline && backend_ != nullptr && !overdue_reported_) {
+      overdue_reported_ = true;
+      backend_->RowsOverdue(absl::UnavailableError(what));
+    }
+    return absl::UnavailableError(absl::StrCat(what, ": ", source, " is slow or away"));
   }
   if (ready_at > needed_at) {
     timing.stalled = true;

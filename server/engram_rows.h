@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -85,6 +86,12 @@ class RowBackend {
                      uint64_t step) = 0;
   // OK while fetches can be served; UNAVAILABLE with the reason otherwise (the tier is away).
   virtual absl::Status Ready() const = 0;
+  // Names the source in messages, e.g. "the memory tier at 10.0.0.7:50052".
+  virtual std::string Name() const { return "the row source"; }
+  // Called by the step (loop thread) when rows were not there within the step's rows wait
+  // budget (rows_timeout): the source stopped answering. A backend turns itself unavailable
+  // (Ready() fails, pending fetches fail at once) until it answers again. Default: nothing.
+  virtual void RowsOverdue(const absl::Status& why) { (void)why; }
 };
 
 // The Engram hash state and the outstanding fetches of one sequence. Used by the scheduler's loop
@@ -129,12 +136,19 @@ class SequenceRows {
 
 // The EngramRowSource of one batched step: maps the backbone's (item, layer) calls to the items'
 // fetches, waits where rows are not there yet, and records slack and stalls per layer.
+//
+// The waits of one step share one budget: all of them together last at most `rows_timeout`
+// (each also bounded by its item's deadline). A step of N sequences whose rows never come
+// therefore stalls the loop for rows_timeout, not N x rows_timeout: once the budget is spent,
+// every item whose rows are not there fails at once (UNAVAILABLE naming the source), items whose
+// rows are there go on, and the backend is told (RowBackend::RowsOverdue).
 class StepRows : public EngramRowSource {
  public:
   // `engram_layer_ids`: the model's Engram layers (for messages; must outlive the step);
-  // `rows_timeout`: the longest wait for one fetch (also bounded by each item's deadline).
+  // `rows_timeout`: the longest the step waits for rows, all items and layers together;
+  // `backend` (may be null): named in messages and told when rows are overdue.
   StepRows(const std::vector<int>& engram_layer_ids, int columns, int head_dim,
-           absl::Duration rows_timeout);
+           absl::Duration rows_timeout, RowBackend* backend = nullptr);
 
   // Item i of the step reads positions [begin, begin + count) of `rows`.
   void AddItem(const SequenceRows* rows, int begin, int count, absl::Time deadline);
@@ -163,6 +177,10 @@ class StepRows : public EngramRowSource {
   const int columns_;
   const int head_dim_;
   const absl::Duration rows_timeout_;
+  RowBackend* const backend_;
+  // Time spent waiting for rows in this step so far (all items and layers).
+  absl::Duration waited_ = absl::ZeroDuration();
+  bool overdue_reported_ = false;
   std::vector<Item> items_;
   std::vector<LayerTiming> timings_;
 };

@@ -125,7 +125,7 @@ absl::Status Run(const WorkerConfig& config, Lifecycle& lifecycle) {
   grpc::ServerBuilder builder;
   int grpc_port = 0;
   builder.AddListeningPort(config.server.listen, grpc::InsecureServerCredentials(), &grpc_port);
-  builder.SetMaxReceiveMessageSize(64 << 20);
+  builder.SetMaxReceiveMessageSize(config.server.max_receive_message_bytes);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || grpc_port == 0) {

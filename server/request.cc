@@ -1,11 +1,14 @@
 #include "server/request.h"
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
 #include "model/engram_constants.h"
 #include "model/model.h"
 #include "model/tokenizer.h"
@@ -14,6 +17,23 @@ namespace engram {
 namespace {
 
 absl::Status Invalid(absl::string_view message) { return absl::InvalidArgumentError(message); }
+
+// The most bytes of text one token of `tokenizer` stands for (its longest decoded token), computed
+// once per tokenizer.
+size_t MaxTokenBytes(const Tokenizer& tokenizer) {
+  static absl::Mutex mu(absl::kConstInit);
+  static auto* cache = new absl::flat_hash_map<const Tokenizer*, size_t>();
+  absl::MutexLock lock(&mu);
+  auto it = cache->find(&tokenizer);
+  if (it != cache->end()) return it->second;
+  size_t longest = 1;
+  for (uint32_t id = 0; id < tokenizer.size(); ++id) {
+    const uint32_t one[1] = {id};
+    longest = std::max(longest, tokenizer.Decode(one).size());
+  }
+  (*cache)[&tokenizer] = longest;
+  return longest;
+}
 
 absl::Status CheckPromptLength(size_t tokens, const RequestLimits& limits) {
   if (tokens < static_cast<size_t>(limits.max_context_tokens)) return absl::OkStatus();
@@ -29,6 +49,15 @@ absl::StatusOr<std::vector<uint32_t>> ResolvePrompt(const v1::GenerateRequest& r
   switch (request.prompt_case()) {
     case v1::GenerateRequest::kText: {
       if (request.text().empty()) return Invalid("prompt text is empty");
+      // Refused before tokenizing: no token covers more than MaxTokenBytes bytes of text, so a
+      // text longer than the context times that cannot fit, whatever it says.
+      if (const size_t limit = static_cast<size_t>(limits.max_context_tokens) *
+                               MaxTokenBytes(model.tokenizer());
+          request.text().size() > limit) {
+        return Invalid(absl::StrCat("prompt text has ", request.text().size(),
+                                    " bytes; the context window of ", limits.max_context_tokens,
+                                    " tokens holds at most ", limit, " bytes of text"));
+      }
       auto ids = model.tokenizer().Encode(request.text(), /*add_special_tokens=*/false);
       if (!ids.ok()) return Invalid(absl::StrCat("prompt text: ", ids.status().message()));
       prompt = *std::move(ids);

@@ -320,7 +320,7 @@ void Scheduler::RunStep() {
   std::vector<StepItem> items;
   std::vector<BatchItem> batch;
   StepRows rows(config.engram.layer_ids, config.engram.columns(), config.engram.head_dim,
-                options_.rows_timeout);
+                options_.rows_timeout, rows_);
   StepInfo info;
   info.step = step_;
   auto add = [&](Sequence& s, bool prefill, absl::Span<const uint32_t> tokens) {

@@ -20,6 +20,11 @@ namespace {
 constexpr size_t kArenaReportRows = 4096;
 // How long one connection attempt waits for the channel; short, so shutdown stays prompt.
 constexpr absl::Duration kConnectTimeout = absl::Seconds(1);
+// Keepalive pings on the tier's channel (the tier accepts pings every 5 s or slower).
+constexpr absl::Duration kKeepaliveTime = absl::Seconds(10);
+constexpr absl::Duration kKeepaliveTimeout = absl::Seconds(5);
+// Deadline of the unary calls to the tier (health, table info).
+constexpr absl::Duration kProbeTimeout = absl::Seconds(2);
 
 // The code a request gets when the tier refuses one of its batches. The batch is the worker's,
 // not the client's: a refused batch (INVALID_ARGUMENT, OUT_OF_RANGE: the worker's batches do not
@@ -105,7 +110,43 @@ void TierRowBackend::Start() {
 
 absl::Status TierRowBackend::Ready() const {
   absl::MutexLock lock(&mu_);
-  return connection_ ? absl::OkStatus() : unavailable_reason_;
+  return connection_ && !unresponsive_ ? absl::OkStatus() : unavailable_reason_;
+}
+
+std::string TierRowBackend::Name() const {
+  return absl::StrCat("the memory tier at ", options_.address);
+}
+
+void TierRowBackend::RowsOverdue(const absl::Status& why) {
+  std::vector<std::shared_ptr<Pending>> failed;
+  absl::Status reason;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!connection_ || unresponsive_) return;
+    unresponsive_ = true;
+    unavailable_reason_ = absl::UnavailableError(absl::StrCat(
+        "the memory tier at ", options_.address, " stopped answering: ", why.message()));
+    reason = unavailable_reason_;
+    // Every fetch waiting on the stream fails now: the next steps must not wait for them again.
+    for (auto& [id, p] : pending_) failed.push_back(std::move(p));
+    pending_.clear();
+  }
+  metrics_.memory_tier_up.Set(0);
+  ENGRAM_LOG(WARNING).With("memory", options_.address)
+      << "memory tier stopped answering; not serving until it answers: " << why.message();
+  for (auto& p : failed) p->fetch->Complete(reason);
+  NotifyListener();
+}
+
+void TierRowBackend::Answered(uint64_t generation) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!unresponsive_ || !connection_ || connection_->generation != generation) return;
+    unresponsive_ = false;
+  }
+  metrics_.memory_tier_up.Set(1);
+  ENGRAM_LOG(INFO).With("memory", options_.address) << "memory tier answers again";
+  NotifyListener();
 }
 
 void TierRowBackend::ConnectLoop() {
@@ -116,11 +157,29 @@ void TierRowBackend::ConnectLoop() {
     uint64_t generation;
     {
       absl::MutexLock lock(&mu_);
-      // Connected: sleep until the stream breaks (OnBroken clears connection_) or stop.
-      auto idle = [this]()
-                      ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stop_ || connection_ == nullptr; };
+      // Connected: sleep until the stream breaks (OnBroken clears connection_), the tier stops
+      // answering (RowsOverdue) or stop.
+      auto idle = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+        return stop_ || connection_ == nullptr || unresponsive_;
+      };
       mu_.Await(absl::Condition(&idle));
       if (stop_) return;
+      if (connection_ != nullptr) {
+        // Unresponsive: probe its health until it answers (or the stream breaks).
+        std::shared_ptr<Connection> c = connection_;
+        mu_.Unlock();
+        const absl::Status health = c->client->CheckHealth();
+        mu_.Lock();
+        if (health.ok()) {
+          mu_.Unlock();
+          Answered(c->generation);
+          mu_.Lock();
+        } else {
+          auto stopping = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stop_; };
+          mu_.AwaitWithTimeout(absl::Condition(&stopping), options_.reconnect_initial_backoff);
+        }
+        continue;
+      }
       generation = ++generation_;
       retired.swap(retired_);
     }
@@ -160,6 +219,12 @@ absl::StatusOr<std::shared_ptr<TierRowBackend::Connection>> TierRowBackend::Conn
   TierClientOptions client_options;
   client_options.address = options_.address;
   client_options.connect_timeout = kConnectTimeout;
+  // A hung tier (stopped process, dead network without a reset) is noticed by keepalive pings
+  // even while no rows are outstanding; the server permits pings this often.
+  client_options.keepalive_time = kKeepaliveTime;
+  client_options.keepalive_timeout = kKeepaliveTimeout;
+  // Health probes of an unresponsive tier give up quickly, so shutdown stays prompt.
+  client_options.rpc_timeout = kProbeTimeout;
   auto client = TierClient::Connect(client_options);
   if (!client.ok()) return client.status();
   c->client = *std::move(client);
@@ -228,6 +293,7 @@ void TierRowBackend::SetConnected(std::shared_ptr<Connection> connection) {
     absl::MutexLock lock(&mu_);
     if (stop_) return;
     connection_ = std::move(connection);
+    unresponsive_ = false;
     reconnect = ever_connected_;
     ever_connected_ = true;
   }
@@ -246,7 +312,7 @@ void TierRowBackend::NotifyListener() {
   bool connected;
   {
     absl::MutexLock lock(&mu_);
-    connected = connection_ != nullptr;
+    connected = connection_ != nullptr && !unresponsive_;
   }
   listener_(connected);
 }
@@ -258,6 +324,7 @@ void TierRowBackend::OnBroken(uint64_t generation, const absl::Status& status) {
     if (!connection_ || connection_->generation != generation) return;
     old = std::move(connection_);
     connection_ = nullptr;
+    unresponsive_ = false;
     unavailable_reason_ = absl::UnavailableError(
         absl::StrCat("the memory tier at ", options_.address, " went away: ", status.message()));
   }
@@ -306,6 +373,14 @@ void TierRowBackend::Fetch(const std::shared_ptr<RowFetch>& fetch, uint64_t sequ
   }
   const size_t hits = ids.size() - missing.size();
   if (from_arena) metrics_.engram_rows(RowTier::kDramShm).Increment(static_cast<double>(hits));
+  if (!missing.empty()) {
+    // Rows the stream must bring from a tier that stopped answering: fail now, not after a wait.
+    absl::MutexLock lock(&mu_);
+    if (unresponsive_) {
+      fetch->Complete(unavailable_reason_);
+      return;
+    }
+  }
 
   // The arena hits join the layer's report, which travels with the next batch sent.
   std::vector<uint64_t> report;
@@ -372,6 +447,11 @@ void TierRowBackend::Fetch(const std::shared_ptr<RowFetch>& fetch, uint64_t sequ
 }
 
 void TierRowBackend::OnResult(uint64_t generation, PrefetchResult r) {
+  // Any answer from the server (not a failure the client library made up) shows it is alive.
+  if (r.status.code() != absl::StatusCode::kUnavailable &&
+      r.status.code() != absl::StatusCode::kCancelled) {
+    Answered(generation);
+  }
   std::shared_ptr<Pending> p;
   {
     absl::MutexLock lock(&mu_);

@@ -17,6 +17,13 @@
 // While the tier is away, fetches fail at once with UNAVAILABLE naming the tier and the reason:
 // waiting would hold batch slots through an outage of unknown length, and UNAVAILABLE is the
 // code clients retry on. Fetches in flight when the stream breaks fail the same way.
+//
+// A tier that hangs (stopped, wedged, a network that drops without a reset) is treated the same
+// once it is noticed: rows overdue in a step (RowsOverdue, from StepRows) or a keepalive ping
+// without an answer (the channel's keepalive closes the stream). The backend is then unavailable
+// (Ready() fails, the worker turns NOT_SERVING), pending fetches and fetches that need the stream
+// fail at once; rows found in the shared-memory arena are still served. The connect thread probes
+// the tier's health until it answers, and any answer on the stream counts too.
 #ifndef ENGRAM_SERVER_TIER_ROWS_H_
 #define ENGRAM_SERVER_TIER_ROWS_H_
 
@@ -66,6 +73,8 @@ class TierRowBackend : public RowBackend {
 
   void Fetch(const std::shared_ptr<RowFetch>& fetch, uint64_t sequence_id, uint64_t step) override;
   absl::Status Ready() const override;
+  std::string Name() const override;
+  void RowsOverdue(const absl::Status& why) override;
 
  private:
   struct Connection;
@@ -75,6 +84,8 @@ class TierRowBackend : public RowBackend {
   void OnResult(uint64_t generation, PrefetchResult result);
   void OnBroken(uint64_t generation, const absl::Status& status);
   void SetConnected(std::shared_ptr<Connection> connection);
+  // The tier answered again after RowsOverdue (generation of the connection that answered).
+  void Answered(uint64_t generation);
   void NotifyListener();
 
   const Model& model_;
@@ -91,6 +102,8 @@ class TierRowBackend : public RowBackend {
   absl::Status unavailable_reason_ ABSL_GUARDED_BY(mu_);
   uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
   bool ever_connected_ ABSL_GUARDED_BY(mu_) = false;
+  // connection_ is up but the tier stopped answering (rows overdue): unavailable until it answers.
+  bool unresponsive_ ABSL_GUARDED_BY(mu_) = false;
   absl::flat_hash_map<uint64_t, std::shared_ptr<Pending>> pending_ ABSL_GUARDED_BY(mu_);
   // Per Engram layer index: arena hits not yet reported to the tier.
   std::vector<std::vector<uint64_t>> arena_hits_ ABSL_GUARDED_BY(mu_);

@@ -21,6 +21,8 @@ ABSL_FLAG(std::optional<std::string>, config, std::nullopt,
 ABSL_FLAG(std::optional<std::string>, listen, std::nullopt, "gRPC listen address host:port");
 ABSL_FLAG(std::optional<std::string>, metrics_host, std::nullopt, "/metrics host");
 ABSL_FLAG(std::optional<int>, metrics_port, std::nullopt, "/metrics port (0 = any, -1 = off)");
+ABSL_FLAG(std::optional<int>, max_receive_message_bytes, std::nullopt,
+          "largest request message accepted, in bytes (default 4 MiB)");
 ABSL_FLAG(std::optional<absl::Duration>, drain_timeout, std::nullopt, "SIGTERM drain timeout");
 ABSL_FLAG(std::optional<std::string>, port_file, std::nullopt, "write bound ports here as JSON");
 ABSL_FLAG(std::optional<std::string>, http_host, std::nullopt, "OpenAI-compatible HTTP API host");
@@ -70,6 +72,7 @@ void VisitFields(Config& c, Visitor&& visit) {
   visit("server.listen", c.server.listen);
   visit("server.metrics_host", c.server.metrics_host);
   visit("server.metrics_port", c.server.metrics_port);
+  visit("server.max_receive_message_bytes", c.server.max_receive_message_bytes);
   visit("server.drain_timeout", c.server.drain_timeout);
   visit("server.port_file", c.server.port_file);
   visit("http.host", c.http.host);
@@ -200,6 +203,9 @@ absl::Status WorkerConfig::Validate() const {
   if (server.listen.empty() || server.listen.find(':') == std::string::npos) {
     return Bad("server.listen", absl::StrCat("\"", server.listen, "\" is not host:port"));
   }
+  if (server.max_receive_message_bytes < 4096) {
+    return Bad("server.max_receive_message_bytes", "must be >= 4096");
+  }
   if (server.metrics_port < -1 || server.metrics_port > 65535) {
     return Bad("server.metrics_port", "must be in [-1, 65535]");
   }
@@ -279,6 +285,7 @@ absl::StatusOr<WorkerConfig> ParseWorkerCommandLine(int argc, char** argv) {
   Override(FLAGS_listen, &c.server.listen);
   Override(FLAGS_metrics_host, &c.server.metrics_host);
   Override(FLAGS_metrics_port, &c.server.metrics_port);
+  Override(FLAGS_max_receive_message_bytes, &c.server.max_receive_message_bytes);
   Override(FLAGS_drain_timeout, &c.server.drain_timeout);
   Override(FLAGS_port_file, &c.server.port_file);
   Override(FLAGS_http_host, &c.http.host);

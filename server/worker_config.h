@@ -38,6 +38,10 @@ struct WorkerConfig {
     // soon as they are bound, before the model loads (for tests and scripts that start the worker
     // on port 0; readiness is still health). Flag --port-file. Default "" (none).
     std::string port_file;
+    // Largest request message accepted (gRPC receive limit); larger ones get RESOURCE_EXHAUSTED
+    // before they are parsed. Flag --max-receive-message-bytes. Default 4 MiB (a prompt that
+    // fills a 128k-token context is well under 1 MiB of text or ids).
+    int max_receive_message_bytes = 4 << 20;
   } server;
 
   struct Http {

@@ -142,6 +142,8 @@ absl::Status WorkerCluster::KillMemory() {
   return status.ok() ? absl::OkStatus() : status.status();
 }
 
+void WorkerCluster::SignalMemory(int signal) { memory_->Signal(signal); }
+
 absl::Status WorkerCluster::StartWorker(const ClusterOptions& options) {
   const std::string port_file = dir_ + "/worker.ports.json";
   std::vector<std::string> argv = {

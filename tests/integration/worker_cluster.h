@@ -60,6 +60,8 @@ class WorkerCluster {
   absl::Status KillMemory();
   // Starts engram-memory again on the same address and store; waits until it is SERVING.
   absl::Status StartMemory();
+  // Sends `signal` to engram-memory (SIGSTOP / SIGCONT: a hung tier).
+  void SignalMemory(int signal);
   // Sends `signal` to engram-worker / waits for it to exit (its wait status).
   void SignalWorker(int signal);
   absl::StatusOr<int> WaitWorker(absl::Duration timeout);

@@ -66,6 +66,10 @@ class WorkerE2eTest : public ::testing::Test {
 
 WorkerCluster* WorkerE2eTest::cluster_ = nullptr;
 
+bool WaitUntilServed(const std::atomic<int>& served, int at_least) {
+  return testing::WaitUntil([&] { return served.load() >= at_least; }, absl::Seconds(30));
+}
+
 TEST_F(WorkerE2eTest, StreamedGreedyGenerationEqualsInProcessReference) {
   auto client = cluster_->Client();
   for (const char* prompt : {"The memory tier serves rows", "Once upon a time, in a land far away,",
@@ -243,6 +247,64 @@ TEST_F(WorkerE2eTest, UnparsableRequestsAreInvalidArgument) {
   v1::GenerateResponse first;
   ASSERT_TRUE(first.ParseFromString(ok.responses[0]));
   EXPECT_FALSE(first.request_id().empty());
+}
+
+// Oversized input: a message over the receive limit (4 MiB by default) is refused by gRPC on every
+// method before it is parsed (RESOURCE_EXHAUSTED); a prompt text that cannot fit the context is
+// refused before it is tokenized (INVALID_ARGUMENT naming its bytes). A small request served
+// alongside stays fast throughout.
+TEST_F(WorkerE2eTest, OversizedInputsAreRefusedBeforeTheWorkIsDone) {
+  std::atomic<bool> done{false};
+  std::atomic<int> small_served{0};
+  absl::Duration slowest_small = absl::ZeroDuration();
+  std::thread small([&] {
+    auto client = cluster_->Client(absl::Seconds(30));
+    while (!done.load()) {
+      const absl::Time start = absl::Now();
+      auto r = client->GenerateAll(Greedy("small and fast", 2));
+      EXPECT_TRUE(r.ok()) << r.status();
+      slowest_small = std::max(slowest_small, absl::Now() - start);
+      small_served.fetch_add(1);
+    }
+  });
+
+  // 1 MiB of text: under the receive limit, over what a 1024-token context can hold.
+  const std::string one_mib(1 << 20, 'a');
+  RawCallResult r = RawCall(cluster_->worker_address(), "/engram.v1.Inference/Generate",
+                            {Greedy(one_mib, 2).SerializeAsString()});
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << r.status.error_message();
+  EXPECT_NE(r.status.error_message().find("bytes"), std::string::npos) << r.status.error_message();
+  EXPECT_LT(r.status.error_message().size(), 512u);
+
+  // 32 MiB and just over the limit, on every method.
+  for (size_t bytes : {size_t{32} << 20, (size_t{4} << 20) + 1}) {
+    const std::string big(bytes, 'a');
+    v1::TokenizeRequest tokenize;
+    tokenize.set_text(big);
+    v1::AbortRequest abort;
+    abort.set_request_id(big);
+    const struct {
+      const char* method;
+      std::string request;
+    } cases[] = {
+        {"Generate", Greedy(big, 2).SerializeAsString()},
+        {"Tokenize", tokenize.SerializeAsString()},
+        {"GetModelInfo", big},
+        {"Abort", abort.SerializeAsString()},
+    };
+    for (const auto& c : cases) {
+      const absl::Time start = absl::Now();
+      RawCallResult big_call = RawCall(cluster_->worker_address(),
+                                       absl::StrCat("/engram.v1.Inference/", c.method), {c.request});
+      EXPECT_EQ(big_call.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+          << c.method << " " << bytes << ": " << big_call.status.error_message();
+      EXPECT_LT(absl::Now() - start, absl::Seconds(5)) << c.method;
+    }
+  }
+  EXPECT_TRUE(WaitUntilServed(small_served, 2));
+  done = true;
+  small.join();
+  EXPECT_LT(slowest_small, absl::Seconds(5));
 }
 
 // Server reflection (what grpcurl uses) lists the public services. No reflection client ships

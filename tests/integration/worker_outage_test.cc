@@ -12,9 +12,11 @@
 #include <signal.h>
 #include <sys/wait.h>
 
+#include <atomic>
 #include <iostream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
@@ -29,6 +31,7 @@ using testing::ClusterOptions;
 using testing::HttpGet;
 using testing::IsServing;
 using testing::MetricValue;
+using testing::ScrapeMetric;
 using testing::WaitUntil;
 using testing::WorkerCluster;
 
@@ -136,6 +139,92 @@ TEST(WorkerOutageTest, BatchesTheTierRefusesAreInternalNotTheClientsFault) {
   auto result = (*started)->Client()->GenerateAll(r);
   EXPECT_EQ(result.status().code(), absl::StatusCode::kInternal) << result.status();
   EXPECT_NE(result.status().message().find("max_batch_rows"), std::string::npos) << result.status();
+}
+
+// A hung tier (SIGSTOP: the connection stays open, nothing answers) must not freeze the worker.
+// Eight streams wait for rows in one step: the step's rows wait is bounded by --rows-timeout in
+// all (not once per sequence), every stream ends with UNAVAILABLE naming the tier, a request sent
+// during the hang is answered, health turns NOT_SERVING until the tier answers again (SIGCONT),
+// and then the worker serves again.
+TEST(WorkerOutageTest, HungTierFailsStreamsWithinTheRowsTimeoutAndHealthFollows) {
+  constexpr int kStreams = 8;
+  const absl::Duration kRowsTimeout = absl::Seconds(2);
+  ClusterOptions options;
+  options.shared_memory = false;
+  options.worker_flags = {"--rows-timeout", "2s"};
+  auto started = WorkerCluster::Start(options);
+  ASSERT_TRUE(started.ok()) << started.status();
+  WorkerCluster& cluster = **started;
+
+  struct Stream {
+    std::thread thread;
+    absl::Status status;
+    absl::Time ended;
+    int tokens = 0;
+  };
+  std::vector<Stream> streams(kStreams);
+  std::atomic<int> streaming{0};
+  for (int i = 0; i < kStreams; ++i) {
+    streams[i].thread = std::thread([&, i] {
+      auto client = cluster.Client(absl::Seconds(60));
+      v1::GenerateRequest r;
+      r.set_text(absl::StrCat("Stream ", i, " generates while the tier hangs"));
+      r.mutable_stopping()->set_max_tokens(900);
+      r.mutable_stopping()->set_ignore_eos(true);
+      bool first = true;
+      streams[i].status = client->Generate(r, [&](const v1::GenerateResponse& m) {
+        streams[i].tokens += m.token_ids_size();
+        if (first) streaming.fetch_add(1);
+        first = false;
+        return true;
+      });
+      streams[i].ended = absl::Now();
+    });
+  }
+  const bool all_streaming = WaitUntil([&] { return streaming.load() == kStreams; },
+                                       absl::Seconds(60));
+  const absl::Time stopped_at = absl::Now();
+  cluster.SignalMemory(SIGSTOP);
+
+  // Sent during the hang: answered (UNAVAILABLE), not left waiting until its own deadline.
+  auto late_client = cluster.Client(absl::Seconds(60));
+  v1::GenerateRequest small;
+  small.set_text("sent while the tier hangs");
+  small.mutable_stopping()->set_max_tokens(4);
+  auto late = late_client->GenerateAll(small);
+  const absl::Duration late_took = absl::Now() - stopped_at;
+
+  for (Stream& s : streams) s.thread.join();
+  ASSERT_TRUE(all_streaming) << cluster.Logs();
+  for (int i = 0; i < kStreams; ++i) {
+    const Stream& s = streams[i];
+    std::cout << "stream " << i << ": " << s.status << " after "
+              << absl::FormatDuration(s.ended - stopped_at) << " (" << s.tokens << " tokens)\n";
+    EXPECT_EQ(s.status.code(), absl::StatusCode::kUnavailable) << s.status << cluster.Logs();
+    EXPECT_NE(s.status.message().find("memory tier at " + cluster.memory_address()),
+              std::string::npos)
+        << s.status;
+    // One step's rows wait (plus slack for a loaded machine), never one wait per stream.
+    EXPECT_LT(s.ended - stopped_at, 2 * kRowsTimeout + absl::Seconds(2));
+  }
+  EXPECT_EQ(late.status().code(), absl::StatusCode::kUnavailable) << late.status();
+  EXPECT_LT(late_took, 2 * kRowsTimeout + absl::Seconds(2));
+
+  // Not serving while the tier hangs; new work is refused at once.
+  EXPECT_TRUE(WaitUntil([&] { return !IsServing(cluster.worker_address()); }, absl::Seconds(5)));
+  const absl::Time refused_at = absl::Now();
+  auto refused = late_client->GenerateAll(small);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable) << refused.status();
+  EXPECT_LT(absl::Now() - refused_at, absl::Seconds(1));
+  EXPECT_EQ(ScrapeMetric(cluster.worker_metrics_port(), "engram_worker_memory_tier_up"), 0);
+
+  // The tier answers again: SERVING, and requests are served.
+  cluster.SignalMemory(SIGCONT);
+  ASSERT_TRUE(WaitUntil([&] { return IsServing(cluster.worker_address()); }, absl::Seconds(30)))
+      << cluster.Logs();
+  auto again = late_client->GenerateAll(small);
+  EXPECT_TRUE(again.ok()) << again.status() << cluster.Logs();
+  EXPECT_EQ(ScrapeMetric(cluster.worker_metrics_port(), "engram_worker_memory_tier_up"), 1);
 }
 
 TEST(WorkerOutageTest, SigtermDrainsTheRunningRequestAndExits) {

@@ -13,6 +13,7 @@
 #include "common/row_format.h"
 #include "engram/v1/memory_tier.grpc.pb.h"
 #include "engram/v1/memory_tier.pb.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "memory_tier/catalog.h"
@@ -380,6 +381,65 @@ TEST_F(TierServiceTest, UnparsableRequestsAreInvalidArgument) {
   EXPECT_TRUE(client_->CheckHealth().ok());
 }
 
+// An unknown table name of 2 MiB is not echoed back whole: the error stays short.
+TEST_F(TierServiceTest, ErrorsDoNotEchoLargeInput) {
+  StartServer();
+  const std::string name(2 << 20, 'm');
+  auto r = client_->Lookup({name, 1, 0}, std::vector<uint64_t>{1});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status().message().size();
+  EXPECT_LT(r.status().message().size(), 1024u);
+  EXPECT_NE(r.status().message().find("2097152 bytes"), absl::string_view::npos);
+}
+
+// A batch_id that is already pending on the stream is refused (INVALID_ARGUMENT), not answered
+// twice; the first batch with that id gets its rows and the stream goes on.
+TEST_F(TierServiceTest, ADuplicatePendingBatchIdIsRefused) {
+  StartServer();
+  const std::string address = absl::StrCat("127.0.0.1:", server_->port());
+  std::mt19937_64 rng(7);
+  v1::PrefetchRequest big;  // the largest batch allowed: still pending when its twin is read
+  big.set_batch_id(7);
+  big.mutable_table()->set_model("testmodel");
+  big.mutable_table()->set_layer(3);
+  const std::vector<uint64_t> ids = RandomIds(rng, 5000);
+  for (uint64_t id : ids) big.add_row_ids(id);
+  v1::PrefetchRequest twin = big;
+  twin.clear_row_ids();
+  twin.add_row_ids(1);
+  v1::PrefetchRequest next;
+  next.set_batch_id(8);
+  next.mutable_table()->set_model("testmodel");
+  next.mutable_table()->set_layer(1);
+  next.add_row_ids(2);
+  testing::RawCallResult r =
+      testing::RawCall(address, "/engram.v1.MemoryTier/Prefetch",
+                       {big.SerializeAsString(), twin.SerializeAsString(), next.SerializeAsString()});
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  ASSERT_EQ(r.responses.size(), 3u);
+  int refused = 0, answered7 = 0;
+  for (const std::string& bytes : r.responses) {
+    v1::PrefetchResponse resp;
+    ASSERT_TRUE(resp.ParseFromString(bytes));
+    if (resp.batch_id() == 8) {
+      EXPECT_EQ(resp.error_code(), 0) << resp.error_message();
+      ExpectRows(1, {2}, resp.rows());
+      continue;
+    }
+    ASSERT_EQ(resp.batch_id(), 7u);
+    if (resp.error_code() != 0) {
+      ++refused;
+      EXPECT_EQ(resp.error_code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
+      EXPECT_NE(resp.error_message().find("already pending"), std::string::npos)
+          << resp.error_message();
+    } else {
+      ++answered7;
+      ExpectRows(3, ids, resp.rows());
+    }
+  }
+  EXPECT_EQ(refused, 1);
+  EXPECT_EQ(answered7, 1);
+}
+
 // A batch within max_batch_rows whose rows would not fit one response: refused up front with a
 // message naming the limit. Sent anyway, the response would fail in gRPC and, on a Prefetch
 // stream, end the stream for every other batch.
@@ -555,6 +615,25 @@ TEST_F(TierServiceTest, ACorruptRowFileIsRefusedAndTheOtherTableServed) {
   auto ok = client_->Lookup({"testmodel", 1, 0}, std::vector<uint64_t>{1, 2});
   ASSERT_TRUE(ok.ok()) << ok.status();
   ExpectRows(1, {1, 2}, ok->rows);
+  // Health tells the truth per table: the refused one is NOT_SERVING under its own name.
+  auto health = grpc::health::v1::Health::NewStub(
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", server_->port()),
+                          grpc::InsecureChannelCredentials()));
+  auto check = [&](const std::string& service) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    grpc::health::v1::HealthCheckRequest req;
+    req.set_service(service);
+    grpc::health::v1::HealthCheckResponse resp;
+    grpc::Status st = health->Check(&ctx, req, &resp);
+    return st.ok() ? static_cast<int>(resp.status()) : -static_cast<int>(st.error_code());
+  };
+  EXPECT_EQ(check("engram.v1.MemoryTier/testmodel/3"),
+            grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+  EXPECT_EQ(check("engram.v1.MemoryTier/testmodel/1"),
+            grpc::health::v1::HealthCheckResponse::SERVING);
+  EXPECT_EQ(check(TableHealthServiceName("testmodel", 1)),
+            grpc::health::v1::HealthCheckResponse::SERVING);
 }
 
 // A live version whose catalog manifest cannot be read (damaged, or written by a build with

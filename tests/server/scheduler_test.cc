@@ -490,6 +490,35 @@ TEST_F(SchedulerTest, RowsTimeoutAndUnavailableRowsFailWithUnavailable) {
   EXPECT_TRUE(again->Wait().status.ok());
 }
 
+// The rows wait of a step is bounded by rows_timeout in all, not per sequence: eight sequences
+// whose rows never come end after about one rows_timeout per step, not eight.
+TEST_F(SchedulerTest, StalledRowsOfManySequencesCostOneRowsTimeoutPerStep) {
+  SchedulerOptions o;
+  o.rows_timeout = absl::Milliseconds(500);
+  Build(o);
+  rows_->SetHold(true);
+  std::vector<std::shared_ptr<Collector>> sinks;
+  const absl::Time start = absl::Now();
+  for (int i = 0; i < 8; ++i) {
+    v1::GenerateRequest r = Request(absl::StrCat("stalled sequence ", i), 3);
+    r.set_request_id(absl::StrCat("stalled-", i));
+    sinks.push_back(std::make_shared<Collector>());
+    ASSERT_TRUE(Submit(r, sinks.back()).ok());
+  }
+  for (auto& sink : sinks) {
+    GenerateEvent last = sink->Wait();
+    EXPECT_EQ(last.status.code(), absl::StatusCode::kUnavailable) << last.status;
+    EXPECT_NE(last.status.message().find("500ms"), std::string::npos) << last.status;
+  }
+  const absl::Duration took = absl::Now() - start;
+  // At most two steps (the first request may run alone): ~1 s. Waiting per sequence took 4 s.
+  EXPECT_LT(took, absl::Milliseconds(2500)) << took;
+  rows_->SetHold(false);
+  auto again = std::make_shared<Collector>();
+  ASSERT_TRUE(Submit(Request("served after the stall", 3), again).ok());
+  EXPECT_TRUE(again->Wait().status.ok());
+}
+
 TEST_F(SchedulerTest, StopAcceptingDrainsAndStopEndsTheRest) {
   Build();
   auto sink = std::make_shared<Collector>();
