@@ -34,44 +34,6 @@ using testing_util::SyntheticRows;
 constexpr double kAtol = 0.06;
 constexpr double kRtol = 0.03;
 
-struct Golden {
-  int B = 0, L = 0, V = 0, d_mem = 0;
-  std::vector<std::vector<uint32_t>> ids;
-  std::vector<std::vector<float>> rows;  // [layer] (B, L, d_mem)
-  std::vector<float> logits;             // (B, L, V)
-  const float* Rows(int layer, int b, int t) const {
-    return &rows[layer][(size_t(b) * L + t) * d_mem];
-  }
-  const float* Logits(int b, int t) const { return &logits[(size_t(b) * L + t) * V]; }
-};
-
-Golden ReadGolden() {
-  Golden g;
-  auto file = SafetensorsFile::Open(GoldenDir() + "/golden.safetensors");
-  EXPECT_TRUE(file.ok()) << file.status();
-  if (!file.ok()) return g;
-  const TensorView* ids = (*file)->Find("input_ids");
-  const TensorView* logits = (*file)->Find("logits");
-  g.B = ids->shape[0];
-  g.L = ids->shape[1];
-  g.V = logits->shape[2];
-  for (int b = 0; b < g.B; ++b) {
-    g.ids.emplace_back();
-    for (int t = 0; t < g.L; ++t) {
-      int32_t v;
-      std::memcpy(&v, ids->data + (size_t(b) * g.L + t) * 4, 4);
-      g.ids.back().push_back(static_cast<uint32_t>(v));
-    }
-  }
-  g.logits = *TensorToF32(*logits);
-  for (int l = 0; l < 2; ++l) {
-    const TensorView* r = (*file)->Find(absl::StrCat("engram_rows.", l));
-    g.d_mem = r->shape[2];
-    g.rows.push_back(*TensorToF32(*r));
-  }
-  return g;
-}
-
 double ExpectClose(const float* got, const float* want, int V, const std::string& where) {
   int bad = 0;
   double worst = 0;
@@ -102,22 +64,19 @@ class GoldenTest : public ::testing::Test {
     auto m = LoadModelDir(GoldenDir() + "/model");
     ASSERT_TRUE(m.ok()) << m.status();
     model_ = *std::move(m);
-    golden_ = ReadGolden();
+    auto golden = testing_util::ReadBackboneGolden(2);
+    ASSERT_TRUE(golden.ok()) << golden.status();
+    golden_ = *std::move(golden);
     auto b = CudaBackbone::Create(model_->config, model_->weights, model_->module_ptrs(),
                                   SmallOptions());
     ASSERT_TRUE(b.ok()) << b.status();
     backbone_ = *std::move(b);
   }
   std::vector<std::vector<float>> RowsOf(int b, int start, int n) const {
-    std::vector<std::vector<float>> out;
-    for (size_t l = 0; l < golden_.rows.size(); ++l) {
-      const float* r = golden_.Rows(l, b, start);
-      out.emplace_back(r, r + size_t(n) * golden_.d_mem);
-    }
-    return out;
+    return golden_.RowsOf(b, start, n);
   }
   std::unique_ptr<testing_util::LoadedModel> model_;
-  Golden golden_;
+  testing_util::BackboneGolden golden_;
   std::unique_ptr<CudaBackbone> backbone_;
 };
 

@@ -25,47 +25,6 @@ using testing_util::LoadModelDir;
 constexpr float kAtol = 5e-5f;
 constexpr float kRtol = 5e-5f;
 
-struct Golden {
-  int B = 0, L = 0, V = 0, d_mem = 0;
-  std::vector<std::vector<uint32_t>> ids;  // [b][t]
-  std::vector<std::vector<float>> rows;    // [layer] (B, L, d_mem)
-  std::vector<float> logits;               // (B, L, V)
-
-  const float* Rows(int layer, int b, int t) const {
-    return &rows[layer][(size_t(b) * L + t) * d_mem];
-  }
-  const float* Logits(int b, int t) const { return &logits[(size_t(b) * L + t) * V]; }
-};
-
-Golden ReadGolden(int n_layers) {
-  Golden g;
-  auto file = SafetensorsFile::Open(GoldenDir() + "/golden.safetensors");
-  EXPECT_TRUE(file.ok()) << file.status();
-  if (!file.ok()) return g;
-  const TensorView* ids = (*file)->Find("input_ids");
-  const TensorView* logits = (*file)->Find("logits");
-  EXPECT_TRUE(ids && logits && ids->dtype == DType::kI32);
-  g.B = ids->shape[0];
-  g.L = ids->shape[1];
-  g.V = logits->shape[2];
-  for (int b = 0; b < g.B; ++b) {
-    g.ids.emplace_back();
-    for (int t = 0; t < g.L; ++t) {
-      int32_t v;
-      std::memcpy(&v, ids->data + (size_t(b) * g.L + t) * 4, 4);
-      g.ids.back().push_back(static_cast<uint32_t>(v));
-    }
-  }
-  g.logits = *TensorToF32(*logits);
-  for (int l = 0; l < n_layers; ++l) {
-    const TensorView* r = (*file)->Find(absl::StrCat("engram_rows.", l));
-    EXPECT_NE(r, nullptr);
-    g.d_mem = r->shape[2];
-    g.rows.push_back(*TensorToF32(*r));
-  }
-  return g;
-}
-
 // Compares one position's logits; reports the first few mismatches.
 void ExpectClose(const float* got, const float* want, int V, const std::string& where) {
   int bad = 0;
@@ -88,25 +47,21 @@ class BackboneGoldenTest : public ::testing::Test {
     ASSERT_TRUE(m.ok()) << m.status();
     model_ = *std::move(m);
     ASSERT_EQ(model_->modules.size(), 2u);
-    golden_ = ReadGolden(2);
+    auto golden = testing_util::ReadBackboneGolden(2);
+    ASSERT_TRUE(golden.ok()) << golden.status();
+    golden_ = *std::move(golden);
     ASSERT_EQ(golden_.V, model_->config.vocab_size);
     ASSERT_EQ(golden_.d_mem, model_->config.engram.d_mem());
     backbone_ = std::make_unique<CpuBackbone>(
         model_->config, model_->weights, model_->module_ptrs(), CpuBackboneOptions{.threads = 2});
   }
 
-  // Rows of sequence b, positions [start, start + n), every Engram layer.
   std::vector<std::vector<float>> RowsOf(int b, int start, int n) const {
-    std::vector<std::vector<float>> out;
-    for (size_t l = 0; l < golden_.rows.size(); ++l) {
-      const float* r = golden_.Rows(l, b, start);
-      out.emplace_back(r, r + size_t(n) * golden_.d_mem);
-    }
-    return out;
+    return golden_.RowsOf(b, start, n);
   }
 
   std::unique_ptr<testing_util::LoadedModel> model_;
-  Golden golden_;
+  testing_util::BackboneGolden golden_;
   std::unique_ptr<CpuBackbone> backbone_;
 };
 

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <string>
@@ -57,6 +58,60 @@ inline absl::StatusOr<std::unique_ptr<LoadedModel>> LoadModelDir(const std::stri
     m->modules.push_back(std::make_unique<EngramModule>(std::move(module)));
   }
   return m;
+}
+
+// The golden file of tests/golden/backbone (make_golden.py): input ids, the Engram rows of each
+// layer and the float64 PyTorch logits of every position.
+struct BackboneGolden {
+  int B = 0, L = 0, V = 0, d_mem = 0;
+  std::vector<std::vector<uint32_t>> ids;  // [b][t]
+  std::vector<std::vector<float>> rows;    // [layer] (B, L, d_mem)
+  std::vector<float> logits;               // (B, L, V)
+
+  const float* Rows(int layer, int b, int t) const {
+    return &rows[layer][(size_t(b) * L + t) * d_mem];
+  }
+  const float* Logits(int b, int t) const { return &logits[(size_t(b) * L + t) * V]; }
+  // Rows of sequence b, positions [start, start + n), of every Engram layer.
+  std::vector<std::vector<float>> RowsOf(int b, int start, int n) const {
+    std::vector<std::vector<float>> out;
+    for (size_t l = 0; l < rows.size(); ++l) {
+      const float* r = Rows(static_cast<int>(l), b, start);
+      out.emplace_back(r, r + size_t(n) * d_mem);
+    }
+    return out;
+  }
+};
+
+inline absl::StatusOr<BackboneGolden> ReadBackboneGolden(int n_layers) {
+  BackboneGolden g;
+  ENGRAM_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file,
+                          SafetensorsFile::Open(GoldenDir() + "/golden.safetensors"));
+  const TensorView* ids = file->Find("input_ids");
+  const TensorView* logits = file->Find("logits");
+  if (!ids || !logits || ids->dtype != DType::kI32) {
+    return absl::InvalidArgumentError("golden.safetensors lacks input_ids (i32) or logits");
+  }
+  g.B = ids->shape[0];
+  g.L = ids->shape[1];
+  g.V = logits->shape[2];
+  for (int b = 0; b < g.B; ++b) {
+    g.ids.emplace_back();
+    for (int t = 0; t < g.L; ++t) {
+      int32_t v;
+      std::memcpy(&v, ids->data + (size_t(b) * g.L + t) * 4, 4);
+      g.ids.back().push_back(static_cast<uint32_t>(v));
+    }
+  }
+  ENGRAM_ASSIGN_OR_RETURN(g.logits, TensorToF32(*logits));
+  for (int l = 0; l < n_layers; ++l) {
+    const TensorView* r = file->Find(absl::StrCat("engram_rows.", l));
+    if (r == nullptr) return absl::NotFoundError(absl::StrCat("engram_rows.", l, " is missing"));
+    g.d_mem = r->shape[2];
+    ENGRAM_ASSIGN_OR_RETURN(std::vector<float> rows, TensorToF32(*r));
+    g.rows.push_back(std::move(rows));
+  }
+  return g;
 }
 
 // Rows handed over per (item, engram layer index); errors injected per (item, layer).
