@@ -111,8 +111,9 @@ struct Run {
   uint64_t steps = 0;
 };
 
-Run Offline(const Model& model, Backbone& backbone, const std::vector<std::vector<uint32_t>>& prompts,
-            const std::vector<int>& outputs, double bandwidth, size_t weight_bytes) {
+Run Offline(const Model& model, Backbone& backbone,
+            const std::vector<std::vector<uint32_t>>& prompts, const std::vector<int>& outputs,
+            double bandwidth, size_t weight_bytes) {
   auto registry = std::make_shared<prometheus::Registry>();
   WorkerMetrics metrics(registry, model.config().engram.layer_ids);
   SchedulerOptions o;
@@ -239,12 +240,13 @@ int Main() {
       n, static_cast<long long>(r.prompt_tokens), static_cast<long long>(r.output_tokens),
       r.seconds, static_cast<unsigned long long>(r.steps), tok_s, r.failed);
   if (r.floor_seconds > 0) {
-    std::printf("workload floor (weights + KV read per step at the measured bandwidth): %.2f s, "
-                "%.1f tok/s; ratio %.3f\n",
-                r.floor_seconds, r.output_tokens / r.floor_seconds, r.floor_seconds / r.seconds);
+    std::printf(
+        "workload floor (weights + KV read per step at the measured bandwidth): %.2f s, "
+        "%.1f tok/s; ratio %.3f\n",
+        r.floor_seconds, r.output_tokens / r.floor_seconds, r.floor_seconds / r.seconds);
   }
-  std::printf("RESULT sequences=%d output_tok_s=%.1f seconds=%.2f failed=%d\n", n, tok_s,
-              r.seconds, r.failed);
+  std::printf("RESULT sequences=%d output_tok_s=%.1f seconds=%.2f failed=%d\n", n, tok_s, r.seconds,
+              r.failed);
   return r.failed == 0 ? 0 : 1;
 }
 

@@ -94,12 +94,12 @@ class PinnedBuffer {
 struct CudaBackbone::Impl {
   // ---- Weights (device) ----
   struct Layer {
-    DeviceBuffer<bf16> qkv;      // [(Nq + 2 Nkv) D, H]
-    DeviceBuffer<float> qkv_bias;  // [(Nq + 2 Nkv) D] or empty
-    DeviceBuffer<bf16> o;        // [H, Nq D]
-    DeviceBuffer<float> o_bias;  // [H] or empty
-    DeviceBuffer<bf16> gate_up;  // [2 I, H]
-    DeviceBuffer<bf16> down;     // [H, I]
+    DeviceBuffer<bf16> qkv;                     // [(Nq + 2 Nkv) D, H]
+    DeviceBuffer<float> qkv_bias;               // [(Nq + 2 Nkv) D] or empty
+    DeviceBuffer<bf16> o;                       // [H, Nq D]
+    DeviceBuffer<float> o_bias;                 // [H] or empty
+    DeviceBuffer<bf16> gate_up;                 // [2 I, H]
+    DeviceBuffer<bf16> down;                    // [H, I]
     DeviceBuffer<float> input_norm, post_norm;  // [H]
   };
   struct Engram {
@@ -197,7 +197,8 @@ struct StepShape {
 
 }  // namespace
 
-// ---- Construction ---------------------------------------------------------------------------------
+// ---- Construction
+// ---------------------------------------------------------------------------------
 
 CudaBackbone::CudaBackbone(const ModelConfig& config, const CudaBackboneOptions& options)
     : config_(config), options_(options), impl_(std::make_unique<Impl>()) {}
@@ -233,8 +234,8 @@ absl::StatusOr<DeviceBuffer<bf16>> UploadBf16(const std::vector<const Weight*>& 
     size_t count = 1;
     for (int64_t d : w->shape) count *= static_cast<size_t>(d);
     std::vector<uint16_t> bits = ToBf16Parallel(w->data, count);
-    CUDA_RETURN_IF_ERROR(
-        cudaMemcpy(out.get() + at, bits.data(), count * 2, cudaMemcpyHostToDevice), "upload");
+    CUDA_RETURN_IF_ERROR(cudaMemcpy(out.get() + at, bits.data(), count * 2, cudaMemcpyHostToDevice),
+                         "upload");
     at += count;
   }
   return out;
@@ -245,7 +246,8 @@ absl::StatusOr<DeviceBuffer<float>> UploadF32(const float* data, size_t n) {
 }
 
 // Concatenated optional biases; empty when every part is absent. Absent parts are zeros.
-absl::StatusOr<DeviceBuffer<float>> UploadBiases(const std::vector<std::pair<const Weight*, int64_t>>& parts) {
+absl::StatusOr<DeviceBuffer<float>> UploadBiases(
+    const std::vector<std::pair<const Weight*, int64_t>>& parts) {
   bool any = false;
   for (auto& [w, n] : parts) any |= !w->empty();
   if (!any) return DeviceBuffer<float>();
@@ -312,7 +314,8 @@ absl::StatusOr<std::unique_ptr<CudaBackbone>> CudaBackbone::Create(
     const LayerWeights& w = weights.layers[l];
     Impl::Layer& d = m.layers[l];
     ENGRAM_ASSIGN_OR_RETURN(d.qkv, UploadBf16({&w.q_proj, &w.k_proj, &w.v_proj}));
-    ENGRAM_ASSIGN_OR_RETURN(d.qkv_bias, UploadBiases({{&w.q_bias, Q}, {&w.k_bias, KV}, {&w.v_bias, KV}}));
+    ENGRAM_ASSIGN_OR_RETURN(d.qkv_bias,
+                            UploadBiases({{&w.q_bias, Q}, {&w.k_bias, KV}, {&w.v_bias, KV}}));
     ENGRAM_ASSIGN_OR_RETURN(d.o, UploadBf16({&w.o_proj}));
     ENGRAM_ASSIGN_OR_RETURN(d.o_bias, UploadBiases({{&w.o_bias, H}}));
     ENGRAM_ASSIGN_OR_RETURN(d.gate_up, UploadBf16({&w.gate_proj, &w.up_proj}));
@@ -335,8 +338,8 @@ absl::StatusOr<std::unique_ptr<CudaBackbone>> CudaBackbone::Create(
     vk.insert(vk.end(), w.key_proj_weight.begin(), w.key_proj_weight.begin() + H * w.d_mem);
     std::vector<uint16_t> bits = ToBf16Parallel(vk.data(), vk.size());
     ENGRAM_ASSIGN_OR_RETURN(e.vk, DeviceBuffer<bf16>::Create(bits.size()));
-    CUDA_RETURN_IF_ERROR(cudaMemcpy(e.vk.get(), bits.data(), bits.size() * 2, cudaMemcpyHostToDevice),
-                         "upload");
+    CUDA_RETURN_IF_ERROR(
+        cudaMemcpy(e.vk.get(), bits.data(), bits.size() * 2, cudaMemcpyHostToDevice), "upload");
     ENGRAM_ASSIGN_OR_RETURN(e.value_bias, UploadF32(w.value_proj_bias.data(), H));
     ENGRAM_ASSIGN_OR_RETURN(e.key_bias, UploadF32(w.key_proj_bias.data(), H));
     ENGRAM_ASSIGN_OR_RETURN(e.key_norm, UploadF32(w.key_norm_weight.data(), H));
@@ -345,13 +348,14 @@ absl::StatusOr<std::unique_ptr<CudaBackbone>> CudaBackbone::Create(
       ENGRAM_ASSIGN_OR_RETURN(e.conv_norm, UploadF32(w.conv_norm_weight.data(), H));
       ENGRAM_ASSIGN_OR_RETURN(e.conv_weight, UploadF32(w.conv_weight.data(), H * w.kernel_size));
       e.ring_rows = (w.kernel_size - 1) * w.dilation;
-      ENGRAM_ASSIGN_OR_RETURN(e.rings, DeviceBuffer<float>::Create(
-                                           static_cast<size_t>(ring_slots) * std::max(1, e.ring_rows) * H));
+      ENGRAM_ASSIGN_OR_RETURN(e.rings, DeviceBuffer<float>::Create(static_cast<size_t>(ring_slots) *
+                                                                   std::max(1, e.ring_rows) * H));
     }
     ENGRAM_RETURN_IF_ERROR(e.staging.Allocate(static_cast<size_t>(T) * e.d_mem));
     std::memset(e.staging.get(), 0, e.staging.size() * sizeof(float));
     ENGRAM_ASSIGN_OR_RETURN(e.rows, DeviceBuffer<float>::Create(static_cast<size_t>(T) * e.d_mem));
-    ENGRAM_ASSIGN_OR_RETURN(e.rows_bf16, DeviceBuffer<bf16>::Create(static_cast<size_t>(T) * e.d_mem));
+    ENGRAM_ASSIGN_OR_RETURN(e.rows_bf16,
+                            DeviceBuffer<bf16>::Create(static_cast<size_t>(T) * e.d_mem));
     ENGRAM_ASSIGN_OR_RETURN(e.normed, DeviceBuffer<float>::Create(static_cast<size_t>(T) * H));
     m.engram.push_back(std::move(e));
   }
@@ -380,10 +384,12 @@ absl::StatusOr<std::unique_ptr<CudaBackbone>> CudaBackbone::Create(
   }
   kernels::AttentionShape shape{config.num_attention_heads, config.num_key_value_heads, D,
                                 options.block_tokens, 1.0f / std::sqrt(static_cast<float>(D))};
-  ENGRAM_ASSIGN_OR_RETURN(m.attention_ws, DeviceBuffer<uint8_t>::Create(std::max<size_t>(
-                                              1, kernels::DecodeAttentionWorkspaceBytes(B, shape, 16))));
-  ENGRAM_ASSIGN_OR_RETURN(m.sample_ws, DeviceBuffer<uint8_t>::Create(std::max<size_t>(
-                                           1, kernels::SampleWorkspaceBytes(B, static_cast<int>(V)))));
+  ENGRAM_ASSIGN_OR_RETURN(m.attention_ws,
+                          DeviceBuffer<uint8_t>::Create(std::max<size_t>(
+                              1, kernels::DecodeAttentionWorkspaceBytes(B, shape, 16))));
+  ENGRAM_ASSIGN_OR_RETURN(
+      m.sample_ws, DeviceBuffer<uint8_t>::Create(
+                       std::max<size_t>(1, kernels::SampleWorkspaceBytes(B, static_cast<int>(V)))));
 
   // ---- Step metadata ----
   m.max_blocks_per_seq =
@@ -420,15 +426,16 @@ absl::StatusOr<std::unique_ptr<CudaBackbone>> CudaBackbone::Create(
   CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_bytes, &total_bytes), "cudaMemGetInfo");
   const double used = double(total_bytes - free_bytes);
   // Reserve room for cuBLASLt's and the graphs' own allocations.
-  const double budget = options.gpu_memory_fraction * double(total_bytes) - used - 256.0 * (1 << 20);
+  const double budget =
+      options.gpu_memory_fraction * double(total_bytes) - used - 256.0 * (1 << 20);
   const size_t block_bytes = size_t(L) * 2 * KV * options.block_tokens * sizeof(bf16);
   const int64_t useful = int64_t(B) * m.max_blocks_per_seq + 1;
   m.num_blocks = std::min<int64_t>(useful, budget > 0 ? int64_t(budget / block_bytes) : 0);
   if (m.num_blocks < 2) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "no room for a KV cache: the weights and activations take ", used / (1 << 20),
-        " MiB of ", total_bytes / (1 << 20), " MiB (gpu_memory_fraction ",
-        options.gpu_memory_fraction, "); lower max_step_tokens or raise the fraction"));
+        "no room for a KV cache: the weights and activations take ", used / (1 << 20), " MiB of ",
+        total_bytes / (1 << 20), " MiB (gpu_memory_fraction ", options.gpu_memory_fraction,
+        "); lower max_step_tokens or raise the fraction"));
   }
   m.kv_layer_stride = size_t(2) * m.num_blocks * KV * options.block_tokens;
   ENGRAM_ASSIGN_OR_RETURN(m.kv, DeviceBuffer<bf16>::Create(m.kv_layer_stride * L));
@@ -475,7 +482,8 @@ KvCapacity CudaBackbone::kv_capacity() const {
 
 int64_t CudaBackbone::BlocksNeeded(const SequenceState& sequence, int tokens) const {
   const auto& s = static_cast<const CudaSequenceState&>(sequence);
-  const int64_t want = (int64_t(s.position()) + tokens + options_.block_tokens - 1) / options_.block_tokens;
+  const int64_t want =
+      (int64_t(s.position()) + tokens + options_.block_tokens - 1) / options_.block_tokens;
   return std::max<int64_t>(0, want - static_cast<int64_t>(s.blocks_.size()));
 }
 
@@ -489,8 +497,8 @@ absl::Status CudaBackbone::Reserve(SequenceState& sequence, int tokens) {
   const bool needs_ring = !m.engram.empty() && m.engram.front().ring_rows > 0;
   const int64_t needed = BlocksNeeded(s, tokens);
   if (needed > static_cast<int64_t>(m.free_blocks.size())) {
-    return absl::ResourceExhaustedError(absl::StrCat("KV cache full: ", needed, " blocks needed, ",
-                                                     m.free_blocks.size(), " free"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("KV cache full: ", needed, " blocks needed, ", m.free_blocks.size(), " free"));
   }
   if (needs_ring && s.ring_slot_ < 0) {
     if (m.free_rings.empty()) {
@@ -500,9 +508,9 @@ absl::Status CudaBackbone::Reserve(SequenceState& sequence, int tokens) {
     m.free_rings.pop_back();
     for (Impl::Engram& e : m.engram) {
       const size_t n = static_cast<size_t>(e.ring_rows) * config_.hidden_size;
-      CUDA_RETURN_IF_ERROR(cudaMemsetAsync(e.rings.get() + s.ring_slot_ * n, 0, n * sizeof(float),
-                                           m.stream),
-                           "clear conv history");
+      CUDA_RETURN_IF_ERROR(
+          cudaMemsetAsync(e.rings.get() + s.ring_slot_ * n, 0, n * sizeof(float), m.stream),
+          "clear conv history");
     }
   }
   for (int64_t i = 0; i < needed; ++i) {
@@ -512,7 +520,8 @@ absl::Status CudaBackbone::Reserve(SequenceState& sequence, int tokens) {
   return absl::OkStatus();
 }
 
-// ---- The step -------------------------------------------------------------------------------------
+// ---- The step
+// -------------------------------------------------------------------------------------
 
 namespace {
 
@@ -543,9 +552,8 @@ struct Forward {
 
   // h += proj (the down projection of the last layer run), without a norm.
   absl::Status FlushResidual() {
-    return kernels::LaunchAddRmsNorm(m.h.get(), m.proj.get(), nullptr, nullptr,
-                                     config.rms_norm_eps, s.T, config.hidden_size, nullptr,
-                                     stream());
+    return kernels::LaunchAddRmsNorm(m.h.get(), m.proj.get(), nullptr, nullptr, config.rms_norm_eps,
+                                     s.T, config.hidden_size, nullptr, stream());
   }
 
   absl::Status Segment(int first, int end, bool embed, bool head) {
@@ -567,9 +575,9 @@ struct Forward {
       // The previous layer's down projection is added here, fused with this layer's norm (a
       // segment starts with nothing pending: the one before flushed it).
       const bool pending = l > first;
-      ENGRAM_RETURN_IF_ERROR(kernels::LaunchAddRmsNorm(
-          m.h.get(), pending ? m.proj.get() : nullptr, nullptr, w.input_norm.get(), eps, T, H,
-          m.xn.get(), stream()));                                                   // xn: (T, H)
+      ENGRAM_RETURN_IF_ERROR(kernels::LaunchAddRmsNorm(m.h.get(), pending ? m.proj.get() : nullptr,
+                                                       nullptr, w.input_norm.get(), eps, T, H,
+                                                       m.xn.get(), stream()));  // xn: (T, H)
       ENGRAM_RETURN_IF_ERROR(
           m.gemm->Run(m.xn.get(), w.qkv.get(), T, QKV, H, m.qkv_out.get(), stream()));  // (T, QKV)
       kernels::RopeKvAppendArgs rope;
@@ -639,9 +647,9 @@ struct Forward {
       // ---- MLP: h += down(SiLU(gate(x)) * up(x)), x = RMSNorm(h) ----
       ENGRAM_RETURN_IF_ERROR(kernels::LaunchAddRmsNorm(
           m.h.get(), m.proj.get(), w.o_bias.size() ? w.o_bias.get() : nullptr, w.post_norm.get(),
-          eps, T, H, m.xn.get(), stream()));                                          // xn: (T, H)
+          eps, T, H, m.xn.get(), stream()));  // xn: (T, H)
       ENGRAM_RETURN_IF_ERROR(m.gemm->Run(m.xn.get(), w.gate_up.get(), T, 2 * I, H,
-                                         m.gate_up_out.get(), stream()));            // (T, 2I)
+                                         m.gate_up_out.get(), stream()));  // (T, 2I)
       ENGRAM_RETURN_IF_ERROR(
           kernels::LaunchSwiGlu(m.gate_up_out.get(), T, I, m.act.get(), stream()));  // (T, I)
       ENGRAM_RETURN_IF_ERROR(
@@ -688,7 +696,7 @@ struct Forward {
     g.H = H;
     g.u = m.u.get();
     ENGRAM_RETURN_IF_ERROR(kernels::LaunchEngramGate(g, stream()));  // u: (T, H)
-    return kernels::LaunchEngramConv(ConvArgs(li), stream());  // h += Y
+    return kernels::LaunchEngramConv(ConvArgs(li), stream());        // h += Y
   }
 
   kernels::EngramConvArgs ConvArgs(int li) {
@@ -725,6 +733,16 @@ absl::Status CudaBackbone::Step(absl::Span<const BatchItem> items, EngramRowSour
   auto state = [&](size_t i) -> CudaSequenceState& {
     return static_cast<CudaSequenceState&>(*items[i].sequence);
   };
+  // The step must fit the activations sized at creation; checked before any block is taken, so a
+  // refused call changes no sequence.
+  size_t tokens_in_step = 0;
+  for (const BatchItem& item : items) tokens_in_step += item.tokens.size();
+  if (items.size() > size_t(options_.max_batch_sequences) ||
+      tokens_in_step > size_t(options_.max_step_tokens)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Step: ", items.size(), " items of ", tokens_in_step, " tokens exceed max_batch_sequences ",
+        options_.max_batch_sequences, " or max_step_tokens ", options_.max_step_tokens));
+  }
   // ---- Admission: blocks for every item that can run; order decode items first ----
   std::vector<size_t> order;  // internal item order -> index into items
   for (int pass = 0; pass < 2; ++pass) {
@@ -741,11 +759,6 @@ absl::Status CudaBackbone::Step(absl::Span<const BatchItem> items, EngramRowSour
     }
   }
   if (order.empty()) return absl::OkStatus();
-  if (order.size() > size_t(options_.max_batch_sequences)) {
-    return absl::InvalidArgumentError(absl::StrCat("Step: ", order.size(),
-                                                   " items exceed max_batch_sequences ",
-                                                   options_.max_batch_sequences));
-  }
 
   StepShape s;
   for (size_t i : order) {
@@ -757,10 +770,6 @@ absl::Status CudaBackbone::Step(absl::Span<const BatchItem> items, EngramRowSour
       s.max_q_len = std::max(s.max_q_len, n);
     }
     s.T += n;
-  }
-  if (s.T > options_.max_step_tokens) {
-    return absl::InvalidArgumentError(absl::StrCat("Step: ", s.T, " tokens exceed max_step_tokens ",
-                                                   options_.max_step_tokens));
   }
   s.B = s.Bd + s.Bp;
   // A pure decode step replays a captured graph of the smallest bucket that holds it.
@@ -828,8 +837,9 @@ absl::Status CudaBackbone::Step(absl::Span<const BatchItem> items, EngramRowSour
     for (size_t li = 0; li < m.engram.size(); ++li) {
       Impl::Engram& e = m.engram[li];
       histories[li * options_.max_batch_sequences + b] =
-          e.ring_rows > 0 ? e.rings.get() + size_t(seq.ring_slot_) * e.ring_rows * config_.hidden_size
-                          : nullptr;
+          e.ring_rows > 0
+              ? e.rings.get() + size_t(seq.ring_slot_) * e.ring_rows * config_.hidden_size
+              : nullptr;
     }
   }
   // Padding of a graph bucket: one token per padded item at position 0 in the reserved block 0.
@@ -878,10 +888,10 @@ absl::Status CudaBackbone::Step(absl::Span<const BatchItem> items, EngramRowSour
       if (failed[b]) continue;
       absl::StatusOr<EngramRows> r = rows.Locate(i, li);
       if (r.ok() && (r->where != EngramRows::Where::kHost || r->floats != size_t(n) * e.d_mem)) {
-        r = absl::InternalError(absl::StrCat("Engram row source returned ", r->floats,
-                                             r->where == EngramRows::Where::kHost ? " host" : " device",
-                                             " floats for layer ", e.layer, ", expected ",
-                                             size_t(n) * e.d_mem, " host floats"));
+        r = absl::InternalError(absl::StrCat(
+            "Engram row source returned ", r->floats,
+            r->where == EngramRows::Where::kHost ? " host" : " device", " floats for layer ",
+            e.layer, ", expected ", size_t(n) * e.d_mem, " host floats"));
       }
       if (!r.ok()) {
         out->status[i] = r.status();
@@ -892,10 +902,10 @@ absl::Status CudaBackbone::Step(absl::Span<const BatchItem> items, EngramRowSour
       std::memcpy(e.staging.get() + size_t(row_offsets[b]) * e.d_mem, r->data,
                   size_t(n) * e.d_mem * sizeof(float));
     }
-    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(e.rows.get(), e.staging.get(),
-                                         size_t(rows_total) * e.d_mem * sizeof(float),
-                                         cudaMemcpyHostToDevice, m.stream),
-                         "Engram rows to the device");
+    CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(e.rows.get(), e.staging.get(), size_t(rows_total) * e.d_mem * sizeof(float),
+                        cudaMemcpyHostToDevice, m.stream),
+        "Engram rows to the device");
     return fwd.Engram(li);
   };
 

@@ -49,8 +49,8 @@ class DeviceBuffer {
     if (err != cudaSuccess) {
       cudaGetLastError();  // clear the sticky-free error state of a failed allocation
       b.data_ = nullptr;
-      return absl::ResourceExhaustedError(absl::StrCat("cudaMalloc of ", n * sizeof(T),
-                                                       " bytes: ", cudaGetErrorString(err)));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("cudaMalloc of ", n * sizeof(T), " bytes: ", cudaGetErrorString(err)));
     }
     b.size_ = n;
     return b;
@@ -71,14 +71,17 @@ class DeviceBuffer {
 
   // Synchronous copies of the first host.size() elements.
   absl::Status Upload(absl::Span<const T> host) {
-    if (host.size() > size_) return absl::OutOfRangeError("DeviceBuffer::Upload: too many elements");
-    return CudaStatus(cudaMemcpy(data_, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice),
-                      "DeviceBuffer upload");
+    if (host.size() > size_)
+      return absl::OutOfRangeError("DeviceBuffer::Upload: too many elements");
+    return CudaStatus(
+        cudaMemcpy(data_, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice),
+        "DeviceBuffer upload");
   }
   absl::StatusOr<std::vector<T>> Download() const {
     std::vector<T> host(size_);
-    absl::Status st = CudaStatus(
-        cudaMemcpy(host.data(), data_, size_ * sizeof(T), cudaMemcpyDeviceToHost), "DeviceBuffer download");
+    absl::Status st =
+        CudaStatus(cudaMemcpy(host.data(), data_, size_ * sizeof(T), cudaMemcpyDeviceToHost),
+                   "DeviceBuffer download");
     if (!st.ok()) return st;
     return host;
   }

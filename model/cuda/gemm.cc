@@ -8,13 +8,14 @@ namespace {
 absl::Status LtStatus(cublasStatus_t st, absl::string_view what) {
   if (st == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
   // cublasGetStatusName lives in libcublas, which the backbone does not otherwise need.
-  return absl::InternalError(absl::StrCat("cuBLASLt ", what, ": cublasStatus_t ", static_cast<int>(st)));
+  return absl::InternalError(
+      absl::StrCat("cuBLASLt ", what, ": cublasStatus_t ", static_cast<int>(st)));
 }
 
-#define LT_RETURN_IF_ERROR(expr, what)                      \
-  do {                                                      \
-    absl::Status lt_status = LtStatus((expr), (what));      \
-    if (!lt_status.ok()) return lt_status;                  \
+#define LT_RETURN_IF_ERROR(expr, what)                 \
+  do {                                                 \
+    absl::Status lt_status = LtStatus((expr), (what)); \
+    if (!lt_status.ok()) return lt_status;             \
   } while (false)
 
 }  // namespace
@@ -55,11 +56,11 @@ absl::StatusOr<const Gemm::Plan*> Gemm::PlanFor(int T, int N, int K) {
   LT_RETURN_IF_ERROR(cublasLtMatmulDescCreate(&plan->op, CUBLAS_COMPUTE_32F, CUDA_R_32F),
                      "matmul desc");
   const cublasOperation_t trans_a = CUBLAS_OP_T, trans_b = CUBLAS_OP_N;
-  LT_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSA,
-                                                    &trans_a, sizeof(trans_a)),
+  LT_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a,
+                                                    sizeof(trans_a)),
                      "transa");
-  LT_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSB,
-                                                    &trans_b, sizeof(trans_b)),
+  LT_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSB, &trans_b,
+                                                    sizeof(trans_b)),
                      "transb");
   LT_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan->a, CUDA_R_16BF, K, N, K), "layout a");
   LT_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan->b, CUDA_R_16BF, K, T, K), "layout b");

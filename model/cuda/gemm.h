@@ -28,8 +28,8 @@ class Gemm {
   Gemm& operator=(const Gemm&) = delete;
 
   // out[T, N] = x[T, K] . w[N, K]^T, all row-major; out is overwritten. T may be 0 (no-op).
-  absl::Status Run(const __nv_bfloat16* x, const __nv_bfloat16* w, int T, int N, int K,
-                   float* out, cudaStream_t stream);
+  absl::Status Run(const __nv_bfloat16* x, const __nv_bfloat16* w, int T, int N, int K, float* out,
+                   cudaStream_t stream);
 
  private:
   struct Plan;

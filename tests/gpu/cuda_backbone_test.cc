@@ -6,6 +6,8 @@
 //   - greedy continuations equal the CPU backend's;
 //   - a sequence's greedy output does not depend on its batch-mates, on prefill chunking or on
 //     CUDA-graph replay.
+#include "model/cuda/cuda_backbone.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -16,7 +18,6 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "model/cpu_backbone.h"
-#include "model/cuda/cuda_backbone.h"
 #include "model/sampler.h"
 #include "tests/model/test_util.h"
 
@@ -205,7 +206,8 @@ std::vector<uint32_t> Greedy(Backbone& backbone, int d_mem, int layers,
 // Tokens must agree up to the first step where the reference's top-2 margin is within what bf16
 // can flip (then the continuations may legitimately part).
 void ExpectSameGreedy(const std::vector<uint32_t>& want, const std::vector<float>& margins,
-                      const std::vector<uint32_t>& got, float flip_margin, const std::string& what) {
+                      const std::vector<uint32_t>& got, float flip_margin,
+                      const std::string& what) {
   for (size_t t = 0; t < want.size(); ++t) {
     if (margins[t] < flip_margin) {
       std::printf("%s: stopped comparing at token %zu (top-2 margin %.4f)\n", what.c_str(), t,
