@@ -35,6 +35,8 @@ ABSL_FLAG(uint32_t, dram_ways, 8, "ways per set of DRAM cache arenas");
 ABSL_FLAG(bool, huge_pages, true, "madvise(MADV_HUGEPAGE) on the arenas");
 ABSL_FLAG(bool, mlock, true, "lock the arenas in memory where allowed");
 ABSL_FLAG(std::string, shm_prefix, "engram", "prefix of the shared-memory names");
+ABSL_FLAG(std::string, shm_mode, "0640",
+          "permission bits of the arenas: 0640 (tier user + group) or 0600 (tier user only)");
 ABSL_FLAG(std::string, io_backend, "uring", "cold-tier I/O: uring or pread");
 ABSL_FLAG(int, io_depth, 64, "NVMe reads in flight per reader");
 ABSL_FLAG(uint32_t, max_read_bytes, 32768, "largest merged read, a multiple of 4096");
@@ -79,6 +81,7 @@ absl::StatusOr<TierConfig> BuildConfig() {
   if (Given("huge_pages")) c.dram.huge_pages = absl::GetFlag(FLAGS_huge_pages);
   if (Given("mlock")) c.dram.lock = absl::GetFlag(FLAGS_mlock);
   if (Given("shm_prefix")) c.dram.shm_prefix = absl::GetFlag(FLAGS_shm_prefix);
+  if (Given("shm_mode")) c.dram.shm_mode = absl::GetFlag(FLAGS_shm_mode);
   if (Given("io_backend")) c.nvme.io_backend = absl::GetFlag(FLAGS_io_backend);
   if (Given("io_depth")) c.nvme.io_depth = absl::GetFlag(FLAGS_io_depth);
   if (Given("max_read_bytes")) c.nvme.max_read_bytes = absl::GetFlag(FLAGS_max_read_bytes);

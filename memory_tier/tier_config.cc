@@ -33,6 +33,7 @@ void VisitFields(Config& c, F&& f) {
   f("dram", "huge_pages", &c.dram.huge_pages);
   f("dram", "lock", &c.dram.lock);
   f("dram", "shm_prefix", &c.dram.shm_prefix);
+  f("dram", "shm_mode", &c.dram.shm_mode);
   f("nvme", "io_backend", &c.nvme.io_backend);
   f("nvme", "io_depth", &c.nvme.io_depth);
   f("nvme", "max_read_bytes", &c.nvme.max_read_bytes);
@@ -126,6 +127,9 @@ absl::Status TierConfig::Validate() const {
   }
   if (server.drain_timeout_s < 0) return Bad("server.drain_timeout_s", "must be >= 0");
   if (dram.ways < 1 || dram.ways > 64) return Bad("dram.ways", "must be in [1, 64]");
+  if (dram.shm_mode != "0600" && dram.shm_mode != "0640") {
+    return Bad("dram.shm_mode", "must be \"0600\" or \"0640\"");
+  }
   if (dram.shm_prefix.empty() || dram.shm_prefix.find('/') != std::string::npos) {
     return Bad("dram.shm_prefix", "must be non-empty and contain no '/'");
   }

@@ -61,6 +61,10 @@ struct TierConfig {
     // Prefix of the shared-memory names: /<prefix>-<store hash>-<model>-L<layer>-v<version>.
     // Default "engram".
     std::string shm_prefix = "engram";
+    // Permission bits of the arenas, "0640" (the tier's user writes, its group -- the workers,
+    // which run with the tier's group -- maps read-only) or "0600" (the tier's user only; workers
+    // must then run as that user). Set exactly, whatever the umask. Default "0640".
+    std::string shm_mode = "0640";
   } dram;
 
   struct Nvme {
