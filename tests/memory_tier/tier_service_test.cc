@@ -18,6 +18,7 @@
 #include "gtest/gtest.h"
 #include "memory_tier/catalog.h"
 #include "memory_tier/importer.h"
+#include "memory_tier/memory_tier_service.h"
 #include "memory_tier/table_set.h"
 #include "memory_tier/tier_client.h"
 #include "memory_tier/tier_server.h"
@@ -281,6 +282,63 @@ TEST_F(TierServiceTest, CoLocatedClientReadsTheArenaAndReportsItsHits) {
   ASSERT_TRUE(metrics.ok()) << metrics.status();
   EXPECT_NE(metrics->find("engram_tier_rows_served_total{tier=\"arena\"} 200"), std::string::npos)
       << metrics->substr(0, 2000);
+}
+
+// The repro of "the tier is an open door": one Prefetch message reporting 300,000 arena hits of
+// row 5 must not make row 5 the hottest row. Hits are validated (a row id out of range is
+// INVALID_ARGUMENT naming it) and credited within the stream's budget: a row at most
+// kArenaHitsPerRow times per message, no more hits than the stream's credit; the rest are dropped
+// and counted.
+TEST_F(TierServiceTest, ArenaHitsAreValidatedAndBudgetedPerStream) {
+  TierConfig config = Config();
+  config.server.max_batch_rows = 400000;  // the 300,000 hits pass the size limit: the budget acts
+  StartServer(config);
+  // Real traffic: row 50 of layer 1 looked up 1,000 times.
+  ASSERT_TRUE(client_->Lookup({"testmodel", 1, 0}, std::vector<uint64_t>(1000, 50)).ok());
+  auto stream = client_->OpenPrefetchStream({});
+  ASSERT_TRUE(stream.ok());
+  PrefetchBatch flood{.batch_id = 1, .table = {"testmodel", 1, 0}};
+  flood.arena_hits.assign(300000, 5);
+  PrefetchResult r = (*stream)->SendAsync(flood).get();
+  EXPECT_TRUE(r.status.ok()) << r.status;  // over budget is dropped, not an error
+  // An id out of range for the table is refused, naming it; the stream goes on.
+  PrefetchBatch bad{.batch_id = 2, .table = {"testmodel", 1, 0}};
+  bad.arena_hits = {7, rows_};
+  r = (*stream)->SendAsync(bad).get();
+  EXPECT_EQ(r.status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status.message().find(absl::StrCat("arena_hits[1] = ", rows_)), std::string::npos)
+      << r.status;
+  EXPECT_NE(r.status.message().find("out of range"), std::string::npos) << r.status;
+  // The stream's credit (kArenaHitAllowance, minus the 256 of row 5) caps the next report.
+  PrefetchBatch many{.batch_id = 3, .table = {"testmodel", 1, 0}};
+  for (uint64_t i = 0; i < 5000; ++i) many.arena_hits.push_back(100 + i % 200);
+  r = (*stream)->SendAsync(many).get();
+  EXPECT_TRUE(r.status.ok()) << r.status;
+  ASSERT_TRUE((*stream)->Finish().ok());
+  for (auto& t : server_->tables()->tables()) t->store->Flush();
+
+  auto stats = client_->Stats(3);
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  bool found = false;
+  for (const auto& t : stats->tables()) {
+    if (t.table().layer() != 1) continue;
+    found = true;
+    ASSERT_GE(t.hottest_size(), 1);
+    EXPECT_EQ(t.hottest(0).row_id(), 50u) << "the flood made row " << t.hottest(0).row_id()
+                                          << " the hottest";
+    for (const auto& h : t.hottest()) {
+      if (h.row_id() == 5) EXPECT_LE(h.count(), MemoryTierService::kArenaHitsPerRow + 0.5);
+    }
+  }
+  EXPECT_TRUE(found);
+  const double credited_second = MemoryTierService::kArenaHitAllowance -
+                                 MemoryTierService::kArenaHitsPerRow;
+  auto metrics = testing::HttpGet(server_->metrics_port(), "/metrics");
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  EXPECT_EQ(testing::MetricValue(*metrics, "engram_arena_hits_dropped_total"),
+            (300000 - MemoryTierService::kArenaHitsPerRow) + (5000 - credited_second));
+  EXPECT_EQ(testing::MetricValue(*metrics, "engram_tier_rows_served_total{tier=\"arena\"}"),
+            MemoryTierService::kArenaHitAllowance);
 }
 
 TEST_F(TierServiceTest, BadInputGetsClearErrorsAndTheStreamGoesOn) {
