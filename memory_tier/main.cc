@@ -49,6 +49,11 @@ ABSL_FLAG(bool, promote, true, "promote NVMe rows into DRAM cache arenas");
 ABSL_FLAG(double, half_life_s, 3600, "half-life of the access statistics, seconds");
 ABSL_FLAG(double, stats_flush_interval_s, 60, "seconds between persisting statistics");
 ABSL_FLAG(double, drain_timeout_s, 10, "seconds in-flight work may take on SIGTERM");
+ABSL_FLAG(bool, reflection, true, "serve gRPC reflection (for grpcurl)");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate (chain) of the gRPC port; enables TLS");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls-cert");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA of the workers' client certificates: clients without one are refused (mTLS)");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error");
 
 namespace engram {
@@ -95,6 +100,10 @@ absl::StatusOr<TierConfig> BuildConfig() {
   if (Given("stats_flush_interval_s")) {
     c.placement.stats_flush_interval_s = absl::GetFlag(FLAGS_stats_flush_interval_s);
   }
+  if (Given("reflection")) c.server.reflection = absl::GetFlag(FLAGS_reflection);
+  if (Given("tls_cert")) c.server.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  if (Given("tls_key")) c.server.tls_key = absl::GetFlag(FLAGS_tls_key);
+  if (Given("tls_client_ca")) c.server.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
   if (Given("drain_timeout_s")) c.server.drain_timeout_s = absl::GetFlag(FLAGS_drain_timeout_s);
   ENGRAM_RETURN_IF_ERROR(c.Validate());
   return c;

@@ -36,6 +36,15 @@ struct TierConfig {
     int64_t max_message_bytes = 256ll << 20;
     // SIGTERM: how long in-flight work may take before streams are cancelled, s. Default 10.
     double drain_timeout_s = 10;
+    // gRPC server reflection (grpc.reflection.v1alpha, for grpcurl). Default true
+    // (docs/decisions.md, "Reflection stays on by default").
+    bool reflection = true;
+    // TLS of the gRPC port (PEM paths): certificate + key, and optionally the CA that signs the
+    // workers' client certificates (then a client without one is refused: mutual TLS). Empty =
+    // plaintext. Flags --tls-cert, --tls-key, --tls-client-ca. Default "" (plaintext).
+    std::string tls_cert;
+    std::string tls_key;
+    std::string tls_client_ca;
   } server;
 
   struct Store {
