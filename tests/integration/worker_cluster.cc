@@ -189,7 +189,9 @@ absl::Status WorkerCluster::StartWorker(const ClusterOptions& options) {
   worker_address_ = absl::StrCat("127.0.0.1:", (*ports)["grpc"].get<int>());
   worker_metrics_port_ = (*ports)["metrics"].get<int>();
   worker_http_port_ = (*ports)["http"].get<int>();
-  if (!WaitUntil([&] { return IsServing(worker_address_) || !worker_->running(); },
+  if (!WaitUntil([&] {
+        return IsServing(worker_address_, options.worker_credentials) || !worker_->running();
+      },
                  absl::Seconds(60)) ||
       !worker_->running()) {
     return absl::UnavailableError(absl::StrCat("engram-worker did not become SERVING:\n", Logs()));

@@ -43,6 +43,9 @@ struct ClusterOptions {
   // How the cluster checks engram-memory's health (e.g. TLS credentials with a client certificate
   // when memory_flags turn on mutual TLS). Null = plaintext.
   std::shared_ptr<grpc::ChannelCredentials> memory_credentials;
+  // Likewise for the worker's health (worker_flags with --tls-cert). Null = plaintext; Client()
+  // is always plaintext.
+  std::shared_ptr<grpc::ChannelCredentials> worker_credentials;
 };
 
 class WorkerCluster {

@@ -177,6 +177,28 @@ TEST(WorkerOutageTest, WorkerTalksToTheTierOverMutualTls) {
   EXPECT_FALSE(IsServing(cluster.memory_address(), *no_cert));
 }
 
+// The worker's own gRPC port over TLS (--tls-cert/--tls-key): a client trusting the CA is served
+// (health SERVING), a plaintext client is not; with --tls-client-ca a TLS client without a client
+// certificate is refused too.
+TEST(WorkerOutageTest, WorkerServesItsGrpcPortOverTls) {
+  testing::TempDir pki_dir;
+  testing::TestPki pki;
+  ASSERT_TRUE(testing::MakeTestPki(pki_dir.path(), &pki));
+  auto ca_only = MakeChannelCredentials({pki.ca, "", ""});
+  auto with_cert = MakeChannelCredentials({pki.ca, pki.client_cert, pki.client_key});
+  ASSERT_TRUE(ca_only.ok() && with_cert.ok());
+  ClusterOptions options;
+  options.worker_flags = {"--tls-cert", pki.server_cert, "--tls-key", pki.server_key,
+                          "--tls-client-ca", pki.ca};
+  options.worker_credentials = *with_cert;
+  auto started = WorkerCluster::Start(options);
+  ASSERT_TRUE(started.ok()) << started.status();
+  const std::string& worker = (*started)->worker_address();
+  EXPECT_TRUE(IsServing(worker, *with_cert));
+  EXPECT_FALSE(IsServing(worker));            // plaintext
+  EXPECT_FALSE(IsServing(worker, *ca_only));  // TLS without a client certificate
+}
+
 // A hung tier (SIGSTOP: the connection stays open, nothing answers) must not freeze the worker.
 // Eight streams wait for rows in one step: the step's rows wait is bounded by --rows-timeout in
 // all (not once per sequence), every stream ends with UNAVAILABLE naming the tier, a request sent

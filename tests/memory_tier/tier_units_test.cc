@@ -123,6 +123,27 @@ TEST(TierConfigTest, MergesJsonValidatesAndParsesSizes) {
   EXPECT_FALSE(ParseByteSize("G").ok());
 }
 
+// The security keys: reflection and TLS from JSON (the flags set the same fields), defaults, and
+// the pairs that must be given together.
+TEST(TierConfigTest, ReflectionAndTlsKeys) {
+  TierConfig c;
+  c.store.dir = "/tmp";
+  EXPECT_TRUE(c.server.reflection);
+  EXPECT_TRUE(c.server.tls_cert.empty());
+  EXPECT_EQ(c.dram.shm_mode, "0640");
+  ASSERT_TRUE(c.MergeJson(nlohmann::json::parse(R"({"server": {"reflection": false,
+      "tls_cert": "/tls/s.crt", "tls_key": "/tls/s.key", "tls_client_ca": "/tls/ca.crt"},
+      "dram": {"shm_mode": "0600"}})")).ok());
+  EXPECT_FALSE(c.server.reflection);
+  EXPECT_EQ(c.server.tls_client_ca, "/tls/ca.crt");
+  EXPECT_TRUE(c.Validate().ok()) << c.Validate();
+  EXPECT_EQ(c.ToJson()["server"]["tls_key"], "/tls/s.key");
+  c.server.tls_cert.clear();
+  EXPECT_NE(c.Validate().message().find("--tls-cert and --tls-key"), absl::string_view::npos);
+  c.server.tls_key.clear();
+  EXPECT_NE(c.Validate().message().find("--tls-client-ca needs"), absl::string_view::npos);
+}
+
 TEST(BatchSchedulerTest, EarlierLayersRunFirstThenArrivalOrder) {
   std::vector<std::pair<uint32_t, int>> ran;
   absl::Mutex mu;
