@@ -1,7 +1,5 @@
 #include "common/metrics_server.h"
 
-#include <unistd.h>
-
 #include <condition_variable>
 #include <deque>
 #include <mutex>
