@@ -1,5 +1,10 @@
 #include "common/metrics_server.h"
 
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <vector>
+
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/process_metrics.h"
@@ -7,6 +12,58 @@
 #include "prometheus/text_serializer.h"
 
 namespace engram {
+namespace {
+
+// A fixed pool of `threads` serving accepted connections newest first. cpp-httplib 0.11's
+// ThreadPool serves in arrival order, so clients that connect and send nothing (each holds a thread
+// until the keep-alive timeout closes it) would delay a real scrape behind all of them. Here the
+// newest connection is served by the next free thread; older idle ones wait (an fd each) and are
+// closed by the keep-alive timeout once a thread takes them. (httplib 0.11 gives no way to close a
+// queued connection unserved: its per-connection handler is private.)
+class LifoPool : public httplib::TaskQueue {
+ public:
+  explicit LifoPool(size_t threads) {
+    for (size_t i = 0; i < threads; ++i) threads_.emplace_back([this] { Work(); });
+  }
+  void enqueue(std::function<void()> fn) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      jobs_.push_back(std::move(fn));
+    }
+    cv_.notify_one();
+  }
+  void shutdown() override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+
+ private:
+  void Work() {
+    for (;;) {
+      std::function<void()> fn;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [this] { return stop_ || !jobs_.empty(); });
+        if (jobs_.empty()) return;  // stopping, nothing left
+        fn = std::move(jobs_.back());
+        jobs_.pop_back();
+      }
+      fn();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> jobs_;
+  bool stop_ = false;
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace
 
 std::string RenderMetrics(prometheus::Registry& registry) {
   prometheus::TextSerializer serializer;
@@ -42,6 +99,16 @@ MetricsServer::~MetricsServer() { Stop(); }
 
 absl::Status MetricsServer::Start(const std::string& host, int port) {
   server_ = std::make_unique<httplib::Server>();
+  // A scraper sends its request at once and reads the answer promptly: a connection idle for the
+  // keep-alive timeout, or stalled mid-request/response for the read/write timeout, is closed, so
+  // a slow or silent client holds one of the kMetricsThreads for at most a few seconds.
+  server_->set_keep_alive_timeout(kMetricsKeepAliveTimeoutS);
+  server_->set_read_timeout(kMetricsReadTimeoutS, 0);
+  server_->set_write_timeout(kMetricsWriteTimeoutS, 0);
+  server_->set_keep_alive_max_count(10);
+  server_->new_task_queue = [] {
+    return new LifoPool(kMetricsThreads);
+  };
   // cpp-httplib's default socket options add SO_REUSEPORT, which lets a second process bind a
   // metrics port that is already in use and silently split the scrapes between the two. Keep only
   // SO_REUSEADDR (restart without waiting for TIME_WAIT), so a taken port is an error at start.

@@ -29,6 +29,15 @@ namespace engram {
 
 class ProcessMetrics;
 
+// Bounds of the /metrics HTTP server against slow or silent clients (docs/operations.md, "Threat
+// model"): kMetricsThreads threads serve connections, newest first (a real scrape does not wait
+// behind idle connections). A connection that sends no request for kMetricsKeepAliveTimeoutS, or
+// stalls a read or write for the read/write timeout, is closed.
+inline constexpr size_t kMetricsThreads = 4;
+inline constexpr int kMetricsKeepAliveTimeoutS = 2;
+inline constexpr int kMetricsReadTimeoutS = 2;
+inline constexpr int kMetricsWriteTimeoutS = 5;
+
 class MetricsServer {
  public:
   explicit MetricsServer(std::shared_ptr<prometheus::Registry> registry);

@@ -90,10 +90,21 @@ absl::StatusOr<std::unique_ptr<SharedArena>> SharedArena::Create(const CreateOpt
   }
   // A stale object of a crashed run has the same name: replace it. Clients that still map it keep
   // their (now retired) mapping.
+  if (o.mode != 0600 && o.mode != 0640) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("arena ", o.shm_name, ": mode must be 0600 or 0640, not 0", absl::Hex(o.mode)));
+  }
   shm_unlink(o.shm_name.c_str());
-  int fd = shm_open(o.shm_name.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0644);
+  // Created 0600 (the umask can only remove bits), then set to exactly o.mode with fchmod before
+  // any row is written: no moment where the object is readable by others.
+  int fd = shm_open(o.shm_name.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
   if (fd < 0) return PosixError("cannot create shared memory", o.shm_name, errno);
   ScopedFd owned(fd);
+  if (fchmod(fd, static_cast<mode_t>(o.mode)) != 0) {
+    const int e = errno;
+    shm_unlink(o.shm_name.c_str());
+    return PosixError("cannot set the mode of shared memory", o.shm_name, e);
+  }
   auto arena = std::unique_ptr<SharedArena>(new SharedArena());
   arena->shm_name_ = o.shm_name;
   arena->owner_ = true;

@@ -127,6 +127,10 @@ class SharedArena {
     std::string model;
     bool huge_pages = true;  // madvise(MADV_HUGEPAGE)
     bool lock = true;        // mlock, best effort
+    // Permission bits of the object, exactly (set with fchmod, whatever the umask): 0640 lets
+    // workers of the tier's group map it read-only, 0600 only the tier's user. Nothing else is
+    // accepted: an arena is never writable by others nor readable by everyone.
+    uint32_t mode = 0640;
   };
   // Creates (replacing a stale object of the same name), sizes with posix_fallocate so a full
   // /dev/shm fails here and not later with SIGBUS, maps, writes the header (state loading).

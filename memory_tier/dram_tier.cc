@@ -25,6 +25,7 @@ absl::StatusOr<std::unique_ptr<DramTier>> DramTier::Create(const Options& o, uin
   co.layer = o.layer;
   co.model = o.model;
   co.huge_pages = o.huge_pages;
+  co.mode = o.shm_mode;
   co.lock = o.lock;
   ENGRAM_ASSIGN_OR_RETURN(auto arena, SharedArena::Create(co));
   auto tier = std::unique_ptr<DramTier>(new DramTier());

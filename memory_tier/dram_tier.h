@@ -28,6 +28,7 @@ class DramTier : public Tier {
     uint64_t budget_bytes = 0;  // the arena's size limit
     uint32_t ways = 8;          // cache associativity
     bool huge_pages = true;
+    uint32_t shm_mode = 0640;  // permission bits of the arena (SharedArena::CreateOptions::mode)
     bool lock = true;
     std::string model;
     uint32_t layer = 0;

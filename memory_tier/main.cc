@@ -35,6 +35,8 @@ ABSL_FLAG(uint32_t, dram_ways, 8, "ways per set of DRAM cache arenas");
 ABSL_FLAG(bool, huge_pages, true, "madvise(MADV_HUGEPAGE) on the arenas");
 ABSL_FLAG(bool, mlock, true, "lock the arenas in memory where allowed");
 ABSL_FLAG(std::string, shm_prefix, "engram", "prefix of the shared-memory names");
+ABSL_FLAG(std::string, shm_mode, "0640",
+          "permission bits of the arenas: 0640 (tier user + group) or 0600 (tier user only)");
 ABSL_FLAG(std::string, io_backend, "uring", "cold-tier I/O: uring or pread");
 ABSL_FLAG(int, io_depth, 64, "NVMe reads in flight per reader");
 ABSL_FLAG(uint32_t, max_read_bytes, 32768, "largest merged read, a multiple of 4096");
@@ -47,6 +49,11 @@ ABSL_FLAG(bool, promote, true, "promote NVMe rows into DRAM cache arenas");
 ABSL_FLAG(double, half_life_s, 3600, "half-life of the access statistics, seconds");
 ABSL_FLAG(double, stats_flush_interval_s, 60, "seconds between persisting statistics");
 ABSL_FLAG(double, drain_timeout_s, 10, "seconds in-flight work may take on SIGTERM");
+ABSL_FLAG(bool, reflection, true, "serve gRPC reflection (for grpcurl)");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate (chain) of the gRPC port; enables TLS");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls-cert");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA of the workers' client certificates: clients without one are refused (mTLS)");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error");
 
 namespace engram {
@@ -79,6 +86,7 @@ absl::StatusOr<TierConfig> BuildConfig() {
   if (Given("huge_pages")) c.dram.huge_pages = absl::GetFlag(FLAGS_huge_pages);
   if (Given("mlock")) c.dram.lock = absl::GetFlag(FLAGS_mlock);
   if (Given("shm_prefix")) c.dram.shm_prefix = absl::GetFlag(FLAGS_shm_prefix);
+  if (Given("shm_mode")) c.dram.shm_mode = absl::GetFlag(FLAGS_shm_mode);
   if (Given("io_backend")) c.nvme.io_backend = absl::GetFlag(FLAGS_io_backend);
   if (Given("io_depth")) c.nvme.io_depth = absl::GetFlag(FLAGS_io_depth);
   if (Given("max_read_bytes")) c.nvme.max_read_bytes = absl::GetFlag(FLAGS_max_read_bytes);
@@ -92,6 +100,10 @@ absl::StatusOr<TierConfig> BuildConfig() {
   if (Given("stats_flush_interval_s")) {
     c.placement.stats_flush_interval_s = absl::GetFlag(FLAGS_stats_flush_interval_s);
   }
+  if (Given("reflection")) c.server.reflection = absl::GetFlag(FLAGS_reflection);
+  if (Given("tls_cert")) c.server.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  if (Given("tls_key")) c.server.tls_key = absl::GetFlag(FLAGS_tls_key);
+  if (Given("tls_client_ca")) c.server.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
   if (Given("drain_timeout_s")) c.server.drain_timeout_s = absl::GetFlag(FLAGS_drain_timeout_s);
   ENGRAM_RETURN_IF_ERROR(c.Validate());
   return c;

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <deque>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "common/grpc_message.h"
@@ -80,7 +81,12 @@ class PrefetchReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::B
       MaybeFinish();
       return;
     }
-    service_->RecordArenaHits(*request);
+    // Rows asked for earn arena-hit credit (the read chain alone touches arena_hit_credit_).
+    arena_hit_credit_ =
+        std::min(MemoryTierService::kArenaHitCreditMax,
+                 arena_hit_credit_ + MemoryTierService::kArenaHitsPerAskedRow *
+                                         static_cast<uint64_t>(request->row_ids().size()));
+    absl::Status hits = service_->RecordArenaHits(*request, &arena_hit_credit_);
     // A batch_id already pending on this stream would be answered twice: refuse the second.
     bool duplicate;
     {
@@ -91,6 +97,7 @@ class PrefetchReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::B
         duplicate ? absl::InvalidArgumentError(absl::StrCat(
                         "batch_id ", request->batch_id(),
                         " is already pending on this stream; batch ids must be unique"))
+        : !hits.ok() ? absl::StatusOr<ServedTable*>(hits)
         : request->row_ids().empty()
             ? absl::StatusOr<ServedTable*>(nullptr)
             : service_->Admit(request->table(), request->row_ids().size());
@@ -298,6 +305,8 @@ class PrefetchReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::B
   // Threads in OnReadDone or about to restart reading: Finish() waits for them.
   int read_chain_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t unsent_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  // Arena hits this stream may still credit (only the read chain touches it).
+  uint64_t arena_hit_credit_ = MemoryTierService::kArenaHitAllowance;
   bool paused_ ABSL_GUARDED_BY(mu_) = false;  // not reading the client: too much unsent
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
@@ -403,20 +412,52 @@ absl::Status MemoryTierService::RunBatch(
   return absl::OkStatus();
 }
 
-void MemoryTierService::RecordArenaHits(const v1::PrefetchRequest& request) {
-  if (request.arena_hits().empty()) return;
+absl::Status MemoryTierService::RecordArenaHits(const v1::PrefetchRequest& request,
+                                                uint64_t* credit) {
+  if (request.arena_hits().empty()) return absl::OkStatus();
   TableSet* tables = tables_.load();
-  if (tables == nullptr) return;
+  if (tables == nullptr) return absl::OkStatus();
   const v1::TableRef& ref =
       request.has_arena_hits_table() ? request.arena_hits_table() : request.table();
   auto table = tables->Resolve(ref.model(), ref.layer(), 0);
-  if (!table.ok()) return;
-  (*table)->store->RecordExternalHits(
-      absl::MakeConstSpan(request.arena_hits().data(), request.arena_hits().size()));
+  if (!table.ok()) return absl::OkStatus();  // e.g. a table version just retired: statistics only
+  const auto& hits = request.arena_hits();
+  if (static_cast<uint64_t>(hits.size()) > options_.max_batch_rows) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        hits.size(), " arena_hits exceed the limit of ", options_.max_batch_rows,
+        " (max_batch_rows)"));
+  }
+  const uint64_t rows = (*table)->manifest.layout.rows;
+  for (int i = 0; i < hits.size(); ++i) {
+    if (hits[i] >= rows) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "arena_hits[", i, "] = ", hits[i], " is out of range for table ", (*table)->label,
+          " (", rows, " rows)"));
+    }
+  }
+  // The budget: a row at most kArenaHitsPerRow times per message, and no more hits than the
+  // stream's credit. The rest are dropped (counted), not an error: a worker is never failed for
+  // reporting.
+  std::vector<uint64_t> credited;
+  credited.reserve(std::min<uint64_t>(hits.size(), *credit));
+  absl::flat_hash_map<uint64_t, uint32_t> per_row;
+  for (uint64_t id : hits) {
+    if (credited.size() >= *credit) break;
+    uint32_t& n = per_row[id];
+    if (n >= kArenaHitsPerRow) continue;
+    ++n;
+    credited.push_back(id);
+  }
+  *credit -= credited.size();
+  const uint64_t dropped = static_cast<uint64_t>(hits.size()) - credited.size();
+  if (dropped > 0) metrics_->arena_hits_dropped->Increment(static_cast<double>(dropped));
+  if (credited.empty()) return absl::OkStatus();
+  (*table)->store->RecordExternalHits(credited);
   TierMetrics::TierChildren& c = metrics_->tier(TierKind::kArena);
-  const double n = static_cast<double>(request.arena_hits().size());
+  const double n = static_cast<double>(credited.size());
   c.rows_served->Increment(n);
   c.bytes_read->Increment(n * (*table)->manifest.layout.row_bytes);
+  return absl::OkStatus();
 }
 
 grpc::ServerUnaryReactor* MemoryTierService::Lookup(grpc::CallbackServerContext* context,

@@ -54,6 +54,14 @@ class MemoryTierService final : public RawMemoryTierService {
     int lookup_threads = 4;
     int max_pending_per_stream = 4096;
   };
+  // The arena-hit budget of a Prefetch stream (docs/memory-tier.md, "Arena hits"): a new stream
+  // may credit kArenaHitAllowance hits (the worker reports every 4096 hits); each row id it asks
+  // for in a batch adds kArenaHitsPerAskedRow more; the balance never exceeds kArenaHitCreditMax.
+  // One message credits one row at most kArenaHitsPerRow times.
+  static constexpr uint64_t kArenaHitAllowance = 4096;
+  static constexpr uint64_t kArenaHitsPerAskedRow = 16;
+  static constexpr uint64_t kArenaHitCreditMax = 1u << 22;
+  static constexpr uint32_t kArenaHitsPerRow = 256;
   MemoryTierService(const Options& options, TierMetrics* metrics);
   // Runs the queued batches, then stops the lookup threads (destroy after the gRPC server).
   ~MemoryTierService() override;
@@ -95,7 +103,11 @@ class MemoryTierService final : public RawMemoryTierService {
                         std::string* rows, uint64_t* version, uint32_t* row_bytes,
                         google::protobuf::RepeatedPtrField<v1::TierCount>* served_by);
   // Counts a client's arena reads (best effort: an unknown table or id is ignored).
-  void RecordArenaHits(const v1::PrefetchRequest& request);
+  // Validates a Prefetch message's arena_hits (INVALID_ARGUMENT naming the first row id out of
+  // range for its table, or too many ids) and credits them to the statistics within the stream's
+  // budget `*credit` (docs/memory-tier.md, "Arena hits"): each row at most kArenaHitsPerRow times
+  // per message, and no more hits in all than the budget holds; the rest are dropped and counted.
+  absl::Status RecordArenaHits(const v1::PrefetchRequest& request, uint64_t* credit);
   void Register(PrefetchReactor* reactor);
   void Unregister(PrefetchReactor* reactor);
 

@@ -66,6 +66,7 @@ absl::Status OpenTable(ServedTable& t, const TierConfig& config, uint64_t dram_b
     d.budget_bytes = dram_budget;
     d.ways = config.dram.ways;
     d.huge_pages = config.dram.huge_pages;
+    d.shm_mode = config.dram.shm_mode == "0600" ? 0600 : 0640;
     d.lock = config.dram.lock;
     d.model = t.manifest.model;
     d.layer = t.manifest.layer;

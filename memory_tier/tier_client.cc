@@ -435,8 +435,13 @@ absl::StatusOr<std::unique_ptr<TierClient>> TierClient::Connect(const TierClient
     args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
     args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   }
-  auto channel =
-      grpc::CreateCustomChannel(options.address, grpc::InsecureChannelCredentials(), args);
+  if (!options.tls_server_name.empty()) {
+    args.SetSslTargetNameOverride(options.tls_server_name);
+  }
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+      MakeChannelCredentials(options.tls);
+  if (!credentials.ok()) return credentials.status();
+  auto channel = grpc::CreateCustomChannel(options.address, *credentials, args);
   const auto deadline =
       std::chrono::system_clock::now() + absl::ToChronoMilliseconds(options.connect_timeout);
   if (!channel->WaitForConnected(deadline)) {

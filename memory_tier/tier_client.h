@@ -37,6 +37,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/grpc_tls.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
@@ -183,6 +184,12 @@ struct TierClientOptions {
   // must permit pings this often (engram-memory accepts one every 5 s).
   absl::Duration keepalive_time = absl::ZeroDuration();
   absl::Duration keepalive_timeout = absl::Seconds(5);
+  // TLS to the tier (common/grpc_tls.h): the CA that signed its certificate, and a client
+  // certificate + key for a tier that requires mutual TLS. Empty = plaintext.
+  ClientTlsFiles tls;
+  // Name the tier's certificate is checked against, when it is not the address's host (e.g. a
+  // test connecting to 127.0.0.1 with a certificate for "engram-memory"). Empty = the host.
+  std::string tls_server_name;
 };
 
 // A connection to engram-memory. Thread-safe; one instance per process is enough.

@@ -8,6 +8,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/config_util.h"
+#include "common/grpc_tls.h"
 #include "common/status.h"
 #include "memory_tier/io_reader.h"
 #include "nlohmann/json.hpp"
@@ -26,6 +27,10 @@ void VisitFields(Config& c, F&& f) {
   f("server", "max_pending_per_stream", &c.server.max_pending_per_stream);
   f("server", "max_message_bytes", &c.server.max_message_bytes);
   f("server", "drain_timeout_s", &c.server.drain_timeout_s);
+  f("server", "reflection", &c.server.reflection);
+  f("server", "tls_cert", &c.server.tls_cert);
+  f("server", "tls_key", &c.server.tls_key);
+  f("server", "tls_client_ca", &c.server.tls_client_ca);
   f("store", "dir", &c.store.dir);
   f("store", "verify", &c.store.verify);
   f("dram", "bytes", &c.dram.bytes);
@@ -33,6 +38,7 @@ void VisitFields(Config& c, F&& f) {
   f("dram", "huge_pages", &c.dram.huge_pages);
   f("dram", "lock", &c.dram.lock);
   f("dram", "shm_prefix", &c.dram.shm_prefix);
+  f("dram", "shm_mode", &c.dram.shm_mode);
   f("nvme", "io_backend", &c.nvme.io_backend);
   f("nvme", "io_depth", &c.nvme.io_depth);
   f("nvme", "max_read_bytes", &c.nvme.max_read_bytes);
@@ -126,6 +132,14 @@ absl::Status TierConfig::Validate() const {
   }
   if (server.drain_timeout_s < 0) return Bad("server.drain_timeout_s", "must be >= 0");
   if (dram.ways < 1 || dram.ways > 64) return Bad("dram.ways", "must be in [1, 64]");
+  if (absl::Status s = ValidateServerTls(
+          {server.tls_cert, server.tls_key, server.tls_client_ca});
+      !s.ok()) {
+    return Bad("server.tls_*", s.message());
+  }
+  if (dram.shm_mode != "0600" && dram.shm_mode != "0640") {
+    return Bad("dram.shm_mode", "must be \"0600\" or \"0640\"");
+  }
   if (dram.shm_prefix.empty() || dram.shm_prefix.find('/') != std::string::npos) {
     return Bad("dram.shm_prefix", "must be non-empty and contain no '/'");
   }

@@ -36,6 +36,15 @@ struct TierConfig {
     int64_t max_message_bytes = 256ll << 20;
     // SIGTERM: how long in-flight work may take before streams are cancelled, s. Default 10.
     double drain_timeout_s = 10;
+    // gRPC server reflection (grpc.reflection.v1alpha, for grpcurl). Default true
+    // (docs/decisions.md, "Reflection stays on by default").
+    bool reflection = true;
+    // TLS of the gRPC port (PEM paths): certificate + key, and optionally the CA that signs the
+    // workers' client certificates (then a client without one is refused: mutual TLS). Empty =
+    // plaintext. Flags --tls-cert, --tls-key, --tls-client-ca. Default "" (plaintext).
+    std::string tls_cert;
+    std::string tls_key;
+    std::string tls_client_ca;
   } server;
 
   struct Store {
@@ -61,6 +70,10 @@ struct TierConfig {
     // Prefix of the shared-memory names: /<prefix>-<store hash>-<model>-L<layer>-v<version>.
     // Default "engram".
     std::string shm_prefix = "engram";
+    // Permission bits of the arenas, "0640" (the tier's user writes, its group -- the workers,
+    // which run with the tier's group -- maps read-only) or "0600" (the tier's user only; workers
+    // must then run as that user). Set exactly, whatever the umask. Default "0640".
+    std::string shm_mode = "0640";
   } dram;
 
   struct Nvme {

@@ -116,6 +116,9 @@ TierMetrics::TierMetrics(std::shared_ptr<prometheus::Registry> registry)
       &AddGauge(r, "engram_memory_state", "Lifecycle: 0 loading, 1 ready, 2 draining, 3 stopped");
   stats_flushes =
       &AddCounter(r, "engram_stats_flushes_total", "Access statistics persisted to the catalog");
+  arena_hits_dropped = &AddCounter(
+      r, "engram_arena_hits_dropped_total",
+      "Reported arena hits not credited to the access statistics (over the stream's budget)");
 }
 
 TierMetrics::TableChildren TierMetrics::AddTable(const std::string& table_label) {

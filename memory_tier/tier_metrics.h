@@ -31,6 +31,8 @@
 //   engram_memory_tables{state}                  tables serving | refused
 //   engram_memory_state                          0 loading, 1 ready, 2 draining, 3 stopped
 //   engram_stats_flushes_total                   statistics persisted to the catalog
+//   engram_arena_hits_dropped_total              reported arena hits not credited to the
+//                                                statistics (over the stream's budget)
 //   engram_build_info{component="memory",...}    1 (common/process_metrics.h)
 #ifndef ENGRAM_MEMORY_TIER_TIER_METRICS_H_
 #define ENGRAM_MEMORY_TIER_TIER_METRICS_H_
@@ -103,6 +105,7 @@ class TierMetrics {
   prometheus::Gauge* tables_refused;
   prometheus::Gauge* state;
   prometheus::Counter* stats_flushes;
+  prometheus::Counter* arena_hits_dropped;
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;

@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
+#include "common/grpc_tls.h"
 #include "common/log.h"
 #include "common/metrics_server.h"
 #include "common/status.h"
@@ -27,6 +28,11 @@ double SteadySeconds() {
 
 absl::StatusOr<std::unique_ptr<TierServer>> TierServer::Start(const TierConfig& config) {
   ENGRAM_RETURN_IF_ERROR(config.Validate());
+  // TLS files are read first: a missing one fails the start before anything is bound or opened.
+  ENGRAM_ASSIGN_OR_RETURN(
+      std::shared_ptr<grpc::ServerCredentials> credentials,
+      MakeServerCredentials(
+          {config.server.tls_cert, config.server.tls_key, config.server.tls_client_ca}));
   auto s = std::unique_ptr<TierServer>(new TierServer());
   s->config_ = config;
   s->metrics_ = std::make_unique<TierMetrics>(std::make_shared<prometheus::Registry>());
@@ -51,9 +57,13 @@ absl::StatusOr<std::unique_ptr<TierServer>> TierServer::Start(const TierConfig& 
   so.max_pending_per_stream = config.server.max_pending_per_stream;
   s->service_ = std::make_unique<MemoryTierService>(so, s->metrics_.get());
   grpc::EnableDefaultHealthCheckService(true);
+  // The plugin is process-wide and read when a builder is created: set it per server.
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(config.server.listen, grpc::InsecureServerCredentials(), &s->port_);
+  if (!config.server.reflection) {
+    builder.SetOption(NoReflectionOption());
+  }
+  builder.AddListeningPort(config.server.listen, credentials, &s->port_);
   builder.RegisterService(s->service_.get());
   builder.SetMaxReceiveMessageSize(static_cast<int>(config.server.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(config.server.max_message_bytes));

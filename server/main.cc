@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/flags_help.h"
+#include "common/grpc_tls.h"
 #include "common/lifecycle.h"
 #include "common/log.h"
 #include "common/metrics_server.h"
@@ -120,11 +121,16 @@ absl::Status Run(const WorkerConfig& config, Lifecycle& lifecycle) {
                  MakeOpenAiApiOptions(config, service_options.limits, model_config.name));
   if (config.http.port >= 0) ENGRAM_RETURN_IF_ERROR(http.Start(config.http.host, config.http.port));
 
+  ENGRAM_ASSIGN_OR_RETURN(
+      std::shared_ptr<grpc::ServerCredentials> credentials,
+      MakeServerCredentials(
+          {config.server.tls_cert, config.server.tls_key, config.server.tls_client_ca}));
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  if (!config.server.reflection) builder.SetOption(NoReflectionOption());
   int grpc_port = 0;
-  builder.AddListeningPort(config.server.listen, grpc::InsecureServerCredentials(), &grpc_port);
+  builder.AddListeningPort(config.server.listen, credentials, &grpc_port);
   builder.SetMaxReceiveMessageSize(config.server.max_receive_message_bytes);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
@@ -173,6 +179,7 @@ absl::Status Run(const WorkerConfig& config, Lifecycle& lifecycle) {
     tier.reconnect_initial_backoff = config.memory_tier.reconnect_initial_backoff;
     tier.reconnect_max_backoff = config.memory_tier.reconnect_max_backoff;
     tier.max_rows_per_batch = config.memory_tier.max_rows_per_batch;
+    tier.tls = {config.memory_tier.tls_ca, config.memory_tier.tls_cert, config.memory_tier.tls_key};
     rows = std::make_unique<TierRowBackend>(*model, tier, metrics);
     rows->SetListener([&health](bool up) { health.SetTierUp(up); });
   } else {

@@ -218,6 +218,7 @@ absl::StatusOr<std::shared_ptr<TierRowBackend::Connection>> TierRowBackend::Conn
   c->generation = generation;
   TierClientOptions client_options;
   client_options.address = options_.address;
+  client_options.tls = options_.tls;
   client_options.connect_timeout = kConnectTimeout;
   // A hung tier (stopped process, dead network without a reset) is noticed by keepalive pings
   // even while no rows are outstanding; the server permits pings this often.

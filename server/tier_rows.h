@@ -39,6 +39,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/grpc_tls.h"
 #include "server/engram_rows.h"
 
 namespace engram {
@@ -56,6 +57,8 @@ struct TierRowBackendOptions {
   absl::Duration reconnect_max_backoff = absl::Seconds(5);
   // Row ids per Prefetch message at most.
   int max_rows_per_batch = 8192;
+  // TLS to the tier (empty = plaintext).
+  ClientTlsFiles tls;
 };
 
 class TierRowBackend : public RowBackend {

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/config_util.h"
+#include "common/grpc_tls.h"
 #include "common/engram_config.h"
 #include "common/flags_help.h"
 #include "common/log.h"
@@ -60,6 +61,18 @@ ABSL_FLAG(std::optional<int>, max_step_tokens, std::nullopt, "tokens per step");
 ABSL_FLAG(std::optional<int>, default_max_tokens, std::nullopt,
           "max_tokens when a request gives 0");
 ABSL_FLAG(std::optional<int>, max_context_tokens, std::nullopt, "context window (0 = model's)");
+ABSL_FLAG(std::optional<bool>, reflection, std::nullopt, "serve gRPC reflection (for grpcurl)");
+ABSL_FLAG(std::optional<std::string>, tls_cert, std::nullopt,
+          "PEM certificate (chain) of the gRPC port; enables TLS");
+ABSL_FLAG(std::optional<std::string>, tls_key, std::nullopt, "PEM private key of --tls-cert");
+ABSL_FLAG(std::optional<std::string>, tls_client_ca, std::nullopt,
+          "PEM CA of client certificates; clients without one are refused (mTLS)");
+ABSL_FLAG(std::optional<std::string>, memory_tls_ca, std::nullopt,
+          "PEM CA of engram-memory's certificate; enables TLS to the tier");
+ABSL_FLAG(std::optional<std::string>, memory_tls_cert, std::nullopt,
+          "PEM client certificate for engram-memory (mutual TLS)");
+ABSL_FLAG(std::optional<std::string>, memory_tls_key, std::nullopt,
+          "PEM private key of --memory-tls-cert");
 ABSL_FLAG(std::optional<std::string>, log_level, std::nullopt, "debug|info|warning|error");
 
 namespace engram {
@@ -75,6 +88,10 @@ void VisitFields(Config& c, Visitor&& visit) {
   visit("server.max_receive_message_bytes", c.server.max_receive_message_bytes);
   visit("server.drain_timeout", c.server.drain_timeout);
   visit("server.port_file", c.server.port_file);
+  visit("server.reflection", c.server.reflection);
+  visit("server.tls_cert", c.server.tls_cert);
+  visit("server.tls_key", c.server.tls_key);
+  visit("server.tls_client_ca", c.server.tls_client_ca);
   visit("http.host", c.http.host);
   visit("http.port", c.http.port);
   visit("http.threads", c.http.threads);
@@ -92,6 +109,9 @@ void VisitFields(Config& c, Visitor&& visit) {
   visit("memory_tier.reconnect_max_backoff", c.memory_tier.reconnect_max_backoff);
   visit("memory_tier.rows_timeout", c.memory_tier.rows_timeout);
   visit("memory_tier.max_rows_per_batch", c.memory_tier.max_rows_per_batch);
+  visit("memory_tier.tls_ca", c.memory_tier.tls_ca);
+  visit("memory_tier.tls_cert", c.memory_tier.tls_cert);
+  visit("memory_tier.tls_key", c.memory_tier.tls_key);
   visit("scheduler.max_running_requests", c.scheduler.max_running_requests);
   visit("scheduler.max_queued_requests", c.scheduler.max_queued_requests);
   visit("scheduler.prefill_chunk_tokens", c.scheduler.prefill_chunk_tokens);
@@ -203,6 +223,16 @@ absl::Status WorkerConfig::Validate() const {
   if (server.listen.empty() || server.listen.find(':') == std::string::npos) {
     return Bad("server.listen", absl::StrCat("\"", server.listen, "\" is not host:port"));
   }
+  if (absl::Status s =
+          ValidateServerTls({server.tls_cert, server.tls_key, server.tls_client_ca});
+      !s.ok()) {
+    return Bad("server.tls_*", s.message());
+  }
+  if (absl::Status s =
+          ValidateClientTls({memory_tier.tls_ca, memory_tier.tls_cert, memory_tier.tls_key});
+      !s.ok()) {
+    return Bad("memory_tier.tls_*", s.message());
+  }
   if (server.max_receive_message_bytes < 4096) {
     return Bad("server.max_receive_message_bytes", "must be >= 4096");
   }
@@ -288,6 +318,13 @@ absl::StatusOr<WorkerConfig> ParseWorkerCommandLine(int argc, char** argv) {
   Override(FLAGS_max_receive_message_bytes, &c.server.max_receive_message_bytes);
   Override(FLAGS_drain_timeout, &c.server.drain_timeout);
   Override(FLAGS_port_file, &c.server.port_file);
+  Override(FLAGS_reflection, &c.server.reflection);
+  Override(FLAGS_tls_cert, &c.server.tls_cert);
+  Override(FLAGS_tls_key, &c.server.tls_key);
+  Override(FLAGS_tls_client_ca, &c.server.tls_client_ca);
+  Override(FLAGS_memory_tls_ca, &c.memory_tier.tls_ca);
+  Override(FLAGS_memory_tls_cert, &c.memory_tier.tls_cert);
+  Override(FLAGS_memory_tls_key, &c.memory_tier.tls_key);
   Override(FLAGS_http_host, &c.http.host);
   Override(FLAGS_http_port, &c.http.port);
   Override(FLAGS_http_threads, &c.http.threads);

@@ -42,6 +42,15 @@ struct WorkerConfig {
     // before they are parsed. Flag --max-receive-message-bytes. Default 4 MiB (a prompt that
     // fills a 128k-token context is well under 1 MiB of text or ids).
     int max_receive_message_bytes = 4 << 20;
+    // gRPC server reflection (for grpcurl). Flag --reflection. Default true (docs/decisions.md,
+    // "Reflection stays on by default").
+    bool reflection = true;
+    // TLS of the gRPC port (PEM paths; common/grpc_tls.h): certificate + key, and optionally the
+    // CA of client certificates (mutual TLS). Flags --tls-cert, --tls-key, --tls-client-ca.
+    // Default "" (plaintext).
+    std::string tls_cert;
+    std::string tls_key;
+    std::string tls_client_ca;
   } server;
 
   struct Http {
@@ -101,6 +110,12 @@ struct WorkerConfig {
     // Most row ids in one Prefetch message; larger sets are split (the tier bounds batch sizes).
     // Flag --max-rows-per-batch. Default 8192.
     int max_rows_per_batch = 8192;
+    // TLS to engram-memory (PEM paths): the CA of the tier's certificate, and this worker's client
+    // certificate + key for a tier started with --tls-client-ca. Flags --memory-tls-ca,
+    // --memory-tls-cert, --memory-tls-key. Default "" (plaintext).
+    std::string tls_ca;
+    std::string tls_cert;
+    std::string tls_key;
   } memory_tier;
 
   struct Scheduler {

@@ -1,3 +1,9 @@
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
 #include <limits>
 #include <string>
 #include <thread>
@@ -146,6 +152,47 @@ TEST(MetricsServerTest, ServesTheRegistryAndRefusesATakenPort) {
   absl::Status taken = second.Start("127.0.0.1", first.port());
   EXPECT_FALSE(taken.ok());
   EXPECT_NE(taken.message().find("in use"), absl::string_view::npos) << taken;
+}
+
+// Slow clients must not starve a real scraper: 64 connections that are opened and never send a
+// byte (many more than the pool's threads) hold the server's threads only until the
+// keep-alive timeout, and the newest connection (the real scrape) is served first.
+TEST(MetricsServerTest, IdleConnectionsDoNotBlockARealScrape) {
+  auto registry = std::make_shared<prometheus::Registry>();
+  prometheus::BuildCounter().Name("engram_test_events_total").Help("test").Register(*registry)
+      .Add({}).Increment(7);
+  MetricsServer server(registry);
+  ASSERT_TRUE(server.Start("127.0.0.1", 0).ok());
+  std::vector<int> idle;
+  for (int i = 0; i < 64; ++i) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    ASSERT_GE(fd, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(server.port()));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0) << i;
+    idle.push_back(fd);
+  }
+  // Let the server accept all of them (they occupy every thread and the queue).
+  absl::SleepFor(absl::Milliseconds(300));
+  const auto start = std::chrono::steady_clock::now();
+  absl::StatusOr<std::string> scraped = testing::HttpGet(server.port(), "/metrics");
+  const double took =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ASSERT_TRUE(scraped.ok()) << scraped.status();
+  EXPECT_NE(scraped->find("\nengram_test_events_total 7\n"), std::string::npos);
+  EXPECT_LT(took, 4.0) << "a real scrape waited " << took << " s behind idle connections";
+  // The server closes an idle connection once a thread takes it and the keep-alive timeout
+  // passes: a read on the newest idle one sees EOF (or a reset) within a few seconds.
+  timeval tv{8, 0};
+  setsockopt(idle.back(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  char c;
+  errno = 0;
+  const ssize_t got = read(idle.back(), &c, 1);
+  EXPECT_TRUE(got == 0 || (got < 0 && errno == ECONNRESET)) << got << " errno " << errno;
+  for (int fd : idle) close(fd);
+  server.Stop();
 }
 
 }  // namespace

@@ -236,6 +236,53 @@ def policy(docs):
         bad.append("tier: no init container imports the tables")
     if not find(docs, "PersistentVolumeClaim", "engram-model"):
         bad.append("no PersistentVolumeClaim engram-model (the model the pods mount)")
+    bad += network_policy(docs)
+    return bad
+
+
+def admitted(np, port):
+    """The `from` lists of the ingress rules of NetworkPolicy `np` that admit TCP `port`;
+    [[]] (from anywhere) for a rule without `from`."""
+    out = []
+    for rule in np["spec"].get("ingress", []):
+        ports = rule.get("ports")
+        if ports is None or any(p.get("port") == port for p in ports):
+            out.append(rule.get("from", []))
+    return out
+
+
+def is_prometheus(peer):
+    return (peer.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/name") == "prometheus"
+            and "namespaceSelector" in peer)
+
+
+def network_policy(docs):
+    """The tier's gRPC port admits engram-worker pods only, every metrics port Prometheus only."""
+    bad = []
+    tier_np = find(docs, "NetworkPolicy", "engram-memory")
+    worker_np = find(docs, "NetworkPolicy", "engram-worker")
+    if not tier_np or not worker_np:
+        return ["no NetworkPolicy engram-memory and engram-worker"]
+    for np, app in ((tier_np, "engram-memory"), (worker_np, "engram-worker")):
+        if np["spec"].get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/name") != app:
+            bad.append(f"NetworkPolicy {app} does not select the {app} pods")
+        if "Ingress" not in np["spec"].get("policyTypes", []):
+            bad.append(f"NetworkPolicy {app} does not restrict ingress")
+    for froms in admitted(tier_np, 50052):
+        if not froms or any(
+                "namespaceSelector" in peer or "ipBlock" in peer or
+                peer.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/name") != "engram-worker"
+                for peer in froms):
+            bad.append("tier gRPC port 50052 admits more than engram-worker pods")
+    if not admitted(tier_np, 50052):
+        bad.append("tier gRPC port 50052 admits no one (not even the workers)")
+    for np, port in ((tier_np, 9092), (worker_np, 9400)):
+        rules = admitted(np, port)
+        if not rules:
+            bad.append(f"metrics port {port} admits no one (not even Prometheus)")
+        for froms in rules:
+            if not froms or not all(is_prometheus(peer) for peer in froms):
+                bad.append(f"metrics port {port} admits more than Prometheus")
     return bad
 
 
@@ -261,6 +308,12 @@ controls = {
         lambda d: find(d, "StatefulSet", "engram-memory")["spec"]["template"]["spec"]["securityContext"].update(seccompProfile={"type": "RuntimeDefault"}),
     "tier not Guaranteed":
         lambda d: find(d, "StatefulSet", "engram-memory")["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"].update(cpu="8"),
+    "tier gRPC open to every pod":
+        lambda d: find(d, "NetworkPolicy", "engram-memory")["spec"]["ingress"][0].pop("from"),
+    "worker metrics open to anyone":
+        lambda d: find(d, "NetworkPolicy", "engram-worker")["spec"]["ingress"][0].pop("ports"),
+    "no NetworkPolicy for the tier":
+        lambda d: d.remove(find(d, "NetworkPolicy", "engram-memory")),
     "worker dials engram-memory-0":
         lambda d: find(d, "Deployment", "engram-worker")["spec"]["template"]["spec"]["containers"][0].update(args=["--memory=engram-memory-0.engram-memory:50052"]),
 }

@@ -64,9 +64,13 @@ INSTANTIATE_TEST_SUITE_P(
     Servers, ServerHelpTest,
     ::testing::Values(Case{"server/engram-worker",
                            {"--model", "--memory", "--listen", "--metrics-port", "--config",
-                            "--max-running-requests"}},
+                            "--max-running-requests", "--metrics-host", "--reflection", "--tls-cert",
+                            "--tls-key", "--tls-client-ca", "--memory-tls-ca", "--memory-tls-cert",
+                            "--memory-tls-key"}},
                       Case{"memory_tier/engram-memory",
                            {"--store", "--listen", "--metrics-port", "--config", "--dram-bytes",
+                            "--metrics-host", "--reflection", "--tls-cert", "--tls-key",
+                            "--tls-client-ca", "--shm-mode",
                             "--io-backend"}}),
     [](const ::testing::TestParamInfo<Case>& info) {
       return std::string(absl::StrContains(info.param.binary, "worker") ? "Worker" : "Memory");

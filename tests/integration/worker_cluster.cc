@@ -23,8 +23,10 @@ namespace engram::testing {
 
 // ---- Helpers -----------------------------------------------------------------------------------
 
-bool IsServing(const std::string& address) {
-  auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+bool IsServing(const std::string& address,
+               std::shared_ptr<grpc::ChannelCredentials> credentials) {
+  auto channel =
+      grpc::CreateChannel(address, credentials ? credentials : grpc::InsecureChannelCredentials());
   auto stub = grpc::health::v1::Health::NewStub(channel);
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
@@ -91,6 +93,7 @@ absl::StatusOr<std::unique_ptr<WorkerCluster>> WorkerCluster::Start(ClusterOptio
   c->memory_metrics_port_ = FreePort();
   c->memory_address_ = absl::StrCat("127.0.0.1:", c->memory_port_);
   c->memory_flags_ = options.memory_flags;
+  c->memory_credentials_ = options.memory_credentials;
   s = c->StartMemory();
   if (!s.ok()) return s;
   s = c->StartWorker(options);
@@ -127,7 +130,7 @@ absl::Status WorkerCluster::StartMemory() {
   auto p = Process::Start(argv, absl::StrCat(dir_, "/memory.", memory_starts_, ".log"));
   if (!p.ok()) return p.status();
   memory_ = *std::move(p);
-  if (!WaitUntil([&] { return IsServing(memory_address_) || !memory_->running(); },
+  if (!WaitUntil([&] { return IsServing(memory_address_, memory_credentials_) || !memory_->running(); },
                  absl::Seconds(60)) ||
       !memory_->running()) {
     return absl::UnavailableError(
@@ -186,7 +189,9 @@ absl::Status WorkerCluster::StartWorker(const ClusterOptions& options) {
   worker_address_ = absl::StrCat("127.0.0.1:", (*ports)["grpc"].get<int>());
   worker_metrics_port_ = (*ports)["metrics"].get<int>();
   worker_http_port_ = (*ports)["http"].get<int>();
-  if (!WaitUntil([&] { return IsServing(worker_address_) || !worker_->running(); },
+  if (!WaitUntil([&] {
+        return IsServing(worker_address_, options.worker_credentials) || !worker_->running();
+      },
                  absl::Seconds(60)) ||
       !worker_->running()) {
     return absl::UnavailableError(absl::StrCat("engram-worker did not become SERVING:\n", Logs()));

@@ -16,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "client/engram_client.h"
+#include "grpcpp/security/credentials.h"
 #include "model/demo_model.h"
 #include "model/model.h"
 #include "tests/common/process.h"
@@ -24,7 +25,9 @@
 namespace engram::testing {
 
 // grpc.health.v1 Check of the whole server at `address`: SERVING or not (false when unreachable).
-bool IsServing(const std::string& address);
+// `credentials` null = plaintext.
+bool IsServing(const std::string& address,
+               std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr);
 
 struct ClusterOptions {
   // Worker reads rows through the tier's shared-memory arena (else every row is streamed).
@@ -37,6 +40,12 @@ struct ClusterOptions {
   int max_position_embeddings = 1024;
   // When set, written as the model's tokenizer_config.json "chat_template".
   std::string chat_template;
+  // How the cluster checks engram-memory's health (e.g. TLS credentials with a client certificate
+  // when memory_flags turn on mutual TLS). Null = plaintext.
+  std::shared_ptr<grpc::ChannelCredentials> memory_credentials;
+  // Likewise for the worker's health (worker_flags with --tls-cert). Null = plaintext; Client()
+  // is always plaintext.
+  std::shared_ptr<grpc::ChannelCredentials> worker_credentials;
 };
 
 class WorkerCluster {
@@ -73,6 +82,7 @@ class WorkerCluster {
   absl::Status StartWorker(const ClusterOptions& options);
 
   std::vector<std::string> memory_flags_;
+  std::shared_ptr<grpc::ChannelCredentials> memory_credentials_;
 
   std::string dir_;
   std::string bin_;

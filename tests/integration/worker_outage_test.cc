@@ -22,6 +22,9 @@
 #include "gtest/gtest.h"
 #include "model/local_generate.h"
 #include "model/tokenizer.h"
+#include "common/grpc_tls.h"
+#include "tests/common/temp_dir.h"
+#include "tests/common/test_pki.h"
 #include "tests/integration/worker_cluster.h"
 
 namespace engram {
@@ -139,6 +142,61 @@ TEST(WorkerOutageTest, BatchesTheTierRefusesAreInternalNotTheClientsFault) {
   auto result = (*started)->Client()->GenerateAll(r);
   EXPECT_EQ(result.status().code(), absl::StatusCode::kInternal) << result.status();
   EXPECT_NE(result.status().message().find("max_batch_rows"), std::string::npos) << result.status();
+}
+
+// Mutual TLS between real processes: engram-memory with --tls-cert/--tls-key/--tls-client-ca, the
+// worker with --memory-tls-ca/--memory-tls-cert/--memory-tls-key (certificates made by openssl in
+// the test). The worker connects (it is SERVING only once the tier answers) and generates; a
+// plaintext client, or a TLS client without a client certificate, gets nothing from the tier.
+TEST(WorkerOutageTest, WorkerTalksToTheTierOverMutualTls) {
+  testing::TempDir pki_dir;
+  testing::TestPki pki;
+  ASSERT_TRUE(testing::MakeTestPki(pki_dir.path(), &pki));
+  ClusterOptions options;
+  options.shared_memory = false;  // every row crosses the TLS connection
+  options.memory_flags = {"--tls-cert", pki.server_cert, "--tls-key", pki.server_key,
+                          "--tls-client-ca", pki.ca};
+  options.worker_flags = {"--memory-tls-ca", pki.ca, "--memory-tls-cert", pki.client_cert,
+                          "--memory-tls-key", pki.client_key};
+  auto credentials = MakeChannelCredentials({pki.ca, pki.client_cert, pki.client_key});
+  ASSERT_TRUE(credentials.ok()) << credentials.status();
+  options.memory_credentials = *credentials;
+  auto started = WorkerCluster::Start(options);
+  ASSERT_TRUE(started.ok()) << started.status();
+  WorkerCluster& cluster = **started;
+  v1::GenerateRequest r;
+  r.set_text("a prompt over mutual TLS");
+  r.mutable_stopping()->set_max_tokens(4);
+  auto result = cluster.Client()->GenerateAll(r);
+  ASSERT_TRUE(result.ok()) << result.status() << cluster.Logs();
+  EXPECT_EQ(result->token_ids.size(), 4u);
+  EXPECT_TRUE(IsServing(cluster.memory_address(), *credentials));
+  EXPECT_FALSE(IsServing(cluster.memory_address()));  // plaintext
+  auto no_cert = MakeChannelCredentials({pki.ca, "", ""});
+  ASSERT_TRUE(no_cert.ok());
+  EXPECT_FALSE(IsServing(cluster.memory_address(), *no_cert));
+}
+
+// The worker's own gRPC port over TLS (--tls-cert/--tls-key): a client trusting the CA is served
+// (health SERVING), a plaintext client is not; with --tls-client-ca a TLS client without a client
+// certificate is refused too.
+TEST(WorkerOutageTest, WorkerServesItsGrpcPortOverTls) {
+  testing::TempDir pki_dir;
+  testing::TestPki pki;
+  ASSERT_TRUE(testing::MakeTestPki(pki_dir.path(), &pki));
+  auto ca_only = MakeChannelCredentials({pki.ca, "", ""});
+  auto with_cert = MakeChannelCredentials({pki.ca, pki.client_cert, pki.client_key});
+  ASSERT_TRUE(ca_only.ok() && with_cert.ok());
+  ClusterOptions options;
+  options.worker_flags = {"--tls-cert", pki.server_cert, "--tls-key", pki.server_key,
+                          "--tls-client-ca", pki.ca};
+  options.worker_credentials = *with_cert;
+  auto started = WorkerCluster::Start(options);
+  ASSERT_TRUE(started.ok()) << started.status();
+  const std::string& worker = (*started)->worker_address();
+  EXPECT_TRUE(IsServing(worker, *with_cert));
+  EXPECT_FALSE(IsServing(worker));            // plaintext
+  EXPECT_FALSE(IsServing(worker, *ca_only));  // TLS without a client certificate
 }
 
 // A hung tier (SIGSTOP: the connection stays open, nothing answers) must not freeze the worker.

@@ -18,11 +18,13 @@
 #include "gtest/gtest.h"
 #include "memory_tier/catalog.h"
 #include "memory_tier/importer.h"
+#include "memory_tier/memory_tier_service.h"
 #include "memory_tier/table_set.h"
 #include "memory_tier/tier_client.h"
 #include "memory_tier/tier_server.h"
 #include "tests/common/process.h"
 #include "tests/common/raw_call.h"
+#include "tests/common/test_pki.h"
 #include "tests/memory_tier/test_model.h"
 
 namespace engram {
@@ -281,6 +283,151 @@ TEST_F(TierServiceTest, CoLocatedClientReadsTheArenaAndReportsItsHits) {
   ASSERT_TRUE(metrics.ok()) << metrics.status();
   EXPECT_NE(metrics->find("engram_tier_rows_served_total{tier=\"arena\"} 200"), std::string::npos)
       << metrics->substr(0, 2000);
+}
+
+// The repro of "the tier is an open door": one Prefetch message reporting 300,000 arena hits of
+// row 5 must not make row 5 the hottest row. Hits are validated (a row id out of range is
+// INVALID_ARGUMENT naming it) and credited within the stream's budget: a row at most
+// kArenaHitsPerRow times per message, no more hits than the stream's credit; the rest are dropped
+// and counted.
+TEST_F(TierServiceTest, ArenaHitsAreValidatedAndBudgetedPerStream) {
+  TierConfig config = Config();
+  config.server.max_batch_rows = 400000;  // the 300,000 hits pass the size limit: the budget acts
+  StartServer(config);
+  // Real traffic: row 50 of layer 1 looked up 1,000 times.
+  ASSERT_TRUE(client_->Lookup({"testmodel", 1, 0}, std::vector<uint64_t>(1000, 50)).ok());
+  auto stream = client_->OpenPrefetchStream({});
+  ASSERT_TRUE(stream.ok());
+  PrefetchBatch flood{.batch_id = 1, .table = {"testmodel", 1, 0}};
+  flood.arena_hits.assign(300000, 5);
+  PrefetchResult r = (*stream)->SendAsync(flood).get();
+  EXPECT_TRUE(r.status.ok()) << r.status;  // over budget is dropped, not an error
+  // An id out of range for the table is refused, naming it; the stream goes on.
+  PrefetchBatch bad{.batch_id = 2, .table = {"testmodel", 1, 0}};
+  bad.arena_hits = {7, rows_};
+  r = (*stream)->SendAsync(bad).get();
+  EXPECT_EQ(r.status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status.message().find(absl::StrCat("arena_hits[1] = ", rows_)), std::string::npos)
+      << r.status;
+  EXPECT_NE(r.status.message().find("out of range"), std::string::npos) << r.status;
+  // The stream's credit (kArenaHitAllowance, minus the 256 of row 5) caps the next report.
+  PrefetchBatch many{.batch_id = 3, .table = {"testmodel", 1, 0}};
+  for (uint64_t i = 0; i < 5000; ++i) many.arena_hits.push_back(100 + i % 200);
+  r = (*stream)->SendAsync(many).get();
+  EXPECT_TRUE(r.status.ok()) << r.status;
+  ASSERT_TRUE((*stream)->Finish().ok());
+  for (auto& t : server_->tables()->tables()) t->store->Flush();
+
+  auto stats = client_->Stats(3);
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  bool found = false;
+  for (const auto& t : stats->tables()) {
+    if (t.table().layer() != 1) continue;
+    found = true;
+    ASSERT_GE(t.hottest_size(), 1);
+    EXPECT_EQ(t.hottest(0).row_id(), 50u) << "the flood made row " << t.hottest(0).row_id()
+                                          << " the hottest";
+    for (const auto& h : t.hottest()) {
+      if (h.row_id() == 5) EXPECT_LE(h.count(), MemoryTierService::kArenaHitsPerRow + 0.5);
+    }
+  }
+  EXPECT_TRUE(found);
+  const double credited_second = MemoryTierService::kArenaHitAllowance -
+                                 MemoryTierService::kArenaHitsPerRow;
+  auto metrics = testing::HttpGet(server_->metrics_port(), "/metrics");
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  EXPECT_EQ(testing::MetricValue(*metrics, "engram_arena_hits_dropped_total"),
+            (300000 - MemoryTierService::kArenaHitsPerRow) + (5000 - credited_second));
+  EXPECT_EQ(testing::MetricValue(*metrics, "engram_tier_rows_served_total{tier=\"arena\"}"),
+            MemoryTierService::kArenaHitAllowance);
+}
+
+// TLS with gRPC's credentials, over loopback with a CA and certificates made by openssl here:
+// a worker-like client with the CA and a client certificate of that CA works; a plaintext client,
+// a TLS client without a client certificate and one whose certificate another CA signed are all
+// refused by the mutual-TLS tier.
+TEST_F(TierServiceTest, MutualTlsAdmitsOnlyClientsWithTheRightCertificates) {
+  testing::TestPki pki;
+  ASSERT_TRUE(testing::MakeTestPki(tmp_.path(), &pki)) << "see " << tmp_.path() << "/openssl.log";
+  TierConfig config = Config();
+  config.server.tls_cert = pki.server_cert;
+  config.server.tls_key = pki.server_key;
+  config.server.tls_client_ca = pki.ca;
+  auto server = TierServer::Start(config);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string address = absl::StrCat("localhost:", (*server)->port());
+  TierClientOptions good{.address = address, .connect_timeout = absl::Seconds(5)};
+  good.tls = {pki.ca, pki.client_cert, pki.client_key};
+  auto client = TierClient::Connect(good);
+  ASSERT_TRUE(client.ok()) << client.status();
+  auto tables = (*client)->TableInfo();
+  ASSERT_TRUE(tables.ok()) << tables.status();
+  EXPECT_EQ(tables->size(), 2u);
+  auto rows = (*client)->Lookup({"testmodel", 1, 0}, {1, 2, 3});
+  EXPECT_TRUE(rows.ok()) << rows.status();
+
+  auto refused = [&](TierClientOptions o, const char* what) {
+    o.address = address;
+    o.connect_timeout = absl::Seconds(2);
+    auto c = TierClient::Connect(o);
+    if (c.ok()) {
+      EXPECT_FALSE((*c)->TableInfo().ok()) << what << " was served";
+    } else {
+      EXPECT_EQ(c.status().code(), absl::StatusCode::kUnavailable) << what << ": " << c.status();
+    }
+  };
+  refused({}, "a plaintext client");
+  TierClientOptions no_cert;
+  no_cert.tls.ca = pki.ca;
+  refused(no_cert, "a TLS client without a client certificate");
+  TierClientOptions rogue;
+  rogue.tls = {pki.ca, pki.rogue_cert, pki.rogue_key};
+  refused(rogue, "a client certificate of another CA");
+  // The raw plaintext call of a debugging tool gets nothing either.
+  testing::RawCallResult raw = testing::RawCall(address, "/engram.v1.MemoryTier/TableInfo", {""});
+  EXPECT_FALSE(raw.status.ok());
+
+  // TLS without --tls-client-ca: any TLS client is served, plaintext still refused.
+  (*server)->Shutdown();
+  config.server.tls_client_ca.clear();
+  auto one_way = TierServer::Start(config);
+  ASSERT_TRUE(one_way.ok()) << one_way.status();
+  TierClientOptions ca_only{.address = absl::StrCat("localhost:", (*one_way)->port())};
+  ca_only.tls.ca = pki.ca;
+  auto c = TierClient::Connect(ca_only);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE((*c)->TableInfo().ok());
+  TierClientOptions plain{.address = ca_only.address, .connect_timeout = absl::Seconds(2)};
+  EXPECT_FALSE(TierClient::Connect(plain).ok());
+
+  // A key without a certificate, or an unreadable file, is a configuration error naming it.
+  TierConfig half = Config();
+  half.server.tls_key = pki.server_key;
+  EXPECT_NE(half.Validate().message().find("--tls-cert and --tls-key"), std::string::npos);
+  TierConfig missing = Config();
+  missing.server.tls_cert = tmp_.path() + "/nope.pem";
+  missing.server.tls_key = pki.server_key;
+  auto failed = TierServer::Start(missing);
+  ASSERT_FALSE(failed.ok());
+  EXPECT_NE(failed.status().message().find("nope.pem"), std::string::npos) << failed.status();
+}
+
+// Reflection (grpcurl's listing) is served by default and absent with server.reflection = false.
+TEST_F(TierServiceTest, ReflectionCanBeTurnedOff) {
+  const std::string list_services("\x3a\x00", 2);
+  const char* method = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo";
+  StartServer();
+  testing::RawCallResult on = testing::RawCall(absl::StrCat("127.0.0.1:", server_->port()), method, {list_services});
+  EXPECT_TRUE(on.status.ok()) << on.status.error_message();
+  ASSERT_EQ(on.responses.size(), 1u);
+  EXPECT_NE(on.responses[0].find("engram.v1.MemoryTier"), std::string::npos);
+  server_->Shutdown();
+  TierConfig config = Config();
+  config.server.reflection = false;
+  auto off = TierServer::Start(config);
+  ASSERT_TRUE(off.ok()) << off.status();
+  testing::RawCallResult r = testing::RawCall(absl::StrCat("127.0.0.1:", (*off)->port()), method, {list_services});
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::UNIMPLEMENTED) << r.status.error_message();
 }
 
 TEST_F(TierServiceTest, BadInputGetsClearErrorsAndTheStreamGoesOn) {

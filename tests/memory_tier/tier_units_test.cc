@@ -3,6 +3,7 @@
 // co-located client makes before trusting an arena, access statistics, the catalog's live pointer.
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -122,6 +123,27 @@ TEST(TierConfigTest, MergesJsonValidatesAndParsesSizes) {
   EXPECT_FALSE(ParseByteSize("G").ok());
 }
 
+// The security keys: reflection and TLS from JSON (the flags set the same fields), defaults, and
+// the pairs that must be given together.
+TEST(TierConfigTest, ReflectionAndTlsKeys) {
+  TierConfig c;
+  c.store.dir = "/tmp";
+  EXPECT_TRUE(c.server.reflection);
+  EXPECT_TRUE(c.server.tls_cert.empty());
+  EXPECT_EQ(c.dram.shm_mode, "0640");
+  ASSERT_TRUE(c.MergeJson(nlohmann::json::parse(R"({"server": {"reflection": false,
+      "tls_cert": "/tls/s.crt", "tls_key": "/tls/s.key", "tls_client_ca": "/tls/ca.crt"},
+      "dram": {"shm_mode": "0600"}})")).ok());
+  EXPECT_FALSE(c.server.reflection);
+  EXPECT_EQ(c.server.tls_client_ca, "/tls/ca.crt");
+  EXPECT_TRUE(c.Validate().ok()) << c.Validate();
+  EXPECT_EQ(c.ToJson()["server"]["tls_key"], "/tls/s.key");
+  c.server.tls_cert.clear();
+  EXPECT_NE(c.Validate().message().find("--tls-cert and --tls-key"), absl::string_view::npos);
+  c.server.tls_key.clear();
+  EXPECT_NE(c.Validate().message().find("--tls-client-ca needs"), absl::string_view::npos);
+}
+
 TEST(BatchSchedulerTest, EarlierLayersRunFirstThenArrivalOrder) {
   std::vector<std::pair<uint32_t, int>> ran;
   absl::Mutex mu;
@@ -206,6 +228,42 @@ TEST(ArenaTest, ClientRefusesForeignHostsMismatchesAndRetiredArenas) {
   std::vector<uint32_t> missing;
   ASSERT_TRUE((*reader)->Lookup(ids, out.data(), &missing).ok());
   EXPECT_EQ(missing, (std::vector<uint32_t>{0, 1}));
+}
+
+// The arena is readable by the tier's user and group only (0640, or 0600), whatever the umask:
+// not world-readable as before (0644), never writable by anyone but the tier.
+TEST(ArenaTest, ObjectModeIsOwnerAndGroupOnlyWhateverTheUmask) {
+  for (uint32_t mode : {0640u, 0600u}) {
+    DramTier::Options o;
+    o.shm_name = absl::StrCat("/engram-test-", getpid(), "-mode");
+    o.budget_bytes = 1 << 20;
+    o.lock = false;
+    o.model = "m";
+    o.version = 1;
+    o.shm_mode = mode;
+    const mode_t old_umask = umask(0);  // a permissive umask must not widen the mode
+    auto dram = DramTier::Create(o, 100, 64);
+    umask(old_umask);
+    ASSERT_TRUE(dram.ok()) << dram.status();
+    int fd = shm_open(o.shm_name.c_str(), O_RDONLY, 0);
+    ASSERT_GE(fd, 0);
+    struct stat st;
+    ASSERT_EQ(fstat(fd, &st), 0);
+    close(fd);
+    EXPECT_EQ(st.st_mode & 07777, mode) << std::oct << (st.st_mode & 07777);
+    EXPECT_EQ(st.st_uid, geteuid());
+  }
+  SharedArena::CreateOptions bad;
+  bad.shm_name = absl::StrCat("/engram-test-", getpid(), "-badmode");
+  bad.geometry = ResidentGeometry(10, 64);
+  bad.mode = 0644;
+  absl::StatusOr<std::unique_ptr<SharedArena>> refused = SharedArena::Create(bad);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("0600 or 0640"), absl::string_view::npos);
+  TierConfig c;
+  c.store.dir = "/tmp";
+  c.dram.shm_mode = "0644";
+  EXPECT_NE(c.Validate().message().find("dram.shm_mode"), absl::string_view::npos);
 }
 
 // A corrupt or hostile arena header (the client maps whatever the name holds) is refused before

@@ -115,5 +115,33 @@ TEST(WorkerConfigTest, HttpApiSection) {
   EXPECT_NE(Error(c).find("http.request_timeout"), std::string::npos);
 }
 
+// Reflection and TLS: JSON keys (the flags set the same fields), defaults, and the pairs that must
+// be given together.
+TEST(WorkerConfigTest, ReflectionAndTlsSection) {
+  WorkerConfig c = Valid();
+  EXPECT_TRUE(c.server.reflection);
+  EXPECT_TRUE(c.server.tls_cert.empty() && c.memory_tier.tls_ca.empty());
+  auto j = nlohmann::json::parse(R"({"server": {"reflection": false, "tls_cert": "/tls/s.crt",
+      "tls_key": "/tls/s.key", "tls_client_ca": "/tls/ca.crt"},
+      "memory_tier": {"tls_ca": "/tls/ca.crt", "tls_cert": "/tls/c.crt", "tls_key": "/tls/c.key"}})");
+  ASSERT_TRUE(ApplyJsonConfig(j, &c).ok());
+  EXPECT_FALSE(c.server.reflection);
+  EXPECT_EQ(c.server.tls_client_ca, "/tls/ca.crt");
+  EXPECT_EQ(c.memory_tier.tls_key, "/tls/c.key");
+  EXPECT_TRUE(c.Validate().ok()) << c.Validate();
+  EXPECT_EQ(c.ToJson()["memory_tier"]["tls_ca"], "/tls/ca.crt");
+  c.server.tls_key.clear();
+  EXPECT_NE(Error(c).find("--tls-cert and --tls-key"), std::string::npos);
+  c = Valid();
+  c.server.tls_client_ca = "/tls/ca.crt";
+  EXPECT_NE(Error(c).find("--tls-client-ca needs"), std::string::npos);
+  c = Valid();
+  c.memory_tier.tls_cert = "/tls/c.crt";
+  EXPECT_NE(Error(c).find("--memory-tls-cert and --memory-tls-key"), std::string::npos);
+  c = Valid();
+  c.memory_tier.tls_ca = "/tls/ca.crt";  // one-way TLS to the tier
+  EXPECT_TRUE(c.Validate().ok()) << c.Validate();
+}
+
 }  // namespace
 }  // namespace engram
