@@ -30,7 +30,8 @@ h += Engram(h) before the block's attention. Training sequences are SEQ-token pi
 token stream, each a fresh sequence (hash history padded at its start), as `engram eval` runs its
 windows.
 
-Storage: backbone and Engram module weights in bf16 except norms (f32); tables bf16. The reported
+Storage: embeddings, attention and MLP projections and lm_head in bf16; norms and the Engram
+modules' small weights in f32; tables in bf16. The reported
 losses are computed after rounding to these dtypes, in f32, with `engram eval`'s windows (the
 window length = max_position_embeddings, consecutive windows share one token).
 """
