@@ -41,7 +41,7 @@ if [ ! -f "$model/config.json" ]; then
   "$engram" model init-demo "$model"
 fi
 step "model: ${model}"
-"$engram" model info "$model" | head -n 4
+"$engram" model info "$model"
 step "importing its Engram tables into ${store}"
 "$engram" table import "$model" --store "$store"
 
