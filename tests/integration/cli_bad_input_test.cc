@@ -1,7 +1,8 @@
 // The `engram` CLI on bad input: missing files, malformed JSON or safetensors, ids out of
 // range and inconsistent configs each end with exactly one line "engram <command>: <problem>"
 // (besides info-level progress logs) and a non-zero exit status, never a crash (a signal, an
-// uncaught exception). Covers tokenize, hash, check-module, generate and model init-demo/info/run,
+// uncaught exception). Covers tokenize, hash, check-module, generate, eval and model
+// init-demo/info/run,
 // running the real binary.
 //
 // Needs GPT-2's tokenizer.json from scripts/fetch-testdata.sh.
@@ -247,6 +248,24 @@ TEST_F(CliBadInputTest, Generate) {
                      "--max-tokens must be in");
   ExpectOneLineError({"generate", "--server", unused, "--prompt", "hi", "--stop"},
                      "--stop needs a value");
+}
+
+TEST_F(CliBadInputTest, Eval) {
+  const std::string& model = Model();
+  ExpectOneLineError({"eval", model, "--text", Path("missing.txt")}, "cannot open text file");
+  ExpectOneLineError({"eval", model, "--text", Write("empty.txt", "")}, "is empty");
+  ExpectOneLineError({"eval", model, "--text", *dir_}, "is a directory");
+  ExpectOneLineError({"eval", model, "--text", Write("one.txt", "hello")}, "at least 2 are needed");
+  ExpectOneLineError({"eval", model}, "missing --text");
+  ExpectOneLineError({"eval", "--text", Write("two.txt", "hello world")},
+                     "expected exactly one model directory");
+  ExpectOneLineError({"eval", Path("no-such-model"), "--text", Path("two.txt")}, "no-such-model");
+  ExpectOneLineError({"eval", model, "--text", Path("two.txt"), "--zero-engram", "--drop-engram"},
+                     "at most one of --zero-engram and --drop-engram");
+  ExpectOneLineError({"eval", model, "--text", Path("two.txt"), "--window", "1"}, "--window");
+  ExpectOneLineError({"eval", model, "--text", Path("two.txt"), "--window", "65"}, "--window");
+  ExpectOneLineError({"eval", model, "--text", Path("two.txt"), "--device", "tpu"}, "tpu");
+  ExpectOneLineError({"eval", model, "--text", Write("bad-utf8.txt", "ab\xff")}, "not valid UTF-8");
 }
 
 TEST_F(CliBadInputTest, ModelInitDemo) {
