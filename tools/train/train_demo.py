@@ -2,7 +2,7 @@
 """Trains the small English demo model (and its no-Engram control) on CPU or GPU.
 
 Usage (Debian's python3-torch 1.13, python3-numpy, python3-sympy, python3-regex):
-    /work/shared/tools/build-corpus.sh CORPUS_DIR          # ~310 MB of English text, not committed
+    bash tools/train/build-corpus.sh CORPUS_DIR            # English text from packages, not committed
     /usr/bin/python3 tools/train/train_demo.py --corpus CORPUS_DIR --out OUT_DIR [options]
 
 Writes OUT_DIR/model (Engram) and OUT_DIR/control (the same backbone, no Engram modules, trained on
