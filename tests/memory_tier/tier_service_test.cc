@@ -328,7 +328,9 @@ TEST_F(TierServiceTest, ArenaHitsAreValidatedAndBudgetedPerStream) {
     EXPECT_EQ(t.hottest(0).row_id(), 50u) << "the flood made row " << t.hottest(0).row_id()
                                           << " the hottest";
     for (const auto& h : t.hottest()) {
-      if (h.row_id() == 5) EXPECT_LE(h.count(), MemoryTierService::kArenaHitsPerRow + 0.5);
+      if (h.row_id() == 5) {
+        EXPECT_LE(h.count(), MemoryTierService::kArenaHitsPerRow + 0.5);
+      }
     }
   }
   EXPECT_TRUE(found);
