@@ -1,4 +1,4 @@
-// ExpectNearDevice: compares a device array (f32 or bf16) with a float64 CPU reference element by
+// ToDevice: a host vector copied to the device. ExpectNearDevice: compares a device array (f32 or bf16) with a float64 CPU reference element by
 // element, with a tolerance atol + rtol * |reference|; prints the first mismatches with their index
 // and fails on any NaN. The tolerance is chosen per precision by each test and justified there.
 #ifndef ENGRAM_TESTS_GPU_DEVICE_EXPECT_NEAR_H_
@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "model/cuda/device_buffer.h"
 #include "tests/gpu/cuda_ok.h"
 
 namespace engram::testing {
@@ -26,6 +27,16 @@ inline float ToFloat(__nv_bfloat16 v) {
   float out;
   std::memcpy(&out, &f, 4);
   return out;
+}
+
+// A device copy of `host` (an empty buffer, whose pointer is null, for an empty vector); a failed
+// allocation or copy fails the test.
+template <typename T>
+DeviceBuffer<T> ToDevice(const std::vector<T>& host) {
+  if (host.empty()) return DeviceBuffer<T>();  // null, like an empty tensor
+  absl::StatusOr<DeviceBuffer<T>> b = DeviceBuffer<T>::FromHost(host);
+  EXPECT_TRUE(b.ok()) << b.status();
+  return b.ok() ? std::move(*b) : DeviceBuffer<T>();
 }
 
 // Host copy of n device elements as floats.

@@ -38,18 +38,11 @@ namespace {
 
 using ::engram::testing::DownloadAsFloat;
 using ::engram::testing::ExpectNearDevice;
+using ::engram::testing::ToDevice;
 
 constexpr double kTolU = 1e-5;
 constexpr double kTolH = 2e-5;
 constexpr int kDMem = 24;
-
-template <typename T>
-DeviceBuffer<T> ToDevice(const std::vector<T>& host) {
-  if (host.empty()) return DeviceBuffer<T>();  // null, like an empty tensor
-  absl::StatusOr<DeviceBuffer<T>> b = DeviceBuffer<T>::FromHost(host);
-  EXPECT_TRUE(b.ok()) << b.status();
-  return b.ok() ? std::move(*b) : DeviceBuffer<T>();
-}
 
 std::vector<float> Random(size_t n, float lo, float hi, std::mt19937* rng) {
   std::uniform_real_distribution<float> dist(lo, hi);

@@ -27,17 +27,10 @@ namespace engram::kernels {
 namespace {
 
 using ::engram::testing::ExpectNearDevice;
+using ::engram::testing::ToDevice;
 
 constexpr double kBf16Rtol = 1e-2;
 constexpr double kBf16Atol = 1e-6;
-
-template <typename T>
-DeviceBuffer<T> ToDevice(const std::vector<T>& host) {
-  if (host.empty()) return DeviceBuffer<T>();  // null, like an empty tensor
-  absl::StatusOr<DeviceBuffer<T>> b = DeviceBuffer<T>::FromHost(host);
-  EXPECT_TRUE(b.ok()) << b.status();
-  return b.ok() ? std::move(*b) : DeviceBuffer<T>();
-}
 
 std::vector<float> Random(size_t n, float scale, std::mt19937* rng) {
   std::uniform_real_distribution<float> dist(-scale, scale);

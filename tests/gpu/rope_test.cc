@@ -28,18 +28,11 @@ namespace engram::kernels {
 namespace {
 
 using ::engram::testing::ExpectNearDevice;
+using ::engram::testing::ToDevice;
 
 constexpr double kBf16Rtol = 1e-2;
 constexpr double kBf16Atol = 1e-5;
 constexpr float kSentinel = -123.5f;  // exact in bf16
-
-template <typename T>
-DeviceBuffer<T> ToDevice(const std::vector<T>& host) {
-  if (host.empty()) return DeviceBuffer<T>();  // null, like an empty tensor
-  absl::StatusOr<DeviceBuffer<T>> b = DeviceBuffer<T>::FromHost(host);
-  EXPECT_TRUE(b.ok()) << b.status();
-  return b.ok() ? std::move(*b) : DeviceBuffer<T>();
-}
 
 TEST(RopeTableTest, HoldsExactlyTheAnglesOfRopeAngles) {
   for (int D : {2, 8, 22, 128}) {

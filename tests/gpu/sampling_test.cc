@@ -27,21 +27,16 @@
 #include "model/cuda/device_buffer.h"
 #include "model/sampler.h"
 #include "tests/gpu/cuda_ok.h"
+#include "tests/gpu/device_expect_near.h"
 
 namespace engram::kernels {
 namespace {
 
+using ::engram::testing::ToDevice;
+
 constexpr double kMargin = 1e-4;
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
-
-template <typename T>
-DeviceBuffer<T> ToDevice(const std::vector<T>& host) {
-  if (host.empty()) return DeviceBuffer<T>();  // null, like an empty tensor
-  absl::StatusOr<DeviceBuffer<T>> b = DeviceBuffer<T>::FromHost(host);
-  EXPECT_TRUE(b.ok()) << b.status();
-  return b.ok() ? std::move(*b) : DeviceBuffer<T>();
-}
 
 constexpr int kLogitKinds = 9;
 

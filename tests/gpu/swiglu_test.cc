@@ -25,15 +25,8 @@ namespace engram::kernels {
 namespace {
 
 using ::engram::testing::ExpectNearDevice;
+using ::engram::testing::ToDevice;
 using ::engram::testing::ToFloat;
-
-template <typename T>
-DeviceBuffer<T> ToDevice(const std::vector<T>& host) {
-  if (host.empty()) return DeviceBuffer<T>();  // null, like an empty tensor
-  absl::StatusOr<DeviceBuffer<T>> b = DeviceBuffer<T>::FromHost(host);
-  EXPECT_TRUE(b.ok()) << b.status();
-  return b.ok() ? std::move(*b) : DeviceBuffer<T>();
-}
 
 // (T, I, misaligned)
 class SwiGluTest : public ::testing::TestWithParam<std::tuple<int, int, bool>> {};
