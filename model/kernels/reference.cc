@@ -1,6 +1,9 @@
 #include "model/kernels/reference.h"
 
 #include <cstring>
+#include <vector>
+
+#include "common/safetensors.h"
 
 namespace engram::kernels {
 
@@ -17,6 +20,14 @@ size_t EngramGatherReference(const uint8_t* table, uint64_t table_rows, uint64_t
     std::memcpy(dst, table + row_ids[i] * row_stride, row_bytes);
   }
   return out_of_range;
+}
+
+void RowGatherReference(RowDType dtype, int head_dim, const uint8_t* row, uint16_t* out) {
+  std::vector<float> values(head_dim, 0.0f);
+  if (row != nullptr && !DecodeRows(dtype, row, 1, head_dim, values.data()).ok()) {
+    values.assign(head_dim, 0.0f);
+  }
+  for (int j = 0; j < head_dim; ++j) out[j] = F32ToBf16(values[j]);
 }
 
 }  // namespace engram::kernels
