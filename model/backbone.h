@@ -62,14 +62,20 @@ struct BatchItem {
   Sampler* sampler = nullptr;
 };
 
-// Where the rows of one (item, Engram layer) are: host or device memory, their element type, and
-// an event to wait on before reading them (null when they are ready now).
+// Where the rows of one (item, Engram layer) are: decoded f32 rows in host or device memory, or
+// only their ids, which a backbone that can read the layer's table itself (the GPU backbone given
+// CudaBackboneOptions::engram_tables) gathers on its own; plus an event to wait on before reading
+// them (null when they are ready now).
 struct EngramRows {
-  enum class Where { kHost, kDevice };
+  enum class Where { kHost, kDevice, kRowIds };
   Where where = Where::kHost;
-  // Only f32 rows today: [tokens, d_mem] in (order, head) column order.
+  // kHost, kDevice: f32 rows, [tokens, d_mem] in (order, head) column order.
   const float* data = nullptr;
   size_t floats = 0;
+  // kRowIds: host row ids into the layer's table, [tokens, columns] in (order, head) column order
+  // (columns = d_mem / head_dim).
+  const uint64_t* row_ids = nullptr;
+  size_t ids = 0;
   // A cudaEvent_t recorded after the rows were written (device rows); null = ready.
   void* ready_event = nullptr;
 };

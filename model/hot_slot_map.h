@@ -51,6 +51,14 @@ ENGRAM_HOST_DEVICE inline int64_t HotSlotFind(const HotSlot* map, uint64_t mask,
   return -1;
 }
 
+// Host side: inserts `key` -> `slot` into a map that does not hold `key` and has an empty entry.
+inline void HotSlotInsert(HotSlot* map, uint64_t mask, uint64_t key, uint32_t slot) {
+  uint64_t i = HotSlotHome(key, mask);
+  uint32_t probe = 0;
+  while (map[i].key != kEmptyHotKey) i = (i + 1) & mask, ++probe;
+  map[i] = HotSlot{key, slot, probe};
+}
+
 }  // namespace engram
 
 #endif  // ENGRAM_MODEL_HOT_SLOT_MAP_H_

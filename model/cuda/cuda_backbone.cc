@@ -13,12 +13,15 @@
 #include "model/cuda/device_buffer.h"
 #include "model/cuda/gemm.h"
 #include "model/engram_module.h"
+#include "model/hot_slot_map.h"
 #include "model/kernels/attention.cuh"
 #include "model/kernels/attention_generic.cuh"
 #include "model/kernels/embedding.cuh"
+#include "model/kernels/engram_gather.cuh"
 #include "model/kernels/engram_ops.cuh"
 #include "model/kernels/rms_norm.cuh"
 #include "model/kernels/rope.cuh"
+#include "model/kernels/row_gather.cuh"
 #include "model/kernels/sampling.cuh"
 #include "model/kernels/swiglu.cuh"
 #include "model/model.h"
@@ -87,6 +90,23 @@ class PinnedBuffer {
   size_t size_ = 0;
 };
 
+// Host memory registered with cudaHostRegister, unregistered with its owner.
+class HostRegistration {
+ public:
+  HostRegistration() = default;
+  ~HostRegistration() {
+    if (ptr_ != nullptr) cudaHostUnregister(ptr_);
+  }
+  HostRegistration(HostRegistration&& o) noexcept : ptr_(std::exchange(o.ptr_, nullptr)) {}
+  HostRegistration& operator=(HostRegistration&&) = delete;
+  HostRegistration(const HostRegistration&) = delete;
+  HostRegistration& operator=(const HostRegistration&) = delete;
+  void Set(void* ptr) { ptr_ = ptr; }
+
+ private:
+  void* ptr_ = nullptr;
+};
+
 }  // namespace
 
 // ---- Sequence state -----------------------------------------------------------------------------
@@ -116,6 +136,25 @@ struct CudaBackbone::Impl {
     DeviceBuffer<float> normed;  // [max_tokens, H]
     DeviceBuffer<float> rings;   // [ring_slots, R, H]; R = (K - 1) * dilation
     int ring_rows = 0;
+    // Rows gathered by id (EngramDeviceTable; by_id false without one): the table as the device
+    // reads it (mapped host rows, or hbm_table), the HBM hot-row cache (slot map + pool), the
+    // step's ids, and the per-source counters of the step and since creation.
+    bool by_id = false;
+    RowDType dtype = RowDType::kBF16;
+    int head_dim = 0, columns = 0;
+    uint32_t row_bytes = 0;
+    uint64_t table_rows = 0, table_stride = 0;
+    const uint8_t* table = nullptr;
+    HostRegistration registered;  // host rows this backbone registered with the driver
+    DeviceBuffer<uint8_t> hbm_table, pool;
+    DeviceBuffer<HotSlot> slot_map;
+    uint64_t cache_rows = 0;
+    PinnedBuffer<uint64_t> ids_host;  // [max_tokens * columns]
+    DeviceBuffer<uint64_t> ids;
+    DeviceBuffer<unsigned int> counters;  // [kRowSources] of this step
+    PinnedBuffer<unsigned int> counters_host;
+    bool counted = false;  // counters_host holds this step's counts (read after the step's sync)
+    EngramRowCounts counts;
   };
   DeviceBuffer<bf16> embed;    // [V, H]
   DeviceBuffer<bf16> lm_head;  // [V, H] (empty when tied: embed is used)
@@ -266,6 +305,98 @@ size_t Align(size_t v) { return (v + 255) / 256 * 256; }
 
 }  // namespace
 
+namespace {
+
+// Makes layer e's table readable by id on the device (EngramDeviceTable): maps its host rows, copies
+// them whole into HBM when asked, and fills the HBM hot-row cache from the hot list by gathering
+// those rows on the device. Sizes the per-step id buffers for `max_tokens` tokens.
+absl::Status SetUpDeviceTable(const EngramDeviceTable& t, int max_tokens,
+                              CudaBackbone::Impl::Engram& e, cudaStream_t stream) {
+  if (t.dtype == RowDType::kF16) {
+    return absl::UnimplementedError("Engram tables on the GPU are f32, bf16 or fp8_e4m3_e8m0");
+  }
+  if (t.head_dim <= 0 || e.d_mem % t.head_dim != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("Engram table of layer ", e.layer, ": head_dim ",
+                                                   t.head_dim, " does not divide d_mem ", e.d_mem));
+  }
+  ENGRAM_ASSIGN_OR_RETURN(const size_t row_bytes, RowBytes(t.dtype, t.head_dim));
+  if (t.host == nullptr || t.rows == 0 || t.stride < row_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Engram table of layer ", e.layer, ": needs host rows, rows > 0 and a stride >= ", row_bytes));
+  }
+  e.by_id = true;
+  e.dtype = t.dtype;
+  e.head_dim = t.head_dim;
+  e.columns = e.d_mem / t.head_dim;
+  e.row_bytes = static_cast<uint32_t>(row_bytes);
+  e.table_rows = t.rows;
+  e.table_stride = t.stride;
+  // Host rows, mapped read-only (already pinned memory, e.g. cudaHostAlloc, is used as it is).
+  auto* host = const_cast<uint8_t*>(t.host);
+  const size_t host_bytes = (t.rows - 1) * t.stride + row_bytes;
+  const cudaError_t reg =
+      cudaHostRegister(host, host_bytes, cudaHostRegisterMapped | cudaHostRegisterReadOnly);
+  if (reg == cudaErrorHostMemoryAlreadyRegistered) {
+    cudaGetLastError();
+  } else {
+    CUDA_RETURN_IF_ERROR(reg, "register the Engram table's host rows");
+    e.registered.Set(host);
+  }
+  void* mapped = nullptr;
+  CUDA_RETURN_IF_ERROR(cudaHostGetDevicePointer(&mapped, host, 0), "map the Engram table");
+  e.table = static_cast<const uint8_t*>(mapped);
+  if (t.whole_in_hbm) {
+    ENGRAM_ASSIGN_OR_RETURN(e.hbm_table, DeviceBuffer<uint8_t>::Create(t.rows * row_bytes));
+    CUDA_RETURN_IF_ERROR(cudaMemcpy2D(e.hbm_table.get(), row_bytes, host, t.stride, row_bytes,
+                                      t.rows, cudaMemcpyHostToDevice),
+                         "copy the Engram table to HBM");
+    e.table = e.hbm_table.get();
+    e.table_stride = row_bytes;
+  }
+  // The HBM hot-row cache: the first distinct, valid hot rows, slot k holding the k-th.
+  const uint64_t slots = t.hbm_cache_bytes / row_bytes;
+  if (slots > 0) {
+    uint64_t entries = 1;
+    while (entries < 2 * slots) entries *= 2;
+    std::vector<HotSlot> map(entries);
+    std::vector<uint64_t> cached;
+    for (uint64_t row : t.hot_rows) {
+      if (cached.size() == slots) break;
+      if (row >= t.rows || HotSlotFind(map.data(), entries - 1, row) >= 0) continue;
+      HotSlotInsert(map.data(), entries - 1, row, static_cast<uint32_t>(cached.size()));
+      cached.push_back(row);
+    }
+    ENGRAM_ASSIGN_OR_RETURN(e.pool, DeviceBuffer<uint8_t>::Create(slots * row_bytes));
+    ENGRAM_ASSIGN_OR_RETURN(e.slot_map, DeviceBuffer<HotSlot>::FromHost(map));
+    constexpr size_t kChunk = size_t{1} << 20;
+    ENGRAM_ASSIGN_OR_RETURN(DeviceBuffer<uint64_t> chunk_ids,
+                            DeviceBuffer<uint64_t>::Create(std::min(kChunk, std::max<size_t>(1, cached.size()))));
+    for (size_t at = 0; at < cached.size(); at += kChunk) {
+      const size_t n = std::min(kChunk, cached.size() - at);
+      ENGRAM_RETURN_IF_ERROR(chunk_ids.Upload(absl::MakeConstSpan(cached).subspan(at, n)));
+      kernels::EngramGatherArgs g;
+      g.table = e.table;
+      g.table_rows = e.table_rows;
+      g.row_stride = e.table_stride;
+      g.row_bytes = e.row_bytes;
+      g.row_ids = chunk_ids.get();
+      g.n = static_cast<uint32_t>(n);
+      g.out = e.pool.get() + at * row_bytes;
+      ENGRAM_RETURN_IF_ERROR(kernels::LaunchEngramGather(g, stream));
+      CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream), "fill the HBM row cache");
+    }
+    e.cache_rows = cached.size();
+  }
+  const size_t max_ids = static_cast<size_t>(max_tokens) * e.columns;
+  ENGRAM_RETURN_IF_ERROR(e.ids_host.Allocate(max_ids));
+  std::memset(e.ids_host.get(), 0, max_ids * sizeof(uint64_t));
+  ENGRAM_ASSIGN_OR_RETURN(e.ids, DeviceBuffer<uint64_t>::Create(max_ids));
+  ENGRAM_ASSIGN_OR_RETURN(e.counters, DeviceBuffer<unsigned int>::Create(kernels::kRowSources));
+  return e.counters_host.Allocate(kernels::kRowSources);
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<CudaBackbone>> CudaBackbone::Create(
     const ModelConfig& config, const BackboneWeights& weights,
     const std::vector<const EngramModule*>& engram_modules, const CudaBackboneOptions& options) {
@@ -285,6 +416,9 @@ absl::StatusOr<std::unique_ptr<CudaBackbone>> CudaBackbone::Create(
   }
   if (engram_modules.size() != config.engram.layer_ids.size()) {
     return absl::InvalidArgumentError("one Engram module per Engram layer is needed");
+  }
+  if (!options.engram_tables.empty() && options.engram_tables.size() != engram_modules.size()) {
+    return absl::InvalidArgumentError("engram_tables: none, or one per Engram layer");
   }
   CUDA_RETURN_IF_ERROR(cudaSetDevice(options.device), "cudaSetDevice");
   std::unique_ptr<CudaBackbone> b(new CudaBackbone(config, options));
@@ -357,6 +491,9 @@ absl::StatusOr<std::unique_ptr<CudaBackbone>> CudaBackbone::Create(
     ENGRAM_ASSIGN_OR_RETURN(e.rows_bf16,
                             DeviceBuffer<bf16>::Create(static_cast<size_t>(T) * e.d_mem));
     ENGRAM_ASSIGN_OR_RETURN(e.normed, DeviceBuffer<float>::Create(static_cast<size_t>(T) * H));
+    if (!options.engram_tables.empty()) {
+      ENGRAM_RETURN_IF_ERROR(SetUpDeviceTable(options.engram_tables[li], T, e, m.stream));
+    }
     m.engram.push_back(std::move(e));
   }
   for (int s = 0; s < ring_slots; ++s) m.free_rings.push_back(ring_slots - 1 - s);
@@ -464,6 +601,10 @@ size_t CudaBackbone::weight_bytes() const {
 }
 
 size_t CudaBackbone::kv_cache_bytes() const { return impl_->kv.bytes(); }
+
+EngramRowCounts CudaBackbone::engram_row_counts(int li) const { return impl_->engram.at(li).counts; }
+
+uint64_t CudaBackbone::hbm_cache_rows(int li) const { return impl_->engram.at(li).cache_rows; }
 
 // ---- Sequences and blocks -----------------------------------------------------------------------
 
@@ -677,12 +818,10 @@ struct Forward {
   }
 
   // The Engram module of engram index `li` over the step's rows, whose rows are already in
-  // e.rows (device f32): h += Engram(rows, h).
+  // e.rows_bf16: h += Engram(rows, h).
   absl::Status Engram(int li) {
     CudaBackbone::Impl::Engram& e = m.engram[li];
     const int H = config.hidden_size, T = s.T;
-    ENGRAM_RETURN_IF_ERROR(kernels::LaunchToBf16(e.rows.get(), int64_t(T) * e.d_mem,
-                                                 e.rows_bf16.get(), stream()));  // (T, d_mem)
     ENGRAM_RETURN_IF_ERROR(m.gemm->Run(e.rows_bf16.get(), e.vk.get(), T, 2 * H, e.d_mem,
                                        m.vk_out.get(), stream()));  // [v | k]: (T, 2H)
     kernels::EngramGateArgs g;
@@ -878,34 +1017,98 @@ absl::Status CudaBackbone::Step(absl::Span<const BatchItem> items, EngramRowSour
   for (size_t li = 0; li < m.engram.size(); ++li) engram_at[m.engram[li].layer] = int(li);
 
   // Host-side Engram rows of layer li into the staging buffer, then to the device. The wait for
-  // them happens here, after every earlier layer was handed to the GPU.
+  // them happens here, after every earlier layer was handed to the GPU. A row source answers with
+  // f32 rows (copied up through pinned staging) or, for a layer with a device table, with row ids
+  // (gathered on the device from the HBM cache and the table); one kind per layer and step.
   std::vector<bool> failed(order.size(), false);
   auto engram_layer = [&](int li) -> absl::Status {
     Impl::Engram& e = m.engram[li];
+    int by_id = 0, by_rows = 0;
+    auto fail = [&](size_t b, absl::Status why) {
+      out->status[order[b]] = std::move(why);
+      failed[b] = true;
+      live[b] = 0;
+    };
     for (size_t b = 0; b < order.size(); ++b) {
       const size_t i = order[b];
-      const int n = static_cast<int>(items[i].tokens.size());
+      const size_t n = items[i].tokens.size();
       if (failed[b]) continue;
       absl::StatusOr<EngramRows> r = rows.Locate(i, li);
-      if (r.ok() && (r->where != EngramRows::Where::kHost || r->floats != size_t(n) * e.d_mem)) {
-        r = absl::InternalError(absl::StrCat(
-            "Engram row source returned ", r->floats,
-            r->where == EngramRows::Where::kHost ? " host" : " device", " floats for layer ",
-            e.layer, ", expected ", size_t(n) * e.d_mem, " host floats"));
-      }
       if (!r.ok()) {
-        out->status[i] = r.status();
-        failed[b] = true;
-        live[b] = 0;
+        fail(b, r.status());
+        continue;
+      }
+      if (r->where == EngramRows::Where::kRowIds) {
+        uint64_t* ids = e.ids_host.get() + size_t(row_offsets[b]) * e.columns;
+        if (!e.by_id || r->ids != n * e.columns || by_rows > 0) {
+          fail(b, absl::InternalError(absl::StrCat(
+                      "Engram row source returned ", r->ids, " row ids for layer ", e.layer,
+                      !e.by_id    ? ", which has no device table (CudaBackboneOptions::engram_tables)"
+                      : by_rows > 0 ? " after f32 rows for other items of the step"
+                                    : absl::StrCat(", expected ", n * e.columns))));
+          std::fill(ids, ids + n * e.columns, 0);  // row 0 exists: the failed rows gather harmlessly
+          continue;
+        }
+        const uint64_t* bad = std::find_if(r->row_ids, r->row_ids + r->ids,
+                                           [&](uint64_t id) { return id >= e.table_rows; });
+        if (bad != r->row_ids + r->ids) {
+          fail(b, absl::InternalError(absl::StrCat("Engram row id ", *bad, " for layer ", e.layer,
+                                                   " is beyond its table's ", e.table_rows, " rows")));
+          std::fill(ids, ids + n * e.columns, 0);
+          continue;
+        }
+        std::memcpy(ids, r->row_ids, r->ids * sizeof(uint64_t));
+        ++by_id;
+        continue;
+      }
+      if (r->where != EngramRows::Where::kHost || r->floats != n * e.d_mem || by_id > 0) {
+        fail(b, absl::InternalError(absl::StrCat(
+                    "Engram row source returned ", r->floats,
+                    r->where == EngramRows::Where::kHost ? " host" : " device", " floats for layer ",
+                    e.layer, ", expected ", n * e.d_mem, " host floats",
+                    by_id > 0 ? " like the step's other items (row ids)" : "")));
         continue;
       }
       std::memcpy(e.staging.get() + size_t(row_offsets[b]) * e.d_mem, r->data,
-                  size_t(n) * e.d_mem * sizeof(float));
+                  n * e.d_mem * sizeof(float));
+      ++by_rows;
     }
-    CUDA_RETURN_IF_ERROR(
-        cudaMemcpyAsync(e.rows.get(), e.staging.get(), size_t(rows_total) * e.d_mem * sizeof(float),
-                        cudaMemcpyHostToDevice, m.stream),
-        "Engram rows to the device");
+    if (by_id == 0) {
+      CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(e.rows.get(), e.staging.get(),
+                                           size_t(rows_total) * e.d_mem * sizeof(float),
+                                           cudaMemcpyHostToDevice, m.stream),
+                           "Engram rows to the device");
+      ENGRAM_RETURN_IF_ERROR(kernels::LaunchToBf16(e.rows.get(), int64_t(run.T) * e.d_mem,
+                                                   e.rows_bf16.get(), m.stream));  // (T, d_mem)
+      return fwd.Engram(li);
+    }
+    // Rows by id: the real rows' ids up, then one gather (padded rows keep stale, finite rows).
+    const size_t n_ids = size_t(row_offsets[s.B]) * e.columns;
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(e.ids.get(), e.ids_host.get(), n_ids * sizeof(uint64_t),
+                                         cudaMemcpyHostToDevice, m.stream),
+                         "Engram row ids to the device");
+    CUDA_RETURN_IF_ERROR(cudaMemsetAsync(e.counters.get(), 0, e.counters.bytes(), m.stream),
+                         "row counters");
+    kernels::RowGatherArgs g;
+    g.row_ids = e.ids.get();
+    g.n = static_cast<uint32_t>(n_ids);
+    g.dtype = e.dtype;
+    g.head_dim = e.head_dim;
+    if (e.cache_rows > 0) {
+      g.slot_map = e.slot_map.get();
+      g.slot_mask = e.slot_map.size() - 1;
+      g.pool = e.pool.get();
+    }
+    g.arena = e.table;
+    g.arena_rows = e.table_rows;
+    g.arena_stride = e.table_stride;
+    g.out = e.rows_bf16.get();
+    g.counters = e.counters.get();
+    ENGRAM_RETURN_IF_ERROR(kernels::LaunchRowGather(g, m.stream));  // rows_bf16: (T, d_mem)
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(e.counters_host.get(), e.counters.get(),
+                                         e.counters.bytes(), cudaMemcpyDeviceToHost, m.stream),
+                         "row counters");
+    e.counted = true;
     return fwd.Engram(li);
   };
 
@@ -973,6 +1176,15 @@ absl::Status CudaBackbone::Step(absl::Span<const BatchItem> items, EngramRowSour
     }
   }
   CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(m.stream), "step");
+  for (Impl::Engram& e : m.engram) {
+    if (!e.counted) continue;
+    const unsigned int* c = e.counters_host.get();
+    e.counts.hbm += c[kernels::kRowFromHbm];
+    e.counts.staging += c[kernels::kRowFromStaging];
+    e.counts.table += c[kernels::kRowFromArena];
+    e.counts.missing += c[kernels::kRowMissing];
+    e.counted = false;
+  }
   for (size_t b = 0; b < order.size(); ++b) {
     const size_t i = order[b];
     if (failed[b]) continue;

@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/row_format.h"
 #include "model/backbone.h"
 #include "model/weights.h"
 
@@ -40,6 +41,31 @@ namespace engram {
 
 class Model;
 class EngramModule;
+
+// An Engram layer's table as the GPU reads it by row id (EngramRows::Where::kRowIds), through the
+// unified row gather (model/kernels/row_gather.cuh): an HBM hot-row cache first, then the rows
+// themselves, in host memory read in place over PCIe or copied whole into HBM.
+struct EngramDeviceTable {
+  RowDType dtype = RowDType::kBF16;  // f32, bf16 or fp8_e4m3_e8m0
+  int head_dim = 0;
+  uint64_t rows = 0;
+  // Row r at host + r * stride (e.g. the memory tier's resident arena). Registered with the driver
+  // (mapped, read-only) unless already pinned; must outlive the backbone.
+  const uint8_t* host = nullptr;
+  uint64_t stride = 0;
+  // Copy the whole table into HBM at creation and read it there (the table-in-HBM configuration).
+  bool whole_in_hbm = false;
+  // HBM hot-row cache of this many bytes (0: none), filled at creation with the first rows of
+  // hot_rows (hottest first; ids >= rows and repeats are skipped).
+  size_t hbm_cache_bytes = 0;
+  std::vector<uint64_t> hot_rows;
+};
+
+// Cumulative count of rows gathered per source (kernels::RowSource order: HBM cache, staging,
+// table, missing) for one Engram layer.
+struct EngramRowCounts {
+  uint64_t hbm = 0, staging = 0, table = 0, missing = 0;
+};
 
 struct CudaBackboneOptions {
   // Share of the device's memory the backbone may fill, KV cache included. (0, 1].
@@ -53,6 +79,9 @@ struct CudaBackboneOptions {
   int block_tokens = 32;
   // CUDA device ordinal.
   int device = 0;
+  // Empty, or one table per Engram layer (config.engram.layer_ids order): row sources may then
+  // answer with row ids (EngramRows::Where::kRowIds).
+  std::vector<EngramDeviceTable> engram_tables;
 };
 
 class CudaBackbone : public Backbone {
@@ -80,6 +109,9 @@ class CudaBackbone : public Backbone {
   // Bytes of device memory held by the weights and by the KV cache.
   size_t weight_bytes() const;
   size_t kv_cache_bytes() const;
+  // Rows gathered by id so far, per source, for Engram layer index `li`; the HBM cache's rows.
+  EngramRowCounts engram_row_counts(int li) const;
+  uint64_t hbm_cache_rows(int li) const;
 
   // Device buffers and step state (cuda_backbone.cc only).
   struct Impl;

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/safetensors.h"
 #include "gtest/gtest.h"
 #include "model/cpu_backbone.h"
 #include "model/sampler.h"
@@ -241,6 +242,162 @@ TEST_F(GoldenTest, GreedyIndependentOfBatchChunkingAndGraphs) {
   auto no_graph = Greedy(**eager, d_mem, 2, prompt, 24, 64, 0, nullptr);
   ExpectSameGreedy(alone, margins, no_graph, 0.05f, "graphs vs eager");
   EXPECT_GT(backbone_->graph_replays(), 0u);
+}
+
+// A row source that hands the backbone either row ids into a bf16 table (EngramRows::kRowIds) or
+// the same rows decoded to f32 (the values of bf16 rows are exact in f32).
+class TableIdSource : public EngramRowSource {
+ public:
+  TableIdSource(const uint16_t* table, int head_dim, bool by_id) :
+      table_(table), head_dim_(head_dim), by_id_(by_id) {}
+  // ids[item][layer]: (tokens, columns).
+  std::vector<std::vector<std::vector<uint64_t>>> ids;
+
+  absl::StatusOr<absl::Span<const float>> Rows(size_t item, int layer) override {
+    const std::vector<uint64_t>& r = ids.at(item).at(layer);
+    rows_.resize(r.size() * head_dim_);
+    for (size_t k = 0; k < r.size(); ++k) {
+      for (int j = 0; j < head_dim_; ++j) {
+        rows_[k * head_dim_ + j] = Bf16ToF32(table_[r[k] * head_dim_ + j]);
+      }
+    }
+    return absl::MakeConstSpan(rows_);
+  }
+  absl::StatusOr<EngramRows> Locate(size_t item, int layer) override {
+    if (!by_id_) return EngramRowSource::Locate(item, layer);
+    EngramRows out;
+    out.where = EngramRows::Where::kRowIds;
+    out.row_ids = ids.at(item).at(layer).data();
+    out.ids = ids.at(item).at(layer).size();
+    return out;
+  }
+
+ private:
+  const uint16_t* table_;
+  int head_dim_;
+  bool by_id_;
+  std::vector<float> rows_;
+};
+
+// Rows by id (CudaBackboneOptions::engram_tables): a bf16 table in pinned host memory read in
+// place over PCIe, copied whole into HBM, and behind an HBM cache holding a third of its rows, all
+// give the logits of the same rows handed over as f32 host rows (the module sees the same bf16
+// input), through a prefill step and graph-replayed decode steps. The per-source counters add up.
+TEST_F(GoldenTest, RowsByIdEqualRowsByValueFromEveryTableSource) {
+  const EngramConfig& ec = model_->config.engram;
+  const int D = ec.head_dim, columns = ec.columns(), layers = int(ec.layer_ids.size());
+  const uint64_t R = 997;
+  uint16_t* table = nullptr;
+  ASSERT_EQ(cudaHostAlloc(&table, R * D * 2, cudaHostAllocMapped), cudaSuccess);
+  for (uint64_t k = 0; k < R * D; ++k) {
+    table[k] = F32ToBf16(std::sin(0.7 * double(k)) * 0.9);
+  }
+  auto make = [&](bool whole_in_hbm, size_t cache_rows) {
+    CudaBackboneOptions o = SmallOptions();
+    for (int l = 0; l < layers; ++l) {
+      EngramDeviceTable t;
+      t.dtype = RowDType::kBF16;
+      t.head_dim = D;
+      t.rows = R;
+      t.host = reinterpret_cast<const uint8_t*>(table);
+      t.stride = uint64_t(D) * 2;
+      t.whole_in_hbm = whole_in_hbm;
+      t.hbm_cache_bytes = cache_rows * D * 2;
+      for (uint64_t r = 0; r < R; r += 3) t.hot_rows.push_back(r);
+      o.engram_tables.push_back(t);
+    }
+    return CudaBackbone::Create(model_->config, model_->weights, model_->module_ptrs(), o);
+  };
+  struct Variant {
+    std::string name;
+    std::unique_ptr<CudaBackbone> backbone;
+    bool by_id;
+  };
+  std::vector<Variant> variants;
+  variants.push_back({"f32 host rows", std::move(backbone_), false});
+  for (auto [name, whole, cache] : {std::tuple<const char*, bool, size_t>{"mapped host table", false, 0},
+                                    {"table in HBM", true, 0},
+                                    {"HBM cache + mapped table", false, R / 3}}) {
+    auto b = make(whole, cache);
+    ASSERT_TRUE(b.ok()) << name << ": " << b.status();
+    variants.push_back({name, *std::move(b), true});
+  }
+  EXPECT_EQ(variants[3].backbone->hbm_cache_rows(0), R / 3);
+
+  const int V = model_->config.vocab_size;
+  const std::vector<std::vector<uint32_t>> prompts = {{5, 17, 33, 2, 90, 41, 41, 8, 60},
+                                                      {7, 7, 1, 64}};
+  std::vector<std::vector<std::unique_ptr<SequenceState>>> seqs(variants.size());
+  for (size_t v = 0; v < variants.size(); ++v) {
+    for (size_t i = 0; i < prompts.size(); ++i) seqs[v].push_back(variants[v].backbone->NewSequence(64));
+  }
+  std::vector<uint32_t> next(prompts.size(), 0);
+  std::vector<int> pos(prompts.size(), 0);
+  SamplingParams greedy;
+  Sampler sampler(greedy);
+  size_t total_ids = 0;
+  for (int step = 0; step < 6; ++step) {
+    std::vector<std::vector<uint32_t>> tokens(prompts.size());
+    std::vector<std::vector<std::vector<uint64_t>>> ids(prompts.size());
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      tokens[i] = step == 0 ? prompts[i] : std::vector<uint32_t>{next[i]};
+      for (int l = 0; l < layers; ++l) {
+        std::vector<uint64_t> r;
+        for (size_t t = 0; t < tokens[i].size(); ++t) {
+          for (int c = 0; c < columns; ++c) {
+            r.push_back((uint64_t(pos[i] + t) * 131 + c * 17 + l * 7 + i * 3 + tokens[i][t]) % R);
+          }
+        }
+        total_ids += r.size();
+        ids[i].push_back(std::move(r));
+      }
+    }
+    std::vector<std::vector<float>> logits(variants.size(), std::vector<float>(prompts.size() * V));
+    for (size_t v = 0; v < variants.size(); ++v) {
+      TableIdSource source(table, D, variants[v].by_id);
+      source.ids = ids;
+      std::vector<BatchItem> items;
+      std::vector<Sampler> samplers(prompts.size(), sampler);
+      for (size_t i = 0; i < prompts.size(); ++i) {
+        items.push_back({seqs[v][i].get(), tokens[i], &samplers[i]});
+      }
+      StepOutput out;
+      out.logits = logits[v].data();
+      ASSERT_TRUE(variants[v].backbone->Step(items, source, &out).ok()) << variants[v].name;
+      for (size_t i = 0; i < prompts.size(); ++i) {
+        ASSERT_TRUE(out.status[i].ok()) << variants[v].name << ": " << out.status[i];
+        if (v == 0) next[i] = out.tokens[i];
+      }
+    }
+    for (size_t i = 0; i < prompts.size(); ++i) pos[i] += int(tokens[i].size());
+    for (size_t v = 1; v < variants.size(); ++v) {
+      int bad = 0;
+      for (size_t k = 0; k < logits[0].size(); ++k) {
+        if (!(std::fabs(logits[v][k] - logits[0][k]) <= 1e-4f + 1e-4f * std::fabs(logits[0][k])) &&
+            ++bad <= 5) {
+          ADD_FAILURE() << variants[v].name << " step " << step << " logit " << k << ": got "
+                        << logits[v][k] << ", want " << logits[0][k];
+        }
+      }
+    }
+  }
+  total_ids /= layers;  // per layer
+  for (size_t v = 1; v < variants.size(); ++v) {
+    for (int l = 0; l < layers; ++l) {
+      const EngramRowCounts c = variants[v].backbone->engram_row_counts(l);
+      EXPECT_EQ(c.hbm + c.table, total_ids) << variants[v].name << " layer " << l;
+      EXPECT_EQ(c.missing, 0u);
+      EXPECT_EQ(c.staging, 0u);
+      if (v == 3) {
+        EXPECT_GT(c.hbm, 0u) << "the cache holds every third row";
+      } else {
+        EXPECT_EQ(c.hbm, 0u);
+      }
+    }
+  }
+  EXPECT_GT(variants[1].backbone->graph_replays(), 0u);
+  variants.clear();
+  cudaFreeHost(table);
 }
 
 // A random Llama of head_dim 64 (the tensor-core attention kernels) without Engram: GPU greedy vs

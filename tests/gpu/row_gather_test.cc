@@ -41,15 +41,6 @@ std::string Name(const testing::TestParamInfo<Case>& info) {
          std::to_string(c.cached) + (c.crowded ? "_crowded" : "");
 }
 
-// Inserts `key` -> `slot` by linear probing (the map has room).
-void Insert(std::vector<HotSlot>& map, uint64_t key, uint32_t slot) {
-  const uint64_t mask = map.size() - 1;
-  uint64_t i = HotSlotHome(key, mask);
-  uint32_t probe = 0;
-  while (map[i].key != kEmptyHotKey) i = (i + 1) & mask, ++probe;
-  map[i] = HotSlot{key, slot, probe};
-}
-
 // Random stored rows with finite values, so that decoding and rounding have one answer.
 void FillRows(RowDType dtype, int D, size_t rows, size_t row_bytes, std::mt19937_64& rng,
               uint8_t* out) {
@@ -113,7 +104,7 @@ TEST_P(RowGatherTest, EverySourceGivesTheStoredRow) {
   for (uint32_t s = 0; s < slots.size(); ++s) slots[s] = s;
   std::shuffle(slots.begin(), slots.end(), rng);
   for (size_t k = 0; k < cached.size(); ++k) {
-    Insert(map, key_offset + cached[k], slots[k]);
+    HotSlotInsert(map.data(), map.size() - 1, key_offset + cached[k], slots[k]);
     std::memcpy(pool.data() + slots[k] * row_bytes, table.data() + cached[k] * row_bytes, row_bytes);
   }
 
