@@ -307,6 +307,14 @@ size_t Align(size_t v) { return (v + 255) / 256 * 256; }
 
 namespace {
 
+// Inserts `key` -> `slot` into a map that does not hold `key` and has an empty entry.
+void HotSlotInsert(HotSlot* map, uint64_t mask, uint64_t key, uint32_t slot) {
+  uint64_t i = HotSlotHome(key, mask);
+  uint32_t probe = 0;
+  while (map[i].row != kEmptyRow) i = (i + 1) & mask, ++probe;
+  map[i] = HotSlot{key, slot, probe};
+}
+
 // Makes layer e's table readable by id on the device (EngramDeviceTable): maps its host rows, copies
 // them whole into HBM when asked, and fills the HBM hot-row cache from the hot list by gathering
 // those rows on the device. Sizes the per-step id buffers for `max_tokens` tokens.
@@ -358,11 +366,11 @@ absl::Status SetUpDeviceTable(const EngramDeviceTable& t, int max_tokens,
   if (slots > 0) {
     uint64_t entries = 1;
     while (entries < 2 * slots) entries *= 2;
-    std::vector<HotSlot> map(entries);
+    std::vector<HotSlot> map(entries, HotSlot{kEmptyRow, 0, 0});
     std::vector<uint64_t> cached;
     for (uint64_t row : t.hot_rows) {
       if (cached.size() == slots) break;
-      if (row >= t.rows || HotSlotFind(map.data(), entries - 1, row) >= 0) continue;
+      if (row >= t.rows || HotSlotLookup(map.data(), entries - 1, row) != kHotSlotMiss) continue;
       HotSlotInsert(map.data(), entries - 1, row, static_cast<uint32_t>(cached.size()));
       cached.push_back(row);
     }

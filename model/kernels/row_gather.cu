@@ -48,9 +48,9 @@ __device__ inline int Resolve(const RowGatherArgs& a, uint32_t i, uint64_t row, 
     const uint64_t home = HotSlotHome(key, a.slot_mask);
     for (uint64_t base = 0; base <= a.slot_mask; base += 32) {
       const uint64_t e = (home + base + lane) & a.slot_mask;
-      const uint64_t k = a.slot_map[e].key;
+      const uint64_t k = a.slot_map[e].row;
       const unsigned match = __ballot_sync(0xffffffffu, k == key);
-      const unsigned empty = __ballot_sync(0xffffffffu, k == kEmptyHotKey);
+      const unsigned empty = __ballot_sync(0xffffffffu, k == kEmptyRow);
       // Lanes past the map's end (a map of fewer than 32 entries) wrap onto entries already seen,
       // which changes nothing: the first match or empty entry comes first.
       if (match != 0 && (empty == 0 || __ffs(match) < __ffs(empty))) {

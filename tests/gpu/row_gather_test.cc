@@ -1,7 +1,7 @@
 // LaunchRowGather against its CPU reference (RowGatherReference): every row, whether found in an
 // HBM cache slot, in pinned staging or in a mapped arena, must equal the stored table row decoded to
 // bf16, bit for bit; rows no source holds are zeros, and the per-source counters match the host's
-// own classification (HotSlotFind, the staging index, the arena bound). Awkward shapes: 1, 19 and
+// own classification (HotSlotLookup, the staging index, the arena bound). Awkward shapes: 1, 19 and
 // 4099 rows; f32 rows of 3 values (4-byte words only), bf16 of 8 and 40 values, FP8 V4.1 rows of 32,
 // 96 and 256 values (+ scales: 33, 99, 264 bytes); arena strides equal to and above the row; tiny
 // slot maps (fewer entries than a warp's lanes) and a crowded one whose probe chains wrap the map's
@@ -39,6 +39,14 @@ std::string Name(const testing::TestParamInfo<Case>& info) {
   return std::string(RowDTypeName(c.dtype)) + "_d" + std::to_string(c.head_dim) + "_n" +
          std::to_string(c.n) + "_pad" + std::to_string(c.arena_pad) + "_cached" +
          std::to_string(c.cached) + (c.crowded ? "_crowded" : "");
+}
+
+// Inserts `key` -> `slot` into a map that does not hold `key` and has an empty entry.
+void HotSlotInsert(HotSlot* map, uint64_t mask, uint64_t key, uint32_t slot) {
+  uint64_t i = HotSlotHome(key, mask);
+  uint32_t probe = 0;
+  while (map[i].row != kEmptyRow) i = (i + 1) & mask, ++probe;
+  map[i] = HotSlot{key, slot, probe};
 }
 
 // Random stored rows with finite values, so that decoding and rounding have one answer.
@@ -98,7 +106,7 @@ TEST_P(RowGatherTest, EverySourceGivesTheStoredRow) {
   size_t entries = 1;
   while (entries < 2 * cached.size()) entries *= 2;
   if (c.crowded) entries = 64;
-  std::vector<HotSlot> map(entries);
+  std::vector<HotSlot> map(entries, HotSlot{kEmptyRow, 0, 0});
   std::vector<uint8_t> pool(std::max<size_t>(1, cached.size()) * row_bytes);
   std::vector<uint32_t> slots(cached.size());
   for (uint32_t s = 0; s < slots.size(); ++s) slots[s] = s;
@@ -189,7 +197,7 @@ TEST_P(RowGatherTest, EverySourceGivesTheStoredRow) {
   unsigned int want_counters[kRowSources] = {};
   for (uint32_t i = 0; i < c.n; ++i) {
     int source = kRowMissing;
-    if (HotSlotFind(map.data(), map.size() - 1, key_offset + ids[i]) >= 0) {
+    if (HotSlotLookup(map.data(), map.size() - 1, key_offset + ids[i]) != kHotSlotMiss) {
       source = kRowFromHbm;
     } else if (staging_index[i] != kNotStaged) {
       source = kRowFromStaging;
