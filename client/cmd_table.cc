@@ -113,6 +113,9 @@ int Inspect(const Args& args) {
   for (const TableRecord& t : *tables) {
     std::printf("table %s layer %u: live v%llu, %zu version(s)\n", t.model.c_str(), t.layer,
                 static_cast<unsigned long long>(t.live_version), t.versions.size());
+    if (t.live_needs_reimport()) {
+      std::printf("  NEEDS RE-IMPORT (engram table import): %s\n", t.reimport_reason.c_str());
+    }
     for (uint64_t v : t.versions) {
       auto m = (*catalog)->GetManifest(t.model, t.layer, v);
       if (!m.ok()) {
@@ -124,7 +127,7 @@ int Inspect(const Args& args) {
       const double used = static_cast<double>(l.rows_per_page) * l.row_bytes / l.page_bytes;
       std::printf(
           "  v%llu%s: %llu rows x %u B (%s, head_dim %d), %u rows per %u B page (%.1f%% "
-          "used), %s in %llu chunk(s) of %s\n      file %s\n      source %s [%s], "
+          "used), %s in %llu chunk(s) of %s\n      file %s (format %u%s)\n      source %s [%s], "
           "crc32c 0x%08x, imported %s\n",
           static_cast<unsigned long long>(v), v == t.live_version ? " (live)" : "",
           static_cast<unsigned long long>(l.rows), l.row_bytes, m->dtype.c_str(), m->head_dim,
@@ -132,6 +135,7 @@ int Inspect(const Args& args) {
           HumanBytes(static_cast<double>(m->file_bytes)).c_str(),
           static_cast<unsigned long long>(m->num_chunks()),
           HumanBytes(static_cast<double>(m->chunk_bytes)).c_str(), m->row_file.c_str(),
+          l.format, l.page_checksums() ? ", page checksums" : ", no page checksums: not served",
           m->source.tensors.empty() ? "?" : m->source.tensors[0].c_str(), m->source.dtype.c_str(),
           m->source.crc32c, m->created.c_str());
     }

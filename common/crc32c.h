@@ -1,5 +1,6 @@
-// CRC-32C (Castagnoli), the checksum of table chunks in row-file manifests.
-// Uses the SSE4.2 crc32 instruction when the CPU has it, a table otherwise; both give the same value.
+// CRC-32C (Castagnoli), the checksum of table chunks and pages of row files.
+// Uses the SSE4.2 crc32 instruction when the CPU has it (three interleaved streams for buffers of
+// 4080 bytes and more), a table otherwise; all give the same value.
 #ifndef ENGRAM_COMMON_CRC32C_H_
 #define ENGRAM_COMMON_CRC32C_H_
 

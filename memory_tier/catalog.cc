@@ -72,10 +72,14 @@ absl::Status FromRocks(const rocksdb::Status& s, absl::string_view what) {
 }
 
 nlohmann::json RecordToJson(const TableRecord& r) {
-  return {{"model", r.model},
-          {"layer", r.layer},
-          {"live_version", r.live_version},
-          {"versions", r.versions}};
+  nlohmann::json j = {{"model", r.model},
+                      {"layer", r.layer},
+                      {"live_version", r.live_version},
+                      {"versions", r.versions}};
+  if (r.reimport_version != 0) {
+    j["reimport"] = {{"version", r.reimport_version}, {"reason", r.reimport_reason}};
+  }
+  return j;
 }
 
 absl::StatusOr<TableRecord> RecordFromJson(absl::string_view text) {
@@ -89,6 +93,10 @@ absl::StatusOr<TableRecord> RecordFromJson(absl::string_view text) {
     r.layer = j.at("layer").get<uint32_t>();
     r.live_version = j.at("live_version").get<uint64_t>();
     r.versions = j.at("versions").get<std::vector<uint64_t>>();
+    if (auto it = j.find("reimport"); it != j.end()) {  // absent in records of older builds
+      r.reimport_version = it->at("version").get<uint64_t>();
+      r.reimport_reason = it->at("reason").get<std::string>();
+    }
   } catch (const nlohmann::json::exception& e) {
     return absl::DataLossError(absl::StrCat("catalog table record: ", e.what()));
   }
@@ -235,6 +243,8 @@ absl::Status Catalog::CommitVersions(absl::Span<const Manifest> manifests) {
     r.versions.push_back(m.version);
     std::sort(r.versions.begin(), r.versions.end());
     r.live_version = m.version;
+    r.reimport_version = 0;  // a new version replaces the one marked
+    r.reimport_reason.clear();
     std::string key = TableKeyPrefix('V', m.model, m.layer);
     AppendU64(&key, m.version);
     ENGRAM_RETURN_IF_ERROR(
@@ -265,6 +275,20 @@ absl::Status Catalog::SetLive(absl::Span<const LiveVersion> tables) {
   rocksdb::WriteOptions wo;
   wo.sync = true;
   return FromRocks(db_->Write(wo, &batch), "committing catalog");
+}
+
+absl::Status Catalog::MarkForReimport(absl::string_view model, uint32_t layer, uint64_t version,
+                                     absl::string_view reason) {
+  if (read_only_) return absl::FailedPreconditionError("catalog opened read-only");
+  ENGRAM_ASSIGN_OR_RETURN(std::optional<TableRecord> r, GetTable(model, layer));
+  if (!r) return absl::NotFoundError(absl::StrCat("no table ", model, " layer ", layer));
+  r->reimport_version = version;
+  r->reimport_reason = std::string(reason);
+  rocksdb::WriteBatch batch;
+  ENGRAM_RETURN_IF_ERROR(PutTableRecord(&batch, *r));
+  rocksdb::WriteOptions wo;
+  wo.sync = true;
+  return FromRocks(db_->Write(wo, &batch), "marking a table for re-import");
 }
 
 absl::Status Catalog::SaveStats(absl::string_view model, uint32_t layer,

@@ -7,7 +7,8 @@
 // Schema (docs/memory-tier.md has the full description):
 //   column family "default"
 //     "T" 0x00 <model> 0x00 <layer: u32 BE>                   -> TableRecord JSON
-//                                                               {live_version, versions: [...]}
+//                                                               {live_version, versions: [...],
+//                                                                reimport: {version, reason}}
 //     "V" 0x00 <model> 0x00 <layer: u32 BE> <version: u64 BE> -> Manifest JSON (row_file.h)
 //   column family "stats"
 //     <model> 0x00 <layer: u32 BE> <row: u64 BE>              -> decayed count, f64 LE
@@ -42,6 +43,12 @@ struct TableRecord {
   uint32_t layer = 0;
   uint64_t live_version = 0;       // 0 = none
   std::vector<uint64_t> versions;  // ascending
+  // Set by engram-memory when a page of version reimport_version failed its checksum (or the file
+  // was refused as corrupt at load): that version needs `engram table import` again, which
+  // writes a new version even when the source is unchanged. 0 = no mark.
+  uint64_t reimport_version = 0;
+  std::string reimport_reason;
+  bool live_needs_reimport() const { return live_version != 0 && reimport_version == live_version; }
 };
 
 // Which version of a table should be live (Catalog::SetLive).
@@ -92,6 +99,11 @@ class Catalog {
   absl::Status SetLive(absl::string_view model, uint32_t layer, uint64_t version) {
     return SetLive({LiveVersion{std::string(model), layer, version}});
   }
+
+  // Marks `version` of a table for re-import with a reason (one synced write); a later
+  // CommitVersions of the table clears the mark. NOT_FOUND for an unknown table.
+  absl::Status MarkForReimport(absl::string_view model, uint32_t layer, uint64_t version,
+                               absl::string_view reason);
 
   // Replaces the stored statistics of a table with `counts`.
   absl::Status SaveStats(absl::string_view model, uint32_t layer,

@@ -54,7 +54,8 @@ absl::Status DramTier::LoadResident(const Manifest& m, const std::string& row_fi
   }
   uint8_t* data = arena_->base() + arena_->header().data_offset;
   const RowLayout& l = m.layout;
-  // Pages are dense in the file but rows are dense in the arena: unpack page by page.
+  // Pages are dense in the file but rows are dense in the arena: unpack page by page. Each chunk
+  // arrives checked against the manifest and its pages against their page checksums.
   ENGRAM_RETURN_IF_ERROR(ReadVerifiedChunks(
       m, row_file, [&](uint64_t, uint64_t offset, const uint8_t* chunk, size_t size) {
         for (size_t p = 0; p < size; p += l.page_bytes) {

@@ -52,7 +52,9 @@ class DramTier : public Tier {
   uint64_t occupied_rows() const { return occupied_.load(std::memory_order_relaxed); }
 
   // Resident layout: copies every row of the row file into the arena, verifying each chunk's
-  // checksum on the way (DATA_LOSS names the chunk). Then marks the arena ready.
+  // checksum and each page's (row_file.h) on the way: DATA_LOSS names the chunk or the page, and
+  // no row of a bad page ever enters the arena. Then marks the arena ready. (A cache arena is
+  // filled only with rows the NVMe tier read and checked.)
   absl::Status LoadResident(const Manifest& manifest, const std::string& row_file);
   // Marks the arena ready (cache layout, once warm-start rows are in) / retired (shutdown).
   void MarkReady();

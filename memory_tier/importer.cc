@@ -252,8 +252,21 @@ absl::StatusOr<ImportResult> ImportModel(Catalog& catalog, const ImportOptions& 
     if (record && record->live_version != 0) {
       ENGRAM_ASSIGN_OR_RETURN(live, catalog.GetManifest(result.model, layer, record->live_version));
     }
+    // A live version in an older file format (no page checksums) or marked for re-import by
+    // engram-memory (a page failed its checksum) is rewritten even when its source is unchanged.
+    const bool rewrite = live && (live->layout.format < kRowFileFormatVersion ||
+                                  record->live_needs_reimport());
+    if (rewrite) {
+      ENGRAM_LOG(INFO)
+              .With("table", absl::StrCat(result.model, "/", layer))
+              .With("version", live->version)
+              .With("reason", live->layout.format < kRowFileFormatVersion
+                                  ? absl::StrCat("row file format ", live->layout.format)
+                                  : record->reimport_reason)
+          << "rewriting the live version";
+    }
     auto same_format = [&](const Manifest& m) {
-      return m.layout.rows == src.rows && m.layout.row_bytes == row_bytes &&
+      return !rewrite && m.layout.rows == src.rows && m.layout.row_bytes == row_bytes &&
              m.dtype == li_result.dtype && m.head_dim == src.head_dim;
     };
     if (!options.force && live && same_format(*live) &&

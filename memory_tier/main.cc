@@ -43,6 +43,8 @@ ABSL_FLAG(uint32_t, max_read_bytes, 32768, "largest merged read, a multiple of 4
 ABSL_FLAG(int, readers_per_table, 4, "concurrent NVMe readers per table");
 ABSL_FLAG(bool, direct_io, true, "read row files with O_DIRECT");
 ABSL_FLAG(std::string, verify, "full", "row-file check before serving: full or quick");
+ABSL_FLAG(std::string, scrub_bytes_per_s, "16M",
+          "background scrub rate of the row files, bytes/s, e.g. 16M (0 = no scrub)");
 ABSL_FLAG(uint32_t, max_batch_rows, 262144, "largest batch of row ids per request");
 ABSL_FLAG(int, lookup_threads, 4, "threads executing lookups and prefetch batches");
 ABSL_FLAG(bool, promote, true, "promote NVMe rows into DRAM cache arenas");
@@ -93,6 +95,10 @@ absl::StatusOr<TierConfig> BuildConfig() {
   if (Given("readers_per_table")) c.nvme.readers_per_table = absl::GetFlag(FLAGS_readers_per_table);
   if (Given("direct_io")) c.nvme.direct_io = absl::GetFlag(FLAGS_direct_io);
   if (Given("verify")) c.store.verify = absl::GetFlag(FLAGS_verify);
+  if (Given("scrub_bytes_per_s")) {
+    ENGRAM_ASSIGN_OR_RETURN(c.store.scrub_bytes_per_s,
+                            ParseByteSize(absl::GetFlag(FLAGS_scrub_bytes_per_s)));
+  }
   if (Given("max_batch_rows")) c.server.max_batch_rows = absl::GetFlag(FLAGS_max_batch_rows);
   if (Given("lookup_threads")) c.server.lookup_threads = absl::GetFlag(FLAGS_lookup_threads);
   if (Given("promote")) c.placement.promote = absl::GetFlag(FLAGS_promote);

@@ -524,6 +524,9 @@ grpc::ServerUnaryReactor* MemoryTierService::TableInfo(grpc::CallbackServerConte
     for (uint64_t v : t->record.versions) info->add_versions(v);
     info->set_serving(t->serving);
     info->set_unavailable_reason(t->unavailable_reason);
+    info->set_needs_reimport(t->integrity->needs_reimport());
+    info->set_reimport_reason(t->integrity->reimport_reason());
+    info->set_corrupt_pages(t->integrity->corrupt_pages());
     if (t->manifest.layout.rows == 0) continue;  // no readable manifest
     const RowLayout& l = t->manifest.layout;
     info->set_rows(l.rows);

@@ -5,6 +5,11 @@
 // (row_file.h), reads each distinct page once (page dedup within the batch), merges runs of
 // adjacent pages into one read up to max_read_bytes, keeps `depth` reads in flight and copies each
 // row out of its page as the page arrives. It holds every row, so it never reports a miss.
+//
+// Every page read is checked against its page checksum (row_file.h; the checksums are read and
+// verified at open, 4 bytes per page in memory) before any of its rows is copied out. A page that
+// fails fails the batch with DATA_LOSS naming the file, page and rows, and is reported to the
+// CorruptionObserver; the other batches go on. The scrub reads pages through ScrubPages.
 #ifndef ENGRAM_MEMORY_TIER_NVME_TIER_H_
 #define ENGRAM_MEMORY_TIER_NVME_TIER_H_
 
@@ -22,6 +27,22 @@
 
 namespace engram {
 
+// Where a bad page was found (the label of engram_row_pages_corrupt_total).
+enum class CorruptionSource { kLoad = 0, kRead = 1, kScrub = 2 };
+inline constexpr int kNumCorruptionSources = 3;
+// "load" / "read" / "scrub".
+absl::string_view CorruptionSourceName(CorruptionSource source);
+
+// Told of every page whose checksum fails, from lookup threads and the scrub; the same page may
+// be reported again by a later read. Must be cheap and must not block on I/O.
+class CorruptionObserver {
+ public:
+  virtual ~CorruptionObserver() = default;
+  // `error` is the DATA_LOSS naming file, page, rows and byte range.
+  virtual void OnCorruptPage(uint64_t page, CorruptionSource source,
+                             const absl::Status& error) = 0;
+};
+
 class NvmeTier : public Tier {
  public:
   struct Options {
@@ -31,9 +52,13 @@ class NvmeTier : public Tier {
     bool direct_io = true;
     // Readers (rings) at most, i.e. concurrent lookups reading this table. Default 4.
     int max_readers = 4;
+    // Told of bad pages (not owned; may be null).
+    CorruptionObserver* corruption = nullptr;
   };
 
-  // Opens the row file of `manifest` (checking its header and size, not the chunks).
+  // Opens the row file of `manifest`: checks its header and size (not the chunks), and reads and
+  // checks its page checksums. FAILED_PRECONDITION for a format 1 file (no page checksums), naming
+  // the file and the fix.
   static absl::StatusOr<std::unique_ptr<NvmeTier>> Open(const Manifest& manifest,
                                                         const std::string& path,
                                                         const Options& options);
@@ -48,6 +73,13 @@ class NvmeTier : public Tier {
   IoBackend backend() const { return backend_; }
   bool direct_io() const { return direct_; }
   const IoCounters& counters() const { return counters_; }
+  const RowLayout& layout() const { return layout_; }
+
+  // Reads data pages [first, first + count) (count <= kMaxScrubPages) with one plain read, off
+  // the reader pool and its counters, and checks each against its checksum; bad pages are reported
+  // (CorruptionSource::kScrub) and counted in *bad. An I/O error is returned as is.
+  static constexpr uint32_t kMaxScrubPages = 64;
+  absl::Status ScrubPages(uint64_t first, uint32_t count, uint64_t* bad);
 
  private:
   NvmeTier() = default;
@@ -63,6 +95,9 @@ class NvmeTier : public Tier {
   bool direct_ = false;
   IoBackend backend_ = IoBackend::kPread;
   IoCounters counters_;
+  std::vector<uint32_t> page_crcs_;  // PageChecksum of every data page, verified at open
+  absl::Mutex scrub_mu_;
+  std::unique_ptr<uint8_t, void (*)(void*)> scrub_buffer_{nullptr, nullptr};
   absl::Mutex mu_;
   std::vector<std::unique_ptr<IoReader>> idle_ ABSL_GUARDED_BY(mu_);
   int readers_ ABSL_GUARDED_BY(mu_) = 0;

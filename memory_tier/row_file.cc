@@ -37,6 +37,9 @@ struct RowFileHeader {
   uint32_t layer;
   char dtype[32];
   char model[256];
+  // Format 2 (zero in format 1): where the page checksums start and their CRC-32C.
+  uint64_t page_checksum_offset;
+  uint32_t page_checksums_crc32c;
 };
 static_assert(sizeof(RowFileHeader) < kRowFileHeaderBytes);
 
@@ -51,7 +54,7 @@ std::vector<uint8_t> EncodeHeader(const Manifest& m, uint32_t* crc) {
   std::vector<uint8_t> block(kRowFileHeaderBytes, 0);
   RowFileHeader h{};
   std::memcpy(h.magic, kMagic, sizeof(kMagic));
-  h.format_version = kRowFileFormatVersion;
+  h.format_version = m.layout.format;
   h.rows = m.layout.rows;
   h.row_bytes = m.layout.row_bytes;
   h.rows_per_page = m.layout.rows_per_page;
@@ -62,6 +65,10 @@ std::vector<uint8_t> EncodeHeader(const Manifest& m, uint32_t* crc) {
   h.layer = m.layer;
   CopyString(h.dtype, sizeof(h.dtype), m.dtype);
   CopyString(h.model, sizeof(h.model), m.model);
+  if (m.layout.page_checksums()) {
+    h.page_checksum_offset = m.layout.data_end();
+    h.page_checksums_crc32c = m.page_checksums_crc32c;
+  }
   std::memcpy(block.data(), &h, sizeof(h));
   *crc = Crc32c(0, block.data(), block.size());
   std::memcpy(block.data() + offsetof(RowFileHeader, header_crc32c), crc, sizeof(*crc));
@@ -77,7 +84,10 @@ absl::Status CheckHeader(const Manifest& m, const uint8_t* block, const std::str
                                             m.model, " layer ", m.layer, " v", m.version, "?)"));
   };
   if (std::memcmp(h.magic, kMagic, sizeof(kMagic)) != 0) return bad("has no ENGRAMRF magic");
-  if (h.format_version != kRowFileFormatVersion) return bad("format version differs");
+  if (h.format_version != m.layout.format) {
+    return bad(absl::StrCat("format version ", h.format_version, " differs from the manifest's ",
+                            m.layout.format));
+  }
   std::vector<uint8_t> copy(block, block + kRowFileHeaderBytes);
   std::memset(copy.data() + offsetof(RowFileHeader, header_crc32c), 0, sizeof(uint32_t));
   const uint32_t crc = Crc32c(0, copy.data(), copy.size());
@@ -92,6 +102,10 @@ absl::Status CheckHeader(const Manifest& m, const uint8_t* block, const std::str
       FixedString(h.model, sizeof(h.model)) != m.model.substr(0, sizeof(h.model) - 1) ||
       FixedString(h.dtype, sizeof(h.dtype)) != m.dtype) {
     return bad("identity (model, layer, version, dtype) differs from the manifest");
+  }
+  if (m.layout.page_checksums() && (h.page_checksum_offset != m.layout.data_end() ||
+                                    h.page_checksums_crc32c != m.page_checksums_crc32c)) {
+    return bad("page checksum region differs from the manifest");
   }
   return absl::OkStatus();
 }
@@ -111,16 +125,26 @@ absl::Status GetField(const nlohmann::json& j, const char* key, T* out) {
 
 }  // namespace
 
-absl::StatusOr<RowLayout> RowLayout::For(uint64_t rows, uint32_t row_bytes) {
+absl::StatusOr<RowLayout> RowLayout::For(uint64_t rows, uint32_t row_bytes, uint32_t format) {
   if (row_bytes == 0 || row_bytes > kRowFilePageBytes) {
     return absl::InvalidArgumentError(
         absl::StrCat("row_bytes ", row_bytes, " must be in [1, ", kRowFilePageBytes, "]"));
   }
+  if (format < 1 || format > kRowFileFormatVersion) {
+    return absl::InvalidArgumentError(absl::StrCat("unknown row file format ", format));
+  }
   RowLayout l;
+  l.format = format;
   l.rows = rows;
   l.row_bytes = row_bytes;
   l.rows_per_page = kRowFilePageBytes / row_bytes;
   return l;
+}
+
+uint32_t PageChecksum(const uint8_t* page_data, uint64_t page) {
+  uint8_t index[8];
+  for (int i = 0; i < 8; ++i) index[i] = static_cast<uint8_t>(page >> (8 * i));
+  return Crc32c(Crc32c(0, page_data, kRowFilePageBytes), index, sizeof(index));
 }
 
 uint64_t Manifest::num_chunks() const {
@@ -134,7 +158,7 @@ uint64_t Manifest::ChunkEnd(uint64_t i) const {
 
 nlohmann::json Manifest::ToJson() const {
   nlohmann::json j;
-  j["format"] = "engram-rowfile-v1";
+  j["format"] = absl::StrCat("engram-rowfile-v", layout.format);
   j["model"] = model;
   j["layer"] = layer;
   j["version"] = version;
@@ -148,6 +172,11 @@ nlohmann::json Manifest::ToJson() const {
                  {"header_bytes", layout.header_bytes}};
   j["file"] = {{"name", row_file}, {"bytes", file_bytes}, {"header_crc32c", header_crc32c}};
   j["chunks"] = {{"bytes", chunk_bytes}, {"crc32c", chunk_crc32c}};
+  if (layout.page_checksums()) {
+    j["page_checksums"] = {{"offset", layout.data_end()},
+                           {"bytes", layout.page_checksum_bytes()},
+                           {"crc32c", page_checksums_crc32c}};
+  }
   j["source"] = {{"files", source.files},   {"tensors", source.tensors},
                  {"dtype", source.dtype},   {"bytes", source.bytes},
                  {"crc32c", source.crc32c}, {"fingerprint", source.fingerprint}};
@@ -160,7 +189,12 @@ absl::StatusOr<Manifest> Manifest::FromJson(const nlohmann::json& j) {
   Manifest m;
   std::string format;
   ENGRAM_RETURN_IF_ERROR(GetField(j, "format", &format));
-  if (format != "engram-rowfile-v1") {
+  uint32_t file_format = 0;
+  if (format == "engram-rowfile-v1") {
+    file_format = 1;
+  } else if (format == "engram-rowfile-v2") {
+    file_format = 2;
+  } else {
     return absl::InvalidArgumentError(absl::StrCat("unknown manifest format \"", format, "\""));
   }
   uint64_t rows = 0;
@@ -172,7 +206,7 @@ absl::StatusOr<Manifest> Manifest::FromJson(const nlohmann::json& j) {
   ENGRAM_RETURN_IF_ERROR(GetField(j, "row_bytes", &row_bytes));
   ENGRAM_RETURN_IF_ERROR(GetField(j, "dtype", &m.dtype));
   ENGRAM_RETURN_IF_ERROR(GetField(j, "head_dim", &m.head_dim));
-  ENGRAM_ASSIGN_OR_RETURN(m.layout, RowLayout::For(rows, row_bytes));
+  ENGRAM_ASSIGN_OR_RETURN(m.layout, RowLayout::For(rows, row_bytes, file_format));
   nlohmann::json layout, file, chunks, source;
   ENGRAM_RETURN_IF_ERROR(GetField(j, "layout", &layout));
   ENGRAM_RETURN_IF_ERROR(GetField(j, "file", &file));
@@ -216,6 +250,18 @@ absl::StatusOr<Manifest> Manifest::FromJson(const nlohmann::json& j) {
     return absl::InvalidArgumentError(absl::StrCat("manifest lists ", m.chunk_crc32c.size(),
                                                    " chunk checksums, the layout has ",
                                                    m.num_chunks(), " chunks"));
+  }
+  if (m.layout.page_checksums()) {
+    nlohmann::json pages;
+    uint64_t offset = 0, bytes = 0;
+    ENGRAM_RETURN_IF_ERROR(GetField(j, "page_checksums", &pages));
+    ENGRAM_RETURN_IF_ERROR(GetField(pages, "offset", &offset));
+    ENGRAM_RETURN_IF_ERROR(GetField(pages, "bytes", &bytes));
+    ENGRAM_RETURN_IF_ERROR(GetField(pages, "crc32c", &m.page_checksums_crc32c));
+    if (offset != m.layout.data_end() || bytes != m.layout.page_checksum_bytes()) {
+      return absl::InvalidArgumentError(
+          "manifest page_checksums region does not match rows and row_bytes");
+    }
   }
   return m;
 }
@@ -293,7 +339,9 @@ absl::Status RowFileWriter::Append(const uint8_t* rows, uint64_t n) {
     i += k;
     rows_written_ += k;
     if (page_fill_ == l.rows_per_page) {
-      chunk_fill_ += l.page_bytes;  // padding after the last row stays zero
+      // padding after the last row stays zero
+      page_crcs_.push_back(PageChecksum(chunk_.data() + chunk_fill_, page_crcs_.size()));
+      chunk_fill_ += l.page_bytes;
       page_fill_ = 0;
       if (chunk_fill_ == chunk_.size()) ENGRAM_RETURN_IF_ERROR(FlushChunk());
     }
@@ -308,8 +356,24 @@ absl::Status RowFileWriter::Finish(Manifest* manifest) {
         absl::StrCat("row file ", path_, " got ", rows_written_, " of ", l.rows, " rows"));
   }
   if (page_fill_ > 0) {  // the last, partly filled page
+    page_crcs_.push_back(PageChecksum(chunk_.data() + chunk_fill_, page_crcs_.size()));
     chunk_fill_ += l.page_bytes;
     page_fill_ = 0;
+    if (chunk_fill_ == chunk_.size()) ENGRAM_RETURN_IF_ERROR(FlushChunk());
+  }
+  if (l.page_checksums()) {
+    // The page checksum region follows the last page, in the same chunks (so the chunk checksums
+    // cover it too).
+    std::vector<uint8_t> region(l.page_checksum_bytes(), 0);
+    for (size_t p = 0; p < page_crcs_.size(); ++p) {
+      for (int b = 0; b < 4; ++b) region[p * 4 + b] = static_cast<uint8_t>(page_crcs_[p] >> (8 * b));
+    }
+    manifest_.page_checksums_crc32c = Crc32c(0, region.data(), region.size());
+    for (size_t off = 0; off < region.size(); off += l.page_bytes) {
+      std::memcpy(chunk_.data() + chunk_fill_, region.data() + off, l.page_bytes);
+      chunk_fill_ += l.page_bytes;
+      if (chunk_fill_ == chunk_.size()) ENGRAM_RETURN_IF_ERROR(FlushChunk());
+    }
   }
   ENGRAM_RETURN_IF_ERROR(FlushChunk());
   uint32_t header_crc = 0;
@@ -319,6 +383,7 @@ absl::Status RowFileWriter::Finish(Manifest* manifest) {
   manifest->file_bytes = l.file_bytes();
   manifest->header_crc32c = header_crc;
   manifest->chunk_crc32c = crcs_;
+  manifest->page_checksums_crc32c = manifest_.page_checksums_crc32c;
   return absl::OkStatus();
 }
 
@@ -356,10 +421,77 @@ absl::Status QuickCheckRowFile(const Manifest& m, const std::string& path) {
   return CheckFileSize(m, path, size);
 }
 
+namespace {
+
+// Reads and checks the page checksum region of an open format-2 file of `size` bytes.
+absl::StatusOr<std::vector<uint32_t>> ReadPageChecksumRegion(const Manifest& m, int fd,
+                                                             const std::string& path,
+                                                             uint64_t size) {
+  const RowLayout& l = m.layout;
+  const uint64_t begin = l.data_end(), bytes = l.page_checksum_bytes();
+  if (size < begin + bytes) {
+    return absl::DataLossError(absl::StrFormat(
+        "%s: page checksums [%d, %d): file truncated (file has %d bytes, needs %d)", path, begin,
+        begin + bytes, size, m.file_bytes));
+  }
+  std::vector<uint8_t> region(bytes);
+  ENGRAM_RETURN_IF_ERROR(PreadAll(fd, region.data(), bytes, begin, path));
+  const uint32_t crc = Crc32c(0, region.data(), bytes);
+  if (crc != m.page_checksums_crc32c) {
+    return absl::DataLossError(absl::StrFormat(
+        "%s: page checksums [%d, %d): checksum mismatch (manifest 0x%08x, file 0x%08x)", path,
+        begin, begin + bytes, m.page_checksums_crc32c, crc));
+  }
+  std::vector<uint32_t> crcs(l.pages());
+  for (uint64_t p = 0; p < crcs.size(); ++p) {
+    crcs[p] = uint32_t{region[p * 4]} | uint32_t{region[p * 4 + 1]} << 8 |
+              uint32_t{region[p * 4 + 2]} << 16 | uint32_t{region[p * 4 + 3]} << 24;
+  }
+  return crcs;
+}
+
+}  // namespace
+
+absl::Status CheckPage(const RowLayout& l, const std::string& path, uint64_t page,
+                       const uint8_t* data, uint32_t expected) {
+  const uint32_t crc = PageChecksum(data, page);
+  if (crc == expected) return absl::OkStatus();
+  uint64_t first = 0, end = 0;
+  l.PageRows(page, &first, &end);
+  const uint64_t begin = l.PageOffset(page);
+  return absl::DataLossError(absl::StrFormat(
+      "%s: page %d (rows %d..%d) [%d, %d): checksum mismatch (stored 0x%08x, read 0x%08x)", path,
+      page, first, end - 1, begin, begin + l.page_bytes, expected, crc));
+}
+
+absl::StatusOr<std::vector<uint32_t>> ReadPageChecksums(const Manifest& m,
+                                                        const std::string& path) {
+  ENGRAM_RETURN_IF_ERROR(CheckServableFormat(m, path));
+  uint64_t size = 0;
+  ENGRAM_ASSIGN_OR_RETURN(ScopedFd fd, OpenRowFile(m, path, &size));
+  return ReadPageChecksumRegion(m, fd.get(), path, size);
+}
+
+absl::Status CheckServableFormat(const Manifest& m, const std::string& path) {
+  if (m.layout.page_checksums()) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      path, ": row file format ", m.layout.format,
+      " has no page checksums, and this engram-memory serves only format ", kRowFileFormatVersion,
+      " (corruption after load would go unnoticed); import the table again with `engram table "
+      "import MODEL_DIR --store STORE` (it rewrites format-1 tables without --force), or roll "
+      "back to an engram-memory older than format ", kRowFileFormatVersion));
+}
+
 absl::Status ReadVerifiedChunks(const Manifest& m, const std::string& path, const ChunkFn& fn) {
   ENGRAM_RETURN_IF_ERROR(CheckChunkBytes(m.chunk_bytes));
   uint64_t size = 0;
   ENGRAM_ASSIGN_OR_RETURN(ScopedFd fd, OpenRowFile(m, path, &size));
+  const RowLayout& l = m.layout;
+  std::vector<uint32_t> page_crcs;
+  if (l.page_checksums() && size >= m.file_bytes) {
+    // A truncated file is reported below, naming the first chunk it cuts.
+    ENGRAM_ASSIGN_OR_RETURN(page_crcs, ReadPageChecksumRegion(m, fd.get(), path, size));
+  }
   posix_fadvise(fd.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
   std::vector<uint8_t> buf(m.chunk_bytes);
   const uint64_t chunks = m.num_chunks();
@@ -376,6 +508,13 @@ absl::Status ReadVerifiedChunks(const Manifest& m, const std::string& path, cons
       return absl::DataLossError(absl::StrFormat(
           "%s: chunk %d of %d [%d, %d): checksum mismatch (manifest 0x%08x, file 0x%08x)", path, c,
           chunks, begin, end, m.chunk_crc32c[c], crc));
+    }
+    // The chunk matches the manifest; its pages must match their own checksums too (they were
+    // computed from the same bytes, so a mismatch means a writer or checksum fault).
+    for (uint64_t off = begin; !page_crcs.empty() && off < end && off < l.data_end();
+         off += l.page_bytes) {
+      const uint64_t page = (off - l.header_bytes) / l.page_bytes;
+      ENGRAM_RETURN_IF_ERROR(CheckPage(l, path, page, buf.data() + (off - begin), page_crcs[page]));
     }
     if (fn) ENGRAM_RETURN_IF_ERROR(fn(c, begin, buf.data(), end - begin));
     posix_fadvise(fd.get(), static_cast<off_t>(begin), static_cast<off_t>(end - begin),

@@ -6,14 +6,22 @@
 // chunk.
 //
 // Row file (all integers little-endian):
-//   [0, 4096)           RowFileHeader (magic "ENGRAMRF", format 1, geometry, dtype, model, layer,
-//                       version, CRC-32C of the header)
-//   [4096, file_bytes)  pages of page_bytes = 4096 bytes; page p holds rows
+//   [0, 4096)           RowFileHeader (magic "ENGRAMRF", format 2, geometry, dtype, model, layer,
+//                       version, where the page checksums are and their CRC-32C, CRC-32C of the
+//                       header)
+//   [4096, data_end)    pages of page_bytes = 4096 bytes; page p holds rows
 //                       [p * rows_per_page, (p + 1) * rows_per_page), rows_per_page =
 //                       4096 / row_bytes, packed from the page start, zero padding after the last
-//                       row of the page. The file always ends on a page boundary, so every page is
-//                       one aligned O_DIRECT read.
+//                       row of the page. Every page is one aligned O_DIRECT read.
+//   [data_end, file_bytes)  format 2: the page checksums, one u32 per page (PageChecksum below),
+//                       zero padded to a page boundary. The file always ends on a page boundary.
 //   row r lives at 4096 + (r / rows_per_page) * 4096 + (r % rows_per_page) * row_bytes.
+//
+// Page checksums (format 2) let a reader check every page it reads on its own, like RocksDB's
+// block checksums: the NVMe tier verifies each page it reads against them (held in memory, 4 bytes
+// per 4 KiB page), the DRAM tier each page it loads, and the scrub pages nobody reads. Format 1
+// files (no page checksums) are still parsed, inspected and verified chunk by chunk, but not
+// served (docs/decisions.md, "Row files without page checksums are refused").
 //
 // Manifest (v<V>.manifest.json): model, layer, version, rows, row_bytes, dtype, head_dim, the
 // layout, the file's name and size, the header's CRC-32C, the chunk size and one CRC-32C
@@ -23,6 +31,7 @@
 #ifndef ENGRAM_MEMORY_TIER_ROW_FILE_H_
 #define ENGRAM_MEMORY_TIER_ROW_FILE_H_
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -43,7 +52,10 @@ inline constexpr uint64_t kRowFileHeaderBytes = 4096;
 inline constexpr uint64_t kDefaultChunkBytes = 1 << 20;  // 256 pages
 // Largest checksummed chunk: verification holds one chunk in memory.
 inline constexpr uint64_t kMaxChunkBytes = 1 << 30;
-inline constexpr uint32_t kRowFileFormatVersion = 1;
+// The format written by RowFileWriter; the only one engram-memory serves.
+inline constexpr uint32_t kRowFileFormatVersion = 2;
+// The first format with page checksums.
+inline constexpr uint32_t kFirstPageChecksumFormat = 2;
 
 // Row id -> file offset arithmetic of one row file.
 struct RowLayout {
@@ -52,19 +64,37 @@ struct RowLayout {
   uint32_t rows_per_page = 0;
   uint32_t page_bytes = kRowFilePageBytes;
   uint64_t header_bytes = kRowFileHeaderBytes;
+  uint32_t format = kRowFileFormatVersion;  // 1: no page checksums
 
-  // INVALID_ARGUMENT when row_bytes is 0 or larger than a page.
-  static absl::StatusOr<RowLayout> For(uint64_t rows, uint32_t row_bytes);
+  // INVALID_ARGUMENT when row_bytes is 0 or larger than a page, or the format is unknown.
+  static absl::StatusOr<RowLayout> For(uint64_t rows, uint32_t row_bytes,
+                                       uint32_t format = kRowFileFormatVersion);
 
+  bool page_checksums() const { return format >= kFirstPageChecksumFormat; }
   uint64_t pages() const { return (rows + rows_per_page - 1) / rows_per_page; }
-  uint64_t file_bytes() const { return header_bytes + pages() * page_bytes; }
+  // End of the row pages = start of the page checksums (format 2).
+  uint64_t data_end() const { return header_bytes + pages() * page_bytes; }
+  // Bytes of the page checksum region: 4 per page, rounded up to a page; 0 in format 1.
+  uint64_t page_checksum_bytes() const {
+    return page_checksums() ? (pages() * 4 + page_bytes - 1) / page_bytes * page_bytes : 0;
+  }
+  uint64_t file_bytes() const { return data_end() + page_checksum_bytes(); }
   uint64_t PageOf(uint64_t row) const { return row / rows_per_page; }
   uint64_t PageOffset(uint64_t page) const { return header_bytes + page * page_bytes; }
   uint32_t InPageOffset(uint64_t row) const {
     return static_cast<uint32_t>(row % rows_per_page) * row_bytes;
   }
   uint64_t RowOffset(uint64_t row) const { return PageOffset(PageOf(row)) + InPageOffset(row); }
+  // Rows [*first, *end) of page `page`.
+  void PageRows(uint64_t page, uint64_t* first, uint64_t* end) const {
+    *first = page * rows_per_page;
+    *end = std::min(rows, *first + rows_per_page);
+  }
 };
+
+// The checksum of data page `page` (its 4096 bytes): CRC-32C of the bytes, extended with the page
+// index as 8 little-endian bytes, so a page read from the wrong place fails too.
+uint32_t PageChecksum(const uint8_t* page_data, uint64_t page);
 
 // Where a table version's rows came from.
 struct SourceInfo {
@@ -87,6 +117,7 @@ struct Manifest {
   std::string row_file;  // path relative to the store directory
   uint64_t file_bytes = 0;
   uint32_t header_crc32c = 0;
+  uint32_t page_checksums_crc32c = 0;  // format 2: CRC-32C of the page checksum region
   uint64_t chunk_bytes = kDefaultChunkBytes;
   std::vector<uint32_t> chunk_crc32c;
   SourceInfo source;
@@ -117,15 +148,16 @@ absl::StatusOr<Manifest> ReadManifest(const std::string& path);
 class RowFileWriter {
  public:
   // `manifest` supplies model, layer, version, dtype, head_dim, layout and chunk_bytes (a
-  // positive multiple of the page size).
+  // positive multiple of the page size). The file has layout.format: format 1 only for tests of
+  // old-file handling.
   static absl::StatusOr<std::unique_ptr<RowFileWriter>> Create(const std::string& path,
                                                                const Manifest& manifest);
   ~RowFileWriter();
   // Appends `n` rows of layout.row_bytes bytes each, packed back to back in `rows`.
   absl::Status Append(const uint8_t* rows, uint64_t n);
   uint64_t rows_written() const { return rows_written_; }
-  // Requires every row written; writes the header, fsyncs, and fills manifest->file_bytes,
-  // header_crc32c and chunk_crc32c.
+  // Requires every row written; writes the page checksums (format 2), the header, fsyncs, and
+  // fills manifest->file_bytes, header_crc32c, page_checksums_crc32c and chunk_crc32c.
   absl::Status Finish(Manifest* manifest);
 
  private:
@@ -141,6 +173,7 @@ class RowFileWriter {
   uint64_t rows_written_ = 0;
   uint64_t chunks_written_ = 0;
   std::vector<uint32_t> crcs_;
+  std::vector<uint32_t> page_crcs_;  // PageChecksum of every complete page so far
 };
 
 // Reads a row file chunk by chunk, checks the header against the manifest and every chunk's
@@ -151,10 +184,27 @@ using ChunkFn =
     std::function<absl::Status(uint64_t chunk, uint64_t offset, const uint8_t* data, size_t size)>;
 absl::Status ReadVerifiedChunks(const Manifest& manifest, const std::string& path,
                                 const ChunkFn& fn);
+// Format 2: every data page of a verified chunk is also checked against its page checksum
+// (DATA_LOSS "page 7 (rows 105..119) [32768, 36864): checksum mismatch ...").
 // ReadVerifiedChunks with nothing to do per chunk.
 absl::Status VerifyRowFile(const Manifest& manifest, const std::string& path);
 // Checks only the header and the file size (cheap; used when full verification is off).
 absl::Status QuickCheckRowFile(const Manifest& manifest, const std::string& path);
+
+// Format 2: reads the page checksum region (one u32 per data page) and checks it against the
+// manifest's page_checksums_crc32c. DATA_LOSS naming the file when it does not match;
+// FAILED_PRECONDITION for a format 1 file.
+absl::StatusOr<std::vector<uint32_t>> ReadPageChecksums(const Manifest& manifest,
+                                                        const std::string& path);
+
+// OK when page `page` (page_bytes at `data`) matches `expected`; otherwise DATA_LOSS naming the
+// file, the page, its rows and its byte range.
+absl::Status CheckPage(const RowLayout& layout, const std::string& path, uint64_t page,
+                       const uint8_t* data, uint32_t expected);
+
+// OK for a file engram-memory serves (format 2). FAILED_PRECONDITION for a format 1 file, naming
+// it and the fix: import the table again (`engram table import` rewrites format-1 tables).
+absl::Status CheckServableFormat(const Manifest& manifest, const std::string& path);
 
 }  // namespace engram
 

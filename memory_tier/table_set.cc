@@ -8,6 +8,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "common/crc32c.h"
 #include "common/log.h"
 #include "common/status.h"
@@ -52,6 +54,7 @@ absl::Status OpenTable(ServedTable& t, const TierConfig& config, uint64_t dram_b
   no.io = IoOptions(config);
   no.direct_io = config.nvme.direct_io;
   no.max_readers = config.nvme.readers_per_table;
+  no.corruption = t.integrity.get();
   ENGRAM_ASSIGN_OR_RETURN(t.nvme, NvmeTier::Open(t.manifest, path, no));
   const RowLayout& l = t.manifest.layout;
   const bool resident = dram_budget >= ResidentGeometry(l.rows, l.row_bytes).size_bytes;
@@ -87,6 +90,79 @@ absl::Status OpenTable(ServedTable& t, const TierConfig& config, uint64_t dram_b
 
 }  // namespace
 
+// ---- TableIntegrity ----------------------------------------------------------------------------
+
+TableIntegrity::TableIntegrity(std::string label, std::array<prometheus::Counter*, 3> counters,
+                               std::function<void()> on_new_mark)
+    : label_(std::move(label)), counters_(counters), on_new_mark_(std::move(on_new_mark)) {}
+
+bool TableIntegrity::MarkLocked(const absl::Status& error) {
+  if (!reason_.empty()) return false;
+  reason_ = std::string(error.message());
+  return true;
+}
+
+void TableIntegrity::OnCorruptPage(uint64_t page, CorruptionSource source,
+                                   const absl::Status& error) {
+  bool new_mark = false;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!bad_pages_.insert(page).second) return;  // known: counted and logged already
+    counters_[static_cast<int>(source)]->Increment();
+    new_mark = MarkLocked(error);
+  }
+  ENGRAM_LOG(ERROR)
+          .With("table", label_)
+          .With("page", page)
+          .With("source", CorruptionSourceName(source))
+          .With("error", error.message())
+      << "row file page failed its checksum; its rows fail with DATA_LOSS, the table is marked "
+         "for re-import (engram table import)";
+  if (new_mark && on_new_mark_) on_new_mark_();
+}
+
+void TableIntegrity::OnLoadFailure(const absl::Status& error) {
+  bool new_mark = false;
+  {
+    absl::MutexLock lock(&mu_);
+    ++load_failures_;
+    counters_[static_cast<int>(CorruptionSource::kLoad)]->Increment();
+    new_mark = MarkLocked(error);
+  }
+  if (new_mark && on_new_mark_) on_new_mark_();
+}
+
+void TableIntegrity::SetPersistedMark(const std::string& reason) {
+  absl::MutexLock lock(&mu_);
+  reason_ = reason.empty() ? "marked for re-import in the catalog" : reason;
+  persisted_ = true;
+}
+
+bool TableIntegrity::needs_reimport() const {
+  absl::MutexLock lock(&mu_);
+  return !reason_.empty();
+}
+
+std::string TableIntegrity::reimport_reason() const {
+  absl::MutexLock lock(&mu_);
+  return reason_;
+}
+
+uint64_t TableIntegrity::corrupt_pages() const {
+  absl::MutexLock lock(&mu_);
+  return bad_pages_.size() + load_failures_;
+}
+
+bool TableIntegrity::TakeUnpersisted(std::string* reason) {
+  absl::MutexLock lock(&mu_);
+  if (reason_.empty() || persisted_) return false;
+  persisted_ = true;
+  *reason = reason_;
+  return true;
+}
+
+// ---- TableSet ----------------------------------------------------------------------------------
+
 std::string ArenaShmName(const std::string& prefix, const std::string& store_dir,
                          const std::string& model, uint32_t layer, uint64_t version) {
   std::error_code ec;
@@ -101,11 +177,15 @@ absl::StatusOr<std::unique_ptr<TableSet>> TableSet::Load(Catalog& catalog, const
   auto set = std::unique_ptr<TableSet>(new TableSet());
   set->config_ = config;
   set->metrics_ = metrics;
+  set->catalog_ = &catalog;
   ENGRAM_ASSIGN_OR_RETURN(std::vector<TableRecord> records, catalog.ListTables());
   for (TableRecord& r : records) {
     if (r.live_version == 0) continue;
     auto t = std::make_unique<ServedTable>();
     t->label = absl::StrCat(r.model, "/", r.layer);
+    t->integrity = std::make_unique<TableIntegrity>(
+        t->label, metrics->AddCorruptPageCounters(t->label), [raw = set.get()] { raw->Wake(); });
+    if (r.live_needs_reimport()) t->integrity->SetPersistedMark(r.reimport_reason);
     t->record = std::move(r);
     auto m = catalog.GetManifest(t->record.model, t->record.layer, t->record.live_version);
     if (m.ok()) {
@@ -147,6 +227,7 @@ absl::StatusOr<std::unique_ptr<TableSet>> TableSet::Load(Catalog& catalog, const
     ServedTable& t = *order[i];
     const auto start = std::chrono::steady_clock::now();
     absl::Status s = OpenTable(t, config, budget[i]);
+    if (s.code() == absl::StatusCode::kDataLoss) t.integrity->OnLoadFailure(s);
     if (!s.ok()) {
       t.unavailable_reason =
           absl::StrCat("version ", t.manifest.version, " refused: ", s.message());
@@ -219,10 +300,108 @@ absl::StatusOr<std::unique_ptr<TableSet>> TableSet::Load(Catalog& catalog, const
   metrics->tables_serving->Set(serving);
   metrics->tables_refused->Set(refused);
   set->UpdateGauges();
+  set->maintenance_ = std::thread([raw = set.get()] { raw->MaintenanceLoop(); });
   return set;
 }
 
-TableSet::~TableSet() { Retire(); }
+TableSet::~TableSet() {
+  StopMaintenance();
+  Retire();
+}
+
+void TableSet::StopMaintenance() {
+  {
+    absl::MutexLock lock(&maintenance_mu_);
+    stop_ = true;
+  }
+  if (maintenance_.joinable()) maintenance_.join();
+}
+
+void TableSet::Wake() {
+  absl::MutexLock lock(&maintenance_mu_);
+  wake_ = true;
+}
+
+void TableSet::MaintenanceLoop() {
+  const uint64_t rate = config_.store.scrub_bytes_per_s;
+  // The scrub is paced by a schedule: after n bytes, the next read waits until n / rate seconds
+  // after the previous one was due (never earlier than now, so a pause earns no burst).
+  absl::Time next = absl::Now();
+  while (true) {
+    PersistMarks();
+    {
+      absl::MutexLock lock(&maintenance_mu_);
+      auto woken = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(maintenance_mu_) {
+        return stop_ || wake_;
+      };
+      if (rate == 0) {
+        maintenance_mu_.Await(absl::Condition(&woken));
+      } else {
+        maintenance_mu_.AwaitWithDeadline(absl::Condition(&woken), next);
+      }
+      if (stop_) break;
+      if (wake_) {
+        wake_ = false;
+        continue;  // persist the new mark first
+      }
+    }
+    const absl::Time start = std::max(next, absl::Now());
+    const uint64_t bytes = ScrubStep();
+    next = bytes == 0 ? absl::Now() + absl::Seconds(1)  // nothing served: look again later
+                      : start + absl::Seconds(static_cast<double>(bytes) / static_cast<double>(rate));
+  }
+  PersistMarks();
+}
+
+void TableSet::PersistMarks() {
+  for (auto& t : tables_) {
+    std::string reason;
+    if (t->integrity->TakeUnpersisted(&reason)) {
+      absl::Status s =
+          catalog_->MarkForReimport(t->record.model, t->record.layer, t->manifest.version, reason);
+      if (s.ok()) {
+        ENGRAM_LOG(WARNING).With("table", t->label).With("version", t->manifest.version)
+            << "marked for re-import in the catalog; run engram table import to rewrite it";
+      } else {
+        ENGRAM_LOG(ERROR).With("table", t->label).With("error", s.message())
+            << "cannot mark the table for re-import in the catalog";
+      }
+    }
+  }
+}
+
+uint64_t TableSet::ScrubStep() {
+  if (tables_.empty()) return 0;
+  for (size_t tried = 0; tried <= tables_.size(); ++tried) {
+    if (scrub_table_ >= tables_.size()) {
+      scrub_table_ = 0;
+      scrub_page_ = 0;
+      if (scrub_pass_read_) metrics_->scrub_passes->Increment();
+      scrub_pass_read_ = false;
+    }
+    ServedTable& t = *tables_[scrub_table_];
+    const uint64_t pages = t.serving ? t.nvme->layout().pages() : 0;
+    if (scrub_page_ >= pages) {
+      ++scrub_table_;
+      scrub_page_ = 0;
+      continue;
+    }
+    const uint32_t count =
+        static_cast<uint32_t>(std::min<uint64_t>(NvmeTier::kMaxScrubPages, pages - scrub_page_));
+    uint64_t bad = 0;
+    absl::Status s = t.nvme->ScrubPages(scrub_page_, count, &bad);
+    if (!s.ok() && !scrub_error_logged_) {
+      scrub_error_logged_ = true;  // once: an unreadable disk would flood the log
+      ENGRAM_LOG(ERROR).With("table", t.label).With("error", s.message()) << "scrub read failed";
+    }
+    scrub_page_ += count;
+    scrub_pass_read_ = true;
+    const uint64_t bytes = uint64_t{count} * t.nvme->layout().page_bytes;
+    metrics_->scrub_bytes->Increment(static_cast<double>(bytes));
+    return bytes;
+  }
+  return 0;
+}
 
 absl::StatusOr<ServedTable*> TableSet::Resolve(absl::string_view model, uint32_t layer,
                                                uint64_t version) {
@@ -273,9 +452,10 @@ absl::Status TableSet::FlushStats(Catalog& catalog, double elapsed_s) {
 
 void TableSet::UpdateGauges() {
   absl::MutexLock lock(&gauges_mu_);
-  int64_t in_flight = 0, fallbacks = 0, unlocked = 0;
+  int64_t in_flight = 0, fallbacks = 0, unlocked = 0, reimport = 0;
   uint64_t reads = 0, short_reads = 0, retries = 0, admitted = 0, rejected = 0, dropped = 0;
   for (auto& t : tables_) {
+    if (t->integrity->needs_reimport()) ++reimport;
     if (!t->serving) continue;
     const IoCounters& c = t->nvme->counters();
     in_flight += c.in_flight.load();
@@ -296,6 +476,7 @@ void TableSet::UpdateGauges() {
   metrics_->nvme_queue_depth->Set(static_cast<double>(in_flight));
   metrics_->nvme_uring_fallback_readers->Set(static_cast<double>(fallbacks));
   metrics_->arenas_unlocked->Set(static_cast<double>(unlocked));
+  metrics_->tables_reimport->Set(static_cast<double>(reimport));
   auto advance = [](prometheus::Counter* c, uint64_t now, uint64_t* exported) {
     if (now > *exported) c->Increment(static_cast<double>(now - *exported));
     *exported = now;

@@ -48,6 +48,9 @@ absl::StatusOr<TableDescription> DescriptionFromProto(const v1::TableInfo& t) {
   d.versions.assign(t.versions().begin(), t.versions().end());
   d.serving = t.serving();
   d.unavailable_reason = t.unavailable_reason();
+  d.needs_reimport = t.needs_reimport();
+  d.reimport_reason = t.reimport_reason();
+  d.corrupt_pages = t.corrupt_pages();
   const v1::SharedArena& a = t.arena();
   d.arena = ArenaDescription{a.shm_name(),   a.size_bytes(), a.layout(),     a.data_offset(),
                              a.slot_bytes(), a.slots(),      a.ways(),       a.slot_header_offset(),

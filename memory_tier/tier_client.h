@@ -91,6 +91,9 @@ struct TableDescription {
   std::vector<uint64_t> versions;  // every version in the catalog, ascending
   bool serving = false;            // false: refused at load, see unavailable_reason
   std::string unavailable_reason;
+  bool needs_reimport = false;  // a page failed its checksum: see reimport_reason
+  std::string reimport_reason;
+  uint64_t corrupt_pages = 0;
   ArenaDescription arena;
 };
 

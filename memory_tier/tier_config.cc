@@ -33,6 +33,7 @@ void VisitFields(Config& c, F&& f) {
   f("server", "tls_client_ca", &c.server.tls_client_ca);
   f("store", "dir", &c.store.dir);
   f("store", "verify", &c.store.verify);
+  f("store", "scrub_bytes_per_s", &c.store.scrub_bytes_per_s);
   f("dram", "bytes", &c.dram.bytes);
   f("dram", "ways", &c.dram.ways);
   f("dram", "huge_pages", &c.dram.huge_pages);

@@ -119,6 +119,29 @@ TierMetrics::TierMetrics(std::shared_ptr<prometheus::Registry> registry)
   arena_hits_dropped = &AddCounter(
       r, "engram_arena_hits_dropped_total",
       "Reported arena hits not credited to the access statistics (over the stream's budget)");
+  corrupt_pages_family_ =
+      &BuildCounter()
+           .Name("engram_row_file_corrupt_pages_total")
+           .Help("Row file pages found failing their checksum, each counted once, by where: read "
+                 "(a lookup), scrub, load (a row file refused at load counts 1)")
+           .Register(r);
+  tables_reimport = &AddGauge(
+      r, "engram_memory_tables_needing_reimport",
+      "Tables whose live version is marked for re-import (a page failed its checksum)");
+  scrub_bytes =
+      &AddCounter(r, "engram_scrub_bytes_total", "Row file bytes read and checked by the scrub");
+  scrub_passes = &AddCounter(r, "engram_scrub_passes_total",
+                             "Scrub passes completed over every served table");
+}
+
+std::array<prometheus::Counter*, 3> TierMetrics::AddCorruptPageCounters(
+    const std::string& table_label) {
+  std::array<prometheus::Counter*, 3> c{};
+  const char* sources[3] = {"load", "read", "scrub"};
+  for (int i = 0; i < 3; ++i) {
+    c[i] = &corrupt_pages_family_->Add({{"table", table_label}, {"source", sources[i]}});
+  }
+  return c;
 }
 
 TierMetrics::TableChildren TierMetrics::AddTable(const std::string& table_label) {

@@ -33,6 +33,13 @@
 //   engram_stats_flushes_total                   statistics persisted to the catalog
 //   engram_arena_hits_dropped_total              reported arena hits not credited to the
 //                                                statistics (over the stream's budget)
+//   engram_row_file_corrupt_pages_total{table,source}  row-file pages that failed their
+//                                                checksum, each once: source = read (a lookup),
+//                                                scrub, load (a file refused at load counts 1)
+//   engram_memory_tables_needing_reimport        tables whose live version is marked for
+//                                                re-import (gauge)
+//   engram_scrub_bytes_total                     row-file bytes checked by the scrub
+//   engram_scrub_passes_total                    scrub passes over every served table
 //   engram_build_info{component="memory",...}    1 (common/process_metrics.h)
 #ifndef ENGRAM_MEMORY_TIER_TIER_METRICS_H_
 #define ENGRAM_MEMORY_TIER_TIER_METRICS_H_
@@ -80,6 +87,9 @@ class TierMetrics {
   TierChildren& tier(TierKind kind) { return tiers_[static_cast<int>(kind)]; }
   // Resolves the per-table children (call once per table, at load).
   TableChildren AddTable(const std::string& table_label);
+  // engram_row_file_corrupt_pages_total{table, source} for one table, indexed by
+  // CorruptionSource (load, read, scrub); call once per table.
+  std::array<prometheus::Counter*, 3> AddCorruptPageCounters(const std::string& table_label);
   // engram_memory_rpc_total{method, code}; all 4 x 17 children exist from the start.
   void CountRpc(RpcMethod method, absl::StatusCode code) {
     rpc_[static_cast<int>(method)][static_cast<int>(code) % 17]->Increment();
@@ -106,6 +116,9 @@ class TierMetrics {
   prometheus::Gauge* state;
   prometheus::Counter* stats_flushes;
   prometheus::Counter* arena_hits_dropped;
+  prometheus::Gauge* tables_reimport;
+  prometheus::Counter* scrub_bytes;
+  prometheus::Counter* scrub_passes;
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
@@ -113,6 +126,7 @@ class TierMetrics {
   std::array<std::array<prometheus::Counter*, 17>, kNumRpcMethods> rpc_;
   prometheus::Family<prometheus::Gauge>* occupancy_family_;
   prometheus::Family<prometheus::Gauge>* arena_bytes_family_;
+  prometheus::Family<prometheus::Counter>* corrupt_pages_family_;
 };
 
 }  // namespace engram

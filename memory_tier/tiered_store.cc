@@ -198,14 +198,30 @@ absl::Status TieredStore::WarmUp(absl::Span<const RowCount> hottest) {
   std::vector<uint8_t> buf(kBatch * row_bytes_);
   std::vector<uint32_t> missing;
   Tier* below = tiers_.back();
+  absl::Status corrupt;
   for (size_t i = 0; i < ids.size(); i += kBatch) {
     absl::Span<const uint64_t> batch(ids.data() + i, std::min(kBatch, ids.size() - i));
     missing.clear();
-    ENGRAM_RETURN_IF_ERROR(below->Lookup(batch, buf.data(), &missing));
+    absl::Status s = below->Lookup(batch, buf.data(), &missing);
+    if (s.code() == absl::StatusCode::kDataLoss) {
+      // A bad page (reported by the tier) fails the whole batch: load the batch's rows one by
+      // one, so every good row still gets in and no row of a bad page does.
+      if (corrupt.ok()) corrupt = s;
+      absl::MutexLock lock(&stats_mu_);
+      for (size_t j = 0; j < batch.size(); ++j) {
+        std::vector<uint32_t> one_missing;
+        if (below->Lookup(batch.subspan(j, 1), buf.data(), &one_missing).ok() &&
+            one_missing.empty()) {
+          Offer(batch[j], buf.data());
+        }
+      }
+      continue;
+    }
+    ENGRAM_RETURN_IF_ERROR(s);
     absl::MutexLock lock(&stats_mu_);
     ForEachServed(batch.size(), missing, [&](size_t j) { Offer(batch[j], &buf[j * row_bytes_]); });
   }
-  return absl::OkStatus();
+  return corrupt;
 }
 
 std::vector<RowCount> TieredStore::Hottest(size_t n) {

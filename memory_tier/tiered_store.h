@@ -84,6 +84,8 @@ class TieredStore {
 
   // Loads rows into the cache tier before serving: the given rows (hottest first) are read from
   // the tiers below and offered to the cache through the admission filter. Call before traffic.
+  // Rows of a page that fails its checksum are skipped (every other row is loaded) and the first
+  // such DATA_LOSS is returned.
   absl::Status WarmUp(absl::Span<const RowCount> hottest);
 
   // Statistics (thread-safe).

@@ -130,7 +130,7 @@ absl::StatusOr<std::vector<uint8_t>> SourceRows(const std::string& model_dir, ui
 }
 
 RandomRowFile::RandomRowFile(uint64_t n_rows, absl::string_view dtype, int head_dim,
-                             uint64_t seed) {
+                             uint64_t seed, uint32_t format) {
   manifest.model = "test";
   manifest.layer = 1;
   manifest.version = 1;
@@ -138,7 +138,7 @@ RandomRowFile::RandomRowFile(uint64_t n_rows, absl::string_view dtype, int head_
   manifest.head_dim = head_dim;
   manifest.chunk_bytes = 64 * 1024;
   auto row_bytes = RowBytes(dtype, head_dim);
-  auto layout = row_bytes.ok() ? RowLayout::For(n_rows, static_cast<uint32_t>(*row_bytes))
+  auto layout = row_bytes.ok() ? RowLayout::For(n_rows, static_cast<uint32_t>(*row_bytes), format)
                                : absl::StatusOr<RowLayout>(row_bytes.status());
   if (!layout.ok()) {
     ADD_FAILURE() << layout.status();

@@ -42,10 +42,11 @@ absl::StatusOr<std::vector<uint8_t>> SourceRows(const std::string& model_dir, ui
                                                 size_t* row_bytes);
 
 // A row file of `rows` random rows (bytes from `seed`) written with the real RowFileWriter in
-// a temporary directory: model "test", layer 1, version 1, 64 KiB chunks. The rows stay in memory
-// as the expectation.
+// a temporary directory: model "test", layer 1, version 1, 64 KiB chunks, row file `format` (1
+// only for tests of old files). The rows stay in memory as the expectation.
 struct RandomRowFile {
-  RandomRowFile(uint64_t rows, absl::string_view dtype, int head_dim, uint64_t seed);
+  RandomRowFile(uint64_t rows, absl::string_view dtype, int head_dim, uint64_t seed,
+                uint32_t format = kRowFileFormatVersion);
   const uint8_t* Row(uint64_t r) const { return &rows[r * manifest.layout.row_bytes]; }
 
   TempDir dir;

@@ -2,6 +2,7 @@
 // rows byte-exact against the source safetensors through Lookup, Prefetch and the shared-memory
 // arena, from both tiers; concurrent clients; bad input; a refused corrupt table; drain; a restart
 // that comes back warm from the persisted statistics.
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -859,6 +860,218 @@ TEST_F(TierServiceTest, DrainEndsStreamsWithUnavailableAndRestartComesBackWarm) 
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->served_by.dram, hot.size()) << "the hot rows should be in DRAM at start";
   ExpectRows(3, hot, r->rows);
+}
+
+// ---- Corruption after start (page checksums, docs/memory-tier.md "Integrity") -----------------
+
+// Flips one byte of row `row` of the live version of `layer` in its row file, beside the running
+// server (the catalog opens read-only next to it). Returns the row's page.
+uint64_t FlipRowByte(const std::string& store, uint32_t layer, uint64_t row) {
+  auto catalog = Catalog::Open(store, Catalog::Mode::kReadOnly);
+  EXPECT_TRUE(catalog.ok()) << catalog.status();
+  if (!catalog.ok()) return 0;
+  auto record = (*catalog)->GetTable("testmodel", layer);
+  EXPECT_TRUE(record.ok() && record->has_value());
+  auto m = (*catalog)->GetManifest("testmodel", layer, (*record)->live_version);
+  EXPECT_TRUE(m.ok()) << m.status();
+  const std::string path = store + "/" + m->row_file;
+  auto fd = OpenFile(path, O_RDWR);
+  EXPECT_TRUE(fd.ok()) << fd.status();
+  const uint64_t off = m->layout.RowOffset(row) + 1;
+  uint8_t b = 0;
+  EXPECT_TRUE(PreadAll(fd->get(), &b, 1, off, path).ok());
+  b ^= 0x80;
+  EXPECT_TRUE(PwriteAll(fd->get(), &b, 1, off, path).ok());
+  return m->layout.PageOf(row);
+}
+
+TEST_F(TierServiceTest, AByteFlippedWhileServingFailsItsRowsWithDataLossAndMarksTheTable) {
+  TierConfig config = Config();
+  config.store.scrub_bytes_per_s = 0;  // only the reads find it here
+  StartServer(config);
+  const int port = server_->metrics_port();
+  const std::string metric =
+      "engram_row_file_corrupt_pages_total{source=\"read\",table=\"testmodel/3\"}";
+  EXPECT_EQ(ScrapeMetric(port, metric), 0);
+  // Layer 3 is the cache table: row 1234 is read from NVMe (and would be promoted into DRAM).
+  ASSERT_TRUE(client_->Lookup({"testmodel", 3, 0}, std::vector<uint64_t>{1234, 7}).ok());
+  const uint64_t bad_row = 1300;  // never read yet: not in the cache
+  const uint64_t page = FlipRowByte(store_dir(), 3, bad_row);
+
+  auto r = client_->Lookup({"testmodel", 3, 0}, std::vector<uint64_t>{7, bad_row, 1234});
+  ASSERT_EQ(r.status().code(), absl::StatusCode::kDataLoss) << r.status();
+  EXPECT_NE(r.status().message().find(absl::StrCat("page ", page, " (rows ")),
+            absl::string_view::npos)
+      << r.status();
+  EXPECT_NE(r.status().message().find("checksum mismatch"), absl::string_view::npos);
+  // Over the Prefetch stream: that batch fails with DATA_LOSS, the stream and the others go on.
+  auto stream = client_->OpenPrefetchStream({});
+  ASSERT_TRUE(stream.ok());
+  auto failed = (*stream)->SendAsync(
+      {.batch_id = 1, .table = {"testmodel", 3, 0}, .row_ids = {bad_row, 8}});
+  auto fine = (*stream)->SendAsync({.batch_id = 2, .table = {"testmodel", 3, 0}, .row_ids = {8, 9}});
+  PrefetchResult f = failed.get();
+  EXPECT_EQ(f.status.code(), absl::StatusCode::kDataLoss) << f.status;
+  PrefetchResult g = fine.get();
+  ASSERT_TRUE(g.status.ok()) << g.status;
+  ExpectRows(3, {8, 9}, g.rows);
+  EXPECT_TRUE((*stream)->Finish().ok());
+  // Every other row is served exactly, from both tables.
+  auto ok3 = client_->Lookup({"testmodel", 3, 0}, std::vector<uint64_t>{7, 1234, 5, 1500});
+  ASSERT_TRUE(ok3.ok()) << ok3.status();
+  ExpectRows(3, {7, 1234, 5, 1500}, ok3->rows);
+  auto ok1 = client_->Lookup({"testmodel", 1, 0}, std::vector<uint64_t>{bad_row, 3});
+  ASSERT_TRUE(ok1.ok()) << ok1.status();
+  ExpectRows(1, {bad_row, 3}, ok1->rows);
+
+  // The bad row never entered the DRAM cache (a failed batch promotes nothing), the good ones did.
+  for (auto& t : server_->tables()->tables()) t->store->Flush();
+  auto cache = client_->FindTable("testmodel", 3);
+  ASSERT_TRUE(cache.ok());
+  auto reader = ArenaReader::Open(*cache);
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  std::vector<uint64_t> probe = {1234, bad_row};
+  std::string rows(probe.size() * row_bytes_, '\0');
+  std::vector<uint32_t> missing;
+  ASSERT_TRUE((*reader)->Lookup(probe, reinterpret_cast<uint8_t*>(rows.data()), &missing).ok());
+  EXPECT_EQ(missing, std::vector<uint32_t>{1});
+
+  // Counted once (three reads found it), listed, and the table still serves.
+  EXPECT_EQ(ScrapeMetric(port, metric), 1);
+  EXPECT_EQ(ScrapeMetric(port, "engram_memory_tables_needing_reimport"), 1);
+  EXPECT_TRUE(cache->serving);
+  EXPECT_TRUE(cache->needs_reimport);
+  EXPECT_EQ(cache->corrupt_pages, 1u);
+  EXPECT_NE(cache->reimport_reason.find("checksum mismatch"), std::string::npos)
+      << cache->reimport_reason;
+  auto other = client_->FindTable("testmodel", 1);
+  ASSERT_TRUE(other.ok());
+  EXPECT_FALSE(other->needs_reimport);
+  reader->reset();
+  client_.reset();
+  server_.reset();
+
+  // The mark is in the catalog: `engram table import` rewrites layer 3 (only), without --force,
+  // and the restarted server serves the row again.
+  {
+    auto catalog = Catalog::Open(store_dir(), Catalog::Mode::kReadWrite);
+    ASSERT_TRUE(catalog.ok());
+    auto record = (*catalog)->GetTable("testmodel", 3);
+    ASSERT_TRUE(record.ok() && record->has_value());
+    EXPECT_TRUE((*record)->live_needs_reimport());
+    EXPECT_NE((*record)->reimport_reason.find("checksum mismatch"), std::string::npos);
+    ImportOptions io;
+    io.model_dir = model_dir();
+    io.chunk_bytes = 8192;
+    auto imported = ImportModel(**catalog, io);
+    ASSERT_TRUE(imported.ok()) << imported.status();
+    ASSERT_EQ(imported->layers.size(), 2u);
+    EXPECT_TRUE(imported->layers[0].unchanged);
+    EXPECT_FALSE(imported->layers[1].unchanged);
+    EXPECT_EQ(imported->layers[1].version, 2u);
+  }
+  StartServer(config);
+  auto again = client_->Lookup({"testmodel", 3, 0}, std::vector<uint64_t>{bad_row});
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->version, 2u);
+  ExpectRows(3, {bad_row}, again->rows);
+  auto healed = client_->FindTable("testmodel", 3);
+  ASSERT_TRUE(healed.ok());
+  EXPECT_FALSE(healed->needs_reimport);
+}
+
+TEST_F(TierServiceTest, WithoutDramAFlippedByteIsDataLossFromTheNvmeTier) {
+  TierConfig config = Config();
+  config.dram.bytes = 0;
+  config.store.scrub_bytes_per_s = 0;
+  StartServer(config);
+  ASSERT_TRUE(client_->Lookup({"testmodel", 1, 0}, std::vector<uint64_t>{40}).ok());
+  FlipRowByte(store_dir(), 1, 40);
+  auto r = client_->Lookup({"testmodel", 1, 0}, std::vector<uint64_t>{40});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss) << r.status();
+  // Row 40's page holds rows 0..63 (64-byte rows); the rows of other pages are served.
+  auto ok = client_->Lookup({"testmodel", 1, 0}, std::vector<uint64_t>{1000, 64});
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->served_by.nvme, 2u);
+  ExpectRows(1, {1000, 64}, ok->rows);
+  EXPECT_EQ(client_->Lookup({"testmodel", 1, 0}, std::vector<uint64_t>{63}).status().code(),
+            absl::StatusCode::kDataLoss);
+  EXPECT_EQ(ScrapeMetric(server_->metrics_port(),
+                         "engram_row_file_corrupt_pages_total{source=\"read\",table=\"testmodel/1\"}"),
+            1);
+}
+
+// Layer 1 is resident: its rows are served from the DRAM copy checked at load, so no lookup
+// reads the file again. The scrub does, finds the flipped byte and marks the table.
+TEST_F(TierServiceTest, TheScrubFindsABadPageNobodyReads) {
+  TierConfig config = Config();
+  config.store.scrub_bytes_per_s = 64 << 20;
+  StartServer(config);
+  const int port = server_->metrics_port();
+  ASSERT_TRUE(testing::WaitUntil(
+      [&] { return ScrapeMetric(port, "engram_scrub_passes_total") >= 1; }, absl::Seconds(20)));
+  EXPECT_EQ(ScrapeMetric(port, "engram_row_file_corrupt_pages_total{source=\"scrub\"}"), 0);
+  FlipRowByte(store_dir(), 1, 77);
+  const std::string metric =
+      "engram_row_file_corrupt_pages_total{source=\"scrub\",table=\"testmodel/1\"}";
+  ASSERT_TRUE(testing::WaitUntil([&] { return ScrapeMetric(port, metric) == 1; },
+                                 absl::Seconds(20)));
+  EXPECT_GT(ScrapeMetric(port, "engram_scrub_bytes_total"), 0);
+  ASSERT_TRUE(testing::WaitUntil(
+      [&] {
+        auto t = client_->FindTable("testmodel", 1);
+        return t.ok() && t->needs_reimport;
+      },
+      absl::Seconds(5)));
+  // The resident copy was verified at load: its rows are still right and still served.
+  auto r = client_->Lookup({"testmodel", 1, 0}, std::vector<uint64_t>{77});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->served_by.dram, 1u);
+  ExpectRows(1, {77}, r->rows);
+  // Counted once however many passes see it.
+  const double passes = ScrapeMetric(port, "engram_scrub_passes_total");
+  ASSERT_TRUE(testing::WaitUntil(
+      [&] { return ScrapeMetric(port, "engram_scrub_passes_total") > passes; }, absl::Seconds(20)));
+  EXPECT_EQ(ScrapeMetric(port, metric), 1);
+  client_.reset();
+  server_.reset();
+  auto catalog = Catalog::Open(store_dir(), Catalog::Mode::kReadOnly);
+  ASSERT_TRUE(catalog.ok());
+  auto record = (*catalog)->GetTable("testmodel", 1);
+  ASSERT_TRUE(record.ok() && record->has_value());
+  EXPECT_TRUE((*record)->live_needs_reimport());
+}
+
+// A live version written by an older build (format 1, no page checksums) is refused, naming the
+// file and the fix; the other table is served.
+TEST_F(TierServiceTest, AFormatOneRowFileIsRefusedWithTheFix) {
+  {
+    auto catalog = Catalog::Open(store_dir(), Catalog::Mode::kReadWrite);
+    ASSERT_TRUE(catalog.ok());
+    auto live = (*catalog)->GetManifest("testmodel", 3, 1);
+    ASSERT_TRUE(live.ok());
+    Manifest old = *live;
+    old.version = 2;
+    old.layout = *RowLayout::For(live->layout.rows, live->layout.row_bytes, 1);
+    old.row_file = std::filesystem::path(live->row_file).parent_path().string() + "/v2.rows";
+    auto writer = RowFileWriter::Create(store_dir() + "/" + old.row_file, old);
+    ASSERT_TRUE(writer.ok()) << writer.status();
+    ASSERT_TRUE((*writer)->Append(source_[3].data(), old.layout.rows).ok());
+    ASSERT_TRUE((*writer)->Finish(&old).ok());
+    ASSERT_TRUE((*catalog)->CommitVersions({old}).ok());
+  }
+  StartServer();
+  auto t3 = client_->FindTable("testmodel", 3);
+  ASSERT_TRUE(t3.ok());
+  EXPECT_FALSE(t3->serving);
+  EXPECT_NE(t3->unavailable_reason.find("v2.rows: row file format 1 has no page checksums"),
+            std::string::npos)
+      << t3->unavailable_reason;
+  EXPECT_NE(t3->unavailable_reason.find("engram table import"), std::string::npos);
+  EXPECT_FALSE(t3->needs_reimport);  // not corrupt: the importer rewrites it anyway
+  auto r = client_->Lookup({"testmodel", 3, 0}, std::vector<uint64_t>{1});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(client_->Lookup({"testmodel", 1, 0}, std::vector<uint64_t>{1}).ok());
 }
 
 }  // namespace
