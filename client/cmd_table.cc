@@ -31,7 +31,7 @@ constexpr char kUsage[] =
     "  engram table profile MODEL_DIR --store DIR --corpus FILE [--max-bytes N] [--top N]\n"
     "  engram table mrc MODEL_DIR --corpus FILE [--sizes 0.1%,1%,64M,...] [--svg FILE]\n"
     "                   [--max-bytes N] [--row-bytes N] [--step-positions N] [--update-rows N]\n"
-    "                   [--dram-ways N] [--tracked-rows N] [--no-belady]\n"
+    "                   [--hbm-window F] [--dram-ways N] [--tracked-rows N] [--no-belady]\n"
     "  engram table set-live --store DIR --model M [--layer L] --version V\n";
 
 constexpr char kDefaultMrcSizes[] = "0.1%,0.2%,0.5%,1%,2%,5%,10%,20%,50%,100%";
@@ -313,6 +313,13 @@ int Mrc(const Args& args) {
   o.dram_ways = static_cast<uint32_t>(*ways);
   o.tracked_rows = static_cast<uint64_t>(*tracked);
   o.belady = !args.Has("no-belady");
+  if (args.Has("hbm-window")) {
+    auto window = args.GetDouble("hbm-window", 0);
+    if (!window.ok() || *window < 0 || *window >= 1) {
+      return Fail("table mrc", absl::InvalidArgumentError("--hbm-window must be in [0, 1)"), 2);
+    }
+    o.hbm_window = *window;
+  }
   auto result = ComputeMrc(o);
   if (!result.ok()) return Fail("table mrc", result.status());
   std::fprintf(stderr,
@@ -338,7 +345,7 @@ int RunTable(int argc, char** argv) {
   auto args = Args::Parse(argc, argv,
                           {"store", "chunk-bytes", "model", "layer", "top", "manifest", "corpus",
                            "max-bytes", "version", "sizes", "svg", "row-bytes", "step-positions",
-                           "update-rows", "dram-ways", "tracked-rows"},
+                           "update-rows", "hbm-window", "dram-ways", "tracked-rows"},
                           {"force", "all-versions", "no-belady"});
   if (!args.ok()) return Fail("table", args.status(), 2);
   if (args->positional().empty()) {
@@ -359,6 +366,7 @@ int RunTable(int argc, char** argv) {
 }  // namespace
 
 ENGRAM_CLI_COMMAND(table, "table",
-                   "import, inspect, verify, profile, size (mrc) and roll back memory-tier tables", RunTable);
+                   "import, inspect, verify, profile, size (mrc) and roll back memory-tier tables",
+                   RunTable);
 
 }  // namespace engram::cli

@@ -43,6 +43,7 @@ double HitRate(uint64_t hits, uint64_t lookups) {
 double SimulateHotRowCache(const Trace& t, uint64_t slots, const MrcOptions& o) {
   HotRowCache::Options co;
   co.row_bytes = std::max<uint32_t>(1, o.row_bytes);
+  if (o.hbm_window >= 0) co.window_fraction = o.hbm_window;
   auto cache = HotRowCache::CreateWithSlots(co, slots);
   if (!cache.ok()) return 0;
   for (size_t i = 0; i < t.keys.size(); i += t.step) {
@@ -56,7 +57,7 @@ double SimulateHotRowCache(const Trace& t, uint64_t slots, const MrcOptions& o) 
 // Belady's MIN with bypass over a fully associative cache of `slots` rows.
 double SimulateBelady(const Trace& t, const std::vector<uint64_t>& next_use, uint64_t slots) {
   if (slots == 0) return 0;
-  absl::flat_hash_map<uint64_t, uint64_t> cached;  // key -> its next use
+  absl::flat_hash_map<uint64_t, uint64_t> cached;               // key -> its next use
   std::priority_queue<std::pair<uint64_t, uint64_t>> furthest;  // (next use, key), lazily stale
   uint64_t hits = 0;
   for (size_t i = 0; i < t.keys.size(); ++i) {
@@ -201,11 +202,20 @@ std::string XmlEscape(absl::string_view text) {
   std::string out;
   for (char c : text) {
     switch (c) {
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '&': out += "&amp;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += c;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '&':
+        out += "&amp;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      default:
+        out += c;
     }
   }
   return out;
@@ -413,8 +423,8 @@ absl::StatusOr<MrcResult> ComputeMrc(const MrcOptions& options) {
 std::string MrcCsv(const MrcResult& r) {
   std::string out = "tier,policy,size_percent,size_bytes,rows,hit_rate\n";
   for (const MrcPoint& p : r.points) {
-    absl::StrAppendFormat(&out, "%s,%s,%.4f,%u,%u,%.6f\n", p.tier, p.policy,
-                          100 * p.size_fraction, p.size_bytes, p.rows, p.hit_rate);
+    absl::StrAppendFormat(&out, "%s,%s,%.4f,%u,%u,%.6f\n", p.tier, p.policy, 100 * p.size_fraction,
+                          p.size_bytes, p.rows, p.hit_rate);
   }
   return out;
 }

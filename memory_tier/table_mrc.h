@@ -7,9 +7,9 @@
 // trace of lookups: position by position, each Engram layer's columns. Each cache size then
 // replays the trace through:
 //
-//   hbm  tinylfu   the worker's HotRowCache (model/hot_row_cache.h) with `slots` slots, keyed by
-//                  global row id (all layers in one cache), starting empty: every `step_positions`
-//                  positions are one step (Record), followed by PlanUpdates(update_rows)
+//   hbm  tinylfu   the worker's HotRowCache (model/hot_row_cache.h, W-TinyLFU) with `slots`
+//                  slots, keyed by global row id (all layers in one cache), starting empty: every
+//                  `step_positions` positions are one step (Record), then PlanUpdates(update_rows)
 //   hbm  static    the oracle: the `slots` rows most read by this very trace, loaded in advance
 //   hbm  belady    the optimal demand cache (Belady's MIN: on a miss, drop the row read furthest in
 //                  the future, or bypass); an upper bound for any online policy of that size
@@ -51,17 +51,18 @@ struct MrcOptions {
   uint32_t row_bytes = 0;         // bytes per row; 0 = engram_head_dim x 2 (bf16)
   uint32_t step_positions = 32;   // positions per simulated step
   uint32_t update_rows = 1024;    // HotRowCache::PlanUpdates max_rows per step
+  double hbm_window = -1;         // HotRowCache window_fraction; < 0 = its default
   uint32_t dram_ways = 8;         // dram.ways
   uint64_t tracked_rows = 65536;  // placement.tracked_rows
   bool belady = true;
 };
 
 struct MrcPoint {
-  std::string tier;    // "hbm" | "dram"
-  std::string policy;  // "tinylfu" | "static" | "belady" | "tier"
+  std::string tier;          // "hbm" | "dram"
+  std::string policy;        // "tinylfu" | "static" | "belady" | "tier"
   double size_fraction = 0;  // cache rows / table rows
   uint64_t size_bytes = 0;
-  uint64_t rows = 0;         // rows the cache holds
+  uint64_t rows = 0;  // rows the cache holds
   double hit_rate = 0;
 };
 

@@ -180,10 +180,11 @@ HotRowCache::HotRowCache(const Options& options, const HotCacheGeometry& geometr
       rng_(options.seed) {
   free_slots_.reserve(geometry.slots);
   for (uint64_t s = geometry.slots; s > 0; --s) free_slots_.push_back(static_cast<uint32_t>(s - 1));
-  const uint64_t width = std::min<uint64_t>(
-      RoundUpPow2(std::max<uint64_t>(
-          1024, options.sketch_width != 0 ? options.sketch_width : kSketchPerSlot * geometry.slots)),
-      uint64_t{1} << 26);
+  const uint64_t width =
+      std::min<uint64_t>(RoundUpPow2(std::max<uint64_t>(
+                             1024, options.sketch_width != 0 ? options.sketch_width
+                                                             : kSketchPerSlot * geometry.slots)),
+                         uint64_t{1} << 26);
   sketch_mask_ = width - 1;
   // TinyLFU's reset: about 10 accesses per counter, then every counter halves.
   sketch_window_ = 10 * width;
@@ -192,6 +193,32 @@ HotRowCache::HotRowCache(const Options& options, const HotCacheGeometry& geometr
     options_.max_candidates = std::max<size_t>(4096, geometry.slots / 4);
   }
   counters_.slots = geometry.slots;
+  in_window_.assign(geometry.slots, 0);
+  window_slots_ = static_cast<uint64_t>(std::clamp(options.window_fraction, 0.0, 1.0) *
+                                        static_cast<double>(geometry.slots));
+  if (options.window_fraction > 0 && geometry.slots >= 2) {
+    window_slots_ = std::clamp<uint64_t>(window_slots_, 1, geometry.slots - 1);
+  } else {
+    window_slots_ = 0;
+  }
+}
+
+uint32_t HotRowCache::SampleMainVictim(const absl::flat_hash_set<uint64_t>& keep,
+                                       uint32_t* estimate) {
+  uint32_t victim = kHotSlotMiss;
+  *estimate = UINT32_MAX;
+  const uint32_t samples = options_.victim_samples;
+  for (uint32_t tries = 0, found = 0; found < samples && tries < 4 * samples; ++tries) {
+    const uint32_t s = static_cast<uint32_t>(NextRandom() % geometry_.slots);
+    if (in_window_[s] || slot_keys_[s] == kEmptyRow || keep.contains(slot_keys_[s])) continue;
+    ++found;
+    const uint32_t e = Estimate(slot_keys_[s]);
+    if (e < *estimate) {
+      *estimate = e;
+      victim = s;
+    }
+  }
+  return victim;
 }
 
 size_t HotRowCache::SketchIndex(uint64_t key, int i) const {
@@ -229,7 +256,8 @@ HotCachePlan HotRowCache::Fill(absl::Span<const HotKeyCount> hottest) {
     // Seeding adds the counts without advancing the aging window (as AccessStats::Seed does).
     const double c = std::ceil(std::max(0.0, hk.count));
     CountAccess(hk.key, static_cast<uint32_t>(std::min<double>(c, UINT16_MAX)));
-    if (free_slots_.empty() || map_.Find(hk.key) != kHotSlotMiss) continue;
+    // The window's share stays free for the rows that miss later.
+    if (free_slots_.size() <= window_slots_ || map_.Find(hk.key) != kHotSlotMiss) continue;
     const uint32_t slot = free_slots_.back();
     free_slots_.pop_back();
     slot_keys_[slot] = hk.key;
@@ -287,30 +315,39 @@ HotCachePlan HotRowCache::PlanUpdates(size_t max_rows, absl::Span<const uint64_t
     const auto [estimate, key] = order[next];
     if (map_.Find(key) != kHotSlotMiss) continue;  // placed meanwhile (Fill)
     uint32_t slot;
+    bool into_window = window_slots_ > 0 && window_.size() < window_slots_;
     if (!free_slots_.empty()) {
       slot = free_slots_.back();
       free_slots_.pop_back();
+    } else if (window_slots_ > 0 && window_.size() >= window_slots_) {
+      // The key enters the window; the window's oldest key moves on to the main part if it beats
+      // a main victim, else it leaves.
+      const uint32_t oldest = window_.front();
+      const uint64_t oldest_key = slot_keys_[oldest];
+      if (keep.contains(oldest_key)) break;  // the window turned over within this plan
+      window_.pop_front();
+      in_window_[oldest] = 0;
+      uint32_t victim_estimate;
+      const uint32_t victim = SampleMainVictim(keep, &victim_estimate);
+      slot = victim != kHotSlotMiss && Estimate(oldest_key) > victim_estimate ? victim : oldest;
+      victims.push_back(slot_keys_[slot]);
+      ++counters_.evictions;
+      into_window = true;
     } else {
-      // Sampled LFU: the least frequent of a few residents drawn at random, skipping kept keys.
-      uint32_t victim_slot = kHotSlotMiss, victim_estimate = UINT32_MAX;
-      const uint32_t samples = options_.victim_samples;
-      for (uint32_t tries = 0, found = 0; found < samples && tries < 4 * samples; ++tries) {
-        const uint32_t s = static_cast<uint32_t>(NextRandom() % geometry_.slots);
-        if (keep.contains(slot_keys_[s])) continue;
-        ++found;
-        const uint32_t e = Estimate(slot_keys_[s]);
-        if (e < victim_estimate) {
-          victim_estimate = e;
-          victim_slot = s;
-        }
-      }
-      if (victim_slot == kHotSlotMiss || estimate <= victim_estimate) {
+      // No window (or one still filling after Fill): the key must beat a main victim.
+      uint32_t victim_estimate;
+      const uint32_t victim = SampleMainVictim(keep, &victim_estimate);
+      if (victim == kHotSlotMiss || estimate <= victim_estimate) {
         ++counters_.rejections;
         continue;
       }
-      slot = victim_slot;
+      slot = victim;
       victims.push_back(slot_keys_[slot]);
       ++counters_.evictions;
+    }
+    if (into_window) {
+      window_.push_back(slot);
+      in_window_[slot] = 1;
     }
     slot_keys_[slot] = key;
     keep.insert(key);

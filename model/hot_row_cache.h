@@ -13,11 +13,15 @@
 //     PlanUpdates(max)      between steps, off the critical path: which candidates replace which
 //                           residents (admission below), as a HotCachePlan the device applies
 //
-// Admission (TinyLFU): a count-min sketch (4 x width 16-bit counters, all halved after 10 x width
-// recorded accesses) estimates each key's recent frequency. A missed key takes a free slot if
-// there is one; otherwise the victim is the least frequent of `victim_samples` residents drawn at
-// random (sampled LFU), and the candidate replaces it only if its own estimate is strictly higher.
-// A scan of one-off keys therefore never displaces a hot set (docs/decisions.md).
+// Admission (W-TinyLFU): a count-min sketch (4 x width 16-bit counters, all halved after 10 x width
+// recorded accesses) estimates each key's recent frequency. The slots are split into a small
+// admission window (window_fraction, FIFO) and the main part. A missed key takes a free slot if
+// there is one; otherwise it enters the window, whose oldest key then either moves to the main
+// part, replacing the main victim, if its estimate is strictly higher than the victim's, or
+// leaves. The main victim is the least frequent of `victim_samples` main residents drawn at random
+// (sampled LFU). Rows read again soon after a first read (n-grams of the text at hand) are hits
+// in the window; a scan of one-off keys only passes through the window and never displaces the
+// hot set in the main part (docs/decisions.md). window_fraction = 0 is plain TinyLFU.
 //
 // Applying a plan on the device (the ordering contract; all on one stream, between steps, no
 // gather of the map in between):
@@ -35,6 +39,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <vector>
 
@@ -47,7 +52,8 @@
 
 namespace engram {
 
-// ---- Keys -----------------------------------------------------------------------------------------
+// ---- Keys
+// -----------------------------------------------------------------------------------------
 
 // Global row ids: each Engram layer's table, in layer index order, concatenated.
 class GlobalRowIds {
@@ -72,15 +78,16 @@ struct HotKeyCount {
   double count = 0;
 };
 
-// ---- Sizes ----------------------------------------------------------------------------------------
+// ---- Sizes
+// ----------------------------------------------------------------------------------------
 
 // How a capacity in bytes divides into the pool and the map.
 struct HotCacheGeometry {
   uint32_t row_bytes = 0;
-  uint64_t slots = 0;          // rows the pool holds
-  uint64_t map_entries = 0;    // power of two >= 2 x slots (at least 2)
-  uint64_t pool_bytes = 0;     // slots * row_bytes
-  uint64_t map_bytes = 0;      // map_entries * sizeof(HotSlot)
+  uint64_t slots = 0;        // rows the pool holds
+  uint64_t map_entries = 0;  // power of two >= 2 x slots (at least 2)
+  uint64_t pool_bytes = 0;   // slots * row_bytes
+  uint64_t map_bytes = 0;    // map_entries * sizeof(HotSlot)
 };
 
 // Entries of the map for `slots` slots: the smallest power of two >= max(2, 2 x slots).
@@ -157,7 +164,8 @@ struct HotRowCacheCounters {
   uint64_t slots = 0;
   // hits / (hits + misses); 0 before any lookup.
   double hit_rate() const {
-    return hits + misses == 0 ? 0.0 : static_cast<double>(hits) / static_cast<double>(hits + misses);
+    return hits + misses == 0 ? 0.0
+                              : static_cast<double>(hits) / static_cast<double>(hits + misses);
   }
 };
 
@@ -170,6 +178,10 @@ class HotRowCache {
     uint64_t sketch_width = 0;
     // Residents sampled when choosing a victim.
     uint32_t victim_samples = 8;
+    // Share of the slots that form the admission window (W-TinyLFU): every missed row enters it,
+    // and the window's oldest row then moves on to the main part only if it beats a main victim.
+    // 0 = no window (plain TinyLFU: a missed row must beat a victim to be cached at all).
+    double window_fraction = 0.2;
     // Distinct missed keys kept until the next PlanUpdates; 0 = max(4096, slots / 4).
     size_t max_candidates = 0;
     // Seeds the victim sampling (plans are deterministic for a given seed and input).
@@ -192,9 +204,9 @@ class HotRowCache {
   uint32_t Lookup(uint64_t key) const { return map_.Find(key); }
   HotRowCacheCounters counters() const;
 
-  // Places the keys of `hottest` (hottest first) in free slots until the slots run out, and seeds
-  // the sketch with every count. Keys already cached and kEmptyRow are skipped. Everything lands
-  // in plan.loads and plan.map (nothing is unmapped).
+  // Places the keys of `hottest` (hottest first) in free slots of the main part until it is full
+  // (the window's share stays free), and seeds the sketch with every count. Keys already cached and
+  // kEmptyRow are skipped. Everything lands in plan.loads and plan.map (nothing is unmapped).
   HotCachePlan Fill(absl::Span<const HotKeyCount> hottest);
   // Counts the lookups of one step: hit or miss against the current map, the sketch fed with every
   // key, and missed keys kept as candidates for PlanUpdates.
@@ -208,6 +220,9 @@ class HotRowCache {
 
  private:
   HotRowCache(const Options& options, const HotCacheGeometry& geometry);
+  // The least frequent of `victim_samples` random main-part residents not in `keep`; kHotSlotMiss
+  // when none was found.
+  uint32_t SampleMainVictim(const absl::flat_hash_set<uint64_t>& keep, uint32_t* estimate);
   // Adds n to the key's sketch counters (saturating) and ages the sketch when its window is full.
   void CountAccess(uint64_t key, uint32_t n);
   size_t SketchIndex(uint64_t key, int i) const;
@@ -218,6 +233,9 @@ class HotRowCache {
   HotSlotMap map_;
   std::vector<uint64_t> slot_keys_;
   std::vector<uint32_t> free_slots_;  // a stack; lowest slot on top at start
+  uint64_t window_slots_ = 0;
+  std::deque<uint32_t> window_;     // slots of the admission window, oldest first
+  std::vector<uint8_t> in_window_;  // per slot
 
   std::vector<uint16_t> sketch_;  // 4 rows of width counters
   uint64_t sketch_mask_ = 0;

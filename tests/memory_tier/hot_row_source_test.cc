@@ -49,8 +49,8 @@ TEST(HotRowSourceTest, TierStatisticsFillTheCacheHottestFirst) {
   const uint64_t l3 = static_cast<uint64_t>(rows[0]);  // layer 3's rows follow layer 1's
   std::vector<std::pair<uint64_t, double>> got;
   for (const HotKeyCount& h : *hot) got.push_back({h.key, h.count});
-  const std::vector<std::pair<uint64_t, double>> want = {
-      {7, 50}, {l3 + 7, 40}, {l3 + 0, 30}, {8, 20}, {l3 + 1, 10}, {9, 5}};
+  const std::vector<std::pair<uint64_t, double>> want = {{7, 50}, {l3 + 7, 40}, {l3 + 0, 30},
+                                                         {8, 20}, {l3 + 1, 10}, {9, 5}};
   EXPECT_EQ(got, want);
   // top_rows bounds each table.
   auto top1 = FetchTierHotList(**client, "testmodel", layer_ids, ids, 1);
@@ -61,10 +61,11 @@ TEST(HotRowSourceTest, TierStatisticsFillTheCacheHottestFirst) {
   EXPECT_TRUE(FetchTierHotList(**client, "other", layer_ids, ids, 100)->empty());
   EXPECT_TRUE(FetchTierHotList(**client, "testmodel", std::vector<int>{2}, ids, 100)->empty());
 
-  // The fill: a 4-slot cache holds the four hottest keys.
+  // The fill: a 5-slot cache (the window's share, 20%, stays free) holds the four hottest keys.
   HotRowCache::Options o;
   o.row_bytes = 64;
-  auto cache = HotRowCache::CreateWithSlots(o, 4);
+  o.window_fraction = 0.2;
+  auto cache = HotRowCache::CreateWithSlots(o, 5);
   ASSERT_TRUE(cache.ok());
   const HotCachePlan plan = (*cache)->Fill(*hot);
   EXPECT_EQ(plan.loads.size(), 4u);
@@ -91,8 +92,8 @@ TEST(HotRowSourceTest, RowsOutsideTheirTableAreIgnored) {
   h->set_row_id(3);
   h->set_count(1);
   const int64_t rows[] = {5, 10};
-  const std::vector<HotKeyCount> hot = HotListFromStats(stats, "m", std::vector<int>{1, 2},
-                                                        GlobalRowIds(rows));
+  const std::vector<HotKeyCount> hot =
+      HotListFromStats(stats, "m", std::vector<int>{1, 2}, GlobalRowIds(rows));
   ASSERT_EQ(hot.size(), 1u);
   EXPECT_EQ(hot[0].key, 8u);
 }

@@ -56,7 +56,8 @@ TEST(TableMrcTest, CurvesRiseAreBoundedByTheOraclesAndReachFullAtFullSize) {
   MrcOptions o;
   o.model_dir = DemoModel();
   o.corpus_path = WriteCorpus(tmp.path());
-  for (const char* s : {"0.2%", "1%", "3%", "10%", "30%", "100%"}) o.sizes.push_back(*ParseMrcSize(s));
+  for (const char* s : {"0.2%", "1%", "3%", "10%", "30%", "100%"})
+    o.sizes.push_back(*ParseMrcSize(s));
   o.step_positions = 8;
   auto r = ComputeMrc(o);
   ASSERT_TRUE(r.ok()) << r.status();
@@ -146,9 +147,9 @@ TEST(TableMrcTest, CommandWritesCsvAndSvg) {
   testing::TempDir tmp;
   const std::string corpus = WriteCorpus(tmp.path());
   const std::string svg = tmp.path() + "/mrc.svg";
-  auto [code, out] = testing::RunCommand(absl::StrCat(
-      testing::BinaryPath("client/engram"), " table mrc ", DemoModel(), " --corpus ", corpus,
-      " --sizes 1%,10%,100% --svg ", svg));
+  auto [code, out] = testing::RunCommand(absl::StrCat(testing::BinaryPath("client/engram"),
+                                                      " table mrc ", DemoModel(), " --corpus ",
+                                                      corpus, " --sizes 1%,10%,100% --svg ", svg));
   ASSERT_EQ(code, 0) << out;
   // The summary line (stderr) comes first, then the CSV (stdout).
   std::vector<std::string> lines = absl::StrSplit(out, '\n', absl::SkipEmpty());
@@ -163,9 +164,9 @@ TEST(TableMrcTest, CommandWritesCsvAndSvg) {
   ss << f.rdbuf();
   EXPECT_NE(ss.str().find("HBM: HotRowCache"), std::string::npos);
   // A bad size is the caller's fault: exit 2 naming it.
-  std::tie(code, out) = testing::RunCommand(absl::StrCat(testing::BinaryPath("client/engram"),
-                                                         " table mrc ", DemoModel(), " --corpus ",
-                                                         corpus, " --sizes 1%,lots"));
+  std::tie(code, out) =
+      testing::RunCommand(absl::StrCat(testing::BinaryPath("client/engram"), " table mrc ",
+                                       DemoModel(), " --corpus ", corpus, " --sizes 1%,lots"));
   EXPECT_EQ(code, 2) << out;
   EXPECT_NE(out.find("\"lots\""), std::string::npos) << out;
 }
