@@ -305,11 +305,13 @@ HotCachePlan HotRowCache::PlanUpdates(size_t max_rows, absl::Span<const uint64_t
     return a.first != b.first ? a.first > b.first : a.second < b.second;
   });
   // Keys that must stay: the caller's, and those admitted by this plan.
-  absl::flat_hash_set<uint64_t> keep(protect.begin(), protect.end());
+  const absl::flat_hash_set<uint64_t> protected_keys(protect.begin(), protect.end());
+  absl::flat_hash_set<uint64_t> keep = protected_keys;
 
   // Decide first, then change the map: all removals before any insertion, so the unmap phase
   // never holds an entry whose row is not loaded yet.
   std::vector<uint64_t> victims;
+  absl::flat_hash_set<uint64_t> plan_keys;  // admitted by this plan
   size_t next = 0;
   for (; next < order.size() && plan.loads.size() < max_rows; ++next) {
     const auto [estimate, key] = order[next];
@@ -322,9 +324,18 @@ HotCachePlan HotRowCache::PlanUpdates(size_t max_rows, absl::Span<const uint64_t
     } else if (window_slots_ > 0 && window_.size() >= window_slots_) {
       // The key enters the window; the window's oldest key moves on to the main part if it beats
       // a main victim, else it leaves.
+      // A protected oldest key goes to the back of the window (it stays cached); a key this plan
+      // admitted at the front means the window turned over within the plan: stop here.
+      for (size_t turns = 0;
+           turns < window_.size() && protected_keys.contains(slot_keys_[window_.front()]) &&
+           !plan_keys.contains(slot_keys_[window_.front()]);
+           ++turns) {
+        window_.push_back(window_.front());
+        window_.pop_front();
+      }
       const uint32_t oldest = window_.front();
       const uint64_t oldest_key = slot_keys_[oldest];
-      if (keep.contains(oldest_key)) break;  // the window turned over within this plan
+      if (keep.contains(oldest_key)) break;
       window_.pop_front();
       in_window_[oldest] = 0;
       uint32_t victim_estimate;
@@ -351,6 +362,7 @@ HotCachePlan HotRowCache::PlanUpdates(size_t max_rows, absl::Span<const uint64_t
     }
     slot_keys_[slot] = key;
     keep.insert(key);
+    plan_keys.insert(key);
     plan.loads.push_back({key, slot});
     ++counters_.admissions;
   }

@@ -212,7 +212,8 @@ class HotRowCache {
   // key, and missed keys kept as candidates for PlanUpdates.
   void Record(absl::Span<const uint64_t> keys);
   // Admits at most `max_rows` candidates, most frequent first (see the header). Keys in `protect`
-  // (e.g. rows an in-flight step was told are in HBM) are never evicted. Candidates not reached
+  // (e.g. rows an in-flight step was told are in HBM) are never evicted (a protected key at the
+  // front of the window is passed over). Candidates not reached
   // because of max_rows stay for the next call; the others are forgotten until they miss again.
   HotCachePlan PlanUpdates(size_t max_rows, absl::Span<const uint64_t> protect = {});
   // The sketch's estimate of the recent frequency of `key`.

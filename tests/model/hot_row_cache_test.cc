@@ -365,6 +365,29 @@ TEST(HotRowCacheTest, WindowAdmitsEveryMissAndPromotesOnlyTheFrequent) {
   EXPECT_TRUE(cache->map().CheckInvariants().ok());
 }
 
+// A protected key at the front of the window is passed over (it stays), not a dead end.
+TEST(HotRowCacheTest, ProtectedWindowKeysStayAndDoNotBlockTheWindow) {
+  auto cache = MakeCache(10, 1, /*window=*/0.2);  // 2 window slots, 8 main
+  std::vector<HotKeyCount> hot;
+  for (uint64_t k = 0; k < 8; ++k) hot.push_back({100 + k, 5});
+  cache->Fill(hot);
+  cache->Record(std::vector<uint64_t>{1, 2});
+  cache->PlanUpdates(10);  // window: 1, 2
+  cache->Record(std::vector<uint64_t>{3});
+  const std::vector<uint64_t> protect = {1};
+  const HotCachePlan plan = cache->PlanUpdates(10, protect);
+  EXPECT_EQ(plan.loads.size(), 1u);
+  EXPECT_NE(cache->Lookup(1), kHotSlotMiss);
+  EXPECT_EQ(cache->Lookup(2), kHotSlotMiss);
+  EXPECT_NE(cache->Lookup(3), kHotSlotMiss);
+  // With every window key protected, nothing is admitted and nothing leaves.
+  cache->Record(std::vector<uint64_t>{4});
+  const std::vector<uint64_t> both = {1, 3};
+  EXPECT_TRUE(cache->PlanUpdates(10, both).loads.empty());
+  EXPECT_NE(cache->Lookup(1), kHotSlotMiss);
+  EXPECT_NE(cache->Lookup(3), kHotSlotMiss);
+}
+
 // Random traffic (Zipf, scans, bursts, protected sets, small and large plans): every plan applied
 // in the contract's order keeps the device consistent after each phase and equal to the host map
 // at the end; the host map stays valid.
