@@ -14,7 +14,7 @@
 //                           residents (admission below), as a HotCachePlan the device applies
 //
 // Admission (W-TinyLFU): a count-min sketch (4 x width 16-bit counters, all halved after 10 x width
-// recorded accesses) estimates each key's recent frequency. The slots are split into a small
+// recorded accesses) estimates each key's recent frequency. The slots are split into an
 // admission window (window_fraction, FIFO) and the main part. A missed key takes a free slot if
 // there is one; otherwise it enters the window, whose oldest key then either moves to the main
 // part, replacing the main victim, if its estimate is strictly higher than the victim's, or
@@ -174,7 +174,7 @@ class HotRowCache {
   struct Options {
     uint64_t capacity_bytes = 0;  // pool + map, bytes of GPU memory (config: GiB)
     uint32_t row_bytes = 0;       // bytes of one row (common/row_format.h RowBytes)
-    // Counters per sketch row (rounded up to a power of two, at least 1024); 0 = the slot count.
+    // Counters per sketch row (rounded up to a power of two, at least 1024); 0 = 8 x the slots.
     uint64_t sketch_width = 0;
     // Residents sampled when choosing a victim.
     uint32_t victim_samples = 8;
