@@ -1,18 +1,22 @@
-// engram table import|inspect|verify|profile|set-live: the memory tier's table store from the
-// command line (memory_tier/importer.h, catalog.h, row_file.h; docs/memory-tier.md).
+// engram table import|inspect|verify|profile|mrc|set-live: the memory tier's table store from the
+// command line (memory_tier/importer.h, catalog.h, row_file.h, table_profile.h, table_mrc.h;
+// docs/memory-tier.md).
 #include <unistd.h>
 
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <string>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "client/cli.h"
 #include "common/status.h"
 #include "memory_tier/catalog.h"
 #include "memory_tier/importer.h"
 #include "memory_tier/row_file.h"
+#include "memory_tier/table_mrc.h"
 #include "memory_tier/table_profile.h"
 
 namespace engram::cli {
@@ -25,7 +29,12 @@ constexpr char kUsage[] =
     "  engram table verify (--store DIR [--model M] [--layer L] [--all-versions] |\n"
     "                       --manifest FILE)\n"
     "  engram table profile MODEL_DIR --store DIR --corpus FILE [--max-bytes N] [--top N]\n"
+    "  engram table mrc MODEL_DIR --corpus FILE [--sizes 0.1%,1%,64M,...] [--svg FILE]\n"
+    "                   [--max-bytes N] [--row-bytes N] [--step-positions N] [--update-rows N]\n"
+    "                   [--hbm-window F] [--dram-ways N] [--tracked-rows N] [--no-belady]\n"
     "  engram table set-live --store DIR --model M [--layer L] --version V\n";
+
+constexpr char kDefaultMrcSizes[] = "0.1%,0.2%,0.5%,1%,2%,5%,10%,20%,50%,100%";
 
 std::string HumanBytes(double b) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
@@ -274,11 +283,74 @@ int Profile(const Args& args) {
   return 0;
 }
 
+// The hit-rate curves of the HBM cache and the DRAM tier: CSV on stdout, a summary on stderr,
+// optionally an SVG plot.
+int Mrc(const Args& args) {
+  if (args.positional().size() != 2) {
+    return Fail("table mrc", absl::InvalidArgumentError("needs exactly one MODEL_DIR"), 2);
+  }
+  auto corpus = args.Require("corpus");
+  if (!corpus.ok()) return Fail("table mrc", corpus.status(), 2);
+  MrcOptions o;
+  o.model_dir = args.positional()[1];
+  o.corpus_path = *corpus;
+  for (absl::string_view piece :
+       absl::StrSplit(args.GetOr("sizes", kDefaultMrcSizes), ',', absl::SkipWhitespace())) {
+    auto size = ParseMrcSize(piece);
+    if (!size.ok()) return Fail("table mrc", size.status(), 2);
+    o.sizes.push_back(*size);
+  }
+  auto max_bytes = args.GetInt("max-bytes", 0, 0, INT64_MAX);
+  auto row_bytes = args.GetInt("row-bytes", 0, 0, 1 << 20);
+  auto step = args.GetInt("step-positions", o.step_positions, 1, 1 << 20);
+  auto update = args.GetInt("update-rows", o.update_rows, 0, int64_t{1} << 30);
+  auto ways = args.GetInt("dram-ways", o.dram_ways, 1, 64);
+  auto tracked = args.GetInt("tracked-rows", static_cast<int64_t>(o.tracked_rows), 1,
+                             int64_t{1} << 30);
+  for (const auto* v : {&max_bytes, &row_bytes, &step, &update, &ways, &tracked}) {
+    if (!v->ok()) return Fail("table mrc", v->status(), 2);
+  }
+  o.max_bytes = static_cast<uint64_t>(*max_bytes);
+  o.row_bytes = static_cast<uint32_t>(*row_bytes);
+  o.step_positions = static_cast<uint32_t>(*step);
+  o.update_rows = static_cast<uint32_t>(*update);
+  o.dram_ways = static_cast<uint32_t>(*ways);
+  o.tracked_rows = static_cast<uint64_t>(*tracked);
+  o.belady = !args.Has("no-belady");
+  if (args.Has("hbm-window")) {
+    auto window = args.GetDouble("hbm-window", 0);
+    if (!window.ok() || *window < 0 || *window >= 1) {
+      return Fail("table mrc", absl::InvalidArgumentError("--hbm-window must be in [0, 1)"), 2);
+    }
+    o.hbm_window = *window;
+  }
+  auto result = ComputeMrc(o);
+  if (!result.ok()) return Fail("table mrc", result.status());
+  std::fprintf(stderr,
+               "%s: %llu tokens of %s, %llu row lookups, %llu distinct rows of %llu (%u bytes "
+               "each)\n",
+               result->model.c_str(), static_cast<unsigned long long>(result->tokens),
+               corpus->c_str(), static_cast<unsigned long long>(result->lookups),
+               static_cast<unsigned long long>(result->distinct_rows),
+               static_cast<unsigned long long>(result->table_rows), result->row_bytes);
+  std::fputs(MrcCsv(*result).c_str(), stdout);
+  if (auto svg = args.Get("svg")) {
+    std::ofstream f(*svg, std::ios::binary | std::ios::trunc);
+    f << MrcSvg(*result);
+    f.close();
+    if (!f) {
+      return Fail("table mrc", absl::PermissionDeniedError(absl::StrCat("cannot write ", *svg)));
+    }
+  }
+  return 0;
+}
+
 int RunTable(int argc, char** argv) {
   auto args = Args::Parse(argc, argv,
                           {"store", "chunk-bytes", "model", "layer", "top", "manifest", "corpus",
-                           "max-bytes", "version"},
-                          {"force", "all-versions"});
+                           "max-bytes", "version", "sizes", "svg", "row-bytes", "step-positions",
+                           "update-rows", "hbm-window", "dram-ways", "tracked-rows"},
+                          {"force", "all-versions", "no-belady"});
   if (!args.ok()) return Fail("table", args.status(), 2);
   if (args->positional().empty()) {
     std::fprintf(stderr, "%s", kUsage);
@@ -289,6 +361,7 @@ int RunTable(int argc, char** argv) {
   if (action == "inspect") return Inspect(*args);
   if (action == "verify") return Verify(*args);
   if (action == "profile") return Profile(*args);
+  if (action == "mrc") return Mrc(*args);
   if (action == "set-live") return SetLive(*args);
   std::fprintf(stderr, "engram table: unknown action \"%s\"\n%s", action.c_str(), kUsage);
   return 2;
@@ -297,6 +370,7 @@ int RunTable(int argc, char** argv) {
 }  // namespace
 
 ENGRAM_CLI_COMMAND(table, "table",
-                   "import, inspect, verify, profile and roll back memory-tier tables", RunTable);
+                   "import, inspect, verify, profile, size (mrc) and roll back memory-tier tables",
+                   RunTable);
 
 }  // namespace engram::cli

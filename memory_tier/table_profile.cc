@@ -49,8 +49,7 @@ class DocumentReader {
 
 }  // namespace
 
-absl::StatusOr<ProfileResult> ProfileTables(Catalog& catalog, const ProfileOptions& options) {
-  const std::string& dir = options.model_dir;
+absl::StatusOr<CorpusModel> LoadCorpusModel(const std::string& dir) {
   ENGRAM_ASSIGN_OR_RETURN(nlohmann::json config_json, ReadJsonFile(dir + "/config.json"));
   auto config = ParseEngramConfig(config_json);
   if (!config.ok()) return Annotate(config.status(), dir + "/config.json");
@@ -58,35 +57,57 @@ absl::StatusOr<ProfileResult> ProfileTables(Catalog& catalog, const ProfileOptio
   if (!tokenizer.ok()) return Annotate(tokenizer.status(), dir + "/tokenizer.json");
   ENGRAM_ASSIGN_OR_RETURN(EngramConstants constants,
                           LoadEngramConstants(dir, *config, **tokenizer));
-  std::ifstream corpus(options.corpus_path);
-  if (!corpus) {
-    return absl::NotFoundError(absl::StrCat("cannot read corpus ", options.corpus_path));
-  }
-  ProfileResult result;
-  result.model = ModelName(config_json, dir);
-  const EngramHashConstants& hash = constants.hash;
-  const size_t columns = static_cast<size_t>(hash.columns());
-  std::vector<absl::flat_hash_map<uint64_t, uint64_t>> counts(hash.num_layers());
-  DocumentReader reader(corpus, options.max_bytes);
+  CorpusModel model;
+  model.name = ModelName(config_json, dir);
+  model.config = std::move(*config);
+  model.tokenizer = std::move(*tokenizer);
+  model.constants = std::move(constants);
+  return model;
+}
+
+absl::Status ForEachCorpusDocument(const CorpusModel& model, const std::string& corpus_path,
+                                   uint64_t max_bytes,
+                                   const std::function<absl::Status(absl::Span<const int64_t>)>& fn,
+                                   uint64_t* bytes_read) {
+  std::ifstream corpus(corpus_path);
+  if (!corpus) return absl::NotFoundError(absl::StrCat("cannot read corpus ", corpus_path));
+  DocumentReader reader(corpus, max_bytes);
   std::string doc;
-  std::vector<int64_t> row_ids;
   while (reader.Next(&doc)) {
-    auto tokens = (*tokenizer)->Encode(doc);
+    auto tokens = model.tokenizer->Encode(doc);
     if (!tokens.ok()) {
-      return Annotate(tokens.status(), absl::StrCat("corpus ", options.corpus_path,
-                                                    ", document at byte ", reader.doc_start()));
+      return Annotate(tokens.status(), absl::StrCat("corpus ", corpus_path, ", document at byte ",
+                                                    reader.doc_start()));
     }
     if (tokens->empty()) continue;
-    ENGRAM_ASSIGN_OR_RETURN(std::vector<int64_t> ids, constants.Compress(*tokens));
-    result.tokens += ids.size();
-    row_ids.resize(ids.size() * columns);
-    for (int li = 0; li < hash.num_layers(); ++li) {
-      ENGRAM_RETURN_IF_ERROR(ComputeNgramRowIds(hash, li, {}, ids, absl::MakeSpan(row_ids)));
-      for (int64_t r : row_ids) ++counts[li][static_cast<uint64_t>(r)];
-    }
+    ENGRAM_ASSIGN_OR_RETURN(std::vector<int64_t> ids, model.constants.Compress(*tokens));
+    ENGRAM_RETURN_IF_ERROR(fn(ids));
   }
-  if (corpus.bad()) return absl::DataLossError(absl::StrCat("error reading ", options.corpus_path));
-  result.bytes = reader.bytes_read();
+  if (corpus.bad()) return absl::DataLossError(absl::StrCat("error reading ", corpus_path));
+  if (bytes_read != nullptr) *bytes_read = reader.bytes_read();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ProfileResult> ProfileTables(Catalog& catalog, const ProfileOptions& options) {
+  ENGRAM_ASSIGN_OR_RETURN(CorpusModel model, LoadCorpusModel(options.model_dir));
+  ProfileResult result;
+  result.model = model.name;
+  const EngramHashConstants& hash = model.constants.hash;
+  const size_t columns = static_cast<size_t>(hash.columns());
+  std::vector<absl::flat_hash_map<uint64_t, uint64_t>> counts(hash.num_layers());
+  std::vector<int64_t> row_ids;
+  ENGRAM_RETURN_IF_ERROR(ForEachCorpusDocument(
+      model, options.corpus_path, options.max_bytes,
+      [&](absl::Span<const int64_t> ids) -> absl::Status {
+        result.tokens += ids.size();
+        row_ids.resize(ids.size() * columns);
+        for (int li = 0; li < hash.num_layers(); ++li) {
+          ENGRAM_RETURN_IF_ERROR(ComputeNgramRowIds(hash, li, {}, ids, absl::MakeSpan(row_ids)));
+          for (int64_t r : row_ids) ++counts[li][static_cast<uint64_t>(r)];
+        }
+        return absl::OkStatus();
+      },
+      &result.bytes));
   if (result.tokens == 0) {
     return absl::InvalidArgumentError(absl::StrCat("corpus ", options.corpus_path, " has no text"));
   }

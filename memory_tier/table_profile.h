@@ -16,11 +16,17 @@
 #define ENGRAM_MEMORY_TIER_TABLE_PROFILE_H_
 
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "common/engram_config.h"
 #include "memory_tier/catalog.h"
+#include "model/engram_constants.h"
+#include "model/tokenizer.h"
 
 namespace engram {
 
@@ -46,6 +52,25 @@ struct ProfileResult {
   uint64_t bytes = 0;
   std::vector<LayerProfile> layers;
 };
+
+// What hashing a corpus needs from a model directory: its name, Engram config, tokenizer and
+// constants (checked against engram_constants.json when present).
+struct CorpusModel {
+  std::string name;
+  EngramConfig config;
+  std::unique_ptr<Tokenizer> tokenizer;
+  EngramConstants constants;
+};
+absl::StatusOr<CorpusModel> LoadCorpusModel(const std::string& model_dir);
+
+// Cuts the corpus into documents (above), tokenizes each and calls fn with its compressed ids
+// (documents without tokens are skipped); row ids follow with ComputeNgramRowIds from a sequence
+// start. `*bytes_read` (may be null) gets the bytes of corpus consumed. Errors name the corpus
+// and the document's byte offset; a non-OK status from fn stops the walk and is returned.
+absl::Status ForEachCorpusDocument(const CorpusModel& model, const std::string& corpus_path,
+                                   uint64_t max_bytes,
+                                   const std::function<absl::Status(absl::Span<const int64_t>)>& fn,
+                                   uint64_t* bytes_read = nullptr);
 
 // Profiles the corpus and stores the counts in the catalog (opened read-write). Errors name the
 // file (config, tokenizer, constants, corpus) that is wrong.

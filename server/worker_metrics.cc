@@ -170,6 +170,42 @@ WorkerMetrics::WorkerMetrics(std::shared_ptr<prometheus::Registry> registry,
     stalls_.push_back(&stalls.Add({{"layer", label}}));
     stall_seconds_.push_back(&stall_seconds.Add({{"layer", label}}));
   }
+
+  auto& hot_lookups = BuildCounter()
+                          .Name("engram_worker_hot_cache_lookups_total")
+                          .Help("Engram row lookups in the HBM hot-row cache, by result.")
+                          .Register(*registry_);
+  hot_hits_ = &hot_lookups.Add({{"result", "hit"}});
+  hot_misses_ = &hot_lookups.Add({{"result", "miss"}});
+  hot_admissions_ = &AddCounter(*registry_, "engram_worker_hot_cache_admissions_total",
+                                "Rows loaded into the HBM hot-row cache after a miss.");
+  hot_evictions_ = &AddCounter(*registry_, "engram_worker_hot_cache_evictions_total",
+                               "Rows removed from the HBM hot-row cache to make room.");
+  hot_rejections_ =
+      &AddCounter(*registry_, "engram_worker_hot_cache_rejections_total",
+                  "Missed rows the HBM cache's admission filter did not let replace a resident.");
+  hot_hit_ratio_ =
+      &AddGauge(*registry_, "engram_worker_hot_cache_hit_ratio",
+                "Share of Engram row lookups the HBM hot-row cache served, since start.");
+  hot_slots_ = &AddGauge(*registry_, "engram_worker_hot_cache_slots",
+                         "Rows the HBM hot-row cache can hold.");
+  hot_occupied_ = &AddGauge(*registry_, "engram_worker_hot_cache_occupied_slots",
+                            "Rows the HBM hot-row cache holds.");
+}
+
+void WorkerMetrics::RecordHotCache(const HotRowCacheCounters& now) {
+  auto add = [](prometheus::Counter* c, uint64_t now, uint64_t last) {
+    if (now > last) c->Increment(static_cast<double>(now - last));
+  };
+  add(hot_hits_, now.hits, hot_last_.hits);
+  add(hot_misses_, now.misses, hot_last_.misses);
+  add(hot_admissions_, now.admissions, hot_last_.admissions);
+  add(hot_evictions_, now.evictions, hot_last_.evictions);
+  add(hot_rejections_, now.rejections, hot_last_.rejections);
+  hot_hit_ratio_->Set(now.hit_rate());
+  hot_slots_->Set(static_cast<double>(now.slots));
+  hot_occupied_->Set(static_cast<double>(now.occupied_slots));
+  hot_last_ = now;
 }
 
 prometheus::Counter& WorkerMetrics::requests(absl::StatusCode code) {

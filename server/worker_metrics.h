@@ -20,6 +20,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "model/hot_row_cache.h"
 #include "model/sampler.h"
 #include "prometheus/counter.h"
 #include "prometheus/gauge.h"
@@ -111,6 +112,11 @@ class WorkerMetrics {
   prometheus::Counter& prefetch_stall_seconds(int engram_layer_index) {
     return *stall_seconds_[engram_layer_index];
   }
+  // The HBM hot-row cache's counts (HotRowCache::counters(), cumulative): adds what changed since
+  // the last call to engram_worker_hot_cache_lookups_total{result=hit|miss}, _admissions_total,
+  // _evictions_total, _rejections_total, and sets _hit_ratio (since start), _slots and
+  // _occupied_slots. Call from the cache's owner between steps.
+  void RecordHotCache(const HotRowCacheCounters& now);
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
@@ -126,6 +132,15 @@ class WorkerMetrics {
   std::vector<prometheus::Histogram*> slack_;
   std::vector<prometheus::Counter*> stalls_;
   std::vector<prometheus::Counter*> stall_seconds_;
+  prometheus::Counter* hot_hits_ = nullptr;
+  prometheus::Counter* hot_misses_ = nullptr;
+  prometheus::Counter* hot_admissions_ = nullptr;
+  prometheus::Counter* hot_evictions_ = nullptr;
+  prometheus::Counter* hot_rejections_ = nullptr;
+  prometheus::Gauge* hot_hit_ratio_ = nullptr;
+  prometheus::Gauge* hot_slots_ = nullptr;
+  prometheus::Gauge* hot_occupied_ = nullptr;
+  HotRowCacheCounters hot_last_;
 };
 
 // The label value of a row tier: "dram_shm", "dram" or "nvme".
