@@ -1,4 +1,4 @@
-// engram table import|inspect|verify|profile|set-live: the memory tier's table store from the
+// engram table import|inspect|verify|profile|set-live|synth: the memory tier's table store from the
 // command line (memory_tier/importer.h, catalog.h, row_file.h; docs/memory-tier.md).
 #include <unistd.h>
 
@@ -8,12 +8,15 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "client/cli.h"
 #include "common/status.h"
 #include "memory_tier/catalog.h"
 #include "memory_tier/importer.h"
 #include "memory_tier/row_file.h"
 #include "memory_tier/table_profile.h"
+#include "memory_tier/table_synth.h"
 
 namespace engram::cli {
 namespace {
@@ -25,7 +28,9 @@ constexpr char kUsage[] =
     "  engram table verify (--store DIR [--model M] [--layer L] [--all-versions] |\n"
     "                       --manifest FILE)\n"
     "  engram table profile MODEL_DIR --store DIR --corpus FILE [--max-bytes N] [--top N]\n"
-    "  engram table set-live --store DIR --model M [--layer L] --version V\n";
+    "  engram table set-live --store DIR --model M [--layer L] --version V\n"
+    "  engram table synth MODEL_DIR --store DIR [--seed S] [--dtype fp8_e4m3_e8m0|bf16|f16|f32]\n"
+    "                     [--threads N] [--chunk-bytes N] [--force]\n";
 
 std::string HumanBytes(double b) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
@@ -270,10 +275,60 @@ int Profile(const Args& args) {
   return 0;
 }
 
+// Writes the model's tables from a seed (memory_tier/table_synth.h): benchmark tables of any size
+// without a safetensors file. Like import, needs the catalog lock (engram-memory stopped).
+int Synth(const Args& args) {
+  if (args.positional().size() != 2) {
+    return Fail("table synth", absl::InvalidArgumentError("needs exactly one MODEL_DIR"), 2);
+  }
+  auto store = args.Require("store");
+  if (!store.ok()) return Fail("table synth", store.status(), 2);
+  SynthOptions options;
+  options.model_dir = args.positional()[1];
+  auto seed = args.GetInt("seed", 0, 0, INT64_MAX);
+  auto threads = args.GetInt("threads", 0, 0, 1024);
+  auto chunk = args.GetInt("chunk-bytes", static_cast<int64_t>(options.chunk_bytes), 4096,
+                           kMaxChunkBytes);
+  auto dtype = ParseRowDType(args.GetOr("dtype", "fp8_e4m3_e8m0"));
+  for (const absl::Status& s : {seed.status(), threads.status(), chunk.status(), dtype.status()}) {
+    if (!s.ok()) return Fail("table synth", s, 2);
+  }
+  if (absl::Status s = CheckChunkBytes(static_cast<uint64_t>(*chunk)); !s.ok()) {
+    return Fail("table synth", s, 2);
+  }
+  options.seed = static_cast<uint64_t>(*seed);
+  options.threads = static_cast<int>(*threads);
+  options.chunk_bytes = static_cast<uint64_t>(*chunk);
+  options.dtype = *dtype;
+  options.force = args.Has("force");
+  if (isatty(STDERR_FILENO)) options.on_progress = PrintProgress;
+  auto catalog = Catalog::Open(*store, Catalog::Mode::kReadWrite);
+  if (!catalog.ok()) return Fail("table synth", catalog.status());
+  const auto start = absl::Now();
+  auto result = SynthTables(**catalog, options);
+  if (!result.ok()) return Fail("table synth", result.status());
+  const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  for (const LayerImport& l : result->layers) {
+    if (l.unchanged) {
+      std::printf("%s layer %u: unchanged (same seed and shape), v%llu stays live\n",
+                  result->model.c_str(), l.layer, static_cast<unsigned long long>(l.version));
+    } else {
+      std::printf("%s layer %u: v%llu live (%llu rows x %u B %s, seed %llu) -> %s\n",
+                  result->model.c_str(), l.layer, static_cast<unsigned long long>(l.version),
+                  static_cast<unsigned long long>(l.rows), l.row_bytes, l.dtype.c_str(),
+                  static_cast<unsigned long long>(options.seed), l.row_file.c_str());
+    }
+  }
+  std::printf("wrote %s in %.1f s (%.0f MB/s)\n",
+              HumanBytes(static_cast<double>(result->bytes_written)).c_str(), seconds,
+              seconds > 0 ? result->bytes_written / 1e6 / seconds : 0.0);
+  return 0;
+}
+
 int RunTable(int argc, char** argv) {
   auto args = Args::Parse(argc, argv,
                           {"store", "chunk-bytes", "model", "layer", "top", "manifest", "corpus",
-                           "max-bytes", "version"},
+                           "max-bytes", "version", "seed", "dtype", "threads"},
                           {"force", "all-versions"});
   if (!args.ok()) return Fail("table", args.status(), 2);
   if (args->positional().empty()) {
@@ -286,6 +341,7 @@ int RunTable(int argc, char** argv) {
   if (action == "verify") return Verify(*args);
   if (action == "profile") return Profile(*args);
   if (action == "set-live") return SetLive(*args);
+  if (action == "synth") return Synth(*args);
   std::fprintf(stderr, "engram table: unknown action \"%s\"\n%s", action.c_str(), kUsage);
   return 2;
 }
@@ -293,6 +349,6 @@ int RunTable(int argc, char** argv) {
 }  // namespace
 
 ENGRAM_CLI_COMMAND(table, "table",
-                   "import, inspect, verify, profile and roll back memory-tier tables", RunTable);
+                   "import, inspect, verify, profile, roll back and synthesise memory-tier tables", RunTable);
 
 }  // namespace engram::cli
