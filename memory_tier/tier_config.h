@@ -8,6 +8,7 @@
 #define ENGRAM_MEMORY_TIER_TIER_CONFIG_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -90,6 +91,10 @@ struct TierConfig {
     bool direct_io = true;
     // Register buffers and files with io_uring. Default true.
     bool register_buffers = true;
+    // TEST SEAM, not a config key: sees every read completion of every NVMe reader
+    // (memory_tier/io_reader.h); tests use it to make the cold tier slow or faulty in a real
+    // server. Empty in production.
+    std::function<int(int result)> fault_hook;
   } nvme;
 
   struct Placement {
