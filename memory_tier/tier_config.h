@@ -108,6 +108,9 @@ struct TierConfig {
     double half_life_s = 3600;
     // Interval of decay + persisting the statistics to the catalog, s. Default 60.
     double stats_flush_interval_s = 60;
+    // Write the statistics to the catalog (every stats_flush_interval_s and at drain). Benchmarks
+    // turn it off so that one run's traffic does not warm the next run's caches. Default true.
+    bool persist_stats = true;
   } placement;
 
   // Errors name the field (e.g. "nvme.io_depth must be in [1, 4096]").
