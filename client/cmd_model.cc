@@ -98,6 +98,10 @@ absl::Status InitRandom(int argc, char** argv) {
   }
   ENGRAM_RETURN_IF_ERROR(WriteDemoModel(dir, options));
   std::printf("random %s model ready in %s\n", args.Get("preset")->c_str(), dir.c_str());
+  if (!options.write_tables) {
+    std::printf("its Engram tables are not in the files: engram table synth %s --store DIR\n",
+                dir.c_str());
+  }
   return absl::OkStatus();
 }
 

@@ -301,7 +301,21 @@ int Synth(const Args& args) {
   options.chunk_bytes = static_cast<uint64_t>(*chunk);
   options.dtype = *dtype;
   options.force = args.Has("force");
-  if (isatty(STDERR_FILENO)) options.on_progress = PrintProgress;
+  if (isatty(STDERR_FILENO)) {
+    options.on_progress = PrintProgress;
+  } else {
+    // A log (a benchmark script, a pod): one plain line every 10 s and at the end of each layer.
+    options.on_progress = [last = -10.0](const ImportProgress& p) mutable {
+      if (p.seconds - last < 10 && !p.layer_done) return;
+      last = p.seconds;
+      std::fprintf(stderr, "%s layer %u (%zu/%zu): %llu/%llu rows %.1f%% %.1f MB/s\n",
+                   p.model.c_str(), p.layer, p.layer_index + 1, p.num_layers,
+                   static_cast<unsigned long long>(p.rows_done),
+                   static_cast<unsigned long long>(p.rows_total),
+                   p.rows_total ? 100.0 * p.rows_done / p.rows_total : 100.0,
+                   p.seconds > 0 ? p.bytes_done / 1e6 / p.seconds : 0.0);
+    };
+  }
   auto catalog = Catalog::Open(*store, Catalog::Mode::kReadWrite);
   if (!catalog.ok()) return Fail("table synth", catalog.status());
   const auto start = absl::Now();

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <bit>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -114,12 +115,14 @@ void SynthRow(uint64_t seed, uint32_t layer, uint64_t row, RowDType dtype, int h
     case RowDType::kFp8E4M3E8M0: {
       // E4M3 bytes: a random sign and mantissa, exponent field 4..11 (never the NaN pattern
       // S.1111.111); then one E8M0 scale per 32 values, 2^-7..2^-4.
+      // Byte j of each 64-bit draw is value i + j: sign and mantissa bits kept, the exponent's
+      // low 3 bits + 4 (all eight bytes at once; no carry crosses a byte).
+      static_assert(std::endian::native == std::endian::little);
       for (int i = 0; i < head_dim; i += 8) {
         const uint64_t bits = SplitMix64Next(&state);
-        for (int j = 0; j < 8 && i + j < head_dim; ++j) {
-          const uint8_t b = static_cast<uint8_t>(bits >> (8 * j));
-          out[i + j] = static_cast<uint8_t>((b & 0x87) | (((b >> 3) & 0x7) + 4) << 3);
-        }
+        const uint64_t v = (bits & 0x8787878787878787ull) |
+                           ((((bits >> 3) & 0x0707070707070707ull) + 0x0404040404040404ull) << 3);
+        std::memcpy(out + i, &v, static_cast<size_t>(std::min(8, head_dim - i)));
       }
       const uint64_t bits = SplitMix64Next(&state);
       for (int k = 0; k < head_dim / kFp8BlockSize; ++k) {
