@@ -3,7 +3,11 @@
 //   engram model init-demo DIR [--tokenizer FILE] [--name NAME] [--engram-vocab-size N]
 //       writes the built-in demo model (model/demo_model.h); idempotent.
 //   engram model init-random DIR --preset dense-4b|dense-8b|tiny [--tokenizer FILE] [--name NAME]
-//       writes random bf16 weights of a real model's shape, no Engram (model/demo_model.h).
+//       [--engram-layers 1[,L...] --engram-params 100e9 [--engram-max-ngram 3] [--engram-heads 8]
+//        [--engram-head-dim 256] [--engram-kernel 4]]
+//       writes random bf16 weights of a real model's shape (model/demo_model.h); with
+//       --engram-layers, Engram modules whose tables (~params per layer) `engram table synth`
+//       writes into the memory tier's store.
 //   engram model info DIR
 //       loads the model as the worker does and prints a JSON summary.
 //   engram model run DIR (--prompt TEXT | --tokens 1,2,3) [--max-tokens N] [--temperature T]
@@ -35,7 +39,10 @@ constexpr char kUsage[] =
     "       engram model run DIR (--prompt TEXT | --tokens 1,2,3) [--max-tokens N]\n"
     "           [--temperature T] [--top-k K] [--top-p P] [--seed S] [--stop STR]\n"
     "           [--prefill-chunk N] [--threads N] [--device cuda|cpu|auto]\n"
-    "       engram model init-random DIR --preset dense-4b|dense-8b|tiny [--tokenizer FILE]\n";
+    "       engram model init-random DIR --preset dense-4b|dense-8b|tiny [--tokenizer FILE]\n"
+    "           [--name NAME] [--engram-layers 1[,L...] --engram-params 100e9\n"
+    "           [--engram-max-ngram 3] [--engram-heads 8] [--engram-head-dim 256]\n"
+    "           [--engram-kernel 4]]\n";
 
 absl::StatusOr<std::string> OneDir(const Args& args) {
   if (args.positional().size() != 1) {
@@ -60,14 +67,41 @@ absl::Status InitDemo(int argc, char** argv) {
 }
 
 absl::Status InitRandom(int argc, char** argv) {
-  ENGRAM_ASSIGN_OR_RETURN(Args args, Args::Parse(argc, argv, {"preset", "tokenizer", "name"}));
+  ENGRAM_ASSIGN_OR_RETURN(
+      Args args,
+      Args::Parse(argc, argv,
+                  {"preset", "tokenizer", "name", "engram-layers", "engram-params",
+                   "engram-max-ngram", "engram-heads", "engram-head-dim", "engram-kernel"}));
   ENGRAM_ASSIGN_OR_RETURN(std::string dir, OneDir(args));
   if (!args.Has("preset")) return absl::InvalidArgumentError("--preset is required");
   ENGRAM_ASSIGN_OR_RETURN(DemoModelOptions options, RandomModelPreset(*args.Get("preset")));
   options.tokenizer_path = args.GetOr("tokenizer", "");
   options.model_name = args.GetOr("name", options.model_name);
+  if (args.Has("engram-layers") != args.Has("engram-params")) {
+    return absl::InvalidArgumentError("--engram-layers and --engram-params go together");
+  }
+  if (args.Has("engram-layers")) {
+    RandomEngramShape shape;
+    ENGRAM_ASSIGN_OR_RETURN(std::vector<uint32_t> layers,
+                            ParseTokenIds(*args.Get("engram-layers"), "engram-layers"));
+    for (uint32_t l : layers) shape.layer_ids.push_back(static_cast<int>(l));
+    ENGRAM_ASSIGN_OR_RETURN(shape.params_per_layer, args.GetDouble("engram-params", 0));
+    ENGRAM_ASSIGN_OR_RETURN(int64_t n, args.GetInt("engram-max-ngram", 3, 2, 8));
+    ENGRAM_ASSIGN_OR_RETURN(int64_t heads, args.GetInt("engram-heads", 8, 1, 64));
+    ENGRAM_ASSIGN_OR_RETURN(int64_t head_dim, args.GetInt("engram-head-dim", 256, 1, 1024));
+    ENGRAM_ASSIGN_OR_RETURN(int64_t kernel, args.GetInt("engram-kernel", 4, 0, 16));
+    shape.max_ngram_size = static_cast<int>(n);
+    shape.n_heads = static_cast<int>(heads);
+    shape.head_dim = static_cast<int>(head_dim);
+    shape.kernel_size = static_cast<int>(kernel);
+    ENGRAM_RETURN_IF_ERROR(SetRandomEngram(shape, &options));
+  }
   ENGRAM_RETURN_IF_ERROR(WriteDemoModel(dir, options));
   std::printf("random %s model ready in %s\n", args.Get("preset")->c_str(), dir.c_str());
+  if (!options.write_tables) {
+    std::printf("its Engram tables are not in the files: engram table synth %s --store DIR\n",
+                dir.c_str());
+  }
   return absl::OkStatus();
 }
 

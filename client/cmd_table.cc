@@ -1,6 +1,6 @@
-// engram table import|inspect|verify|profile|mrc|set-live: the memory tier's table store from the
-// command line (memory_tier/importer.h, catalog.h, row_file.h, table_profile.h, table_mrc.h;
-// docs/memory-tier.md).
+// engram table import|inspect|verify|profile|mrc|set-live|synth: the memory tier's table store from
+// the command line (memory_tier/importer.h, catalog.h, row_file.h, table_profile.h, table_mrc.h,
+// table_synth.h; docs/memory-tier.md).
 #include <unistd.h>
 
 #include <cstdio>
@@ -11,6 +11,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "client/cli.h"
 #include "common/status.h"
 #include "memory_tier/catalog.h"
@@ -18,6 +20,7 @@
 #include "memory_tier/row_file.h"
 #include "memory_tier/table_mrc.h"
 #include "memory_tier/table_profile.h"
+#include "memory_tier/table_synth.h"
 
 namespace engram::cli {
 namespace {
@@ -32,7 +35,9 @@ constexpr char kUsage[] =
     "  engram table mrc MODEL_DIR --corpus FILE [--sizes 0.1%,1%,64M,...] [--svg FILE]\n"
     "                   [--max-bytes N] [--row-bytes N] [--step-positions N] [--update-rows N]\n"
     "                   [--hbm-window F] [--dram-ways N] [--tracked-rows N] [--no-belady]\n"
-    "  engram table set-live --store DIR --model M [--layer L] --version V\n";
+    "  engram table set-live --store DIR --model M [--layer L] --version V\n"
+    "  engram table synth MODEL_DIR --store DIR [--seed S] [--dtype fp8_e4m3_e8m0|bf16|f16|f32]\n"
+    "                     [--threads N] [--chunk-bytes N] [--force]\n";
 
 constexpr char kDefaultMrcSizes[] = "0.1%,0.2%,0.5%,1%,2%,5%,10%,20%,50%,100%";
 
@@ -342,6 +347,67 @@ int Mrc(const Args& args) {
       return Fail("table mrc", absl::PermissionDeniedError(absl::StrCat("cannot write ", *svg)));
     }
   }
+// Writes the model's tables from a seed (memory_tier/table_synth.h): benchmark tables of any size
+// without a safetensors file. Like import, needs the catalog lock (engram-memory stopped).
+int Synth(const Args& args) {
+  if (args.positional().size() != 2) {
+    return Fail("table synth", absl::InvalidArgumentError("needs exactly one MODEL_DIR"), 2);
+  }
+  auto store = args.Require("store");
+  if (!store.ok()) return Fail("table synth", store.status(), 2);
+  SynthOptions options;
+  options.model_dir = args.positional()[1];
+  auto seed = args.GetInt("seed", 0, 0, INT64_MAX);
+  auto threads = args.GetInt("threads", 0, 0, 1024);
+  auto chunk = args.GetInt("chunk-bytes", static_cast<int64_t>(options.chunk_bytes), 4096,
+                           kMaxChunkBytes);
+  auto dtype = ParseRowDType(args.GetOr("dtype", "fp8_e4m3_e8m0"));
+  for (const absl::Status& s : {seed.status(), threads.status(), chunk.status(), dtype.status()}) {
+    if (!s.ok()) return Fail("table synth", s, 2);
+  }
+  if (absl::Status s = CheckChunkBytes(static_cast<uint64_t>(*chunk)); !s.ok()) {
+    return Fail("table synth", s, 2);
+  }
+  options.seed = static_cast<uint64_t>(*seed);
+  options.threads = static_cast<int>(*threads);
+  options.chunk_bytes = static_cast<uint64_t>(*chunk);
+  options.dtype = *dtype;
+  options.force = args.Has("force");
+  if (isatty(STDERR_FILENO)) {
+    options.on_progress = PrintProgress;
+  } else {
+    // A log (a benchmark script, a pod): one plain line every 10 s and at the end of each layer.
+    options.on_progress = [last = -10.0](const ImportProgress& p) mutable {
+      if (p.seconds - last < 10 && !p.layer_done) return;
+      last = p.seconds;
+      std::fprintf(stderr, "%s layer %u (%zu/%zu): %llu/%llu rows %.1f%% %.1f MB/s\n",
+                   p.model.c_str(), p.layer, p.layer_index + 1, p.num_layers,
+                   static_cast<unsigned long long>(p.rows_done),
+                   static_cast<unsigned long long>(p.rows_total),
+                   p.rows_total ? 100.0 * p.rows_done / p.rows_total : 100.0,
+                   p.seconds > 0 ? p.bytes_done / 1e6 / p.seconds : 0.0);
+    };
+  }
+  auto catalog = Catalog::Open(*store, Catalog::Mode::kReadWrite);
+  if (!catalog.ok()) return Fail("table synth", catalog.status());
+  const auto start = absl::Now();
+  auto result = SynthTables(**catalog, options);
+  if (!result.ok()) return Fail("table synth", result.status());
+  const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  for (const LayerImport& l : result->layers) {
+    if (l.unchanged) {
+      std::printf("%s layer %u: unchanged (same seed and shape), v%llu stays live\n",
+                  result->model.c_str(), l.layer, static_cast<unsigned long long>(l.version));
+    } else {
+      std::printf("%s layer %u: v%llu live (%llu rows x %u B %s, seed %llu) -> %s\n",
+                  result->model.c_str(), l.layer, static_cast<unsigned long long>(l.version),
+                  static_cast<unsigned long long>(l.rows), l.row_bytes, l.dtype.c_str(),
+                  static_cast<unsigned long long>(options.seed), l.row_file.c_str());
+    }
+  }
+  std::printf("wrote %s in %.1f s (%.0f MB/s)\n",
+              HumanBytes(static_cast<double>(result->bytes_written)).c_str(), seconds,
+              seconds > 0 ? result->bytes_written / 1e6 / seconds : 0.0);
   return 0;
 }
 
@@ -351,6 +417,8 @@ int RunTable(int argc, char** argv) {
                            "max-bytes", "version", "sizes", "svg", "row-bytes", "step-positions",
                            "update-rows", "hbm-window", "dram-ways", "tracked-rows"},
                           {"force", "all-versions", "no-belady"});
+                           "max-bytes", "version", "seed", "dtype", "threads"},
+                          {"force", "all-versions"});
   if (!args.ok()) return Fail("table", args.status(), 2);
   if (args->positional().empty()) {
     std::fprintf(stderr, "%s", kUsage);
@@ -363,6 +431,7 @@ int RunTable(int argc, char** argv) {
   if (action == "profile") return Profile(*args);
   if (action == "mrc") return Mrc(*args);
   if (action == "set-live") return SetLive(*args);
+  if (action == "synth") return Synth(*args);
   std::fprintf(stderr, "engram table: unknown action \"%s\"\n%s", action.c_str(), kUsage);
   return 2;
 }
@@ -372,5 +441,6 @@ int RunTable(int argc, char** argv) {
 ENGRAM_CLI_COMMAND(table, "table",
                    "import, inspect, verify, profile, size (mrc) and roll back memory-tier tables",
                    RunTable);
+                   "import, inspect, verify, profile, roll back and synthesise memory-tier tables", RunTable);
 
 }  // namespace engram::cli

@@ -44,6 +44,7 @@ IoReaderOptions IoOptions(const TierConfig& c) {
   o.max_read_bytes = c.nvme.max_read_bytes;
   o.register_buffers = c.nvme.register_buffers;
   o.register_files = c.nvme.register_buffers;
+  o.fault_hook = c.nvme.fault_hook;
   return o;
 }
 

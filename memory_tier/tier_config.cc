@@ -51,6 +51,7 @@ void VisitFields(Config& c, F&& f) {
   f("placement", "tracked_rows", &c.placement.tracked_rows);
   f("placement", "half_life_s", &c.placement.half_life_s);
   f("placement", "stats_flush_interval_s", &c.placement.stats_flush_interval_s);
+  f("placement", "persist_stats", &c.placement.persist_stats);
 }
 
 // Whether `v` has T's type and, for integers, a value T holds: get<uint32_t>() of 4294967300

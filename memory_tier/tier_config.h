@@ -8,6 +8,7 @@
 #define ENGRAM_MEMORY_TIER_TIER_CONFIG_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -94,6 +95,10 @@ struct TierConfig {
     bool direct_io = true;
     // Register buffers and files with io_uring. Default true.
     bool register_buffers = true;
+    // TEST SEAM, not a config key: sees every read completion of every NVMe reader
+    // (memory_tier/io_reader.h); tests use it to make the cold tier slow or faulty in a real
+    // server. Empty in production.
+    std::function<int(int result)> fault_hook;
   } nvme;
 
   struct Placement {
@@ -107,6 +112,9 @@ struct TierConfig {
     double half_life_s = 3600;
     // Interval of decay + persisting the statistics to the catalog, s. Default 60.
     double stats_flush_interval_s = 60;
+    // Write the statistics to the catalog (every stats_flush_interval_s and at drain). Benchmarks
+    // turn it off so that one run's traffic does not warm the next run's caches. Default true.
+    bool persist_stats = true;
   } placement;
 
   // Errors name the field (e.g. "nvme.io_depth must be in [1, 4096]").

@@ -127,6 +127,7 @@ int TierServer::metrics_port() const { return metrics_server_ ? metrics_server_-
 void TierServer::StatsLoop() {
   const absl::Duration interval = absl::Seconds(config_.placement.stats_flush_interval_s);
   while (!stop_stats_.WaitForNotificationWithTimeout(interval)) {
+    if (!config_.placement.persist_stats) continue;
     absl::Status s = FlushStats();
     if (!s.ok()) {
       ENGRAM_LOG(WARNING).With("error", s.message()) << "persisting statistics failed";
@@ -165,7 +166,7 @@ void TierServer::Shutdown() {
     stop_stats_.Notify();
     stats_thread_.join();
   }
-  if (tables_) {
+  if (tables_ && config_.placement.persist_stats) {
     absl::Status s = FlushStats();
     if (!s.ok()) {
       ENGRAM_LOG(WARNING).With("error", s.message()) << "persisting statistics failed";

@@ -124,6 +124,10 @@ nlohmann::ordered_json DemoConfig(const DemoModelOptions& o, int vocab_size, uin
   }
   // Not a model key: records the weights' seed so a different seed is not mistaken for this model.
   c["demo_weights_seed"] = o.seed;
+  if (!o.engram_layer_ids.empty() && !o.write_tables) {
+    // Not a model key either: the tables live only in the memory tier (`engram table synth`).
+    c["demo_tables_in_store_only"] = true;
+  }
   return c;
 }
 
@@ -244,7 +248,7 @@ absl::Status Write(const std::string& dir, const DemoModelOptions& options) {
   writer.SetMetadata("format", "pt");
   writer.SetMetadata("generator", options.generator);
   AddBackbone(config, options.seed, &writer);
-  AddTables(config, constants, options.seed, &writer);
+  if (options.write_tables) AddTables(config, constants, options.seed, &writer);
   ENGRAM_RETURN_IF_ERROR(writer.Write(dir + "/model.safetensors"));
   ENGRAM_RETURN_IF_ERROR(WriteFileAtomically(dir + "/tokenizer.json", *tokenizer_text));
   if (config.has_engram()) {
@@ -317,6 +321,46 @@ absl::StatusOr<DemoModelOptions> RandomModelPreset(const std::string& name) {
   }
   return absl::InvalidArgumentError(
       absl::StrCat("unknown preset \"", name, "\" (dense-4b, dense-8b or tiny)"));
+}
+
+absl::Status SetRandomEngram(const RandomEngramShape& shape, DemoModelOptions* o) {
+  if (shape.layer_ids.empty()) {
+    return absl::InvalidArgumentError("--engram-layers: at least one Engram layer is needed");
+  }
+  for (int l : shape.layer_ids) {
+    if (l < 0 || l >= o->num_hidden_layers) {
+      return absl::InvalidArgumentError(absl::StrCat("--engram-layers: layer ", l,
+                                                     " is outside the backbone's 0..",
+                                                     o->num_hidden_layers - 1));
+    }
+  }
+  if (shape.max_ngram_size < 2 || shape.max_ngram_size > 8) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--engram-max-ngram: ", shape.max_ngram_size, " must be in [2, 8] (orders 2..N)"));
+  }
+  if (shape.n_heads < 1 || shape.n_heads > 64) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--engram-heads: ", shape.n_heads, " must be in [1, 64]"));
+  }
+  if (shape.head_dim < 1 || shape.head_dim > 1024) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--engram-head-dim: ", shape.head_dim, " must be in [1, 1024]"));
+  }
+  const double columns = double(shape.max_ngram_size - 1) * shape.n_heads;
+  const double rows = shape.params_per_layer / shape.head_dim;
+  if (!(rows >= 2 * columns) || rows > double(int64_t{1} << 40)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--engram-params: ", shape.params_per_layer, " parameters of width ", shape.head_dim,
+        " give ", rows, " rows; a table needs between ", 2 * columns, " and 2^40 rows"));
+  }
+  o->engram_layer_ids = shape.layer_ids;
+  o->engram_max_ngram_size = shape.max_ngram_size;
+  o->engram_n_heads = shape.n_heads;
+  o->engram_head_dim = shape.head_dim;
+  o->engram_vocab_size = static_cast<int64_t>(rows / columns);
+  o->engram_kernel_size = shape.kernel_size;
+  o->write_tables = false;
+  return absl::OkStatus();
 }
 
 }  // namespace engram

@@ -42,6 +42,9 @@ struct DemoModelOptions {
   int engram_head_dim = 32;
   int64_t engram_vocab_size = 160000;
   int engram_kernel_size = 4;
+  // Write the Engram tables into model.safetensors. Off for models whose tables are written
+  // straight into the memory tier's store by `engram table synth` (the worker never reads them).
+  bool write_tables = true;
   // Seed of every weight.
   uint64_t seed = 2026;
   // Written into the safetensors metadata ("generator").
@@ -57,6 +60,26 @@ struct DemoModelOptions {
 //   tiny      hidden 256, 4 layers, 4 / 2 heads of 64, intermediate 512 (tests)
 // INVALID_ARGUMENT for another name.
 absl::StatusOr<DemoModelOptions> RandomModelPreset(const std::string& name);
+
+// The Engram shape of a benchmark model (`engram model init-random --engram-layers 1
+// --engram-params 100e9`): modules at `layer_ids`, each with a table of about `params_per_layer`
+// parameters (rows x head_dim), orders 2..max_ngram_size with n_heads heads each.
+struct RandomEngramShape {
+  std::vector<int> layer_ids;
+  double params_per_layer = 0;
+  int max_ngram_size = 3;
+  int n_heads = 8;
+  int head_dim = 256;
+  int kernel_size = 4;
+};
+
+// Sets the Engram keys of `options` for `shape`: the prime search starts at
+// params / (head_dim * (max_ngram_size - 1) * n_heads), so each layer's table (the sum of its
+// primes) holds about params_per_layer / head_dim rows; tables are not written (write_tables =
+// false: `engram table synth` writes them into the store). INVALID_ARGUMENT names the bad field
+// (no layer, a layer outside the backbone, fewer than 2 orders, a table of fewer than 2 rows per
+// sub-table or more than 2^40 rows).
+absl::Status SetRandomEngram(const RandomEngramShape& shape, DemoModelOptions* options);
 
 // The GPT-2 tokenizer.json fetched by scripts/fetch-testdata.sh:
 // $ENGRAM_TESTDATA_DIR/tokenizer-gpt2/package/models/tokenizer.json when the variable is set,

@@ -17,14 +17,25 @@ RowFetch::RowFetch(int engram_layer_index, int head_dim, std::vector<uint64_t> r
     : engram_layer_index_(engram_layer_index),
       head_dim_(head_dim),
       row_ids_(std::move(row_ids)),
+      created_at_(absl::Now()),
       rows_(row_ids_.size() * static_cast<size_t>(head_dim)) {}
 
 void RowFetch::Complete(absl::Status status) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (done_) return;
+    done_ = true;
+    status_ = std::move(status);
+    ready_at_ = absl::Now();
+  }
+  // Once: only the first Complete gets here. The fetch may be dropped by the scheduler as soon
+  // as done_ is visible, but the backend's caller still holds its shared_ptr.
+  if (on_complete_) on_complete_();
+}
+
+bool RowFetch::done() const {
   absl::MutexLock lock(&mu_);
-  if (done_) return;
-  done_ = true;
-  status_ = std::move(status);
-  ready_at_ = absl::Now();
+  return done_;
 }
 
 bool RowFetch::WaitUntil(absl::Time until, absl::Time* ready_at) {
@@ -43,11 +54,12 @@ absl::Status RowFetch::status() const {
 // ---- SequenceRows ------------------------------------------------------------------------------
 
 SequenceRows::SequenceRows(const EngramConstants& constants, int head_dim, RowBackend& backend,
-                           uint64_t sequence_id)
+                           uint64_t sequence_id, std::function<void()> on_arrival)
     : constants_(constants),
       head_dim_(head_dim),
       backend_(backend),
       sequence_id_(sequence_id),
+      on_arrival_(std::move(on_arrival)),
       state_(constants.hash) {}
 
 absl::Status SequenceRows::FetchPrompt(absl::Span<const uint32_t> prompt) {
@@ -93,6 +105,7 @@ absl::Status SequenceRows::FetchSpan(int begin, int count, std::vector<std::vect
   for (size_t li = 0; li < ids.size(); ++li) {
     span.by_layer.push_back(
         std::make_shared<RowFetch>(static_cast<int>(li), head_dim_, std::move(ids[li])));
+    if (on_arrival_) span.by_layer.back()->SetOnComplete(on_arrival_);
   }
   next_position_ = begin + count;
   spans_.push_back(span);
@@ -120,6 +133,20 @@ void SequenceRows::ReleaseBefore(int position) {
   while (!spans_.empty() && spans_.front().begin + spans_.front().count <= position) {
     spans_.pop_front();
   }
+}
+
+bool SequenceRows::WaitsForColdRows(int begin, int count, absl::Time* since) const {
+  bool cold = false;
+  for (const Span& span : spans_) {
+    if (span.begin + span.count <= begin || begin + count <= span.begin) continue;
+    for (const auto& fetch : span.by_layer) {
+      // cold() first: it is a plain atomic load, done() takes the fetch's lock.
+      if (!fetch->cold() || fetch->done()) continue;
+      *since = cold ? std::min(*since, fetch->created_at()) : fetch->created_at();
+      cold = true;
+    }
+  }
+  return cold;
 }
 
 // ---- StepRows ----------------------------------------------------------------------------------
@@ -187,6 +214,7 @@ absl::StatusOr<absl::Span<const float>> StepRows::Rows(size_t item, int engram_l
 }
 
 void StepRows::Record(WorkerMetrics& metrics) const {
+  metrics.step_stall.Observe(absl::ToDoubleSeconds(waited_));
   for (size_t li = 0; li < timings_.size(); ++li) {
     const LayerTiming& t = timings_[li];
     if (!t.measured) continue;

@@ -17,8 +17,10 @@
 #ifndef ENGRAM_SERVER_ENGRAM_ROWS_H_
 #define ENGRAM_SERVER_ENGRAM_ROWS_H_
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -49,12 +51,29 @@ class RowFetch {
   int engram_layer_index() const { return engram_layer_index_; }
   int head_dim() const { return head_dim_; }
   absl::Span<const uint64_t> row_ids() const { return row_ids_; }
+  // When the fetch was created (its row ids were computed and handed to the backend).
+  absl::Time created_at() const { return created_at_; }
+
+  // Called once, from the thread that completes the fetch, right after it is marked done. Set by
+  // SequenceRows before the fetch is handed to a backend (the scheduler uses it to wake up when
+  // the rows of a sequence that sits out arrive).
+  void SetOnComplete(std::function<void()> on_complete) { on_complete_ = std::move(on_complete); }
 
   // ---- Backend side ----
+  // Marks the fetch cold: some of its rows are not resident where the worker reads rows directly
+  // (they must come from the tier's NVMe or over the network), so they will take a while. Call
+  // before Complete.
+  void MarkCold() { cold_.store(true, std::memory_order_release); }
   // Destination of row i: rows()[i * head_dim, (i + 1) * head_dim). Write before Complete.
   float* mutable_rows() { return rows_.data(); }
   // Marks the fetch done (the first call wins; later ones are ignored) and wakes the waiter.
   void Complete(absl::Status status);
+
+  // ---- Scheduler side ----
+  // Whether the fetch is complete (rows or an error), without waiting.
+  bool done() const;
+  // Whether the backend marked it cold (MarkCold).
+  bool cold() const { return cold_.load(std::memory_order_acquire); }
 
   // ---- Forward-pass side ----
   // Blocks until the fetch is complete or `until` passes. Returns true when complete, with
@@ -69,7 +88,10 @@ class RowFetch {
   const int engram_layer_index_;
   const int head_dim_;
   const std::vector<uint64_t> row_ids_;
+  const absl::Time created_at_;
   std::vector<float> rows_;
+  std::function<void()> on_complete_;
+  std::atomic<bool> cold_{false};
   mutable absl::Mutex mu_;
   bool done_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status status_ ABSL_GUARDED_BY(mu_);
@@ -98,8 +120,10 @@ class RowBackend {
 // thread only.
 class SequenceRows {
  public:
+  // `on_arrival` (may be empty) runs whenever one of the sequence's fetches completes, on the
+  // completing thread.
   SequenceRows(const EngramConstants& constants, int head_dim, RowBackend& backend,
-               uint64_t sequence_id);
+               uint64_t sequence_id, std::function<void()> on_arrival = nullptr);
 
   // Computes the row ids of every prompt position for every Engram layer and fetches them, one
   // fetch per layer, earliest layer first. Call once, first.
@@ -115,6 +139,11 @@ class SequenceRows {
   // Drops the fetches that end at or before `position` (rows already consumed).
   void ReleaseBefore(int position);
 
+  // Whether positions [begin, begin + count) wait for cold rows: some Engram layer's fetch of them
+  // is neither complete nor resident (RowFetch::cold). When so, *since is when the oldest such
+  // fetch was sent.
+  bool WaitsForColdRows(int begin, int count, absl::Time* since) const;
+
  private:
   struct Span {
     int begin = 0;
@@ -128,6 +157,7 @@ class SequenceRows {
   const int head_dim_;
   RowBackend& backend_;
   const uint64_t sequence_id_;
+  const std::function<void()> on_arrival_;
   NgramState state_;
   int next_position_ = 0;  // position of the next token pushed into state_
   std::deque<Span> spans_;
@@ -163,8 +193,10 @@ class StepRows : public EngramRowSource {
     bool stalled = false;
     absl::Duration stall = absl::ZeroDuration();
   };
-  // Adds this step's timings to the prefetch metrics.
+  // Adds this step's timings to the prefetch metrics (and its total wait to the step's stall).
   void Record(WorkerMetrics& metrics) const;
+  // Time this step waited for rows so far, all items and layers together.
+  absl::Duration waited() const { return waited_; }
 
  private:
   struct Item {

@@ -193,6 +193,8 @@ absl::Status Run(const WorkerConfig& config, Lifecycle& lifecycle) {
   scheduler_options.max_step_tokens = config.scheduler.max_step_tokens;
   scheduler_options.max_context_tokens = service_options.limits.max_context_tokens;
   scheduler_options.rows_timeout = config.memory_tier.rows_timeout;
+  scheduler_options.cold_rows =
+      config.scheduler.cold_rows == "wait" ? ColdRows::kWaitInStep : ColdRows::kSitOut;
   Scheduler scheduler(*model, backbone, rows.get(), metrics, scheduler_options);
   scheduler.Start();
   service.Attach(model.get(), &scheduler);

@@ -35,6 +35,10 @@ struct GenerateParams {
   // When the request arrived, and when it must be done (InfiniteFuture = no deadline).
   absl::Time received = absl::InfinitePast();
   absl::Time deadline = absl::InfiniteFuture();
+  // Benchmarks only (never set from a client request): the n-th generated token is replaced by
+  // replay_tokens[n] while there is one (teacher forcing), so a sequence decodes a given text and
+  // its Engram rows follow that text's n-gram statistics (bench/throughput_bench.cc).
+  std::vector<uint32_t> replay_tokens;
 };
 
 // Limits a request is validated against.

@@ -51,6 +51,8 @@ struct Sequence {
   absl::Time admitted_at = absl::InfinitePast();
   absl::Time first_token_at = absl::InfinitePast();
   absl::Time last_token_at;
+  // Consecutive steps this sequence sat out waiting for cold rows.
+  int sat_out_steps = 0;
 
   bool prefill_done() const { return prefilled == static_cast<int>(input.size()); }
 };
@@ -62,11 +64,29 @@ struct StepItem {
   int tokens;
 };
 
+struct Scheduler::ArrivalSignal {
+  absl::Mutex mu;
+  Scheduler* scheduler ABSL_GUARDED_BY(mu) = nullptr;
+};
+
 Scheduler::Scheduler(const Model& model, Backbone& backbone, RowBackend* rows,
                      WorkerMetrics& metrics, SchedulerOptions options)
-    : model_(model), backbone_(backbone), rows_(rows), metrics_(metrics), options_(options) {}
+    : model_(model),
+      backbone_(backbone),
+      rows_(rows),
+      metrics_(metrics),
+      options_(options),
+      arrival_(std::make_shared<ArrivalSignal>()) {
+  absl::MutexLock lock(&arrival_->mu);
+  arrival_->scheduler = this;
+}
 
 Scheduler::~Scheduler() { Stop(); }
+
+void Scheduler::RowsArrived() {
+  absl::MutexLock lock(&mu_);
+  rows_arrived_ = true;
+}
 
 void Scheduler::SetStepObserver(std::function<void(const StepInfo&)> observer) {
   observer_ = std::move(observer);
@@ -137,6 +157,9 @@ void Scheduler::Stop(absl::Status status) {
     }
   }
   if (thread_.joinable()) thread_.join();
+  // Fetches still held by the backend may complete later: their callbacks must not reach us.
+  absl::MutexLock lock(&arrival_->mu);
+  arrival_->scheduler = nullptr;
 }
 
 int Scheduler::running() const {
@@ -179,18 +202,26 @@ void Scheduler::TakeIncoming(bool* stop) {
   std::vector<uint64_t> aborts;
   {
     absl::MutexLock lock(&mu_);
-    // Sleep only when nothing can make progress: no running sequence, and no queued request that
-    // could be admitted.
-    auto work = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    // Sleep only when nothing can make progress: no running sequence that can take a step (every
+    // one sat out the last step waiting for cold rows, and none has arrived since), and no queued
+    // request that could be admitted.
+    const bool cold_idle = all_sat_out_;
+    auto work = [this, cold_idle]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
       return stop_ || !incoming_.empty() || !cancels_.empty() || !aborts_.empty() ||
-             !running_.empty() ||
+             (!running_.empty() && !cold_idle) || rows_arrived_ ||
              (!waiting_.empty() &&
               static_cast<int>(running_.size()) < options_.max_running_requests);
     };
-    // Waiting requests can expire while nothing else happens: wake for the nearest deadline.
+    // Waiting requests can expire while nothing else happens: wake for the nearest deadline, and
+    // while every running sequence sits out, for theirs and for the first cold-rows bound.
     absl::Time wake = absl::InfiniteFuture();
     for (const auto& s : waiting_) wake = std::min(wake, s->params.deadline);
+    if (cold_idle) {
+      wake = std::min(wake, cold_rows_expiry_);
+      for (const auto& s : running_) wake = std::min(wake, s->params.deadline);
+    }
     mu_.AwaitWithDeadline(absl::Condition(&work), wake);
+    rows_arrived_ = false;
     *stop = stop_;
     incoming.swap(incoming_);
     cancels.swap(cancels_);
@@ -261,8 +292,16 @@ void Scheduler::Admit() {
       // The whole input's row ids go out now, long before its chunks reach the Engram layers.
       status = rows_->Ready();
       if (status.ok()) {
-        s->rows = std::make_unique<SequenceRows>(
-            model_.engram_constants(), model_.config().engram.head_dim, *rows_, s->handle);
+        std::function<void()> on_arrival;
+        if (options_.cold_rows == ColdRows::kSitOut) {
+          on_arrival = [signal = arrival_] {
+            absl::MutexLock lock(&signal->mu);
+            if (signal->scheduler != nullptr) signal->scheduler->RowsArrived();
+          };
+        }
+        s->rows = std::make_unique<SequenceRows>(model_.engram_constants(),
+                                                 model_.config().engram.head_dim, *rows_,
+                                                 s->handle, std::move(on_arrival));
         status = s->rows->FetchPrompt(s->input);
       }
     }
@@ -314,17 +353,36 @@ void Scheduler::RunStep() {
     if (needed <= backbone_.kv_capacity().free_blocks || running_.empty()) break;
     Preempt();
   }
+  all_sat_out_ = false;
+  cold_rows_expiry_ = absl::InfiniteFuture();
   if (running_.empty()) return;
-  ++step_;
   const ModelConfig& config = model_.config();
   std::vector<StepItem> items;
   std::vector<BatchItem> batch;
   StepRows rows(config.engram.layer_ids, config.engram.columns(), config.engram.head_dim,
                 options_.rows_timeout, rows_);
   StepInfo info;
-  info.step = step_;
+  info.step = step_ + 1;
+  // Sit-out (ColdRows::kSitOut): positions [begin, begin + count) of `s` wait for cold rows. Those
+  // that waited longer than rows_timeout go to `expired`.
+  const absl::Time formed_at = absl::Now();
+  std::vector<Sequence*> expired;
+  auto sits_out = [&](Sequence& s, int begin, int count) {
+    if (options_.cold_rows != ColdRows::kSitOut || s.rows == nullptr) return false;
+    absl::Time since;
+    if (!s.rows->WaitsForColdRows(begin, count, &since)) return false;
+    if (formed_at - since >= options_.rows_timeout) {
+      expired.push_back(&s);
+    } else {
+      ++s.sat_out_steps;
+      cold_rows_expiry_ = std::min(cold_rows_expiry_, since + options_.rows_timeout);
+      info.sat_out.push_back(s.params.request_id);
+    }
+    return true;
+  };
   auto add = [&](Sequence& s, bool prefill, absl::Span<const uint32_t> tokens) {
     const int begin = s.state->position();
+    s.sat_out_steps = 0;
     items.push_back(StepItem{&s, prefill, static_cast<int>(tokens.size())});
     // The last chunk of the input and every decode token end with a sample.
     const bool sample = !prefill || s.prefilled + static_cast<int>(tokens.size()) ==
@@ -338,6 +396,7 @@ void Scheduler::RunStep() {
   int budget = options_.max_step_tokens;
   for (auto& s : running_) {
     if (!s->prefill_done()) continue;
+    if (sits_out(*s, s->state->position(), 1)) continue;
     add(*s, false, absl::MakeConstSpan(&s->next_token, 1));
     --budget;
   }
@@ -345,9 +404,40 @@ void Scheduler::RunStep() {
     if (s->prefill_done() || budget <= 0) continue;
     const int n = std::min({options_.prefill_chunk_tokens,
                             static_cast<int>(s->input.size()) - s->prefilled, budget});
+    if (sits_out(*s, s->state->position(), n)) continue;
     add(*s, true, absl::MakeConstSpan(s->input).subspan(s->prefilled, n));
     budget -= n;
   }
+  metrics_.sat_out.Increment(static_cast<double>(info.sat_out.size()));
+  metrics_.sat_out_now.Set(static_cast<double>(info.sat_out.size()));
+  if (!expired.empty()) {
+    // They waited as long as a step would have waited for them: fail them the same way, and tell
+    // the backend that its rows are overdue.
+    const std::string source = rows_->Name();
+    for (Sequence* s : expired) {
+      const std::string what = absl::StrCat(
+          "Engram rows for positions from ", s->state->position(), " did not arrive within ",
+          absl::FormatDuration(options_.rows_timeout), " (the rows timeout; the sequence sat out ",
+          s->sat_out_steps, " steps meanwhile)");
+      Finish(*s,
+             absl::UnavailableError(absl::StrCat("request ", s->params.request_id, ": ", what,
+                                                 ": ", source, " is slow or away")),
+             FinishReason::kNone);
+    }
+    rows_->RowsOverdue(absl::UnavailableError(
+        absl::StrCat("Engram rows did not arrive within ",
+                     absl::FormatDuration(options_.rows_timeout), " for ", expired.size(),
+                     " sequence(s) sitting out")));
+    running_.remove_if([&](const std::unique_ptr<Sequence>& s) {
+      return std::find(expired.begin(), expired.end(), s.get()) != expired.end();
+    });
+  }
+  if (items.empty()) {
+    // Nothing to run: every running sequence waits for cold rows (or just failed).
+    all_sat_out_ = !running_.empty();
+    return;
+  }
+  ++step_;
   if (observer_) observer_(info);
 
   StepOutput out;
@@ -385,7 +475,10 @@ void Scheduler::RunStep() {
       s.input.push_back(s.next_token);  // fed by this step
       ++s.prefilled;
     }
-    const uint32_t token = out.tokens[i];
+    uint32_t token = out.tokens[i];
+    if (static_cast<size_t>(s.generated) < s.params.replay_tokens.size()) {
+      token = s.params.replay_tokens[s.generated];  // a benchmark replaying a text
+    }
     sampled[i] = true;
     s.next_token = token;
     ++s.generated;

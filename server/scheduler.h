@@ -15,6 +15,12 @@
 //      most prefill_chunk_tokens per sequence (prefill chunking) while the step has fewer than
 //      max_step_tokens tokens. A long prompt never holds the others' decode back for more than one
 //      chunk.
+//      Cold rows (cold_rows = kSitOut): a sequence whose rows for this step are still on their way
+//      from a slow source (RowFetch::cold: not in the co-located arena, so from the tier's NVMe or
+//      over the network) sits out the step; the others go on. Its fetch completing wakes the loop.
+//      A sequence that waited longer than rows_timeout since its rows were requested fails with
+//      UNAVAILABLE, as a step that waits for them would (and the backend is told: RowsOverdue).
+//      With kWaitInStep it joins the step, whose forward pass waits for its rows at the layer.
 //      Decode tokens may need new KV blocks: when the cache lacks them, the newest running sequence
 //      is preempted (its state and blocks freed; it goes back to the head of the queue and later
 //      recomputes its prompt and the tokens it generated, then continues where it stopped) until
@@ -57,6 +63,12 @@ class RowBackend;
 class WorkerMetrics;
 struct Sequence;
 
+// What a step does with a sequence whose Engram rows are cold (see step 4 above).
+enum class ColdRows {
+  kSitOut,      // leave it out until its rows arrive; the rest of the batch goes on
+  kWaitInStep,  // run it; the step waits for its rows at the Engram layer (the batch stalls)
+};
+
 struct SchedulerOptions {
   // See WorkerConfig::Scheduler for meaning and defaults.
   int max_running_requests = 64;
@@ -67,6 +79,8 @@ struct SchedulerOptions {
   int max_context_tokens = 0;
   // Longest wait for one fetch of Engram rows (WorkerConfig::MemoryTier::rows_timeout).
   absl::Duration rows_timeout = absl::Seconds(10);
+  // WorkerConfig::Scheduler::cold_rows.
+  ColdRows cold_rows = ColdRows::kSitOut;
 };
 
 // What one step ran; given to the step observer (tests, debugging).
@@ -79,6 +93,8 @@ struct StepInfo {
   };
   uint64_t step = 0;
   std::vector<Item> items;
+  // Requests left out of this step because their rows are cold (ColdRows::kSitOut).
+  std::vector<std::string> sat_out;
 };
 
 class Scheduler {
@@ -122,7 +138,11 @@ class Scheduler {
 
  private:
   struct Incoming;
+  // Wakes the loop when rows arrive; outlives the scheduler in the callbacks of pending fetches.
+  struct ArrivalSignal;
   void Loop();
+  // A fetch completed (any thread): wake the loop if it sleeps because every sequence sits out.
+  void RowsArrived();
   // Loop steps (loop thread only).
   void TakeIncoming(bool* stop);
   void ExpireDeadlines();
@@ -154,12 +174,20 @@ class Scheduler {
   // Live requests (queued or running) by request id, and their count by state.
   absl::flat_hash_map<std::string, uint64_t> live_ ABSL_GUARDED_BY(mu_);
   int running_count_ ABSL_GUARDED_BY(mu_) = 0;
+  // A fetch completed since the loop last looked.
+  bool rows_arrived_ ABSL_GUARDED_BY(mu_) = false;
+  std::shared_ptr<ArrivalSignal> arrival_;
 
   // Loop thread only.
   std::list<std::unique_ptr<Sequence>> waiting_;
   std::list<std::unique_ptr<Sequence>> running_;
   uint64_t step_ = 0;
   uint64_t graph_replays_seen_ = 0;
+  // The last step formed nothing: every running sequence sat out. The loop then sleeps until rows
+  // arrive, a request comes or goes, or the earliest sitting-out sequence's bound
+  // (cold_rows_expiry_) passes.
+  bool all_sat_out_ = false;
+  absl::Time cold_rows_expiry_ = absl::InfiniteFuture();
 };
 
 }  // namespace engram

@@ -374,6 +374,11 @@ void TierRowBackend::Fetch(const std::shared_ptr<RowFetch>& fetch, uint64_t sequ
   }
   const size_t hits = ids.size() - missing.size();
   if (from_arena) metrics_.engram_rows(RowTier::kDramShm).Increment(static_cast<double>(hits));
+  // Rows the stream must bring are cold (the scheduler may let the sequence sit out until they
+  // arrive) unless the tier holds the whole table in DRAM. A co-located worker's arena misses are
+  // the tier's DRAM misses, i.e. NVMe reads; a worker elsewhere cannot tell a DRAM row from an
+  // NVMe row before the answer, so rows of a table the tier only caches count as cold.
+  if (!missing.empty() && table.arena.layout != "resident") fetch->MarkCold();
   if (!missing.empty()) {
     // Rows the stream must bring from a tier that stopped answering: fail now, not after a wait.
     absl::MutexLock lock(&mu_);

@@ -14,6 +14,9 @@
 //      arena hits read since the last report, so the tier's access statistics stay complete);
 //   3. each answer is decoded into the fetch's rows on the gRPC thread that delivers it; the
 //      fetch completes when its last batch is in.
+// A fetch with rows on the stream is marked cold (RowFetch::MarkCold) unless the tier holds the
+// table resident in DRAM: those rows come from the tier's NVMe (or may, for a worker on another
+// host), and the scheduler lets the sequence sit out until they arrive.
 // While the tier is away, fetches fail at once with UNAVAILABLE naming the tier and the reason:
 // waiting would hold batch slots through an outage of unknown length, and UNAVAILABLE is the
 // code clients retry on. Fetches in flight when the stream breaks fail the same way.

@@ -61,6 +61,9 @@ ABSL_FLAG(std::optional<int>, max_step_tokens, std::nullopt, "tokens per step");
 ABSL_FLAG(std::optional<int>, default_max_tokens, std::nullopt,
           "max_tokens when a request gives 0");
 ABSL_FLAG(std::optional<int>, max_context_tokens, std::nullopt, "context window (0 = model's)");
+ABSL_FLAG(std::optional<std::string>, cold_rows, std::nullopt,
+          "sequences whose Engram rows are not resident: sit-out (the others go on) or wait (the "
+          "step waits for them)");
 ABSL_FLAG(std::optional<bool>, reflection, std::nullopt, "serve gRPC reflection (for grpcurl)");
 ABSL_FLAG(std::optional<std::string>, tls_cert, std::nullopt,
           "PEM certificate (chain) of the gRPC port; enables TLS");
@@ -118,6 +121,7 @@ void VisitFields(Config& c, Visitor&& visit) {
   visit("scheduler.max_step_tokens", c.scheduler.max_step_tokens);
   visit("scheduler.default_max_tokens", c.scheduler.default_max_tokens);
   visit("scheduler.max_context_tokens", c.scheduler.max_context_tokens);
+  visit("scheduler.cold_rows", c.scheduler.cold_rows);
   visit("log_level", c.log_level);
 }
 
@@ -278,6 +282,10 @@ absl::Status WorkerConfig::Validate() const {
   }
   if (scheduler.default_max_tokens < 1) return Bad("scheduler.default_max_tokens", "must be >= 1");
   if (scheduler.max_context_tokens < 0) return Bad("scheduler.max_context_tokens", "must be >= 0");
+  if (scheduler.cold_rows != "sit-out" && scheduler.cold_rows != "wait") {
+    return Bad("scheduler.cold_rows",
+               absl::StrCat("\"", scheduler.cold_rows, "\" is not sit-out or wait"));
+  }
   LogLevel level;
   if (!ParseLogLevel(log_level, &level)) {
     return Bad("log_level",
@@ -348,6 +356,7 @@ absl::StatusOr<WorkerConfig> ParseWorkerCommandLine(int argc, char** argv) {
   Override(FLAGS_max_step_tokens, &c.scheduler.max_step_tokens);
   Override(FLAGS_default_max_tokens, &c.scheduler.default_max_tokens);
   Override(FLAGS_max_context_tokens, &c.scheduler.max_context_tokens);
+  Override(FLAGS_cold_rows, &c.scheduler.cold_rows);
   Override(FLAGS_log_level, &c.log_level);
   ENGRAM_RETURN_IF_ERROR(c.Validate());
   return c;

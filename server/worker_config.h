@@ -136,6 +136,12 @@ struct WorkerConfig {
     // Context window in tokens (prompt + generated); 0 = the model's max_position_embeddings.
     // Flag --max-context-tokens. Default 0.
     int max_context_tokens = 0;
+    // A sequence whose Engram rows are not resident (they must come from the tier's NVMe or a
+    // tier on another host) when a step is formed: "sit-out" leaves it out of the steps until they
+    // have arrived while the others go on (at most memory_tier.rows_timeout, then UNAVAILABLE);
+    // "wait" runs it, and the step waits for its rows at the Engram layer (the whole batch
+    // stalls). Flag --cold-rows. Default "sit-out".
+    std::string cold_rows = "sit-out";
   } scheduler;
 
   // Log level: debug, info, warning or error. Flag --log-level. Default "info".

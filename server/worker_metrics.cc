@@ -90,6 +90,13 @@ WorkerMetrics::WorkerMetrics(std::shared_ptr<prometheus::Registry> registry,
                              "Sequences preempted for lack of KV blocks (recomputed later).")),
       graph_replays(AddCounter(*registry, "engram_worker_cuda_graph_replays_total",
                                "Decode steps replayed from a captured CUDA graph.")),
+      step_stall(AddLatency(*registry, "engram_worker_step_stall_seconds",
+                            "Time one forward step waited for Engram rows (all layers).")),
+      sat_out(AddCounter(*registry, "engram_worker_sequences_sat_out_total",
+                         "Sequences left out of a step while their cold Engram rows arrive "
+                         "(one per sequence and step).")),
+      sat_out_now(AddGauge(*registry, "engram_worker_sat_out_sequences",
+                           "Sequences that sat out the latest step waiting for cold rows.")),
       memory_tier_up(
           AddGauge(*registry, "engram_worker_memory_tier_up",
                    "1 while the memory tier is connected and serves this model's tables.")),

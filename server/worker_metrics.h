@@ -73,6 +73,13 @@ class WorkerMetrics {
   prometheus::Counter& preemptions;
   // Decode steps replayed from a captured CUDA graph.
   prometheus::Counter& graph_replays;
+  // Per step: the time the forward pass waited for Engram rows, all items and layers together
+  // (0 when every row was there in time).
+  prometheus::Histogram& step_stall;
+  // Sequences left out of a step because their rows were cold (scheduler.cold_rows = sit-out):
+  // one count per sequence and step, and how many sat out the latest step.
+  prometheus::Counter& sat_out;
+  prometheus::Gauge& sat_out_now;
   // 1 while the memory tier is connected and its tables match the model, else 0.
   prometheus::Gauge& memory_tier_up;
   // Successful reconnections to the memory tier after it went away.

@@ -91,6 +91,11 @@ TEST(WorkerConfigTest, ValidateNamesTheKey) {
   c = Valid();
   c.scheduler.max_queued_requests = -1;
   EXPECT_NE(Error(c).find("scheduler.max_queued_requests"), std::string::npos);
+  c = Valid();
+  c.scheduler.cold_rows = "later";
+  EXPECT_NE(Error(c).find("scheduler.cold_rows"), std::string::npos);
+  c.scheduler.cold_rows = "wait";
+  EXPECT_TRUE(c.Validate().ok()) << c.Validate();
 }
 
 TEST(WorkerConfigTest, HttpApiSection) {
