@@ -347,6 +347,9 @@ int Mrc(const Args& args) {
       return Fail("table mrc", absl::PermissionDeniedError(absl::StrCat("cannot write ", *svg)));
     }
   }
+  return 0;
+}
+
 // Writes the model's tables from a seed (memory_tier/table_synth.h): benchmark tables of any size
 // without a safetensors file. Like import, needs the catalog lock (engram-memory stopped).
 int Synth(const Args& args) {
@@ -415,10 +418,9 @@ int RunTable(int argc, char** argv) {
   auto args = Args::Parse(argc, argv,
                           {"store", "chunk-bytes", "model", "layer", "top", "manifest", "corpus",
                            "max-bytes", "version", "sizes", "svg", "row-bytes", "step-positions",
-                           "update-rows", "hbm-window", "dram-ways", "tracked-rows"},
+                           "update-rows", "hbm-window", "dram-ways", "tracked-rows", "seed",
+                           "dtype", "threads"},
                           {"force", "all-versions", "no-belady"});
-                           "max-bytes", "version", "seed", "dtype", "threads"},
-                          {"force", "all-versions"});
   if (!args.ok()) return Fail("table", args.status(), 2);
   if (args->positional().empty()) {
     std::fprintf(stderr, "%s", kUsage);
@@ -439,8 +441,8 @@ int RunTable(int argc, char** argv) {
 }  // namespace
 
 ENGRAM_CLI_COMMAND(table, "table",
-                   "import, inspect, verify, profile, size (mrc) and roll back memory-tier tables",
+                   "import, inspect, verify, profile, size (mrc), roll back and synthesise "
+                   "memory-tier tables",
                    RunTable);
-                   "import, inspect, verify, profile, roll back and synthesise memory-tier tables", RunTable);
 
 }  // namespace engram::cli
