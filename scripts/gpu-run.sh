@@ -45,7 +45,7 @@ if [[ $what == *4b* ]]; then
   .gpu/run engram model init-random "$m" --preset dense-4b > /tmp/init4b.txt 2>&1 || { status=1; tail -n 5 /tmp/init4b.txt; }
   echo "dense-4b written in $(( $(date +%s) - t0 )) s" | tee -a "$out/summary.txt"
   timeout 240 .gpu/run throughput_bench --model "$m" --device cuda --sequences 512 \
-    --max-running 256 2>&1 | grep -v '^{' | tee "$out/bench.txt" | tail -n 8
+    --max_running 256 2>&1 | grep -v '^{' | tee "$out/bench.txt" | tail -n 8
   timeout 150 python3 bench/hf_baseline.py --model "$m" --sequences 32 --batch 32 2>&1 \
     | tail -n 3 | tee -a "$out/bench.txt"
 fi
