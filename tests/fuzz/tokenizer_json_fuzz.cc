@@ -36,7 +36,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     auto ids = t.Encode(text, special);
     if (!ids.ok()) continue;
     for (uint32_t id : *ids) {
-      if (!t.IsValidId(id)) __builtin_trap();  // Encode must only produce ids it knows
+      // Without the post-processor, Encode only produces ids of its vocabulary. With it, the ids
+      // the file gives a template's special tokens are emitted as they are, known or not, as
+      // Hugging Face tokenizers does (the worker checks prompt ids against the model anyway).
+      if (!special && !t.IsValidId(id)) __builtin_trap();
       (void)t.IdToToken(id);
     }
     (void)t.Decode(*ids, /*skip_special_tokens=*/special);

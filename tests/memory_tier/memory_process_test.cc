@@ -35,7 +35,7 @@ int FieldOf(const std::string& line, const std::string& key) {
   if (p == std::string::npos) return -1;
   int v = -1;
   std::string rest = line.substr(p + key.size() + 2);
-  absl::SimpleAtoi(rest.substr(0, rest.find(' ')), &v);
+  if (!absl::SimpleAtoi(rest.substr(0, rest.find(' ')), &v)) return -1;
   return v;
 }
 
