@@ -42,6 +42,7 @@ mkdir -p "$build/fuzz-artifacts" "$build/fuzz-logs"
 export TMPDIR=${ENGRAM_FUZZ_TMPDIR:-/dev/shm}
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$root/tests/sanitizer/lsan.supp:print_suppressions=0}
 status=0
 printf '%-22s %12s %8s %9s %8s  %s\n' target execs seconds execs/s corpus result
 for t in "${targets[@]}"; do
