@@ -48,7 +48,8 @@ std::string HumanBytes(double b) {
     b /= 1024;
     ++u;
   }
-  return absl::StrFormat(u == 0 ? "%.0f %s" : "%.1f %s", b, units[u]);
+  // Two calls: absl checks a format string at compile time, so it cannot be a conditional.
+  return u == 0 ? absl::StrFormat("%.0f %s", b, units[u]) : absl::StrFormat("%.1f %s", b, units[u]);
 }
 
 // One progress line, rewritten in place on a terminal: rows, MB/s, ETA.

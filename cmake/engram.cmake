@@ -25,6 +25,9 @@ function(engram_cc_test)
   if(NOT ARG_TIMEOUT)
     set(ARG_TIMEOUT 300)
   endif()
+  if(ENGRAM_SANITIZE)
+    math(EXPR ARG_TIMEOUT "${ARG_TIMEOUT} * 3")  # instrumented code runs 2-3x slower
+  endif()
   set_tests_properties(${ARG_NAME} PROPERTIES LABELS "${ARG_LABELS}" TIMEOUT ${ARG_TIMEOUT}
     ENVIRONMENT "ENGRAM_SOURCE_DIR=${PROJECT_SOURCE_DIR};ENGRAM_BINARY_DIR=${PROJECT_BINARY_DIR};ENGRAM_TESTDATA_DIR=${PROJECT_SOURCE_DIR}/.cache/testdata"
     SKIP_RETURN_CODE 77)

@@ -346,7 +346,9 @@ float F8E8M0ToF32(uint8_t bits) {
 absl::Status ConvertToF32(DType dtype, const uint8_t* src, size_t count, float* out) {
   switch (dtype) {
     case DType::kF32:
-      std::memcpy(out, src, count * 4);
+      // An empty tensor's buffers may be null, and memcpy from or to null is undefined even for
+      // 0 bytes (found by tests/fuzz/safetensors_fuzz under UBSan).
+      if (count > 0) std::memcpy(out, src, count * 4);
       return absl::OkStatus();
     case DType::kF64:
       for (size_t i = 0; i < count; ++i) {

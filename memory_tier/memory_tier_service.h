@@ -35,6 +35,7 @@
 namespace engram {
 
 class PrefetchReactor;
+class MemoryTierServicePeer;
 
 // engram.v1.MemoryTier with every method taking and returning serialized messages.
 using RawMemoryTierService = v1::MemoryTier::WithRawCallbackMethod_Lookup<
@@ -90,6 +91,9 @@ class MemoryTierService final : public RawMemoryTierService {
 
  private:
   friend class PrefetchReactor;
+  // tests/fuzz/tier_request_fuzz.cc: the request checks below, driven without a gRPC call.
+  friend class MemoryTierServicePeer;
+class MemoryTierServicePeer;
 
   // The table of a request, or why it cannot be served (loading, draining, unknown, refused,
   // a batch too large for one response).

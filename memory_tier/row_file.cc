@@ -7,6 +7,9 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <limits>
+#include <type_traits>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -110,11 +113,44 @@ absl::Status CheckHeader(const Manifest& m, const uint8_t* block, const std::str
   return absl::OkStatus();
 }
 
+// Whether `v` is an integer that `T` holds. nlohmann's get<T>() casts any number: a float out of
+// the range of T (1e30 as "rows") is undefined behaviour (found by tests/fuzz/row_file_fuzz under
+// UBSan), and a negative one or a fraction silently becomes another value.
+template <typename T>
+bool IntegerFits(const nlohmann::json& v) {
+  if (v.is_number_unsigned()) return v.get<uint64_t>() <= uint64_t{std::numeric_limits<T>::max()};
+  if (!v.is_number_integer()) return false;
+  const int64_t i = v.get<int64_t>();
+  return i >= 0 ? static_cast<uint64_t>(i) <= uint64_t{std::numeric_limits<T>::max()}
+                : std::is_signed_v<T> && i >= int64_t{std::numeric_limits<T>::min()};
+}
+
+template <typename T>
+struct IsVector : std::false_type {};
+template <typename U>
+struct IsVector<std::vector<U>> : std::true_type {};
+
 template <typename T>
 absl::Status GetField(const nlohmann::json& j, const char* key, T* out) {
   auto it = j.find(key);
   if (it == j.end())
     return absl::InvalidArgumentError(absl::StrCat("manifest lacks \"", key, "\""));
+  const auto not_integer = [&] {
+    return absl::InvalidArgumentError(
+        absl::StrCat("manifest field \"", key, "\" must hold integers in the field's range, not ",
+                     it->dump().substr(0, 64)));
+  };
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+    if (!IntegerFits<T>(*it)) return not_integer();
+  } else if constexpr (IsVector<T>::value) {
+    using U = typename T::value_type;
+    if constexpr (std::is_integral_v<U> && !std::is_same_v<U, bool>) {
+      if (!it->is_array()) return not_integer();
+      for (const auto& v : *it) {
+        if (!IntegerFits<U>(v)) return not_integer();
+      }
+    }
+  }
   try {
     *out = it->get<T>();
   } catch (const nlohmann::json::exception& e) {

@@ -1,5 +1,7 @@
 #include "memory_tier/table_set.h"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -164,13 +166,38 @@ bool TableIntegrity::TakeUnpersisted(std::string* reason) {
 
 // ---- TableSet ----------------------------------------------------------------------------------
 
-std::string ArenaShmName(const std::string& prefix, const std::string& store_dir,
-                         const std::string& model, uint32_t layer, uint64_t version) {
+namespace {
+
+// "<prefix>-<CRC-32C of the canonical store path>-": what every arena name of this store starts
+// with (without the leading '/').
+std::string StoreShmPrefix(const std::string& prefix, const std::string& store_dir) {
   std::error_code ec;
   const std::string canonical = std::filesystem::weakly_canonical(store_dir, ec).string();
-  return absl::StrFormat("/%s-%08x-%s-L%u-v%u", prefix,
-                         Crc32c(0, canonical.data(), canonical.size()), SanitizedModelName(model),
-                         layer, version);
+  return absl::StrFormat("%s-%08x-", prefix, Crc32c(0, canonical.data(), canonical.size()));
+}
+
+}  // namespace
+
+std::string ArenaShmName(const std::string& prefix, const std::string& store_dir,
+                         const std::string& model, uint32_t layer, uint64_t version) {
+  return absl::StrFormat("/%s%s-L%u-v%u", StoreShmPrefix(prefix, store_dir),
+                         SanitizedModelName(model), layer, version);
+}
+
+int RemoveStaleArenas(const std::string& prefix, const std::string& store_dir,
+                      const std::string& shm_dir) {
+  const std::string start = StoreShmPrefix(prefix, store_dir);
+  std::error_code ec;
+  int removed = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(shm_dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind(start, 0) != 0) continue;
+    if (shm_unlink(("/" + name).c_str()) == 0) {
+      ++removed;
+      ENGRAM_LOG(INFO).With("shm", name) << "removed the arena of an earlier run of this store";
+    }
+  }
+  return removed;
 }
 
 absl::StatusOr<std::unique_ptr<TableSet>> TableSet::Load(Catalog& catalog, const TierConfig& config,
@@ -179,6 +206,11 @@ absl::StatusOr<std::unique_ptr<TableSet>> TableSet::Load(Catalog& catalog, const
   set->config_ = config;
   set->metrics_ = metrics;
   set->catalog_ = &catalog;
+  // A tier killed with SIGKILL leaves its arenas in /dev/shm. Same-named ones would be replaced
+  // below, but a version, table or DRAM budget that changed since would leave the rest orphaned
+  // for good. The catalog is open read-write here, so no other live tier serves this store: every
+  // object of the store's prefix is an earlier run's.
+  RemoveStaleArenas(config.dram.shm_prefix, config.store.dir);
   ENGRAM_ASSIGN_OR_RETURN(std::vector<TableRecord> records, catalog.ListTables());
   for (TableRecord& r : records) {
     if (r.live_version == 0) continue;

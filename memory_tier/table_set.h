@@ -141,9 +141,17 @@ class TableSet {
   uint64_t exported_admitted_ = 0, exported_rejected_ = 0, exported_dropped_ = 0;
 };
 
-// The shared-memory name of a table version's arena (see TierConfig::Dram::shm_prefix).
+// The shared-memory name of a table version's arena (see TierConfig::Dram::shm_prefix):
+// "/<prefix>-<CRC-32C of the canonical store path, 8 hex digits>-<model>-L<layer>-v<version>".
 std::string ArenaShmName(const std::string& prefix, const std::string& store_dir,
                          const std::string& model, uint32_t layer, uint64_t version);
+
+// Unlinks every arena of `store_dir` under `prefix` listed in `shm_dir` (the objects an earlier,
+// killed run left behind); returns how many. Called by Load before it creates arenas; only the
+// store's one writer (which holds the catalog open read-write) may call it. Workers that still
+// map an unlinked arena keep their mapping until they drop it.
+int RemoveStaleArenas(const std::string& prefix, const std::string& store_dir,
+                      const std::string& shm_dir = "/dev/shm");
 
 }  // namespace engram
 

@@ -88,9 +88,14 @@ nlohmann::json TierConfig::ToJson() const {
 absl::Status TierConfig::MergeJson(const nlohmann::json& json) {
   if (!json.is_object()) return absl::InvalidArgumentError("config file must hold a JSON object");
   // Every key of the file must name a field.
-  for (const auto& [section, body] : json.items()) {
+  // Named copies, not structured bindings: clang 14 (the sanitizer and fuzz build) cannot
+  // capture a structured binding in a lambda.
+  for (const auto& section_item : json.items()) {
+    const std::string& section = section_item.key();
+    const nlohmann::json& body = section_item.value();
     if (!body.is_object()) return Bad(section, "must be an object");
-    for (const auto& [key, value] : body.items()) {
+    for (const auto& key_item : body.items()) {
+      const std::string& key = key_item.key();
       bool known = false;
       VisitFields(*this,
                   [&](const char* s, const char* k, auto*) { known |= section == s && key == k; });

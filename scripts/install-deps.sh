@@ -4,6 +4,7 @@
 set -euo pipefail
 pkgs=(
   build-essential cmake ninja-build pkg-config ccache git
+  clang-14 libclang-rt-14-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev librocksdb-dev liburing-dev prometheus-cpp-dev
   libgtest-dev libgmock-dev libbenchmark-dev

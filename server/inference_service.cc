@@ -8,6 +8,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common/grpc_message.h"
 #include "common/grpc_status.h"
+#include "common/memory_trim.h"
 #include "common/status.h"
 #include "model/model.h"
 #include "model/tokenizer.h"
@@ -247,13 +248,17 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* InferenceService::Generate(
   } else {
     call->Start(*engine->scheduler, *std::move(params));
   }
+  // The request's text and its tokenization are freed by now.
+  TrimMemorySoon(bytes->Length());
   return call.get();
 }
 
 grpc::ServerUnaryReactor* InferenceService::Tokenize(grpc::CallbackServerContext* context,
                                                      const grpc::ByteBuffer* request,
                                                      grpc::ByteBuffer* response) {
-  return Answer(context, TokenizeText(*request), response);
+  grpc::ServerUnaryReactor* reactor = Answer(context, TokenizeText(*request), response);
+  TrimMemorySoon(request->Length());
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* InferenceService::GetModelInfo(grpc::CallbackServerContext* context,

@@ -13,6 +13,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/log.h"
+#include "common/memory_trim.h"
 #include "model/model.h"
 #include "model/tokenizer.h"
 #include "server/scheduler.h"
@@ -617,11 +618,14 @@ void OpenAiApi::Fail(httplib::Response& res, const absl::Status& status, bool co
 }
 
 void OpenAiApi::Register() {
+  // After a large body, the parse and the tokenization are freed once the handler returns.
   server_.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
     Generate(req, res, /*chat=*/false);
+    TrimMemorySoon(req.body.size());
   });
   server_.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
     Generate(req, res, /*chat=*/true);
+    TrimMemorySoon(req.body.size());
   });
   server_.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
     json model = {{"id", options_.model_name},

@@ -51,8 +51,15 @@ struct TierRowBackend::Connection {
   uint64_t generation = 0;
   std::unique_ptr<TierClient> client;
   std::vector<TableDescription> tables;              // [engram layer index]
-  std::vector<std::unique_ptr<ArenaReader>> arenas;  // [engram layer index]; null = not shared
+  std::vector<std::shared_ptr<ArenaReader>> arenas;  // [engram layer index]; null = not shared
   std::unique_ptr<PrefetchStream> stream;
+};
+
+// What a broken connection leaves usable: its resident arenas, per Engram layer index (null for a
+// layer without one), with their tables' descriptions.
+struct TierRowBackend::ResidentArenas {
+  std::vector<TableDescription> tables;
+  std::vector<std::shared_ptr<ArenaReader>> arenas;
 };
 
 // One batch on the stream: which fetch it fills and where.
@@ -260,7 +267,7 @@ absl::StatusOr<std::shared_ptr<TierRowBackend::Connection>> TierRowBackend::Conn
       return absl::FailedPreconditionError(
           absl::StrCat(what, "row_bytes ", table->row_bytes, " does not match its dtype"));
     }
-    std::unique_ptr<ArenaReader> arena;
+    std::shared_ptr<ArenaReader> arena;
     if (options_.shared_memory) {
       auto opened = ArenaReader::Open(*table);
       if (opened.ok()) {
@@ -290,10 +297,12 @@ void TierRowBackend::SetConnected(std::shared_ptr<Connection> connection) {
   bool reconnect;
   int shared = 0;
   for (const auto& a : connection->arenas) shared += a != nullptr;
+  std::shared_ptr<const ResidentArenas> left_behind;  // unmapped outside mu_
   {
     absl::MutexLock lock(&mu_);
     if (stop_) return;
     connection_ = std::move(connection);
+    left_behind.swap(resident_while_away_);
     unresponsive_ = false;
     reconnect = ever_connected_;
     ever_connected_ = true;
@@ -328,6 +337,16 @@ void TierRowBackend::OnBroken(uint64_t generation, const absl::Status& status) {
     unresponsive_ = false;
     unavailable_reason_ = absl::UnavailableError(
         absl::StrCat("the memory tier at ", options_.address, " went away: ", status.message()));
+    auto resident = std::make_shared<ResidentArenas>();
+    bool any = false;
+    for (size_t li = 0; li < old->arenas.size(); ++li) {
+      const std::shared_ptr<ArenaReader>& a = old->arenas[li];
+      const bool keep = a != nullptr && a->resident() && a->valid();
+      resident->tables.push_back(old->tables[li]);
+      resident->arenas.push_back(keep ? a : nullptr);
+      any = any || keep;
+    }
+    if (any) resident_while_away_ = std::move(resident);
   }
   metrics_.memory_tier_up.Set(0);
   ENGRAM_LOG(WARNING).With("memory", options_.address)
@@ -339,16 +358,50 @@ void TierRowBackend::OnBroken(uint64_t generation, const absl::Status& status) {
   retired_.push_back(std::move(old));
 }
 
+void TierRowBackend::FetchResident(const ResidentArenas& resident,
+                                   const std::shared_ptr<RowFetch>& fetch,
+                                   const absl::Status& reason) {
+  const int li = fetch->engram_layer_index();
+  ArenaReader* arena = li < static_cast<int>(resident.arenas.size()) ? resident.arenas[li].get()
+                                                                     : nullptr;
+  if (arena == nullptr) {
+    fetch->Complete(reason);
+    return;
+  }
+  const TableDescription& table = resident.tables[li];
+  absl::Span<const uint64_t> ids = fetch->row_ids();
+  std::vector<uint8_t> raw(ids.size() * table.row_bytes);
+  std::vector<uint32_t> missing;
+  absl::Status s = arena->Lookup(ids, raw.data(), &missing);
+  // A retired arena (the tier stopped cleanly after all) reports every row missing.
+  if (s.ok() && !missing.empty()) s = reason;
+  if (s.ok()) s = DecodeRows(table.dtype, raw.data(), ids.size(), fetch->head_dim(),
+                             fetch->mutable_rows());
+  if (s.ok()) metrics_.engram_rows(RowTier::kDramShm).Increment(static_cast<double>(ids.size()));
+  // These hits are not reported: the tier that would count them is gone.
+  fetch->Complete(s);
+}
+
 void TierRowBackend::Fetch(const std::shared_ptr<RowFetch>& fetch, uint64_t sequence_id,
                            uint64_t step) {
   std::shared_ptr<Connection> c;
+  std::shared_ptr<const ResidentArenas> resident;
+  absl::Status reason;
   {
     absl::MutexLock lock(&mu_);
     if (!connection_) {
-      fetch->Complete(unavailable_reason_);
-      return;
+      resident = resident_while_away_;
+      reason = unavailable_reason_;
+      if (resident == nullptr) {
+        fetch->Complete(reason);
+        return;
+      }
     }
     c = connection_;
+  }
+  if (resident != nullptr) {
+    FetchResident(*resident, fetch, reason);
+    return;
   }
   const int li = fetch->engram_layer_index();
   const TableDescription& table = c->tables[li];

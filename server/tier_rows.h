@@ -27,6 +27,12 @@
 // (Ready() fails, the worker turns NOT_SERVING), pending fetches and fetches that need the stream
 // fail at once; rows found in the shared-memory arena are still served. The connect thread probes
 // the tier's health until it answers, and any answer on the stream counts too.
+//
+// A tier that died (the stream broke) leaves its resident arenas mapped here, and their rows are
+// immutable: the running sequences keep reading every row of a resident layer from that mapping
+// until the backend reconnects (docs/decisions.md, "A worker outlives its tier's restart"). Ready()
+// still fails meanwhile, so no new request is admitted, and fetches that need any other row fail
+// with UNAVAILABLE as before. A tier that retires its arenas (a clean stop) ends this at once.
 #ifndef ENGRAM_SERVER_TIER_ROWS_H_
 #define ENGRAM_SERVER_TIER_ROWS_H_
 
@@ -85,6 +91,10 @@ class TierRowBackend : public RowBackend {
  private:
   struct Connection;
   struct Pending;
+  struct ResidentArenas;
+  // Serves `fetch` from the resident arenas a dead tier left behind, or fails it with `reason`.
+  void FetchResident(const ResidentArenas& resident, const std::shared_ptr<RowFetch>& fetch,
+                     const absl::Status& reason);
   void ConnectLoop();
   absl::StatusOr<std::shared_ptr<Connection>> Connect(uint64_t generation);
   void OnResult(uint64_t generation, PrefetchResult result);
@@ -115,6 +125,8 @@ class TierRowBackend : public RowBackend {
   std::vector<std::vector<uint64_t>> arena_hits_ ABSL_GUARDED_BY(mu_);
   // Connections whose stream broke, released by the connect thread (not inside a callback).
   std::vector<std::shared_ptr<Connection>> retired_ ABSL_GUARDED_BY(mu_);
+  // The resident arenas of the last connection while there is none (null when it had none).
+  std::shared_ptr<const ResidentArenas> resident_while_away_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace engram

@@ -48,6 +48,26 @@ TEST(SafetensorsTest, RoundTripsTensorsAndMetadata) {
   EXPECT_FALSE((*file)->Get("missing").ok());
 }
 
+// Found by tests/fuzz/safetensors_fuzz: converting an empty F32 tensor copied 0 bytes to a null
+// buffer, which is undefined behaviour (UBSan's nonnull-attribute check fails this test under
+// scripts/test-sanitizers.sh). The file is the fuzzer's input, byte for byte.
+TEST(SafetensorsTest, EmptyTensorsConvert) {
+  testing::TempDir tmp;
+  const std::string path = tmp.path() + "/empty.safetensors";
+  const std::string header = R"({"e":{"dtype":"F32","shape":[0,4],"data_offsets":[0,0]}})";
+  std::string bytes(8, '\0');
+  bytes[0] = static_cast<char>(header.size());
+  bytes += header;
+  std::ofstream(path, std::ios::binary) << bytes;
+  auto file = SafetensorsFile::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  auto values = TensorToF32(*(*file)->Find("e"));
+  ASSERT_TRUE(values.ok()) << values.status();
+  EXPECT_TRUE(values->empty());
+  std::vector<float> none;
+  EXPECT_TRUE(ConvertToF32(DType::kF32, nullptr, 0, none.data()).ok());
+}
+
 TEST(SafetensorsTest, RejectsTruncatedAndMalformedFiles) {
   testing::TempDir tmp;
   const std::string path = tmp.path() + "/bad.safetensors";

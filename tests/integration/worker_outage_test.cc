@@ -1,11 +1,12 @@
 // Lifecycle under failure and shutdown, with real processes.
 //
-// The memory tier goes away mid-generation (SIGKILL, not a drain): the in-flight request fails
-// with UNAVAILABLE well within its deadline, health turns NOT_SERVING, new requests are refused
-// with UNAVAILABLE, and after the tier restarts the worker reconnects by itself and serves again
-// (with output equal to the in-process reference). Both row paths: rows streamed over the Prefetch
-// stream (no shared memory, the remote-worker path) and rows read from the tier's shared-memory
-// arena (co-located: the dead tier's arena must not keep serving).
+// The memory tier goes away mid-generation (SIGKILL, not a drain): with rows streamed over the
+// Prefetch stream (no shared memory, the remote-worker path) the in-flight request fails with
+// UNAVAILABLE well within its deadline; with every layer resident in the tier's shared-memory
+// arena (co-located) it generates to its end from the dead tier's mapping, with the reference's
+// tokens. Either way health turns NOT_SERVING, new requests are refused with UNAVAILABLE, and
+// after the tier restarts the worker reconnects by itself and serves again (with output equal to
+// the in-process reference).
 //
 // SIGTERM drains: health turns NOT_SERVING, new requests are refused, the running request
 // finishes normally, and the worker exits 0.
@@ -47,7 +48,11 @@ TEST_P(TierOutageTest, TierKilledMidGenerationThenRestarted) {
   auto started = WorkerCluster::Start(options);
   ASSERT_TRUE(started.ok()) << started.status();
   WorkerCluster& cluster = **started;
-  const absl::Duration kDeadline = absl::Seconds(20);
+  // Streamed: the request fails fast and must outlast the kill by far (1000 tokens). Shared
+  // memory: it runs to its end, so it is shorter, with room for a sanitizer build on a busy
+  // machine (~15 tokens/s there).
+  const int kMaxTokens = shared_memory ? 300 : 1000;
+  const absl::Duration kDeadline = absl::Seconds(shared_memory ? 60 : 20);
   auto client = cluster.Client(kDeadline);
 
   auto m = HttpGet(cluster.worker_metrics_port(), "/metrics");
@@ -57,13 +62,15 @@ TEST_P(TierOutageTest, TierKilledMidGenerationThenRestarted) {
   // A long generation; the tier dies right after the first streamed message.
   v1::GenerateRequest r;
   r.set_text("The tier will die while this request generates");
-  r.mutable_stopping()->set_max_tokens(1000);
+  r.mutable_stopping()->set_max_tokens(kMaxTokens);
   r.mutable_stopping()->set_ignore_eos(true);
   bool killed = false;
   int tokens_after_kill = 0;
+  std::vector<uint32_t> tokens;
   const absl::Time start = absl::Now();
   absl::Status s = client->Generate(r, [&](const v1::GenerateResponse& msg) {
     if (killed) tokens_after_kill += msg.token_ids_size();
+    tokens.insert(tokens.end(), msg.token_ids().begin(), msg.token_ids().end());
     if (!killed) {
       EXPECT_TRUE(cluster.KillMemory().ok());
       killed = true;
@@ -74,11 +81,25 @@ TEST_P(TierOutageTest, TierKilledMidGenerationThenRestarted) {
   std::cout << "in-flight request after the kill: " << s << " (" << tokens_after_kill
             << " tokens streamed after the kill, " << absl::FormatDuration(took) << ")\n";
   ASSERT_TRUE(killed);
-  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s << cluster.Logs();
-  EXPECT_NE(s.message().find("memory tier"), std::string::npos) << s;
   EXPECT_LT(took, kDeadline);
-  // At most the step already in flight finishes after the kill is noticed.
-  EXPECT_LT(tokens_after_kill, 1000);
+  if (shared_memory) {
+    // Every layer is resident in the dead tier's arena, which stays mapped and whose rows are
+    // immutable: the running request generates to its end, with the same tokens as without the
+    // outage (docs/decisions.md, "A worker outlives its tier's restart").
+    EXPECT_TRUE(s.ok()) << s << cluster.Logs();
+    LocalGenerateOptions o;
+    o.stop.max_tokens = kMaxTokens;
+    o.stop.ignore_eos = true;
+    o.threads = 1;
+    auto want = LocalGenerate(cluster.model(), *cluster.model().tokenizer().Encode(r.text()), o);
+    ASSERT_TRUE(want.ok()) << want.status();
+    EXPECT_EQ(tokens, want->tokens);
+  } else {
+    EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s << cluster.Logs();
+    EXPECT_NE(s.message().find("memory tier"), std::string::npos) << s;
+    // At most the step already in flight finishes after the kill is noticed.
+    EXPECT_LT(tokens_after_kill, kMaxTokens);
+  }
 
   // Health follows the tier; new work is refused with UNAVAILABLE (retryable), not hung.
   EXPECT_TRUE(WaitUntil([&] { return !IsServing(cluster.worker_address()); }, absl::Seconds(10)));
@@ -120,7 +141,8 @@ TEST_P(TierOutageTest, TierKilledMidGenerationThenRestarted) {
               0)
         << *m;
   }
-  EXPECT_GE(MetricValue(*m, "engram_worker_requests_total{code=\"UNAVAILABLE\"}"), 2);
+  EXPECT_GE(MetricValue(*m, "engram_worker_requests_total{code=\"UNAVAILABLE\"}"),
+            shared_memory ? 1 : 2);
 }
 
 INSTANTIATE_TEST_SUITE_P(RowPaths, TierOutageTest, ::testing::Bool(),

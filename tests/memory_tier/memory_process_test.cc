@@ -5,13 +5,19 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
+#include <filesystem>
 #include <functional>
 #include <random>
+#include <string>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "gtest/gtest.h"
+#include "memory_tier/arena.h"
 #include "memory_tier/tier_client.h"
 #include "nlohmann/json.hpp"
 #include "tests/common/process.h"
@@ -29,7 +35,7 @@ int FieldOf(const std::string& line, const std::string& key) {
   if (p == std::string::npos) return -1;
   int v = -1;
   std::string rest = line.substr(p + key.size() + 2);
-  absl::SimpleAtoi(rest.substr(0, rest.find(' ')), &v);
+  if (!absl::SimpleAtoi(rest.substr(0, rest.find(' ')), &v)) return -1;
   return v;
 }
 
@@ -141,6 +147,79 @@ TEST(MemoryProcessTest, ServesScrapedByPrometheusAndDrainsOnSigterm) {
       BinaryPath("client/engram"), " table inspect --store ", store, " --layer 1 --top 3"));
   EXPECT_EQ(code, 0) << out;
   EXPECT_NE(out.find("hottest rows (decayed counts):"), std::string::npos) << out;
+}
+
+// The /dev/shm objects whose names start with `prefix`.
+std::vector<std::string> ShmObjects(const std::string& prefix) {
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator("/dev/shm", ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind(prefix, 0) == 0) names.push_back(name);
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+// kill -9 leaves a tier's arenas in /dev/shm. The next start of a tier on the same store removes
+// what it no longer uses (here: a new version was imported meanwhile and the DRAM budget shrank so
+// one table gets no arena at all), so nothing stays orphaned; a clean SIGTERM leaves nothing.
+TEST(MemoryProcessTest, KilledTierLeavesNoOrphanedSharedMemoryAfterRestart) {
+  TempDir tmp;
+  const std::string model = tmp.path() + "/model", store = tmp.path() + "/store";
+  const std::string prefix = absl::StrCat("engram-otest-", getpid());
+  testing::TestModelSpec spec;
+  ASSERT_TRUE(testing::WriteTestModel(model, spec).ok());
+  const std::string engram = BinaryPath("client/engram");
+  ASSERT_EQ(RunToExit({engram, "table", "import", model, "--store", store}, tmp.path() + "/i1.log"),
+            0);
+  auto start = [&](const std::string& dram, const std::string& log) {
+    auto p = Process::Start({BinaryPath("memory_tier/engram-memory"), "--store", store, "--listen",
+                             "127.0.0.1:0", "--metrics-port", "-1", "--dram-bytes", dram,
+                             "--shm-prefix", prefix, "--mlock=false", "--drain-timeout-s", "5"},
+                            tmp.path() + "/" + log);
+    EXPECT_TRUE(p.ok()) << p.status();
+    if (p.ok()) EXPECT_FALSE((*p)->WaitForLogLine("msg=ready", absl::Seconds(60)).empty())
+        << (*p)->LogTail();
+    return p.ok() ? *std::move(p) : nullptr;
+  };
+  auto first = start("16M", "m1.log");
+  ASSERT_NE(first, nullptr);
+  const std::vector<std::string> v1 = ShmObjects(prefix);
+  ASSERT_EQ(v1.size(), 2u);  // one arena per Engram layer
+  ASSERT_TRUE(first->Signal(SIGKILL));
+  ASSERT_TRUE(first->Wait(absl::Seconds(30)).ok());
+  EXPECT_EQ(ShmObjects(prefix), v1) << "SIGKILL cannot clean up; the next start must";
+
+  // Meanwhile a new version of the tables is imported, and the tier restarts with DRAM for only
+  // the first layer (the second one's arena is not needed any more).
+  spec.seed = 2;
+  ASSERT_TRUE(testing::WriteTestModel(model, spec).ok());
+  ASSERT_EQ(RunToExit({engram, "table", "import", model, "--store", store}, tmp.path() + "/i2.log"),
+            0);
+  // Exactly the first layer's resident arena (bf16, head_dim 32: 64-byte rows): nothing is left
+  // for a cache arena of the second.
+  const std::vector<int64_t> rows = testing::TestModelRows(spec);
+  const std::string one_table =
+      absl::StrCat(ResidentGeometry(static_cast<uint64_t>(rows[0]), 64).size_bytes);
+  auto second = start(one_table, "m2.log");
+  ASSERT_NE(second, nullptr);
+  const std::vector<std::string> v2 = ShmObjects(prefix);
+  ASSERT_EQ(v2.size(), 1u) << absl::StrJoin(v2, " ") << second->LogTail();
+  EXPECT_NE(v2[0].find("-v2"), std::string::npos) << v2[0];
+  EXPECT_NE(second->LogTail().find("removed the arena of an earlier run"), std::string::npos);
+
+  // Killed again and restarted unchanged: the same names, each exactly once.
+  ASSERT_TRUE(second->Signal(SIGKILL));
+  ASSERT_TRUE(second->Wait(absl::Seconds(30)).ok());
+  auto third = start(one_table, "m3.log");
+  ASSERT_NE(third, nullptr);
+  EXPECT_EQ(ShmObjects(prefix), v2);
+  ASSERT_TRUE(third->Signal(SIGTERM));
+  auto exit = third->Wait(absl::Seconds(60));
+  ASSERT_TRUE(exit.ok());
+  EXPECT_EQ(testing::ExitCode(*exit), 0);
+  EXPECT_TRUE(ShmObjects(prefix).empty()) << absl::StrJoin(ShmObjects(prefix), " ");
 }
 
 }  // namespace

@@ -335,6 +335,18 @@ TEST(ManifestTest, FromJsonRefusesInconsistentManifests) {
   EXPECT_NE(error([](nlohmann::json& j) { j["head_dim"] = 3; }).find("does not match dtype"),
             std::string::npos);
   EXPECT_NE(error([](nlohmann::json& j) { j["dtype"] = "int4"; }).find("int4"), std::string::npos);
+  // Found by tests/fuzz/row_file_fuzz: a float out of range was cast to the integer field
+  // (undefined behaviour, UBSan stops this test under scripts/test-sanitizers.sh); negative
+  // numbers and fractions became other values.
+  EXPECT_NE(error([](nlohmann::json& j) { j["rows"] = 1.11111e117; }).find("\"rows\""),
+            std::string::npos);
+  EXPECT_NE(error([](nlohmann::json& j) { j["layer"] = -1; }).find("\"layer\""), std::string::npos);
+  EXPECT_NE(error([](nlohmann::json& j) { j["row_bytes"] = 64.5; }).find("\"row_bytes\""),
+            std::string::npos);
+  EXPECT_NE(error([](nlohmann::json& j) { j["layer"] = uint64_t{1} << 40; }).find("\"layer\""),
+            std::string::npos);
+  EXPECT_NE(error([](nlohmann::json& j) { j["chunks"]["crc32c"][0] = 1e300; }).find("\"crc32c\""),
+            std::string::npos);
 }
 
 TEST(AccessStatsTest, CountsDecayAndKeepTheHottest) {
