@@ -140,32 +140,56 @@ struct Result {
 
 std::vector<Result> g_results;
 
-// Runs `batch_fn(ids)` on fresh random ids until `seconds` passed (at least 5 batches).
-Result Measure(const std::string& name, size_t batch, uint64_t table_rows, double seconds,
-               const std::function<uint64_t(const std::vector<uint64_t>&)>& batch_fn) {
-  Result r;
-  r.name = name;
-  r.batch = batch;
-  std::mt19937_64 rng(batch * 7919 + name.size());
-  std::vector<uint64_t> ids(batch);
-  const auto start = Clock::now();
-  while (r.batch_us.size() < 5 ||
-         std::chrono::duration<double>(Clock::now() - start).count() < seconds) {
-    for (auto& id : ids) id = rng() % table_rows;
-    const auto t0 = Clock::now();
-    r.pages += batch_fn(ids);
-    r.batch_us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
-    r.rows += batch;
-  }
-  r.seconds = 0;
-  for (double us : r.batch_us) r.seconds += us / 1e6;
-  std::printf("%-26s batch %6zu  %12.0f rows/s  p50 %9.1f us  p99 %9.1f us", name.c_str(), batch,
-              r.rows_per_s(), r.Percentile(0.5), r.Percentile(0.99));
+using BatchFn = std::function<uint64_t(const std::vector<uint64_t>&)>;
+
+void Print(const Result& r) {
+  std::printf("%-26s batch %6zu  %12.0f rows/s  p50 %9.1f us  p99 %9.1f us", r.name.c_str(),
+              r.batch, r.rows_per_s(), r.Percentile(0.5), r.Percentile(0.99));
   if (r.pages) std::printf("  %9.0f reads/s", r.pages_per_s());
   std::printf("\n");
   std::fflush(stdout);
-  g_results.push_back(r);
-  return r;
+}
+
+// Runs each `batch_fn(ids)` on fresh random ids, taking turns batch by batch (the first to go
+// alternates), until each has run `seconds` (at least 5 batches each). Taking turns matters on a
+// shared virtual disk whose rate drifts from one second to the next: measured one after the
+// other, two readers would see different devices.
+void MeasureTogether(size_t batch, uint64_t table_rows, double seconds,
+                     const std::vector<std::pair<std::string, BatchFn>>& fns) {
+  std::vector<Result> results(fns.size());
+  std::vector<std::mt19937_64> rngs;
+  for (size_t k = 0; k < fns.size(); ++k) {
+    results[k].name = fns[k].first;
+    results[k].batch = batch;
+    rngs.emplace_back(batch * 7919 + fns[k].first.size() + 31 * k);
+  }
+  std::vector<uint64_t> ids(batch);
+  const auto start = Clock::now();
+  for (size_t turn = 0;
+       results[0].batch_us.size() < 5 ||
+       std::chrono::duration<double>(Clock::now() - start).count() < seconds * fns.size();
+       ++turn) {
+    for (size_t j = 0; j < fns.size(); ++j) {
+      const size_t k = (turn + j) % fns.size();
+      Result& r = results[k];
+      for (auto& id : ids) id = rngs[k]() % table_rows;
+      const auto t0 = Clock::now();
+      r.pages += fns[k].second(ids);
+      r.batch_us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+      r.rows += batch;
+    }
+  }
+  for (Result& r : results) {
+    r.seconds = 0;
+    for (double us : r.batch_us) r.seconds += us / 1e6;
+    Print(r);
+    g_results.push_back(r);
+  }
+}
+
+void Measure(const std::string& name, size_t batch, uint64_t table_rows, double seconds,
+             const BatchFn& batch_fn) {
+  MeasureTogether(batch, table_rows, seconds, {{name, batch_fn}});
 }
 
 const Result* Find(const std::string& name, size_t batch) {
@@ -460,29 +484,38 @@ int Run(const Flags& f) {
       close(fd);
     }
     {
+      // The NVMe tier against the same reads without its work (dedup, page checks, copies),
+      // batch by batch in turns; then the tier's pread backend.
       RawUringBatch raw(path, l, f.depth);
-      if (raw.ok()) {
-        Measure("raw io_uring batch", b, l.rows, f.seconds,
-                [&](const std::vector<uint64_t>& ids) { return raw.Read(ids); });
-      }
-    }
-    for (IoBackend backend : {IoBackend::kUring, IoBackend::kPread}) {
-      NvmeTier::Options o;
-      o.io.backend = backend;
-      o.io.depth = f.depth;
-      auto tier = NvmeTier::Open(m, path, o);
-      if (!tier.ok()) {
-        std::fprintf(stderr, "NvmeTier: %s\n", tier.status().ToString().c_str());
-        return 1;
+      std::vector<std::unique_ptr<NvmeTier>> tiers;
+      for (IoBackend backend : {IoBackend::kUring, IoBackend::kPread}) {
+        NvmeTier::Options o;
+        o.io.backend = backend;
+        o.io.depth = f.depth;
+        auto tier = NvmeTier::Open(m, path, o);
+        if (!tier.ok()) {
+          std::fprintf(stderr, "NvmeTier: %s\n", tier.status().ToString().c_str());
+          return 1;
+        }
+        tiers.push_back(std::move(*tier));
       }
       std::vector<uint8_t> out(b * l.row_bytes);
       std::vector<uint32_t> missing;
-      Measure(absl::StrCat("NvmeTier ", IoBackendName(backend)), b, l.rows, f.seconds,
-              [&](const std::vector<uint64_t>& ids) {
-                missing.clear();
-                if (!(*tier)->Lookup(ids, out.data(), &missing).ok()) std::abort();
-                return DistinctPages(l, ids);
-              });
+      auto tier_fn = [&](NvmeTier* tier) {
+        return [&, tier](const std::vector<uint64_t>& ids) {
+          missing.clear();
+          if (!tier->Lookup(ids, out.data(), &missing).ok()) std::abort();
+          return DistinctPages(l, ids);
+        };
+      };
+      std::vector<std::pair<std::string, BatchFn>> together;
+      if (raw.ok()) {
+        together.emplace_back("raw io_uring batch",
+                              [&](const std::vector<uint64_t>& ids) { return raw.Read(ids); });
+      }
+      together.emplace_back("NvmeTier uring", tier_fn(tiers[0].get()));
+      MeasureTogether(b, l.rows, f.seconds, together);
+      Measure("NvmeTier pread", b, l.rows, f.seconds / 2, tier_fn(tiers[1].get()));
     }
   }
 

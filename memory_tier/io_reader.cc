@@ -148,28 +148,40 @@ class UringReader : public IoReader {
 
   IoBackend backend() const override { return IoBackend::kUring; }
 
+  // Keeps the device busy while the caller works: a reader has twice `depth` buffers, so the
+  // reads of the next wave are submitted into free buffers before on_done sees the completed ones
+  // (the NVMe tier checks and copies each page there). The loop, per wave:
+  //   1. queue reads into free buffers, up to `depth` in flight;
+  //   2. if the previous wave completed reads: submit, then hand those buffers to on_done and
+  //      free them (the new reads are in flight meanwhile);
+  //   3. submit and wait for at least one completion; reap every completion: a finished read
+  //      goes to the next wave's on_done list, a short or interrupted one is queued again.
   absl::Status ReadRuns(absl::Span<const ReadRun> runs,
                         const std::function<void(size_t, const uint8_t*)>& on_done) override {
-    std::vector<Pending> slots(options_.depth);
-    std::vector<int> free_slots;
-    for (int s = options_.depth - 1; s >= 0; --s) free_slots.push_back(s);
+    const int buffers = 2 * options_.depth;
+    std::vector<Pending> slots(buffers);
+    std::vector<int> free_slots, completed;
+    for (int s = buffers - 1; s >= 0; --s) free_slots.push_back(s);
     size_t next = 0;
     absl::Status error;
-    while (in_flight_ > 0 || (error.ok() && next < runs.size())) {
-      // Fill the queue, then one submission for the whole wave.
-      while (error.ok() && next < runs.size() && !free_slots.empty()) {
+    while (true) {
+      while (error.ok() && next < runs.size() && in_flight_ < options_.depth) {
         const int s = free_slots.back();
         free_slots.pop_back();
         slots[s] = Pending{next++, 0, 0};
         Prep(s, runs[slots[s].run], slots[s]);
         ++in_flight_;
       }
-      int submitted = io_uring_submit_and_wait(&ring_, 1);
-      if (submitted < 0 && submitted != -EINTR && submitted != -EAGAIN) {
-        // The ring itself failed: nothing we submitted can be trusted to complete, and late
-        // completions would land in a later batch's slots. The caller must drop this reader.
-        return PosixError("io_uring_submit for", path_, -submitted);
+      if (!completed.empty()) {
+        ENGRAM_RETURN_IF_ERROR(Submit(0));
+        for (int s : completed) {
+          if (error.ok()) on_done(slots[s].run, Buffer(s));
+          free_slots.push_back(s);
+        }
+        completed.clear();
       }
+      if (in_flight_ == 0) break;
+      ENGRAM_RETURN_IF_ERROR(Submit(1));
       io_uring_cqe* cqe;
       unsigned head, seen = 0;
       io_uring_for_each_cqe(&ring_, head, cqe) {
@@ -185,17 +197,18 @@ class UringReader : public IoReader {
               Prep(s, runs[p.run], p);
               continue;
             }
+            free_slots.push_back(s);
             break;  // draining after an error: do not resubmit
           case Outcome::kDone:
-            if (error.ok()) on_done(p.run, Buffer(s));
+            completed.push_back(s);
             break;
           case Outcome::kFailed:
             if (error.ok()) error = e;
+            free_slots.push_back(s);
             break;
         }
         --in_flight_;
         counters_->in_flight.fetch_sub(1, std::memory_order_relaxed);
-        free_slots.push_back(s);
       }
       io_uring_cq_advance(&ring_, seen);
     }
@@ -208,7 +221,18 @@ class UringReader : public IoReader {
         path_(std::move(path)),
         options_(o),
         counters_(counters),
-        buffers_(static_cast<size_t>(o.depth) * o.max_read_bytes) {}
+        buffers_(2 * static_cast<size_t>(o.depth) * o.max_read_bytes) {}
+
+  // Submits what is queued and waits for `wait_for` completions.
+  absl::Status Submit(unsigned wait_for) {
+    const int r = io_uring_submit_and_wait(&ring_, wait_for);
+    if (r < 0 && r != -EINTR && r != -EAGAIN) {
+      // The ring itself failed: nothing we submitted can be trusted to complete, and late
+      // completions would land in a later batch's slots. The caller must drop this reader.
+      return PosixError("io_uring_submit for", path_, -r);
+    }
+    return absl::OkStatus();
+  }
 
   uint8_t* Buffer(int slot) const {
     return buffers_.data() + static_cast<size_t>(slot) * options_.max_read_bytes;

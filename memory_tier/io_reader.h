@@ -62,7 +62,8 @@ struct IoReaderOptions {
   IoBackend backend = IoBackend::kUring;
   // Reads in flight per reader. Default 64.
   int depth = 64;
-  // Largest run; each reader holds depth * max_read_bytes of buffers. Default 32 KiB.
+  // Largest run; each uring reader holds 2 * depth * max_read_bytes of buffers (the next wave is
+  // in flight while the caller works on the last one). Default 32 KiB.
   uint32_t max_read_bytes = 32768;
   // Register the buffers and the file with the ring (best effort: registration can fail for
   // non-root users past RLIMIT_MEMLOCK; reads then use plain buffers).
