@@ -17,10 +17,12 @@
 //   (b) Engram with its rows in the worker's own memory, no tier (the model's tables, or rows
 //       generated in-process exactly as `engram table synth` wrote them): the module's cost alone;
 //       it stands for the table in HBM until the backbone gathers from an HBM table;
-//   (c) rows from engram-memory's DRAM arena, co-located, read through shared memory (the paper's
-//       setup): a tier is started in-process on --store with the whole table resident, or
-//       --memory names a running one;
-//   (d) (c) plus the HBM hot-row cache: --hbm_cache_gib; skipped until the cache is in the build;
+//   (c) rows from engram-memory's DRAM arena, co-located (the paper's setup): a tier is started
+//       in-process on --store with the whole table resident, or --memory names a running one. On
+//       the GPU the backbone reads the arena in place by row id over PCIe (--rows_by_id, default;
+//       false: the host copies and decodes the rows first);
+//   (d) (c) plus the HBM hot-row cache of --hbm_cache_gib, filled at start from the tier's hot
+//       list (its persisted statistics: run `engram table profile` on the corpus first); GPU only;
 //   (e) a tier whose DRAM only caches the table (--dram_share_e of its bytes), the rest on NVMe,
 //       or --memory_e names a running one.
 // Two workloads (--workloads):
@@ -56,18 +58,23 @@
 #include "common/row_format.h"
 #include "common/status.h"
 #include "memory_tier/catalog.h"
+#include "memory_tier/tier_client.h"
 #include "memory_tier/table_synth.h"
 #include "memory_tier/tier_server.h"
 #include "model/backbone_factory.h"
+#include "model/hot_row_cache.h"
 #include "model/model.h"
 #include "model/tokenizer.h"
 #include "prometheus/registry.h"
 #include "server/engram_rows.h"
+#include "server/hot_row_source.h"
 #include "server/scheduler.h"
 #include "server/tier_rows.h"
 #include "server/worker_metrics.h"
 #if ENGRAM_HAVE_CUDA
 #include <cuda_runtime.h>
+
+#include "model/cuda/cuda_backbone.h"
 #endif
 
 ABSL_FLAG(std::string, model, "", "model directory");
@@ -101,7 +108,12 @@ ABSL_FLAG(std::string, memory_e, "", "(e): address of a running engram-memory in
 ABSL_FLAG(int64_t, dram_bytes_c, 0, "(c) DRAM budget in bytes; 0 = every table + 64 MiB");
 ABSL_FLAG(double, dram_share_e, 0.25, "(e) DRAM budget as a share of the tables' bytes");
 ABSL_FLAG(std::string, io_backend, "uring", "(c)/(e) engram-memory's NVMe reads: uring|pread");
-ABSL_FLAG(double, hbm_cache_gib, 0, "(d) HBM hot-row cache size in GiB");
+ABSL_FLAG(double, hbm_cache_gib, 1, "(d) HBM hot-row cache size in GiB");
+ABSL_FLAG(uint32_t, hbm_hot_rows, 100000,
+          "(d) rows per table of the tier's hot list that fill the HBM cache at start");
+ABSL_FLAG(bool, rows_by_id, true,
+          "(c), (d) on the GPU: the GPU reads the tier's resident arena in place by row id (the "
+          "paper's setup); false: the host copies and decodes the rows to f32 first");
 ABSL_FLAG(std::string, cold_rows, "sit-out", "scheduler policy for cold rows: sit-out|wait");
 ABSL_FLAG(double, rows_timeout_s, 60, "longest wait for Engram rows");
 ABSL_FLAG(uint64_t, synth_seed, 0,
@@ -214,8 +226,9 @@ struct Run {
 };
 
 // `row_metrics`: where the row source counts rows by source (the tier client's metrics), or null.
+// `rows_by_id`: the backbone reads the Engram tables itself and steps hand it row ids.
 Run Offline(const Model& model, Backbone& backbone, RowBackend* rows, WorkerMetrics* row_metrics,
-            const Workload& w, double bandwidth, size_t weight_bytes) {
+            const Workload& w, double bandwidth, size_t weight_bytes, bool rows_by_id) {
   auto registry = std::make_shared<prometheus::Registry>();
   WorkerMetrics metrics(registry, model.config().engram.layer_ids);
   SchedulerOptions o;
@@ -227,6 +240,7 @@ Run Offline(const Model& model, Backbone& backbone, RowBackend* rows, WorkerMetr
   o.rows_timeout = absl::Seconds(absl::GetFlag(FLAGS_rows_timeout_s));
   o.cold_rows =
       absl::GetFlag(FLAGS_cold_rows) == "wait" ? ColdRows::kWaitInStep : ColdRows::kSitOut;
+  o.rows_by_id = rows_by_id;
   Scheduler scheduler(model, backbone, model.config().has_engram() ? rows : nullptr, metrics, o);
   const ModelConfig& c = model.config();
   const double kv_bytes_per_token = 2.0 * c.num_hidden_layers * c.kv_width() * 2;  // bf16 K and V
@@ -375,6 +389,52 @@ absl::StatusOr<std::unique_ptr<TierServer>> StartTier(uint64_t dram_bytes, const
   return TierServer::Start(c);
 }
 
+// The GPU's view of a co-located tier's tables for (c) and (d): every Engram table resident in the
+// tier's shared-memory arena, read in place over PCIe. With `hot_from` (the tier's address, (d)),
+// an HBM hot-row cache of --hbm_cache_gib in all, shared by the layers in proportion to their rows
+// and filled at start from the tier's hot list (its persisted access statistics, e.g. those of an
+// `engram table profile` run on the corpus). *mappings keep the arenas mapped: hold them until
+// the backbone is gone.
+absl::StatusOr<std::vector<EngramDeviceTable>> DeviceTables(
+    const Model& m, TierRowBackend& backend, const std::string& hot_from,
+    std::vector<std::shared_ptr<const void>>* mappings) {
+  ENGRAM_ASSIGN_OR_RETURN(std::vector<ResidentTable> resident, backend.ResidentTables());
+  const GlobalRowIds ids(m.hash_constants().rows_per_layer);
+  std::vector<std::vector<uint64_t>> hot(resident.size());
+  double cache_bytes = 0;
+  if (!hot_from.empty()) {
+    cache_bytes = absl::GetFlag(FLAGS_hbm_cache_gib) * double(uint64_t{1} << 30);
+    ENGRAM_ASSIGN_OR_RETURN(std::unique_ptr<TierClient> client,
+                            TierClient::Connect({.address = hot_from}));
+    ENGRAM_ASSIGN_OR_RETURN(std::vector<HotKeyCount> list,
+                            FetchTierHotList(*client, m.name(), m.config().engram.layer_ids, ids,
+                                             absl::GetFlag(FLAGS_hbm_hot_rows)));
+    const std::vector<uint64_t>& bases = ids.bases();
+    for (const HotKeyCount& h : list) {
+      const size_t li = std::upper_bound(bases.begin(), bases.end(), h.key) - bases.begin() - 1;
+      hot[li].push_back(h.key - bases[li]);
+    }
+    size_t listed = 0;
+    for (const auto& h : hot) listed += h.size();
+    std::printf("(d) hot list from the tier: %zu rows\n", listed);
+  }
+  std::vector<EngramDeviceTable> tables;
+  for (size_t li = 0; li < resident.size(); ++li) {
+    const ResidentTable& r = resident[li];
+    EngramDeviceTable t;
+    t.dtype = r.dtype;
+    t.head_dim = r.head_dim;
+    t.rows = r.rows;
+    t.host = r.data;
+    t.stride = r.stride;
+    t.hbm_cache_bytes = static_cast<size_t>(cache_bytes * double(r.rows) / double(ids.total_rows()));
+    t.hot_rows = std::move(hot[li]);
+    tables.push_back(std::move(t));
+    mappings->push_back(r.mapping);
+  }
+  return tables;
+}
+
 int Main() {
   const std::string dir = absl::GetFlag(FLAGS_model);
   if (dir.empty()) {
@@ -441,6 +501,7 @@ int Main() {
   bo.max_batch_sequences = absl::GetFlag(FLAGS_max_running);
   bo.max_step_tokens = absl::GetFlag(FLAGS_max_step_tokens);
   bo.cuda_graphs = absl::GetFlag(FLAGS_graphs);
+  const bool cuda = bo.device == "cuda" || (bo.device == "auto" && CudaDeviceVisible());
   const ModelConfig& c = (*model)->config();
   size_t weight_bytes = 0;
   {
@@ -502,6 +563,10 @@ int Main() {
     std::unique_ptr<WorkerMetrics> row_metrics;
     std::unique_ptr<RowBackend> rows;
     std::string label;
+    // This configuration's backbone options: (c) and (d) add the tables the GPU reads by id.
+    BackboneOptions cbo = bo;
+    bool by_id = false;
+    std::vector<std::shared_ptr<const void>> mappings;  // outlive the backbone (declared later)
     auto fail = [&](const absl::Status& s) {
       std::fprintf(stderr, "throughput_bench: configuration %s: %s\n", config.c_str(),
                    s.ToString().c_str());
@@ -525,13 +590,7 @@ int Main() {
                                                  m.config().engram.head_dim);
         label += ", synthesised rows";
       }
-    } else if (config == "d") {
-      // The HBM hot-row cache (model/hot_row_cache.*) plugs in here: the backbone gets a cache of
-      // --hbm_cache_gib filled from the tier's hottest rows, and rows come as in (c).
-      std::printf("(d) skipped: the HBM hot-row cache (--hbm_cache_gib %.1f) is not in this build\n",
-                  absl::GetFlag(FLAGS_hbm_cache_gib));
-      continue;
-    } else {  // c, e: a real engram-memory, co-located
+    } else {  // c, d, e: a real engram-memory, co-located
       const bool e = config == "e";
       std::string address = absl::GetFlag(e ? FLAGS_memory_e : FLAGS_memory);
       if (address.empty()) {
@@ -552,7 +611,8 @@ int Main() {
         address = absl::StrCat("127.0.0.1:", tier->port());
       }
       label = e ? "(e) engram-memory, DRAM caches the table, rest on NVMe"
-                : "(c) engram-memory DRAM arena (shared memory)";
+              : config == "d" ? "(d) engram-memory DRAM arena + HBM hot-row cache"
+                              : "(c) engram-memory DRAM arena (shared memory)";
       label += absl::StrCat(" at ", address);
       row_metrics = std::make_unique<WorkerMetrics>(std::make_shared<prometheus::Registry>(),
                                                     m.config().engram.layer_ids);
@@ -565,9 +625,30 @@ int Main() {
         fail(backend->Ready());
         continue;
       }
+      if (!e && cuda && absl::GetFlag(FLAGS_rows_by_id)) {
+        absl::StatusOr<std::vector<EngramDeviceTable>> tables =
+            config == "d" ? DeviceTables(m, *backend, address, &mappings)
+                            : DeviceTables(m, *backend, "", &mappings);
+        if (!tables.ok()) {
+          fail(tables.status());
+          continue;
+        }
+        cbo.engram_tables = *std::move(tables);
+        backend->SetRowsReadByDevice(true);
+        by_id = true;
+        label += config == "d" ? absl::StrCat(", rows by id, ", absl::GetFlag(FLAGS_hbm_cache_gib),
+                                              " GiB HBM cache")
+                               : ", rows by id (read in place over PCIe)";
+      } else if (config == "d") {
+        fail(absl::FailedPreconditionError(
+            "(d) needs the CUDA backbone reading rows by id (--device cuda --rows_by_id)"));
+        continue;
+      } else if (!e) {
+        label += ", rows copied and decoded by the host";
+      }
       rows = std::move(backend);
     }
-    absl::StatusOr<std::unique_ptr<Backbone>> backbone = CreateBackbone(m, bo);
+    absl::StatusOr<std::unique_ptr<Backbone>> backbone = CreateBackbone(m, cbo);
     if (!backbone.ok()) {
       fail(backbone.status());
       continue;
@@ -578,14 +659,23 @@ int Main() {
       std::vector<uint32_t> one = RandomWorkload(m.config(), 1).prompts[0];
       one.resize(std::min<size_t>(one.size(), 128));
       Workload w{"single", {one}, {257}, {}};
-      Run r = Offline(m, **backbone, rows.get(), row_metrics.get(), w, 0, weight_bytes);
+      Run r = Offline(m, **backbone, rows.get(), row_metrics.get(), w, 0, weight_bytes, by_id);
       const double tok_s = r.output_tokens / r.seconds;
       const double roofline = bandwidth > 0 ? bandwidth / weight_bytes : 0;
       std::printf("  B=1 decode: %.1f tok/s; HBM roofline %.1f tok/s; ratio %.3f\n", tok_s,
                   roofline, roofline > 0 ? tok_s / roofline : 0);
     }
+#if ENGRAM_HAVE_CUDA
+    std::map<int, EngramRowCounts> gathered;  // per Engram layer index, before this workload
+    if (auto* gpu = dynamic_cast<CudaBackbone*>(backbone->get()); gpu != nullptr && by_id) {
+      for (int li = 0; li < int(m.config().engram.layer_ids.size()); ++li) {
+        gathered[li] = gpu->engram_row_counts(li);
+      }
+    }
+#endif
     for (const Workload& w : workloads) {
-      Run r = Offline(m, **backbone, rows.get(), row_metrics.get(), w, bandwidth, weight_bytes);
+      Run r =
+          Offline(m, **backbone, rows.get(), row_metrics.get(), w, bandwidth, weight_bytes, by_id);
       const double tok_s = r.output_tokens / r.seconds;
       std::printf(
           "  %s: %zu sequences, %lld prompt + %lld output tokens in %.2f s over %llu steps: %.1f "
@@ -604,6 +694,26 @@ int Main() {
                     100 * r.rows_arena / all_rows, 100 * r.rows_dram / all_rows,
                     100 * r.rows_nvme / all_rows, all_rows);
       }
+#if ENGRAM_HAVE_CUDA
+      if (by_id) {
+        // Rows the GPU gathered by id in this workload, per source.
+        auto* gpu = dynamic_cast<CudaBackbone*>(backbone->get());
+        for (int li = 0; gpu != nullptr && li < int(m.config().engram.layer_ids.size()); ++li) {
+          const EngramRowCounts now = gpu->engram_row_counts(li);
+          EngramRowCounts& before = gathered[li];
+          const EngramRowCounts n{now.hbm - before.hbm, now.staging - before.staging,
+                                  now.table - before.table, now.missing - before.missing};
+          before = now;
+          const double all = double(n.hbm + n.staging + n.table + n.missing);
+          std::printf("    GPU gather, layer %d: HBM cache %.1f%% (%llu cached rows), arena over "
+                      "PCIe %.1f%%, staging %.1f%%, missing %llu\n",
+                      m.config().engram.layer_ids[li], all > 0 ? 100 * n.hbm / all : 0.0,
+                      static_cast<unsigned long long>(gpu->hbm_cache_rows(li)),
+                      all > 0 ? 100 * n.table / all : 0.0, all > 0 ? 100 * n.staging / all : 0.0,
+                      static_cast<unsigned long long>(n.missing));
+        }
+      }
+#endif
       if (m.config().has_engram()) {
         std::printf("    rows waited for: %.3f ms per step (%.2f s in all); %.0f sequence-steps "
                     "sat out for cold rows\n",

@@ -51,6 +51,7 @@ bool ArenaReader::valid() const {
 const uint8_t* ArenaReader::base() const { return arena_->base(); }
 size_t ArenaReader::size() const { return arena_->size(); }
 uint64_t ArenaReader::data_offset() const { return arena_->header().data_offset; }
+uint64_t ArenaReader::stride() const { return arena_->header().slot_bytes; }
 
 absl::Status ArenaReader::Lookup(absl::Span<const uint64_t> row_ids, uint8_t* out,
                                  std::vector<uint32_t>* missing) {

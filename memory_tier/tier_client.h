@@ -242,10 +242,11 @@ class ArenaReader : public Tier {
   bool valid() const;
   bool resident() const { return resident_; }
   // The read-only mapping, e.g. for cudaHostRegister(base, size, cudaHostRegisterReadOnly) so
-  // GPU kernels can gather resident rows directly: row r at base() + data_offset() + r * row_bytes.
+  // GPU kernels can gather resident rows directly: row r at base() + data_offset() + r * stride().
   const uint8_t* base() const;
   size_t size() const;
   uint64_t data_offset() const;
+  uint64_t stride() const;
 
  private:
   ArenaReader() = default;

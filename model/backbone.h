@@ -27,6 +27,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "common/row_format.h"
 #include "model/model_config.h"
 
 namespace engram {
@@ -78,6 +79,26 @@ struct EngramRows {
   size_t ids = 0;
   // A cudaEvent_t recorded after the rows were written (device rows); null = ready.
   void* ready_event = nullptr;
+};
+
+// An Engram layer's table as the GPU backbone reads it by row id (EngramRows::Where::kRowIds),
+// through the unified row gather (model/kernels/row_gather.cuh): an HBM hot-row cache first, then
+// the rows themselves, in host memory read in place over PCIe (e.g. the memory tier's resident
+// shared-memory arena) or copied whole into HBM. The CPU backbone reads rows by value only.
+struct EngramDeviceTable {
+  RowDType dtype = RowDType::kBF16;  // f32, bf16 or fp8_e4m3_e8m0
+  int head_dim = 0;
+  uint64_t rows = 0;
+  // Row r at host + r * stride (e.g. the memory tier's resident arena). Registered with the driver
+  // (mapped, read-only) unless already pinned; must outlive the backbone.
+  const uint8_t* host = nullptr;
+  uint64_t stride = 0;
+  // Copy the whole table into HBM at creation and read it there (the table-in-HBM configuration).
+  bool whole_in_hbm = false;
+  // HBM hot-row cache of this many bytes (0: none), filled at creation with the first rows of
+  // hot_rows (hottest first; ids >= rows and repeats are skipped).
+  size_t hbm_cache_bytes = 0;
+  std::vector<uint64_t> hot_rows;
 };
 
 // Supplies the Engram rows of an item for an Engram layer. Called by the forward pass exactly when

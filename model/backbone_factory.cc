@@ -29,6 +29,11 @@ absl::StatusOr<std::unique_ptr<Backbone>> CreateBackbone(const Model& model,
   std::string device = options.device;
   if (device == "auto") device = CudaDeviceVisible() ? "cuda" : "cpu";
   if (device == "cpu") {
+    if (!options.engram_tables.empty()) {
+      return absl::InvalidArgumentError(
+          "Engram tables read by row id need the CUDA backbone; the CPU backbone reads rows by "
+          "value");
+    }
     return std::make_unique<CpuBackbone>(model, CpuBackboneOptions{.threads = options.threads});
   }
   if (device != "cuda") {
@@ -44,6 +49,7 @@ absl::StatusOr<std::unique_ptr<Backbone>> CreateBackbone(const Model& model,
   cuda.max_batch_sequences = options.max_batch_sequences;
   cuda.max_step_tokens = options.max_step_tokens;
   cuda.cuda_graphs = options.cuda_graphs;
+  cuda.engram_tables = options.engram_tables;
   absl::StatusOr<std::unique_ptr<CudaBackbone>> b = CudaBackbone::Create(model, cuda);
   if (!b.ok()) return b.status();
   return std::unique_ptr<Backbone>(std::move(*b));

@@ -5,6 +5,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "model/backbone.h"
@@ -25,6 +26,10 @@ struct BackboneOptions {
   int max_batch_sequences = 256;
   int max_step_tokens = 8192;
   bool cuda_graphs = true;
+  // CUDA backbone: empty, or one table per Engram layer that the GPU reads by row id (the memory
+  // tier's resident arenas, with an optional HBM hot-row cache); row sources may then answer with
+  // row ids. Refused (INVALID_ARGUMENT) for the CPU backbone, which reads rows by value only.
+  std::vector<EngramDeviceTable> engram_tables;
 };
 
 // True when this build has the CUDA backbone and a CUDA device is visible.

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/safetensors.h"
+#include "common/status.h"
 #include "model/engram_constants.h"
 #include "model/model.h"
 #include "server/worker_metrics.h"
@@ -152,19 +153,20 @@ bool SequenceRows::WaitsForColdRows(int begin, int count, absl::Time* since) con
 // ---- StepRows ----------------------------------------------------------------------------------
 
 StepRows::StepRows(const std::vector<int>& engram_layer_ids, int columns, int head_dim,
-                   absl::Duration rows_timeout, RowBackend* backend)
+                   absl::Duration rows_timeout, RowBackend* backend, bool rows_by_id)
     : layer_ids_(engram_layer_ids),
       columns_(columns),
       head_dim_(head_dim),
       rows_timeout_(rows_timeout),
       backend_(backend),
+      rows_by_id_(rows_by_id),
       timings_(engram_layer_ids.size()) {}
 
 void StepRows::AddItem(const SequenceRows* rows, int begin, int count, absl::Time deadline) {
   items_.push_back(Item{rows, begin, count, deadline});
 }
 
-absl::StatusOr<absl::Span<const float>> StepRows::Rows(size_t item, int engram_layer_index) {
+absl::StatusOr<std::pair<RowFetch*, int>> StepRows::Await(size_t item, int engram_layer_index) {
   if (item >= items_.size()) return absl::InvalidArgumentError("item out of range");
   const Item& it = items_[item];
   auto found = it.rows->Find(it.begin, it.count, engram_layer_index);
@@ -208,9 +210,26 @@ absl::StatusOr<absl::Span<const float>> StepRows::Rows(size_t item, int engram_l
   }
   absl::Status status = fetch->status();
   if (!status.ok()) return status;
+  return std::make_pair(fetch, offset);
+}
+
+absl::StatusOr<absl::Span<const float>> StepRows::Rows(size_t item, int engram_layer_index) {
+  ENGRAM_ASSIGN_OR_RETURN(auto found, Await(item, engram_layer_index));
+  auto [fetch, offset] = found;
   const size_t width = static_cast<size_t>(columns_) * head_dim_;
   return fetch->rows().subspan(static_cast<size_t>(offset) * width,
-                               static_cast<size_t>(it.count) * width);
+                               static_cast<size_t>(items_[item].count) * width);
+}
+
+absl::StatusOr<EngramRows> StepRows::Locate(size_t item, int engram_layer_index) {
+  if (!rows_by_id_) return EngramRowSource::Locate(item, engram_layer_index);
+  ENGRAM_ASSIGN_OR_RETURN(auto found, Await(item, engram_layer_index));
+  auto [fetch, offset] = found;
+  EngramRows r;
+  r.where = EngramRows::Where::kRowIds;
+  r.row_ids = fetch->row_ids().data() + static_cast<size_t>(offset) * columns_;
+  r.ids = static_cast<size_t>(items_[item].count) * columns_;
+  return r;
 }
 
 void StepRows::Record(WorkerMetrics& metrics) const {

@@ -176,14 +176,19 @@ class StepRows : public EngramRowSource {
  public:
   // `engram_layer_ids`: the model's Engram layers (for messages; must outlive the step);
   // `rows_timeout`: the longest the step waits for rows, all items and layers together;
-  // `backend` (may be null): named in messages and told when rows are overdue.
+  // `backend` (may be null): named in messages and told when rows are overdue;
+  // `rows_by_id`: Locate answers with the items' row ids (EngramRows::Where::kRowIds) once their
+  // fetches completed, for a GPU backbone that reads the tables itself (BackboneOptions::
+  // engram_tables); the fetches then carry no decoded rows (TierRowBackend::
+  // SetRowsReadByDevice). Rows() is unchanged.
   StepRows(const std::vector<int>& engram_layer_ids, int columns, int head_dim,
-           absl::Duration rows_timeout, RowBackend* backend = nullptr);
+           absl::Duration rows_timeout, RowBackend* backend = nullptr, bool rows_by_id = false);
 
   // Item i of the step reads positions [begin, begin + count) of `rows`.
   void AddItem(const SequenceRows* rows, int begin, int count, absl::Time deadline);
 
   absl::StatusOr<absl::Span<const float>> Rows(size_t item, int engram_layer_index) override;
+  absl::StatusOr<EngramRows> Locate(size_t item, int engram_layer_index) override;
 
   // Per Engram layer, over the step's items: the smallest slack (how long before the layer asked
   // the rows had been ready; 0 after a stall), whether any item stalled, and the total stall time.
@@ -205,11 +210,15 @@ class StepRows : public EngramRowSource {
     int count;
     absl::Time deadline;
   };
+  // Waits (within the step's budget) for the fetch covering item's positions of the layer and
+  // returns it with the index of the item's first position inside it; the error otherwise.
+  absl::StatusOr<std::pair<RowFetch*, int>> Await(size_t item, int engram_layer_index);
   const std::vector<int>& layer_ids_;
   const int columns_;
   const int head_dim_;
   const absl::Duration rows_timeout_;
   RowBackend* const backend_;
+  const bool rows_by_id_;
   // Time spent waiting for rows in this step so far (all items and layers).
   absl::Duration waited_ = absl::ZeroDuration();
   bool overdue_reported_ = false;

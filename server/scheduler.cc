@@ -360,7 +360,7 @@ void Scheduler::RunStep() {
   std::vector<StepItem> items;
   std::vector<BatchItem> batch;
   StepRows rows(config.engram.layer_ids, config.engram.columns(), config.engram.head_dim,
-                options_.rows_timeout, rows_);
+                options_.rows_timeout, rows_, options_.rows_by_id);
   StepInfo info;
   info.step = step_ + 1;
   // Sit-out (ColdRows::kSitOut): positions [begin, begin + count) of `s` wait for cold rows. Those

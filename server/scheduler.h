@@ -81,6 +81,9 @@ struct SchedulerOptions {
   absl::Duration rows_timeout = absl::Seconds(10);
   // WorkerConfig::Scheduler::cold_rows.
   ColdRows cold_rows = ColdRows::kSitOut;
+  // The backbone reads Engram rows by id from tables it was given (BackboneOptions::
+  // engram_tables): steps hand it row ids, not decoded rows (StepRows rows_by_id).
+  bool rows_by_id = false;
 };
 
 // What one step ran; given to the step observer (tests, debugging).

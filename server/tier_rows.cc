@@ -120,6 +120,37 @@ absl::Status TierRowBackend::Ready() const {
   return connection_ && !unresponsive_ ? absl::OkStatus() : unavailable_reason_;
 }
 
+absl::StatusOr<std::vector<ResidentTable>> TierRowBackend::ResidentTables() const {
+  std::shared_ptr<Connection> c;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!connection_) return unavailable_reason_;
+    c = connection_;
+  }
+  const std::vector<int>& layer_ids = model_.config().engram.layer_ids;
+  std::vector<ResidentTable> tables;
+  for (size_t li = 0; li < c->tables.size(); ++li) {
+    const TableDescription& t = c->tables[li];
+    const std::shared_ptr<ArenaReader>& arena = c->arenas[li];
+    if (arena == nullptr || !arena->valid() || !arena->resident()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the table of Engram layer ", layer_ids[li], " is not resident in a shared-memory arena "
+          "on this host (", arena == nullptr ? "no arena opened here" :
+          !arena->valid() ? "its arena was retired" : "the tier's DRAM only caches it",
+          "); its rows cannot be read in place by the GPU"));
+    }
+    ResidentTable r;
+    r.dtype = t.dtype;
+    r.head_dim = t.head_dim;
+    r.rows = t.rows;
+    r.data = arena->base() + arena->data_offset();
+    r.stride = arena->stride();
+    r.mapping = arena;
+    tables.push_back(std::move(r));
+  }
+  return tables;
+}
+
 std::string TierRowBackend::Name() const {
   return absl::StrCat("the memory tier at ", options_.address);
 }
@@ -370,6 +401,12 @@ void TierRowBackend::FetchResident(const ResidentArenas& resident,
   }
   const TableDescription& table = resident.tables[li];
   absl::Span<const uint64_t> ids = fetch->row_ids();
+  if (rows_read_by_device_.load(std::memory_order_relaxed) && arena->resident()) {
+    // The device reads these rows from the arena itself (ResidentTables).
+    metrics_.engram_rows(RowTier::kDramShm).Increment(static_cast<double>(ids.size()));
+    fetch->Complete(absl::OkStatus());
+    return;
+  }
   std::vector<uint8_t> raw(ids.size() * table.row_bytes);
   std::vector<uint32_t> missing;
   absl::Status s = arena->Lookup(ids, raw.data(), &missing);
@@ -412,7 +449,16 @@ void TierRowBackend::Fetch(const std::shared_ptr<RowFetch>& fetch, uint64_t sequ
   std::vector<uint32_t> missing;
   bool from_arena = false;
   ArenaReader* arena = c->arenas[li].get();
-  if (arena != nullptr && arena->valid()) {
+  if (arena != nullptr && arena->valid() && arena->resident() && rows_read_by_device_.load(std::memory_order_relaxed)) {
+    // Every row is in the arena and the device reads it there (ResidentTables): nothing to copy
+    // or decode here; the hits are still reported below.
+    absl::Status s = CheckRowIds(ids, table.rows);
+    if (!s.ok()) {
+      fetch->Complete(s);
+      return;
+    }
+    from_arena = true;
+  } else if (arena != nullptr && arena->valid()) {
     std::vector<uint8_t> raw(ids.size() * table.row_bytes);
     absl::Status s = arena->Lookup(ids, raw.data(), &missing);
     if (s.ok()) {

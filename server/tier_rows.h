@@ -49,6 +49,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/grpc_tls.h"
+#include "common/row_format.h"
 #include "server/engram_rows.h"
 
 namespace engram {
@@ -70,6 +71,18 @@ struct TierRowBackendOptions {
   ClientTlsFiles tls;
 };
 
+// A table resident in a co-located arena, as a GPU reads it in place (EngramDeviceTable).
+struct ResidentTable {
+  RowDType dtype = RowDType::kBF16;
+  int head_dim = 0;
+  uint64_t rows = 0;
+  const uint8_t* data = nullptr;  // row r at data + r * stride
+  uint64_t stride = 0;
+  // Keeps the arena mapped while held (a tier that restarts leaves its old arena readable: rows
+  // of a version never change).
+  std::shared_ptr<const void> mapping;
+};
+
 class TierRowBackend : public RowBackend {
  public:
   // `model` and `metrics` must outlive the backend.
@@ -87,6 +100,16 @@ class TierRowBackend : public RowBackend {
   absl::Status Ready() const override;
   std::string Name() const override;
   void RowsOverdue(const absl::Status& why) override;
+
+  // Every Engram layer's table, when each is resident in a shared-memory arena of this host (index
+  // = Engram layer index); UNAVAILABLE before the tier is connected, FAILED_PRECONDITION naming
+  // the first table that is not resident here (the tier only caches it, or is on another host).
+  absl::StatusOr<std::vector<ResidentTable>> ResidentTables() const;
+  // From now on a GPU backbone reads the resident arenas' rows itself, by id (ResidentTables,
+  // StepRows rows_by_id): fetches of a table resident in a co-located arena complete at once
+  // without copying or decoding rows on the host (their hits still reach the tier's statistics).
+  // Rows of other tables are fetched and decoded as usual. Call before the first Fetch.
+  void SetRowsReadByDevice(bool on) { rows_read_by_device_.store(on); }
 
  private:
   struct Connection;
@@ -111,6 +134,7 @@ class TierRowBackend : public RowBackend {
   absl::Mutex listener_mu_;  // serialises listener calls (taken before mu_)
   std::thread thread_;
   std::atomic<uint64_t> next_batch_id_{1};
+  std::atomic<bool> rows_read_by_device_{false};
 
   mutable absl::Mutex mu_;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;

@@ -42,25 +42,6 @@ namespace engram {
 class Model;
 class EngramModule;
 
-// An Engram layer's table as the GPU reads it by row id (EngramRows::Where::kRowIds), through the
-// unified row gather (model/kernels/row_gather.cuh): an HBM hot-row cache first, then the rows
-// themselves, in host memory read in place over PCIe or copied whole into HBM.
-struct EngramDeviceTable {
-  RowDType dtype = RowDType::kBF16;  // f32, bf16 or fp8_e4m3_e8m0
-  int head_dim = 0;
-  uint64_t rows = 0;
-  // Row r at host + r * stride (e.g. the memory tier's resident arena). Registered with the driver
-  // (mapped, read-only) unless already pinned; must outlive the backbone.
-  const uint8_t* host = nullptr;
-  uint64_t stride = 0;
-  // Copy the whole table into HBM at creation and read it there (the table-in-HBM configuration).
-  bool whole_in_hbm = false;
-  // HBM hot-row cache of this many bytes (0: none), filled at creation with the first rows of
-  // hot_rows (hottest first; ids >= rows and repeats are skipped).
-  size_t hbm_cache_bytes = 0;
-  std::vector<uint64_t> hot_rows;
-};
-
 // Cumulative count of rows gathered per source (kernels::RowSource order: HBM cache, staging,
 // table, missing) for one Engram layer.
 struct EngramRowCounts {
