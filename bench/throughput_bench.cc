@@ -48,6 +48,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/debugging/failure_signal_handler.h"
+#include "absl/debugging/symbolize.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
@@ -748,6 +750,10 @@ int Main() {
 }  // namespace engram
 
 int main(int argc, char** argv) {
+  // A crash prints where it happened; progress lines reach a pipe before it.
+  absl::InitializeSymbolizer(argv[0]);
+  absl::InstallFailureSignalHandler({});
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   absl::ParseCommandLine(argc, argv);
   return engram::Main();
 }

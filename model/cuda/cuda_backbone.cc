@@ -339,16 +339,24 @@ absl::Status SetUpDeviceTable(const EngramDeviceTable& t, int max_tokens,
   e.row_bytes = static_cast<uint32_t>(row_bytes);
   e.table_rows = t.rows;
   e.table_stride = t.stride;
-  // Host rows, mapped read-only (already pinned memory, e.g. cudaHostAlloc, is used as it is).
+  // Host rows, mapped read-only. Memory the driver already knows (cudaHostAlloc, or registered by
+  // someone else) is used as it is: registering it again is an error (cudaErrorInvalidValue for
+  // cudaHostAlloc memory, measured on an H100 with driver 580).
   auto* host = const_cast<uint8_t*>(t.host);
   const size_t host_bytes = (t.rows - 1) * t.stride + row_bytes;
-  const cudaError_t reg =
-      cudaHostRegister(host, host_bytes, cudaHostRegisterMapped | cudaHostRegisterReadOnly);
-  if (reg == cudaErrorHostMemoryAlreadyRegistered) {
-    cudaGetLastError();
-  } else {
-    CUDA_RETURN_IF_ERROR(reg, "register the Engram table's host rows");
-    e.registered.Set(host);
+  cudaPointerAttributes attributes{};
+  const bool pinned = cudaPointerGetAttributes(&attributes, host) == cudaSuccess &&
+                      attributes.type == cudaMemoryTypeHost;
+  cudaGetLastError();  // pageable memory may report an error on older drivers
+  if (!pinned) {
+    const cudaError_t reg =
+        cudaHostRegister(host, host_bytes, cudaHostRegisterMapped | cudaHostRegisterReadOnly);
+    if (reg == cudaErrorHostMemoryAlreadyRegistered) {
+      cudaGetLastError();
+    } else {
+      CUDA_RETURN_IF_ERROR(reg, "register the Engram table's host rows");
+      e.registered.Set(host);
+    }
   }
   void* mapped = nullptr;
   CUDA_RETURN_IF_ERROR(cudaHostGetDevicePointer(&mapped, host, 0), "map the Engram table");

@@ -370,7 +370,10 @@ TEST(DecodeAttentionSplitsTest, FillsTheSms) {
   EXPECT_EQ(DecodeAttentionSplits(111, Shape(6, 2, 128, 16), 132), 1);
   // A group of 20 heads takes two CTAs per KV head: 3 x 2 x 2 = 12, ceil(264 / 12) = 22 -> 16.
   EXPECT_EQ(DecodeAttentionSplits(3, Shape(40, 2, 64, 64), 132), 16);
-  EXPECT_EQ(DecodeAttentionSplits(66, Shape(32, 1, 128, 16), 132), 4);
+  // A group of 32 heads is two CTAs per KV head too: 66 x 2 = 132 CTAs cover the SMs.
+  EXPECT_EQ(DecodeAttentionSplits(66, Shape(32, 1, 128, 16), 132), 1);
+  // 33 x 2 = 66 CTAs: ceil(264 / 66) = 4.
+  EXPECT_EQ(DecodeAttentionSplits(33, Shape(32, 1, 128, 16), 132), 4);
   EXPECT_EQ(DecodeAttentionWorkspaceBytes(2, Shape(8, 2, 64, 16), 3),
             size_t{2} * 8 * 3 * (64 + 2) * sizeof(float));
 }

@@ -11,7 +11,7 @@ per line on stdout.
       "done": true when the stream ended with "data: [DONE]", "after_done": data after it}
   openai_client.py PORT concurrent N BODY_JSON
       N streams at once, one thread each; BODY_JSON's prompt is formatted with the stream's index
-      ({i}): {"results": [{"status", "text", "finish_reason", "done"}, ...]}
+      ({i}): {"results": [{"status", "text", "finish_reason", "done"[, "error"]}, ...]}
   openai_client.py PORT hold RELEASE_FILE BODY_JSON
       opens two streams and reads their first chunk (both run), sends a third (queued), then a
       fourth request and prints {"overload": {"status", "headers", "body"}}; waits until
@@ -108,6 +108,10 @@ def concurrent(port, n, body):
             text, reason = text_of(r.get("events", []))
             results[i] = {"status": r["status"], "text": text, "finish_reason": reason,
                           "done": r.get("done", False)}
+            # A stream the server ended early carries an error event instead of a finish_reason.
+            errors = [e["error"] for e in r.get("events", []) if "error" in e]
+            if errors:
+                results[i]["error"] = errors[0]
         except Exception as e:  # reported, not raised: the test names the stream
             results[i] = {"status": -1, "error": repr(e)}
 
