@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/safetensors.h"
 #include "gtest/gtest.h"
 #include "model/cpu_backbone.h"
@@ -400,20 +401,28 @@ TEST_F(GoldenTest, RowsByIdEqualRowsByValueFromEveryTableSource) {
   cudaFreeHost(table);
 }
 
-// A random Llama of head_dim 64 (the tensor-core attention kernels) without Engram: GPU greedy vs
-// the CPU backend, batched and chunked.
-TEST(RandomModelTest, TensorCorePathMatchesTheCpu) {
-  ModelConfig c;
+// A random Llama without Engram: head_dim 64 takes the tensor-core attention kernels, 16 the
+// generic one. `keep` owns the weights' floats.
+struct RandomLlama {
+  ModelConfig config;
+  BackboneWeights weights;
+  std::vector<std::vector<float>> keep;
+};
+
+std::unique_ptr<RandomLlama> MakeRandomLlama(int head_dim) {
+  auto m = std::make_unique<RandomLlama>();
+  ModelConfig& c = m->config;
   c.vocab_size = 512;
   c.hidden_size = 256;
   c.intermediate_size = 512;
   c.num_hidden_layers = 3;
-  c.num_attention_heads = 8;
+  c.num_attention_heads = 256 / head_dim * 2;
   c.num_key_value_heads = 2;
-  c.head_dim = 64;
+  c.head_dim = head_dim;
   c.max_position_embeddings = 512;
   c.rms_norm_eps = 1e-5f;
-  std::vector<std::vector<float>> keep;
+  auto& keep = m->keep;
+  keep.reserve(64);
   auto weight = [&](std::vector<int64_t> shape, float std, float mean = 0.0f) {
     size_t n = 1;
     for (int64_t d : shape) n *= d;
@@ -429,8 +438,7 @@ TEST(RandomModelTest, TensorCorePathMatchesTheCpu) {
     w.shape = shape;
     return w;
   };
-  keep.reserve(64);
-  BackboneWeights w;
+  BackboneWeights& w = m->weights;
   const int64_t H = c.hidden_size, I = c.intermediate_size, Q = c.q_width(), KV = c.kv_width();
   w.embed_tokens = weight({c.vocab_size, H}, 0.5f);
   for (int l = 0; l < c.num_hidden_layers; ++l) {
@@ -448,8 +456,15 @@ TEST(RandomModelTest, TensorCorePathMatchesTheCpu) {
   }
   w.norm = weight({H}, 0.05f, 1.0f);
   w.lm_head = weight({c.vocab_size, H}, 0.5f);
-  CpuBackbone cpu(c, w, {});
-  auto gpu = CudaBackbone::Create(c, w, {}, SmallOptions());
+  return m;
+}
+
+// GPU greedy vs the CPU backend, batched and chunked (tensor-core attention).
+TEST(RandomModelTest, TensorCorePathMatchesTheCpu) {
+  auto m = MakeRandomLlama(64);
+  const ModelConfig& c = m->config;
+  CpuBackbone cpu(c, m->weights, {});
+  auto gpu = CudaBackbone::Create(c, m->weights, {}, SmallOptions());
   ASSERT_TRUE(gpu.ok()) << gpu.status();
   std::vector<uint32_t> prompt;
   for (int i = 0; i < 150; ++i) prompt.push_back((i * 37 + 11) % c.vocab_size);
@@ -459,6 +474,56 @@ TEST(RandomModelTest, TensorCorePathMatchesTheCpu) {
   ExpectSameGreedy(want, margins, got, 0.1f, "tensor-core GPU vs CPU");
   auto batched = Greedy(**gpu, 0, 0, prompt, 32, 37, 5, nullptr);
   ExpectSameGreedy(want, margins, batched, 0.1f, "batched + chunked GPU vs CPU");
+}
+
+// The logits after a prompt prefilled in one step equal those after the same prompt in two
+// chunks (the second reads the first's keys and values from the paged cache), on the GPU and on
+// the CPU, for both attention paths and a split on and off a KV block boundary (blocks of 16).
+// Prints every case before failing, so one run tells which part is wrong.
+TEST(RandomModelTest, SecondChunkEqualsOneStep) {
+  for (int head_dim : {16, 64}) {
+    auto m = MakeRandomLlama(head_dim);
+    const ModelConfig& c = m->config;
+    CpuBackbone cpu(c, m->weights, {});
+    auto gpu = CudaBackbone::Create(c, m->weights, {}, SmallOptions(/*graphs=*/false));
+    ASSERT_TRUE(gpu.ok()) << gpu.status();
+    std::vector<uint32_t> prompt;
+    for (int i = 0; i < 40; ++i) prompt.push_back((i * 37 + 11) % c.vocab_size);
+    const int V = c.vocab_size;
+    auto last_logits = [&](Backbone& b, std::vector<int> chunks) {
+      auto seq = b.NewSequence(64);
+      std::vector<float> logits(V);
+      int pos = 0;
+      for (int n : chunks) {
+        FixedRowSource rows;
+        rows.rows.push_back({});
+        StepOutput out;
+        out.logits = logits.data();
+        BatchItem item{seq.get(), absl::MakeConstSpan(prompt).subspan(pos, n)};
+        EXPECT_TRUE(b.Step({item}, rows, &out).ok());
+        EXPECT_TRUE(out.status[0].ok()) << out.status[0];
+        pos += n;
+      }
+      return logits;
+    };
+    const std::vector<float> cpu_one = last_logits(cpu, {40});
+    for (const std::vector<int>& chunks :
+         std::vector<std::vector<int>>{{40}, {16, 24}, {20, 20}, {1, 39}, {39, 1}}) {
+      const std::vector<float> cpu_got = last_logits(cpu, chunks);
+      const std::vector<float> gpu_got = last_logits(**gpu, chunks);
+      double cpu_err = 0, gpu_err = 0;
+      for (int k = 0; k < V; ++k) {
+        cpu_err = std::max(cpu_err, double(std::fabs(cpu_got[k] - cpu_one[k])));
+        gpu_err = std::max(gpu_err, double(std::fabs(gpu_got[k] - cpu_one[k])));
+      }
+      const std::string what = absl::StrCat("head_dim ", head_dim, ", chunks ",
+                                            absl::StrJoin(chunks, "+"));
+      std::printf("%s: largest |logit - CPU one step| CPU %.4f, GPU %.4f\n", what.c_str(), cpu_err,
+                  gpu_err);
+      EXPECT_LT(cpu_err, 1e-3) << what;
+      EXPECT_LT(gpu_err, 0.05) << what;
+    }
+  }
 }
 
 }  // namespace
