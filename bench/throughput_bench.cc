@@ -60,8 +60,8 @@
 #include "common/row_format.h"
 #include "common/status.h"
 #include "memory_tier/catalog.h"
-#include "memory_tier/tier_client.h"
 #include "memory_tier/table_synth.h"
+#include "memory_tier/tier_client.h"
 #include "memory_tier/tier_server.h"
 #include "model/backbone_factory.h"
 #include "model/hot_row_cache.h"
@@ -429,7 +429,8 @@ absl::StatusOr<std::vector<EngramDeviceTable>> DeviceTables(
     t.rows = r.rows;
     t.host = r.data;
     t.stride = r.stride;
-    t.hbm_cache_bytes = static_cast<size_t>(cache_bytes * double(r.rows) / double(ids.total_rows()));
+    t.hbm_cache_bytes =
+        static_cast<size_t>(cache_bytes * double(r.rows) / double(ids.total_rows()));
     t.hot_rows = std::move(hot[li]);
     tables.push_back(std::move(t));
     mappings->push_back(r.mapping);
@@ -612,7 +613,7 @@ int Main() {
         tier = *std::move(t);
         address = absl::StrCat("127.0.0.1:", tier->port());
       }
-      label = e ? "(e) engram-memory, DRAM caches the table, rest on NVMe"
+      label = e               ? "(e) engram-memory, DRAM caches the table, rest on NVMe"
               : config == "d" ? "(d) engram-memory DRAM arena + HBM hot-row cache"
                               : "(c) engram-memory DRAM arena (shared memory)";
       label += absl::StrCat(" at ", address);
@@ -630,7 +631,7 @@ int Main() {
       if (!e && cuda && absl::GetFlag(FLAGS_rows_by_id)) {
         absl::StatusOr<std::vector<EngramDeviceTable>> tables =
             config == "d" ? DeviceTables(m, *backend, address, &mappings)
-                            : DeviceTables(m, *backend, "", &mappings);
+                          : DeviceTables(m, *backend, "", &mappings);
         if (!tables.ok()) {
           fail(tables.status());
           continue;
@@ -707,12 +708,13 @@ int Main() {
                                   now.table - before.table, now.missing - before.missing};
           before = now;
           const double all = double(n.hbm + n.staging + n.table + n.missing);
-          std::printf("    GPU gather, layer %d: HBM cache %.1f%% (%llu cached rows), arena over "
-                      "PCIe %.1f%%, staging %.1f%%, missing %llu\n",
-                      m.config().engram.layer_ids[li], all > 0 ? 100 * n.hbm / all : 0.0,
-                      static_cast<unsigned long long>(gpu->hbm_cache_rows(li)),
-                      all > 0 ? 100 * n.table / all : 0.0, all > 0 ? 100 * n.staging / all : 0.0,
-                      static_cast<unsigned long long>(n.missing));
+          std::printf(
+              "    GPU gather, layer %d: HBM cache %.1f%% (%llu cached rows), arena over "
+              "PCIe %.1f%%, staging %.1f%%, missing %llu\n",
+              m.config().engram.layer_ids[li], all > 0 ? 100 * n.hbm / all : 0.0,
+              static_cast<unsigned long long>(gpu->hbm_cache_rows(li)),
+              all > 0 ? 100 * n.table / all : 0.0, all > 0 ? 100 * n.staging / all : 0.0,
+              static_cast<unsigned long long>(n.missing));
         }
       }
 #endif

@@ -133,11 +133,13 @@ absl::StatusOr<std::vector<ResidentTable>> TierRowBackend::ResidentTables() cons
     const TableDescription& t = c->tables[li];
     const std::shared_ptr<ArenaReader>& arena = c->arenas[li];
     if (arena == nullptr || !arena->valid() || !arena->resident()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "the table of Engram layer ", layer_ids[li], " is not resident in a shared-memory arena "
-          "on this host (", arena == nullptr ? "no arena opened here" :
-          !arena->valid() ? "its arena was retired" : "the tier's DRAM only caches it",
-          "); its rows cannot be read in place by the GPU"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("the table of Engram layer ", layer_ids[li],
+                       " is not resident in a shared-memory arena on this host (",
+                       arena == nullptr  ? "no arena opened here"
+                       : !arena->valid() ? "its arena was retired"
+                                         : "the tier's DRAM only caches it",
+                       "); its rows cannot be read in place by the GPU"));
     }
     ResidentTable r;
     r.dtype = t.dtype;
@@ -449,7 +451,8 @@ void TierRowBackend::Fetch(const std::shared_ptr<RowFetch>& fetch, uint64_t sequ
   std::vector<uint32_t> missing;
   bool from_arena = false;
   ArenaReader* arena = c->arenas[li].get();
-  if (arena != nullptr && arena->valid() && arena->resident() && rows_read_by_device_.load(std::memory_order_relaxed)) {
+  if (arena != nullptr && arena->valid() && arena->resident() &&
+      rows_read_by_device_.load(std::memory_order_relaxed)) {
     // Every row is in the arena and the device reads it there (ResidentTables): nothing to copy
     // or decode here; the hits are still reported below.
     absl::Status s = CheckRowIds(ids, table.rows);

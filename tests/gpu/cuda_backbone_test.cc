@@ -516,8 +516,8 @@ TEST(RandomModelTest, SecondChunkEqualsOneStep) {
         cpu_err = std::max(cpu_err, double(std::fabs(cpu_got[k] - cpu_one[k])));
         gpu_err = std::max(gpu_err, double(std::fabs(gpu_got[k] - cpu_one[k])));
       }
-      const std::string what = absl::StrCat("head_dim ", head_dim, ", chunks ",
-                                            absl::StrJoin(chunks, "+"));
+      const std::string what =
+          absl::StrCat("head_dim ", head_dim, ", chunks ", absl::StrJoin(chunks, "+"));
       std::printf("%s: largest |logit - CPU one step| CPU %.4f, GPU %.4f\n", what.c_str(), cpu_err,
                   gpu_err);
       EXPECT_LT(cpu_err, 1e-3) << what;

@@ -16,9 +16,9 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/safetensors.h"
 #include "gtest/gtest.h"
 #include "model/cuda/device_buffer.h"
-#include "common/safetensors.h"
 #include "tests/gpu/cuda_ok.h"
 
 namespace engram {
@@ -64,14 +64,15 @@ TEST_P(GemmTest, MatchesTheCpuProduct) {
   EXPECT_EQ(bad, 0) << "T " << T << " N " << N << " K " << K;
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Shapes, GemmTest,
-    ::testing::Combine(::testing::Values(1, 2, 15, 17, 31, 33, 39, 40, 150),
-                       ::testing::Values(512, 768, 1024), ::testing::Values(256, 512)),
-    [](const auto& info) {
-      return absl::StrCat("T", std::get<0>(info.param), "_N", std::get<1>(info.param), "_K",
-                          std::get<2>(info.param));
-    });
+INSTANTIATE_TEST_SUITE_P(Shapes, GemmTest,
+                         ::testing::Combine(::testing::Values(1, 2, 15, 17, 31, 33, 39, 40, 150),
+                                            ::testing::Values(512, 768, 1024),
+                                            ::testing::Values(256, 512)),
+                         [](const auto& info) {
+                           return absl::StrCat("T", std::get<0>(info.param), "_N",
+                                               std::get<1>(info.param), "_K",
+                                               std::get<2>(info.param));
+                         });
 
 }  // namespace
 }  // namespace engram

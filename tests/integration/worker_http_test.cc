@@ -554,8 +554,11 @@ TEST_F(WorkerHttpNoTemplateTest, ZzDrainFinishesStreamsAndRefusesNewRequests) {
 #else
   constexpr int kTokens = 1000;
 #endif
-  const json body = {{"prompt", "Drain number {i}"}, {"max_tokens", kTokens}, {"ignore_eos", true},
-                     {"temperature", 0},             {"stream", true}};
+  const json body = {{"prompt", "Drain number {i}"},
+                     {"max_tokens", kTokens},
+                     {"ignore_eos", true},
+                     {"temperature", 0},
+                     {"stream", true}};
   auto p = Process::Start(
       {"/usr/bin/python3", testing::SourceFile("tests/integration/openai_client.py"),
        absl::StrCat(cluster_->worker_http_port()), "concurrent", absl::StrCat(kStreams),

@@ -60,7 +60,8 @@ class GatherById : public EngramRowSource {
     for (size_t i = 0; i < r->ids; ++i) {
       const uint64_t id = r->row_ids[i];
       if (id >= t.rows) return absl::InternalError(absl::StrCat("row id ", id, " >= ", t.rows));
-      absl::Status s = DecodeRows(t.dtype, t.data + id * t.stride, 1, head_dim_, &out[i * head_dim_]);
+      absl::Status s =
+          DecodeRows(t.dtype, t.data + id * t.stride, 1, head_dim_, &out[i * head_dim_]);
       if (!s.ok()) return s;
     }
     ids_located += r->ids;
@@ -282,8 +283,8 @@ TEST_F(RowsByIdTest, GenerationReadsRowsByIdAndEqualsTheReference) {
   for (size_t i = 0; i < texts.size(); ++i) {
     positions += Params("count", texts[i]).prompt.size() + kTokens - 1;
   }
-  const uint64_t ids = positions * model_->config().engram.columns() *
-                       model_->config().engram.layer_ids.size();
+  const uint64_t ids =
+      positions * model_->config().engram.columns() * model_->config().engram.layer_ids.size();
   EXPECT_EQ(backbone.ids_located(), ids);
   // They count as arena rows and none came through the Prefetch stream.
   EXPECT_EQ(metrics_->engram_rows(RowTier::kDramShm).Value(), static_cast<double>(ids));
@@ -296,9 +297,9 @@ TEST_F(RowsByIdTest, TablesTheTierOnlyCachesAreRefusedNamingTheLayer) {
   auto tables = rows_->ResidentTables();
   ASSERT_FALSE(tables.ok());
   EXPECT_EQ(tables.status().code(), absl::StatusCode::kFailedPrecondition) << tables.status();
-  EXPECT_TRUE(absl::StrContains(
-      tables.status().message(),
-      absl::StrCat("Engram layer ", model_->config().engram.layer_ids[0])))
+  EXPECT_TRUE(
+      absl::StrContains(tables.status().message(),
+                        absl::StrCat("Engram layer ", model_->config().engram.layer_ids[0])))
       << tables.status();
   EXPECT_TRUE(absl::StrContains(tables.status().message(), "only caches")) << tables.status();
 }
