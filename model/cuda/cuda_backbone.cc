@@ -933,6 +933,10 @@ absl::Status CudaBackbone::Step(absl::Span<const BatchItem> items, EngramRowSour
   if (graph) {
     bucket = *std::lower_bound(m.buckets.begin(), m.buckets.end(), s.B);
   }
+  // A graph step pads the batch to its bucket with one-token items (one row each); an eager step
+  // pads nothing. Items index the per-item metadata (sized for max_batch_sequences), rows the
+  // per-row metadata and activations (sized for max_step_tokens).
+  const int items_total = graph ? bucket : s.B;
   const int rows_total = graph ? bucket : s.T;
   const kernels::AttentionShape shape{config_.num_attention_heads, config_.num_key_value_heads,
                                       config_.head_dim, bt,
@@ -998,7 +1002,7 @@ absl::Status CudaBackbone::Step(absl::Span<const BatchItem> items, EngramRowSour
     }
   }
   // Padding of a graph bucket: one token per padded item at position 0 in the reserved block 0.
-  for (int b = s.B; b < rows_total; ++b, ++row) {
+  for (int b = s.B; b < items_total; ++b, ++row) {
     row_offsets[b] = row;
     start_positions[b] = 0;
     tokens[row] = 0;
@@ -1016,7 +1020,7 @@ absl::Status CudaBackbone::Step(absl::Span<const BatchItem> items, EngramRowSour
       histories[li * options_.max_batch_sequences + b] = e.ring_rows > 0 ? e.rings.get() : nullptr;
     }
   }
-  row_offsets[rows_total] = row;
+  row_offsets[items_total] = row;
   StepShape run = s;
   if (graph) {
     run.T = run.B = run.Bd = bucket;
@@ -1170,7 +1174,7 @@ absl::Status CudaBackbone::Step(absl::Span<const BatchItem> items, EngramRowSour
 
   // ---- Results: tokens (and logits when asked), conv histories of live items ----
   if (!m.engram.empty()) {
-    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(m.dev<uint8_t>(mt.live), live, rows_total,
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(m.dev<uint8_t>(mt.live), live, items_total,
                                          cudaMemcpyHostToDevice, m.stream),
                          "live flags");
   }

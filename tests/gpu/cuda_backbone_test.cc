@@ -409,13 +409,21 @@ struct RandomLlama {
   std::vector<std::vector<float>> keep;
 };
 
-std::unique_ptr<RandomLlama> MakeRandomLlama(int head_dim) {
+// Knobs that switch parts of the model off, to tell which part of a step goes wrong: a zero
+// o_proj makes attention add nothing to the residual, a zero down_proj the MLP.
+struct RandomLlamaShape {
+  int layers = 3;
+  bool zero_attention = false;
+  bool zero_mlp = false;
+};
+
+std::unique_ptr<RandomLlama> MakeRandomLlama(int head_dim, RandomLlamaShape shape = {}) {
   auto m = std::make_unique<RandomLlama>();
   ModelConfig& c = m->config;
   c.vocab_size = 512;
   c.hidden_size = 256;
   c.intermediate_size = 512;
-  c.num_hidden_layers = 3;
+  c.num_hidden_layers = shape.layers;
   c.num_attention_heads = 256 / head_dim * 2;
   c.num_key_value_heads = 2;
   c.head_dim = head_dim;
@@ -447,11 +455,11 @@ std::unique_ptr<RandomLlama> MakeRandomLlama(int head_dim) {
     lw.q_proj = weight({Q, H}, 1 / std::sqrt(float(H)));
     lw.k_proj = weight({KV, H}, 1 / std::sqrt(float(H)));
     lw.v_proj = weight({KV, H}, 1 / std::sqrt(float(H)));
-    lw.o_proj = weight({H, Q}, 1 / std::sqrt(float(Q)));
+    lw.o_proj = weight({H, Q}, shape.zero_attention ? 0.0f : 1 / std::sqrt(float(Q)));
     lw.post_attention_layernorm = weight({H}, 0.05f, 1.0f);
     lw.gate_proj = weight({I, H}, 1 / std::sqrt(float(H)));
     lw.up_proj = weight({I, H}, 1 / std::sqrt(float(H)));
-    lw.down_proj = weight({H, I}, 1 / std::sqrt(float(I)));
+    lw.down_proj = weight({H, I}, shape.zero_mlp ? 0.0f : 1 / std::sqrt(float(I)));
     w.layers.push_back(lw);
   }
   w.norm = weight({H}, 0.05f, 1.0f);
@@ -522,6 +530,70 @@ TEST(RandomModelTest, SecondChunkEqualsOneStep) {
                   gpu_err);
       EXPECT_LT(cpu_err, 1e-3) << what;
       EXPECT_LT(gpu_err, 0.05) << what;
+    }
+  }
+}
+
+// Last-token logits of one step against the CPU backbone, for models with parts switched off
+// and for two kinds of multi-row step: one 40-token prefill, and 8 sequences decoding one token
+// each (8 rows, no prefill). Which variants fail tells whether the fault is in the GEMMs (every
+// multi-row step), in the prefill bookkeeping (only the 40-token step) or in one part of a layer.
+TEST(RandomModelTest, MultiRowStepsEqualTheCpuWithPartsSwitchedOff) {
+  struct Variant {
+    const char* name;
+    RandomLlamaShape shape;
+  };
+  const std::vector<Variant> variants = {
+      {"1 layer, attention and MLP off", {1, true, true}},
+      {"1 layer, MLP off", {1, false, true}},
+      {"1 layer, attention off", {1, true, false}},
+      {"1 layer", {1, false, false}},
+      {"3 layers", {3, false, false}},
+  };
+  for (int head_dim : {16, 64}) {
+    for (const Variant& v : variants) {
+      auto m = MakeRandomLlama(head_dim, v.shape);
+      const ModelConfig& c = m->config;
+      const int V = c.vocab_size;
+      CpuBackbone cpu(c, m->weights, {});
+      auto gpu = CudaBackbone::Create(c, m->weights, {}, SmallOptions(/*graphs=*/false));
+      ASSERT_TRUE(gpu.ok()) << gpu.status();
+      // Each item's last-token logits after one step over `prompts` (one item per prompt).
+      auto step = [&](Backbone& b, const std::vector<std::vector<uint32_t>>& prompts) {
+        std::vector<std::unique_ptr<SequenceState>> seqs;
+        std::vector<BatchItem> items;
+        FixedRowSource rows;
+        for (const auto& p : prompts) {
+          seqs.push_back(b.NewSequence(64));
+          items.push_back({seqs.back().get(), absl::MakeConstSpan(p)});
+          rows.rows.push_back({});
+        }
+        std::vector<float> logits(prompts.size() * V);
+        StepOutput out;
+        out.logits = logits.data();
+        EXPECT_TRUE(b.Step(items, rows, &out).ok());
+        for (const auto& st : out.status) EXPECT_TRUE(st.ok()) << st;
+        return logits;
+      };
+      std::vector<uint32_t> prompt;
+      for (int i = 0; i < 40; ++i) prompt.push_back((i * 37 + 11) % V);
+      std::vector<std::vector<uint32_t>> singles;
+      for (int i = 0; i < 8; ++i) singles.push_back({uint32_t((i * 101 + 7) % V)});
+      for (const auto& prompts : {std::vector<std::vector<uint32_t>>{prompt}, singles}) {
+        const std::vector<float> want = step(cpu, prompts);
+        const std::vector<float> got = step(**gpu, prompts);
+        double err = 0, scale = 0;
+        for (size_t k = 0; k < want.size(); ++k) {
+          err = std::max(err, double(std::fabs(got[k] - want[k])));
+          scale = std::max(scale, double(std::fabs(want[k])));
+        }
+        const std::string what = absl::StrCat("head_dim ", head_dim, ", ", v.name, ", ",
+                                              prompts.size() == 1 ? "one 40-token prefill"
+                                                                  : "8 one-token decodes");
+        std::printf("%s: largest |logit error| %.4f (logits up to %.1f)\n", what.c_str(), err,
+                    scale);
+        EXPECT_LT(err, 0.02 * scale + 0.05) << what;
+      }
     }
   }
 }

@@ -66,8 +66,8 @@ TEST_P(GemmTest, MatchesTheCpuProduct) {
 
 INSTANTIATE_TEST_SUITE_P(Shapes, GemmTest,
                          ::testing::Combine(::testing::Values(1, 2, 15, 17, 31, 33, 39, 40, 150),
-                                            ::testing::Values(512, 768, 1024),
-                                            ::testing::Values(256, 512)),
+                                            ::testing::Values(96, 256, 576, 1024),
+                                            ::testing::Values(32, 256, 512)),
                          [](const auto& info) {
                            return absl::StrCat("T", std::get<0>(info.param), "_N",
                                                std::get<1>(info.param), "_K",
