@@ -284,7 +284,7 @@ class Lm(nn.Module):
         self.zero_engram = False
 
     def forward(self, ids_np):
-        ids = torch.from_numpy(ids_np)
+        ids = torch.from_numpy(ids_np).to(self.norm.device)
         L = ids.shape[1]
         h = self.embed(ids)
         cos, sin = self.cos[:L], self.sin[:L]
@@ -349,7 +349,7 @@ def write_model(model, bpe, directory, name, generator):
         json.dump(bpe.tokenizer_json(), f, ensure_ascii=False)
     header, blobs, offset = {}, [], 0
     for n, t, dtype in tensors_of(model):
-        t = t.detach().float().contiguous()
+        t = t.detach().float().cpu().contiguous()
         data = (t.to(torch.bfloat16).view(torch.int16).numpy().tobytes() if dtype == "BF16"
                 else t.numpy().tobytes())
         header[n] = {"dtype": dtype, "shape": list(t.shape),
@@ -367,9 +367,14 @@ def write_model(model, bpe, directory, name, generator):
 
 
 @torch.no_grad()
-def eval_loss(model, ids, window, batch=16):
-    """`engram eval`'s windows: [k(W-1), k(W-1)+W), each predicting its tokens 1..len-1."""
+def eval_loss(model, ids, window, batch=16, bf16=False):
+    """`engram eval`'s windows: [k(W-1), k(W-1)+W), each predicting its tokens 1..len-1. In f32
+    (TF32 off), or with bf16=True under bf16 autocast: the matrix products in bf16, as the CUDA
+    backbone computes them (a reference of the GPU's precision, not of its exact roundings)."""
     model.eval()
+    device = model.norm.device
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
     starts = list(range(0, len(ids) - 1, window - 1))
     total, count = 0.0, 0
     groups = collections.defaultdict(list)
@@ -378,12 +383,15 @@ def eval_loss(model, ids, window, batch=16):
     for length, ss in groups.items():
         for b in range(0, len(ss), batch):
             x = np.stack([np.asarray(ids[s:s + length], dtype=np.int64) for s in ss[b:b + batch]])
-            logits = model(x)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = model(x)
             loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).double(),
-                                   torch.from_numpy(x[:, 1:]).reshape(-1), reduction="sum")
+                                   torch.from_numpy(x[:, 1:]).to(device).reshape(-1),
+                                   reduction="sum")
             total += float(loss)
             count += x.shape[0] * (length - 1)
     model.train()
+    torch.backends.cuda.matmul.allow_tf32 = tf32
     return total / count, count
 
 
@@ -409,6 +417,10 @@ def main():
     ap.add_argument("--engram-head-dim", type=int, default=16)
     ap.add_argument("--engram-vocab", type=int, default=4000)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="cpu or cuda (training in f32, TF32 matrix products on the GPU)")
+    ap.add_argument("--name", default="engram-demo",
+                    help="model_name of the Engram model (the control gets -control)")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--variant", choices=["engram", "control", "both"], default="both")
     ap.add_argument("--prepare-only", action="store_true",
@@ -416,6 +428,8 @@ def main():
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = True  # training only; eval_loss turns it off
     os.makedirs(args.out, exist_ok=True)
     data_path = os.path.join(args.out, "data.npz")
     merges_path = os.path.join(args.out, "merges.json")
@@ -480,7 +494,9 @@ def main():
     report = json.load(open(report_path)) if os.path.exists(report_path) else {}
     report.update({"train_tokens_available": int(len(train_ids)), "heldout_tokens": len(held_ids),
                    "excerpt_tokens": len(excerpt_ids), "torch": torch.__version__,
-                   "threads": torch.get_num_threads()})
+                   "threads": torch.get_num_threads(),
+                   "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                              else "cpu")})
 
     variants = ["engram", "control"] if args.variant == "both" else [args.variant]
     pieces = len(train_ids) // args.seq
@@ -490,7 +506,7 @@ def main():
     models, opts = {}, {}
     for variant in variants:
         torch.manual_seed(args.seed)
-        models[variant] = Lm(eng if variant == "engram" else base, mapping)
+        models[variant] = Lm(eng if variant == "engram" else base, mapping).to(device)
         opts[variant] = torch.optim.AdamW(models[variant].parameters(), lr=args.lr,
                                           betas=(0.9, 0.95), weight_decay=0.0)
     rng = np.random.default_rng(args.seed)
@@ -512,7 +528,7 @@ def main():
                 g["lr"] = lr
             logits = model(x)
             loss = F.cross_entropy(logits[:, :-1].reshape(-1, vocab),
-                                   torch.from_numpy(x[:, 1:]).reshape(-1))
+                                   torch.from_numpy(x[:, 1:]).to(device).reshape(-1))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -535,6 +551,9 @@ def main():
              "train_tokens": step * args.batch * args.seq}
         r["heldout_nll"], r["heldout_predicted"] = eval_loss(model, held_ids, args.seq)
         r["excerpt_nll"], r["excerpt_predicted"] = eval_loss(model, excerpt_ids, args.seq)
+        if device.type == "cuda":
+            r["heldout_nll_bf16"], _ = eval_loss(model, held_ids, args.seq, bf16=True)
+            r["excerpt_nll_bf16"], _ = eval_loss(model, excerpt_ids, args.seq, bf16=True)
         if variant == "engram":
             model.zero_engram = True
             r["heldout_nll_zero_engram"], _ = eval_loss(model, held_ids, args.seq)
@@ -543,7 +562,7 @@ def main():
         report[variant] = r
         print(variant, json.dumps(r), flush=True)
         write_model(model, bpe, os.path.join(args.out, "model" if variant == "engram" else "control"),
-                    "engram-demo-cpu" if variant == "engram" else "engram-demo-cpu-control",
+                    args.name if variant == "engram" else args.name + "-control",
                     "tools/train/train_demo.py (%s, %d steps)" % (variant, step))
         with open(report_path, "w") as f:
             json.dump(report, f, indent=2)

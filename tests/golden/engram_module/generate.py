@@ -282,7 +282,8 @@ class Engram(nn.Module):
 
     def forward(self, hidden_states, input_ids):
         hash_ids = self.hash_mapping.hash(input_ids)[self.cfg["layer_id"]]
-        embeddings = self.multi_head_embedding(torch.from_numpy(hash_ids)).flatten(start_dim=-2)
+        ids = torch.from_numpy(hash_ids).to(self.multi_head_embedding.offsets.device)
+        embeddings = self.multi_head_embedding(ids).flatten(start_dim=-2)
         gates = []
         for m in range(self.cfg["hc_mult"]):
             normed_key = self.norm1[m](self.key_projs[m](embeddings))
