@@ -11,7 +11,6 @@
 //
 // Needs the GPT-2 tokenizer.json from scripts/fetch-testdata.sh (the demo model writer copies it).
 #include <atomic>
-#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
@@ -19,23 +18,17 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
-#include "memory_tier/catalog.h"
-#include "memory_tier/importer.h"
 #include "memory_tier/tier_server.h"
 #include "model/cpu_backbone.h"
-#include "model/demo_model.h"
-#include "model/local_generate.h"
 #include "model/model.h"
 #include "prometheus/registry.h"
-#include "server/request.h"
 #include "server/scheduler.h"
 #include "server/tier_rows.h"
 #include "server/worker_metrics.h"
 #include "tests/common/temp_dir.h"
-#include "tests/model/tiny_model.h"
+#include "tests/server/tier_worker_fixture.h"
 
 namespace engram {
 namespace {
@@ -45,73 +38,13 @@ using testing::TempDir;
 constexpr int kContext = 96;
 constexpr int kTokens = 6;
 
-// A request's tokens, the time of its last event and its final status.
-class Sink : public GenerateSink {
- public:
-  void OnEvent(GenerateEvent e) override {
-    absl::MutexLock lock(&mu_);
-    for (uint32_t t : e.token_ids) tokens_.push_back(t);
-    if (!e.token_ids.empty() && first_ == absl::InfinitePast()) first_ = absl::Now();
-    if (e.last) {
-      status_ = e.status;
-      finished_ = absl::Now();
-      done_.Notify();
-    }
-  }
-  bool Wait(absl::Duration timeout = absl::Seconds(60)) {
-    return done_.WaitForNotificationWithTimeout(timeout);
-  }
-  bool done() const { return done_.HasBeenNotified(); }
-  std::vector<uint32_t> tokens() {
-    absl::MutexLock lock(&mu_);
-    return tokens_;
-  }
-  absl::Status status() {
-    absl::MutexLock lock(&mu_);
-    return status_;
-  }
-  absl::Time finished() {
-    absl::MutexLock lock(&mu_);
-    return finished_;
-  }
-  absl::Time first() {
-    absl::MutexLock lock(&mu_);
-    return first_;
-  }
-
- private:
-  absl::Mutex mu_;
-  std::vector<uint32_t> tokens_;
-  absl::Status status_;
-  absl::Time first_ = absl::InfinitePast();
-  absl::Time finished_ = absl::InfiniteFuture();
-  absl::Notification done_;
-};
-
 class ColdRowsTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() {
-    if (!std::filesystem::exists(DefaultDemoTokenizerPath())) {
-      GTEST_FAIL() << DefaultDemoTokenizerPath() << " is missing: run scripts/fetch-testdata.sh";
-    }
-  }
-
   void SetUp() override {
-    DemoModelOptions o = testing::TinyModelOptions(kContext);
-    o.model_name = absl::StrCat("cold-rows-", getpid());
-    ASSERT_TRUE(WriteDemoModel(model_dir(), o).ok());
-    auto model = Model::Load(model_dir());
+    auto model = testing::WriteAndImportTinyModel(
+        model_dir(), store_dir(), absl::StrCat("cold-rows-", getpid()), kContext, 8192);
     ASSERT_TRUE(model.ok()) << model.status();
     model_ = *std::move(model);
-    {
-      auto catalog = Catalog::Open(store_dir(), Catalog::Mode::kReadWrite);
-      ASSERT_TRUE(catalog.ok()) << catalog.status();
-      ImportOptions io;
-      io.model_dir = model_dir();
-      io.chunk_bytes = 8192;
-      auto imported = ImportModel(**catalog, io);
-      ASSERT_TRUE(imported.ok()) << imported.status();
-    }
     // Neither table fits the DRAM budget: both are cache arenas over the (gated) NVMe tier.
     TierConfig c;
     c.store.dir = store_dir();
@@ -169,35 +102,18 @@ class ColdRowsTest : public ::testing::Test {
   }
 
   GenerateParams Params(const std::string& id, const std::string& text) {
-    v1::GenerateRequest r;
-    r.set_text(text);
-    r.set_request_id(id);
-    r.mutable_stopping()->set_max_tokens(kTokens);
-    r.mutable_stopping()->set_ignore_eos(true);
-    RequestLimits limits;
-    limits.max_context_tokens = kContext;
-    auto p = ValidateGenerateRequest(r, *model_, limits, absl::Now(), absl::InfiniteFuture());
-    EXPECT_TRUE(p.ok()) << p.status();
-    return *p;
+    return testing::TestParams(*model_, id, text, kTokens, kContext);
   }
 
-  std::shared_ptr<Sink> Submit(const std::string& id, const std::string& text) {
-    auto sink = std::make_shared<Sink>();
+  std::shared_ptr<testing::RecordingSink> Submit(const std::string& id, const std::string& text) {
+    auto sink = std::make_shared<testing::RecordingSink>();
     auto h = scheduler_->Submit(Params(id, text), sink);
     EXPECT_TRUE(h.ok()) << h.status();
     return sink;
   }
 
   std::vector<uint32_t> Reference(const std::string& text) {
-    GenerateParams p = Params("ref", text);
-    LocalGenerateOptions o;
-    o.sampling = p.sampling;
-    o.stop = p.stop;
-    o.max_context = kContext;
-    o.threads = 1;
-    auto r = LocalGenerate(*model_, p.prompt, o);
-    EXPECT_TRUE(r.ok()) << r.status();
-    return r.ok() ? r->tokens : std::vector<uint32_t>{};
+    return testing::ReferenceTokens(*model_, text, kTokens, kContext);
   }
 
   // Rows that came through the Prefetch stream (served by the tier's DRAM or NVMe).

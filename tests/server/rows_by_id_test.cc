@@ -8,7 +8,6 @@
 //
 // Needs the GPT-2 tokenizer.json from scripts/fetch-testdata.sh (the demo model writer copies it).
 #include <atomic>
-#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
@@ -16,23 +15,17 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
-#include "absl/synchronization/notification.h"
 #include "gtest/gtest.h"
-#include "memory_tier/catalog.h"
-#include "memory_tier/importer.h"
 #include "memory_tier/tier_server.h"
 #include "model/backbone_factory.h"
 #include "model/cpu_backbone.h"
-#include "model/demo_model.h"
-#include "model/local_generate.h"
 #include "model/model.h"
 #include "prometheus/registry.h"
-#include "server/request.h"
 #include "server/scheduler.h"
 #include "server/tier_rows.h"
 #include "server/worker_metrics.h"
 #include "tests/common/temp_dir.h"
-#include "tests/model/tiny_model.h"
+#include "tests/server/tier_worker_fixture.h"
 
 namespace engram {
 namespace {
@@ -109,51 +102,13 @@ class ByIdBackbone : public Backbone {
   std::atomic<uint64_t> ids_located_{0};
 };
 
-class Sink : public GenerateSink {
- public:
-  void OnEvent(GenerateEvent e) override {
-    absl::MutexLock lock(&mu_);
-    for (uint32_t t : e.token_ids) tokens_.push_back(t);
-    if (e.last) {
-      status_ = e.status;
-      done_.Notify();
-    }
-  }
-  bool Wait() { return done_.WaitForNotificationWithTimeout(absl::Seconds(60)); }
-  std::vector<uint32_t> tokens() {
-    absl::MutexLock lock(&mu_);
-    return tokens_;
-  }
-  absl::Status status() {
-    absl::MutexLock lock(&mu_);
-    return status_;
-  }
-
- private:
-  absl::Mutex mu_;
-  std::vector<uint32_t> tokens_;
-  absl::Status status_;
-  absl::Notification done_;
-};
-
 class RowsByIdTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!std::filesystem::exists(DefaultDemoTokenizerPath())) {
-      GTEST_FAIL() << DefaultDemoTokenizerPath() << " is missing: run scripts/fetch-testdata.sh";
-    }
-    DemoModelOptions o = testing::TinyModelOptions(kContext);
-    o.model_name = absl::StrCat("rows-by-id-", getpid());
-    ASSERT_TRUE(WriteDemoModel(model_dir(), o).ok());
-    auto model = Model::Load(model_dir());
+    auto model = testing::WriteAndImportTinyModel(model_dir(), store_dir(),
+                                                  absl::StrCat("rows-by-id-", getpid()), kContext);
     ASSERT_TRUE(model.ok()) << model.status();
     model_ = *std::move(model);
-    auto catalog = Catalog::Open(store_dir(), Catalog::Mode::kReadWrite);
-    ASSERT_TRUE(catalog.ok()) << catalog.status();
-    ImportOptions io;
-    io.model_dir = model_dir();
-    auto imported = ImportModel(**catalog, io);
-    ASSERT_TRUE(imported.ok()) << imported.status();
   }
 
   void TearDown() override {
@@ -189,28 +144,11 @@ class RowsByIdTest : public ::testing::Test {
   }
 
   GenerateParams Params(const std::string& id, const std::string& text) {
-    v1::GenerateRequest r;
-    r.set_text(text);
-    r.set_request_id(id);
-    r.mutable_stopping()->set_max_tokens(kTokens);
-    r.mutable_stopping()->set_ignore_eos(true);
-    RequestLimits limits;
-    limits.max_context_tokens = kContext;
-    auto p = ValidateGenerateRequest(r, *model_, limits, absl::Now(), absl::InfiniteFuture());
-    EXPECT_TRUE(p.ok()) << p.status();
-    return *p;
+    return testing::TestParams(*model_, id, text, kTokens, kContext);
   }
 
   std::vector<uint32_t> Reference(const std::string& text) {
-    GenerateParams p = Params("ref", text);
-    LocalGenerateOptions o;
-    o.sampling = p.sampling;
-    o.stop = p.stop;
-    o.max_context = kContext;
-    o.threads = 1;
-    auto r = LocalGenerate(*model_, p.prompt, o);
-    EXPECT_TRUE(r.ok()) << r.status();
-    return r.ok() ? r->tokens : std::vector<uint32_t>{};
+    return testing::ReferenceTokens(*model_, text, kTokens, kContext);
   }
 
   std::string model_dir() const { return tmp_.path() + "/model"; }
@@ -268,9 +206,9 @@ TEST_F(RowsByIdTest, GenerationReadsRowsByIdAndEqualsTheReference) {
 
   const std::vector<std::string> texts = {"The quick brown fox jumps over the lazy dog",
                                           "Colorless green ideas sleep furiously", "a b a b a b"};
-  std::vector<std::shared_ptr<Sink>> sinks;
+  std::vector<std::shared_ptr<testing::RecordingSink>> sinks;
   for (size_t i = 0; i < texts.size(); ++i) {
-    sinks.push_back(std::make_shared<Sink>());
+    sinks.push_back(std::make_shared<testing::RecordingSink>());
     ASSERT_TRUE(scheduler_->Submit(Params(absl::StrCat("r", i), texts[i]), sinks.back()).ok());
   }
   for (size_t i = 0; i < texts.size(); ++i) {
