@@ -373,8 +373,8 @@ def eval_loss(model, ids, window, batch=16, bf16=False):
     backbone computes them (a reference of the GPU's precision, not of its exact roundings)."""
     model.eval()
     device = model.norm.device
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     starts = list(range(0, len(ids) - 1, window - 1))
     total, count = 0.0, 0
     groups = collections.defaultdict(list)
@@ -391,7 +391,7 @@ def eval_loss(model, ids, window, batch=16, bf16=False):
             total += float(loss)
             count += x.shape[0] * (length - 1)
     model.train()
-    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     return total / count, count
 
 
