@@ -401,6 +401,9 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--bytes-per-file", type=int, default=1_500_000)
     ap.add_argument("--vocab-size", type=int, default=2048)
+    ap.add_argument("--tokenizer", default="",
+                    help="reuse the merges of this tokenizer.json (one written by this script) "
+                         "instead of training a BPE; --vocab-size is then ignored")
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--heads", type=int, default=4)
@@ -444,7 +447,11 @@ def main():
     else:
         train_docs, held_docs = load_documents(args.corpus, args.bytes_per_file)
         print("documents: %d train, %d held out" % (len(train_docs), len(held_docs)))
-        merges = train_bpe(train_docs, args.vocab_size - 257)
+        if args.tokenizer:
+            with open(args.tokenizer, encoding="utf-8") as f:
+                merges = [tuple(m.split(" ")) for m in json.load(f)["model"]["merges"]]
+        else:
+            merges = train_bpe(train_docs, args.vocab_size - 257)
         bpe = Bpe(merges)
         print("bpe: %d merges, vocab %d (%.0fs)" % (len(merges), bpe.eot + 1, time.time() - t0))
         train_ids = []
