@@ -3,11 +3,13 @@
 //   engram model init-demo DIR [--tokenizer FILE] [--name NAME] [--engram-vocab-size N]
 //       writes the built-in demo model (model/demo_model.h); idempotent.
 //   engram model init-random DIR --preset dense-4b|dense-8b|tiny [--tokenizer FILE] [--name NAME]
-//       [--engram-layers 1[,L...] --engram-params 100e9 [--engram-max-ngram 3] [--engram-heads 8]
-//        [--engram-head-dim 256] [--engram-kernel 4]]
-//       writes random bf16 weights of a real model's shape (model/demo_model.h); with
-//       --engram-layers, Engram modules whose tables (~params per layer) `engram table synth`
-//       writes into the memory tier's store.
+//       [--vocab-size N] [--engram-layers 1[,L...] --engram-params 100e9 [--engram-max-ngram 3]
+//        [--engram-heads 8] [--engram-head-dim 256] [--engram-kernel 4]]
+//       writes random bf16 weights of a real model's shape (model/demo_model.h); --vocab-size
+//       replaces the preset's vocabulary. With --engram-layers, Engram modules whose tables
+//       (~params per layer) `engram table synth` writes into the memory tier's store; the tokenizer
+//       must then cover every id the model can sample (the Engram hash compresses each token
+//       through it): a preset whose vocabulary is larger is refused with the --vocab-size to use.
 //   engram model info DIR
 //       loads the model as the worker does and prints a JSON summary.
 //   engram model run DIR (--prompt TEXT | --tokens 1,2,3) [--max-tokens N] [--temperature T]
@@ -40,7 +42,7 @@ constexpr char kUsage[] =
     "           [--temperature T] [--top-k K] [--top-p P] [--seed S] [--stop STR]\n"
     "           [--prefill-chunk N] [--threads N] [--device cuda|cpu|auto]\n"
     "       engram model init-random DIR --preset dense-4b|dense-8b|tiny [--tokenizer FILE]\n"
-    "           [--name NAME] [--engram-layers 1[,L...] --engram-params 100e9\n"
+    "           [--name NAME] [--vocab-size N] [--engram-layers 1[,L...] --engram-params 100e9\n"
     "           [--engram-max-ngram 3] [--engram-heads 8] [--engram-head-dim 256]\n"
     "           [--engram-kernel 4]]\n";
 
@@ -70,13 +72,16 @@ absl::Status InitRandom(int argc, char** argv) {
   ENGRAM_ASSIGN_OR_RETURN(
       Args args,
       Args::Parse(argc, argv,
-                  {"preset", "tokenizer", "name", "engram-layers", "engram-params",
+                  {"preset", "tokenizer", "name", "vocab-size", "engram-layers", "engram-params",
                    "engram-max-ngram", "engram-heads", "engram-head-dim", "engram-kernel"}));
   ENGRAM_ASSIGN_OR_RETURN(std::string dir, OneDir(args));
   if (!args.Has("preset")) return absl::InvalidArgumentError("--preset is required");
   ENGRAM_ASSIGN_OR_RETURN(DemoModelOptions options, RandomModelPreset(*args.Get("preset")));
   options.tokenizer_path = args.GetOr("tokenizer", "");
   options.model_name = args.GetOr("name", options.model_name);
+  ENGRAM_ASSIGN_OR_RETURN(const int64_t vocab,
+                          args.GetInt("vocab-size", options.vocab_size, 2, int64_t{1} << 24));
+  options.vocab_size = static_cast<int>(vocab);
   if (args.Has("engram-layers") != args.Has("engram-params")) {
     return absl::InvalidArgumentError("--engram-layers and --engram-params go together");
   }
@@ -94,6 +99,20 @@ absl::Status InitRandom(int argc, char** argv) {
     shape.n_heads = static_cast<int>(heads);
     shape.head_dim = static_cast<int>(head_dim);
     shape.kernel_size = static_cast<int>(kernel);
+    // A random model samples every id of its vocabulary; an id past the tokenizer has no Engram
+    // compressed id, and the request that samples it fails.
+    const std::string tokenizer_path =
+        options.tokenizer_path.empty() ? DefaultDemoTokenizerPath() : options.tokenizer_path;
+    ENGRAM_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer,
+                            Tokenizer::FromFile(tokenizer_path));
+    const int64_t covered = int64_t{tokenizer->max_id()} + 1;
+    if (options.vocab_size > covered) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--engram-layers: the vocabulary (", options.vocab_size,
+                       " ids) is larger than what ", tokenizer_path, " covers (", covered,
+                       " ids), so sampled ids past it could not be hashed; pass --vocab-size ",
+                       covered, " (and the same to the dense model you compare with)"));
+    }
     ENGRAM_RETURN_IF_ERROR(SetRandomEngram(shape, &options));
   }
   ENGRAM_RETURN_IF_ERROR(WriteDemoModel(dir, options));
@@ -172,8 +191,8 @@ absl::Status Run(int argc, char** argv) {
   backbone_options.device = args.GetOr("device", "auto");
   backbone_options.threads = o.threads;
   backbone_options.max_batch_sequences = 1;
-  backbone_options.max_step_tokens = std::max<int>(
-      1, o.prefill_chunk > 0 ? o.prefill_chunk : static_cast<int>(prompt.size()));
+  backbone_options.max_step_tokens =
+      std::max<int>(1, o.prefill_chunk > 0 ? o.prefill_chunk : static_cast<int>(prompt.size()));
   ENGRAM_ASSIGN_OR_RETURN(std::unique_ptr<Backbone> backbone,
                           CreateBackbone(*model, backbone_options));
   ENGRAM_ASSIGN_OR_RETURN(LocalGenerateResult r, LocalGenerate(*model, *backbone, prompt, o));
@@ -210,7 +229,8 @@ int ModelCommand(int argc, char** argv) {
 
 }  // namespace
 
-ENGRAM_CLI_COMMAND(model, "model", "init-demo / init-random / info / run: the model directory on this machine",
+ENGRAM_CLI_COMMAND(model, "model",
+                   "init-demo / init-random / info / run: the model directory on this machine",
                    ModelCommand);
 
 }  // namespace engram::cli

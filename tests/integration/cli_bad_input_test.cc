@@ -287,6 +287,19 @@ TEST_F(CliBadInputTest, ModelInitDemo) {
   ExpectOneLineError({"model", "init-demo"}, "expected exactly one model directory");
 }
 
+// An Engram model whose vocabulary runs past its tokenizer would fail the first request that
+// samples such an id (it has no compressed id): refused before anything is written, with the
+// --vocab-size that fits.
+TEST_F(CliBadInputTest, ModelInitRandom) {
+  ExpectOneLineError({"model", "init-random", Path("r1"), "--preset", "dense-4b", "--engram-layers",
+                      "1", "--engram-params", "1e6"},
+                     "the vocabulary (151936 ids) is larger than what");
+  EXPECT_FALSE(std::filesystem::exists(Path("r1")));
+  ExpectOneLineError({"model", "init-random", Path("r2"), "--preset", "tiny", "--vocab-size", "1"},
+                     "--vocab-size must be in [2,");
+  ExpectOneLineError({"model", "init-random", Path("r3")}, "--preset is required");
+}
+
 TEST_F(CliBadInputTest, ModelInfoAndRun) {
   const std::string& model = Model();
   nlohmann::json c = ModelConfig();
