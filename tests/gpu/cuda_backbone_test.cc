@@ -519,17 +519,22 @@ TEST(RandomModelTest, SecondChunkEqualsOneStep) {
          std::vector<std::vector<int>>{{40}, {16, 24}, {20, 20}, {1, 39}, {39, 1}}) {
       const std::vector<float> cpu_got = last_logits(cpu, chunks);
       const std::vector<float> gpu_got = last_logits(**gpu, chunks);
-      double cpu_err = 0, gpu_err = 0;
+      double cpu_err = 0, gpu_err = 0, scale = 0;
       for (int k = 0; k < V; ++k) {
         cpu_err = std::max(cpu_err, double(std::fabs(cpu_got[k] - cpu_one[k])));
         gpu_err = std::max(gpu_err, double(std::fabs(gpu_got[k] - cpu_one[k])));
+        scale = std::max(scale, double(std::fabs(cpu_one[k])));
       }
       const std::string what =
           absl::StrCat("head_dim ", head_dim, ", chunks ", absl::StrJoin(chunks, "+"));
       std::printf("%s: largest |logit - CPU one step| CPU %.4f, GPU %.4f\n", what.c_str(), cpu_err,
                   gpu_err);
       EXPECT_LT(cpu_err, 1e-3) << what;
-      EXPECT_LT(gpu_err, 0.05) << what;
+      // bf16 against the CPU's f32: the same bound as MultiRowStepsEqualTheCpu... below, whose
+      // variant with every layer switched off (only the bf16 embedding, norm and head) already
+      // differs by 0.08 on logits of 24 (H100, 2026-12-07). The fault this test was written for
+      // gave errors of 26-39.
+      EXPECT_LT(gpu_err, 0.02 * scale + 0.05) << what;
     }
   }
 }
