@@ -35,7 +35,8 @@ namespace engram {
 class Sampler;  // model/sampler.h
 
 // Per-sequence state: created by Backbone::NewSequence, advanced by Backbone::Step, released
-// (with its KV blocks) when destroyed. Not thread-safe; one step at a time per sequence.
+// (with its KV blocks) when destroyed, which hands the blocks back to the backbone: destroy every
+// sequence before its backbone. Not thread-safe; one step at a time per sequence.
 class SequenceState {
  public:
   virtual ~SequenceState() = default;
