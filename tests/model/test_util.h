@@ -61,17 +61,20 @@ inline absl::StatusOr<std::unique_ptr<LoadedModel>> LoadModelDir(const std::stri
 }
 
 // The golden file of tests/golden/backbone (make_golden.py): input ids, the Engram rows of each
-// layer and the float64 PyTorch logits of every position.
+// layer, the float64 PyTorch logits of every position, and the same with the CUDA backbone's bf16
+// roundings emulated (logits_bf16).
 struct BackboneGolden {
   int B = 0, L = 0, V = 0, d_mem = 0;
   std::vector<std::vector<uint32_t>> ids;  // [b][t]
   std::vector<std::vector<float>> rows;    // [layer] (B, L, d_mem)
   std::vector<float> logits;               // (B, L, V)
+  std::vector<float> logits_bf16;          // (B, L, V)
 
   const float* Rows(int layer, int b, int t) const {
     return &rows[layer][(size_t(b) * L + t) * d_mem];
   }
   const float* Logits(int b, int t) const { return &logits[(size_t(b) * L + t) * V]; }
+  const float* LogitsBf16(int b, int t) const { return &logits_bf16[(size_t(b) * L + t) * V]; }
   // Rows of sequence b, positions [start, start + n), of every Engram layer.
   std::vector<std::vector<float>> RowsOf(int b, int start, int n) const {
     std::vector<std::vector<float>> out;
@@ -104,6 +107,9 @@ inline absl::StatusOr<BackboneGolden> ReadBackboneGolden(int n_layers) {
     }
   }
   ENGRAM_ASSIGN_OR_RETURN(g.logits, TensorToF32(*logits));
+  const TensorView* logits_bf16 = file->Find("logits_bf16");
+  if (logits_bf16 == nullptr) return absl::NotFoundError("golden.safetensors lacks logits_bf16");
+  ENGRAM_ASSIGN_OR_RETURN(g.logits_bf16, TensorToF32(*logits_bf16));
   for (int l = 0; l < n_layers; ++l) {
     const TensorView* r = file->Find(absl::StrCat("engram_rows.", l));
     if (r == nullptr) return absl::NotFoundError(absl::StrCat("engram_rows.", l, " is missing"));
