@@ -99,20 +99,6 @@ absl::Status InitRandom(int argc, char** argv) {
     shape.n_heads = static_cast<int>(heads);
     shape.head_dim = static_cast<int>(head_dim);
     shape.kernel_size = static_cast<int>(kernel);
-    // A random model samples every id of its vocabulary; an id past the tokenizer has no Engram
-    // compressed id, and the request that samples it fails.
-    const std::string tokenizer_path =
-        options.tokenizer_path.empty() ? DefaultDemoTokenizerPath() : options.tokenizer_path;
-    ENGRAM_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer,
-                            Tokenizer::FromFile(tokenizer_path));
-    const int64_t covered = int64_t{tokenizer->max_id()} + 1;
-    if (options.vocab_size > covered) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--engram-layers: the vocabulary (", options.vocab_size,
-                       " ids) is larger than what ", tokenizer_path, " covers (", covered,
-                       " ids), so sampled ids past it could not be hashed; pass --vocab-size ",
-                       covered, " (and the same to the dense model you compare with)"));
-    }
     ENGRAM_RETURN_IF_ERROR(SetRandomEngram(shape, &options));
   }
   ENGRAM_RETURN_IF_ERROR(WriteDemoModel(dir, options));

@@ -1,5 +1,6 @@
 #include "model/demo_model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -7,7 +8,6 @@
 #include <optional>
 #include <sstream>
 #include <thread>
-#include <algorithm>
 
 #include "absl/strings/str_cat.h"
 #include "common/engram_config.h"
@@ -224,6 +224,15 @@ absl::Status Write(const std::string& dir, const DemoModelOptions& options) {
         absl::StrCat(tokenizer_path, " has no ", kEndOfText, " token (the demo needs GPT-2's)"));
   }
   const int vocab_size = static_cast<int>(tokenizer->max_id()) + 1;
+  // A random model samples every id of its vocabulary; with Engram an id past the tokenizer has no
+  // compressed id, and the request that samples it would fail.
+  if (!options.engram_layer_ids.empty() && options.vocab_size > vocab_size) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the vocabulary (", options.vocab_size, " ids) is larger than what ", tokenizer_path,
+        " covers (", vocab_size, " ids), so sampled ids past it could not be hashed by Engram; ",
+        "use a vocabulary of ", vocab_size, " (engram model init-random --vocab-size ", vocab_size,
+        ", and the same for the dense model you compare with)"));
+  }
   const std::string config_text = DemoConfig(options, vocab_size, *eos).dump(2) + "\n";
   if (Complete(dir, config_text, *tokenizer_text, !options.engram_layer_ids.empty())) {
     ENGRAM_LOG(INFO).With("dir", dir) << "demo model already present";
@@ -335,8 +344,8 @@ absl::Status SetRandomEngram(const RandomEngramShape& shape, DemoModelOptions* o
     }
   }
   if (shape.max_ngram_size < 2 || shape.max_ngram_size > 8) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--engram-max-ngram: ", shape.max_ngram_size, " must be in [2, 8] (orders 2..N)"));
+    return absl::InvalidArgumentError(absl::StrCat("--engram-max-ngram: ", shape.max_ngram_size,
+                                                   " must be in [2, 8] (orders 2..N)"));
   }
   if (shape.n_heads < 1 || shape.n_heads > 64) {
     return absl::InvalidArgumentError(

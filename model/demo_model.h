@@ -25,7 +25,8 @@ struct DemoModelOptions {
   // basename (ModelName).
   std::string model_name = "engram-demo";
   // Backbone shape. vocab_size 0 = the tokenizer's size (a larger one leaves ids the tokenizer
-  // never produces); head_dim 0 = hidden_size / num_attention_heads.
+  // never produces, and is refused with Engram layers: those ids could not be hashed); head_dim
+  // 0 = hidden_size / num_attention_heads.
   int vocab_size = 0;
   int head_dim = 0;
   int hidden_size = 64;
