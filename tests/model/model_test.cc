@@ -2,6 +2,8 @@
 // message names the problem; the demo writer's determinism and idempotence.
 #include "model/model.h"
 
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -48,19 +50,29 @@ std::string Slurp(const std::string& path) {
 
 class ModelTest : public ::testing::Test {
  protected:
+  // Directories of this process under the test temp dir (the normal and sanitizer builds' runs
+  // may overlap on one machine), removed with the suite.
+  static std::string Root() {
+    return ::testing::TempDir() + "/model_test_" + std::to_string(getpid());
+  }
+  static std::string Scratch(const std::string& name) { return Root() + "/" + name; }
+
   static void SetUpTestSuite() {
     ASSERT_TRUE(fs::exists(DefaultDemoTokenizerPath()))
         << DefaultDemoTokenizerPath() << " is missing: run scripts/fetch-testdata.sh";
-    dir_ = new std::string(::testing::TempDir() + "/model_test_demo");
+    dir_ = new std::string(Scratch("demo"));
     fs::remove_all(*dir_);
     absl::Status st = WriteDemoModel(*dir_, Small());
     ASSERT_TRUE(st.ok()) << st;
   }
-  static void TearDownTestSuite() { delete dir_; }
+  static void TearDownTestSuite() {
+    delete dir_;
+    fs::remove_all(Root());
+  }
 
   // A copy of the demo model to break.
   std::string Copy(const std::string& name) {
-    std::string d = ::testing::TempDir() + "/model_test_" + name;
+    std::string d = Scratch(name);
     fs::remove_all(d);
     fs::create_directories(d);
     for (const auto& e : fs::directory_iterator(*dir_)) fs::copy(e.path(), d / e.path().filename());
@@ -97,7 +109,7 @@ TEST_F(ModelTest, LoadsTheDemoModel) {
 }
 
 TEST_F(ModelTest, DemoWriterIsDeterministicAndIdempotent) {
-  std::string other = ::testing::TempDir() + "/model_test_demo_again";
+  std::string other = Scratch("demo_again");
   fs::remove_all(other);
   ASSERT_TRUE(WriteDemoModel(other, Small()).ok());
   for (const char* f :
@@ -118,7 +130,7 @@ TEST_F(ModelTest, DemoWriterIsDeterministicAndIdempotent) {
 TEST_F(ModelTest, DemoWriterNeedsItsTokenizer) {
   DemoModelOptions o = Small();
   o.tokenizer_path = "/nonexistent/tokenizer.json";
-  absl::Status st = WriteDemoModel(::testing::TempDir() + "/model_test_no_tok", o);
+  absl::Status st = WriteDemoModel(Scratch("no_tok"), o);
   EXPECT_EQ(st.code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(std::string(st.message()), HasSubstr("/nonexistent/tokenizer.json"));
   EXPECT_THAT(std::string(st.message()), HasSubstr("fetch-testdata.sh"));
