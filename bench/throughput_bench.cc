@@ -90,6 +90,7 @@ ABSL_FLAG(int, max_len, 1024, "longest prompt and output");
 ABSL_FLAG(uint64_t, seed, 0, "workload seed");
 ABSL_FLAG(double, gpu_memory_fraction, 0.9, "share of GPU memory for the backbone");
 ABSL_FLAG(bool, graphs, true, "replay decode steps from CUDA graphs");
+ABSL_FLAG(bool, gemv, true, "few-row linear layers through the own GEMV kernel, not cuBLASLt");
 ABSL_FLAG(bool, single, true, "also measure B=1 decode (first configuration only)");
 ABSL_FLAG(int, threads, 0, "CPU backbone threads (0 = all)");
 ABSL_FLAG(std::string, configs, "",
@@ -504,6 +505,7 @@ int Main() {
   bo.max_batch_sequences = absl::GetFlag(FLAGS_max_running);
   bo.max_step_tokens = absl::GetFlag(FLAGS_max_step_tokens);
   bo.cuda_graphs = absl::GetFlag(FLAGS_graphs);
+  bo.gemv = absl::GetFlag(FLAGS_gemv);
   const bool cuda = bo.device == "cuda" || (bo.device == "auto" && CudaDeviceVisible());
   const ModelConfig& c = (*model)->config();
   size_t weight_bytes = 0;

@@ -49,6 +49,7 @@ absl::StatusOr<std::unique_ptr<Backbone>> CreateBackbone(const Model& model,
   cuda.max_batch_sequences = options.max_batch_sequences;
   cuda.max_step_tokens = options.max_step_tokens;
   cuda.cuda_graphs = options.cuda_graphs;
+  cuda.gemv = options.gemv;
   cuda.engram_tables = options.engram_tables;
   absl::StatusOr<std::unique_ptr<CudaBackbone>> b = CudaBackbone::Create(model, cuda);
   if (!b.ok()) return b.status();

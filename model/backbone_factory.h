@@ -21,11 +21,12 @@ struct BackboneOptions {
   int threads = 0;
   // CUDA backbone: the share of the GPU's memory it may fill (the KV cache takes what weights and
   // workspace leave), the most sequences and tokens of one step, whether decode steps replay CUDA
-  // graphs.
+  // graphs, whether few-row linear layers use the own GEMV kernel (model/cuda/gemm.h).
   double gpu_memory_fraction = 0.9;
   int max_batch_sequences = 256;
   int max_step_tokens = 8192;
   bool cuda_graphs = true;
+  bool gemv = true;
   // CUDA backbone: empty, or one table per Engram layer that the GPU reads by row id (the memory
   // tier's resident arenas, with an optional HBM hot-row cache); row sources may then answer with
   // row ids. Refused (INVALID_ARGUMENT) for the CPU backbone, which reads rows by value only.

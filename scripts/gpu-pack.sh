@@ -18,7 +18,7 @@ bins=()
 while read -r t; do bins+=("$(find "$build/tests" -type f -name "$t" -perm -u+x | head -n 1)"); done \
   < "$out/gpu-tests.txt"
 for b in server/engram-worker memory_tier/engram-memory client/engram bench/throughput_bench \
-         bench/gather_bench bench/memory_tier_bench; do
+         bench/online_bench bench/gather_bench bench/memory_tier_bench; do
   [ -f "$build/$b" ] && bins+=("$build/$b")
 done
 skip='^(linux-vdso|ld-linux|libc\.so|libm\.so|libdl\.so|libpthread\.so|librt\.so|libstdc\+\+\.so|libgcc_s\.so|libcuda\.so|libcudart\.so|libcublas\.so|libcublasLt\.so|libnvidia|libutil\.so|libresolv\.so)'

@@ -3,15 +3,30 @@
 # that scripts/gpu-pack.sh made, every result written under $OUT (docs/benchmarks.md):
 #
 #   cmake --build build && bash scripts/gpu-pack.sh      (on the build machine)
-#   bash scripts/gpu-run.sh [tests] [bench] [4b] [vectors] [profile]   (GPU machine, .gpu carried)
+#   bash scripts/gpu-run.sh [tests] [bench] [4b] [vectors] [profile] [serve] [train] [offload]
+#                                                                      (GPU machine, .gpu carried)
 #
 # tests: every test listed in .gpu/gpu-tests.txt (ctest -L gpu), under compute-sanitizer when
 #        ENGRAM_SANITIZE=1; bench: the demo model through `engram model run --device cuda`;
-#        4b: the dense-4b throughput benchmark with the Hugging Face baseline on the same card;
+#        4b: the dense-4b throughput benchmark (512 and 256 sequences; B=1 decode with the own GEMV
+#            kernel and with cuBLASLt) with the Hugging Face baseline on the same card;
 #        vectors: tests/vectors/generate.py with the machine's numpy and tokenizers, into
 #        $OUT/vectors.tar (compare with tests/vectors);
 #        profile: Nsight Compute over 400 kernels of B=1 decode of the dense-4b model (eager, no
-#        graphs), summed per kernel into $OUT/profile.txt (time, share, DRAM GB/s).
+#        graphs), summed per kernel into $OUT/profile.txt (time, share, DRAM GB/s);
+#        serve: engram-worker --device cuda over gRPC: the demo model (tables in engram-memory)
+#            answers greedy prompts (the CPU backend's answers beside them), then dense-4B with
+#            GPT-2's vocabulary under bench/online_bench (1 to 256 streams), after the offline
+#            throughput_bench figure of the same workload, and the worker's /metrics;
+#        train: tools/train/train_demo.py on the GPU with the data .train.tar.xz carries
+#            (docs/demo-model.md), then `engram eval --device cuda|cpu` of the trained model
+#            against the script's bf16 and f32 losses; the model comes back in $OUT/train;
+#        offload: the Engram offload experiment (docs/benchmarks.md): dense-4B with GPT-2's
+#            vocabulary, and the same with one Engram layer at block 1 whose table is as large
+#            as the disk holds (ENGRAM_PARAMS, default up to 50e9 parameters), synthesised into
+#            a store on disk and profiled over the training part of .replay.txt.xz; then
+#            configurations a-d on random ids and on replayed held-out text, then (e) on text
+#            while time is left (ENGRAM_OFFLOAD_SECONDS, default 560 for the whole mode).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/engram-gpu-results}
@@ -22,6 +37,8 @@ export ENGRAM_SOURCE_DIR=$PWD ENGRAM_TESTDATA_DIR=$PWD/.gpu/testdata
   date -u +%Y-%m-%dT%H:%M:%SZ
   nvidia-smi --query-gpu=name,driver_version,memory.total,pcie.link.gen.current --format=csv
   echo "cpus: $(nproc)"
+  free -g | head -n 2
+  df -h /tmp /dev/shm
 } > "$out/machine.txt" 2>&1
 cat "$out/machine.txt"
 status=0
@@ -48,7 +65,12 @@ if [[ $what == *4b* ]]; then
   echo "dense-4b written in $(( $(date +%s) - t0 )) s" | tee -a "$out/summary.txt"
   timeout 240 .gpu/run throughput_bench --model "$m" --device cuda --sequences 512 \
     --max_running 256 2>&1 | grep -v '^{' | tee "$out/bench.txt" | tail -n 8
-  timeout 150 python3 bench/hf_baseline.py --model "$m" --sequences 32 --batch 32 2>&1 \
+  timeout 120 .gpu/run throughput_bench --model "$m" --device cuda --sequences 256 \
+    --max_running 256 --single=false 2>&1 | grep -v '^{' | tee -a "$out/bench.txt" | tail -n 3
+  echo "B=1 through cuBLASLt (--gemv=false):" | tee -a "$out/bench.txt"
+  timeout 90 .gpu/run throughput_bench --model "$m" --device cuda --sequences 1 --gemv=false \
+    2>&1 | grep "B=1" | tee -a "$out/bench.txt"
+  timeout 110 python3 bench/hf_baseline.py --model "$m" --sequences 16 --batch 16 2>&1 \
     | tail -n 3 | tee -a "$out/bench.txt"
 fi
 if [[ $what == *vectors* ]]; then
@@ -88,5 +110,91 @@ for name in sorted(us, key=us.get, reverse=True)[:16]:
     print("%9.1f us %5.1f%% n=%4d %7.0f GB/s  %s" % (us[name], 100 * us[name] / total, n[name],
                                                    by[name] / (us[name] * 1e3) if us[name] else 0, name))
 PY
+fi
+if [[ $what == *serve* ]]; then
+  E=".gpu/run engram"
+  wait_ready() { $E health --server "$1" --wait 180 > /dev/null || { tail -n 20 "$2"; status=1; }; }
+  metrics() { python3 -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:$1/metrics').read().decode())"; }
+  # The demo model: tables in engram-memory, the backbone on the GPU.
+  rm -rf /tmp/demo-store
+  $E table import models/demo-cpu --store /tmp/demo-store > /tmp/import.txt 2>&1 || tail -n 3 /tmp/import.txt
+  .gpu/run engram-memory --store /tmp/demo-store --listen 127.0.0.1:50052 --metrics-port 9401 \
+    > /tmp/memory.log 2>&1 &
+  mpid=$!
+  wait_ready 127.0.0.1:50052 /tmp/memory.log
+  .gpu/run engram-worker --model models/demo-cpu --memory 127.0.0.1:50052 --device cuda \
+    --listen 127.0.0.1:50051 --metrics-port 9400 > /tmp/worker-demo.log 2>&1 &
+  wpid=$!
+  wait_ready 127.0.0.1:50051 /tmp/worker-demo.log
+  for prompt in "The President of the United States" "And God said unto Moses," "The capital of France is"; do
+    echo "== $prompt"
+    echo "-- engram-worker --device cuda (gRPC):"
+    timeout 60 $E generate --server 127.0.0.1:50051 --prompt "$prompt" --max-tokens 40 --temperature 0 2>&1
+    echo; echo "-- engram model run --device cpu:"
+    timeout 60 $E model run models/demo-cpu --prompt "$prompt" --max-tokens 40 --device cpu 2>&1 | tail -n 2
+  done | tee "$out/serve.txt"
+  metrics 9400 | grep -E '^engram_worker_(kv|cuda_graph|step_duration|engram_rows|time_to_first)' | grep -v _bucket > "$out/worker-demo-metrics.txt"
+  grep -m1 -i "backbone\|device" /tmp/worker-demo.log | tee -a "$out/serve.txt"
+  kill -TERM $wpid; wait $wpid
+  kill -TERM $mpid; wait $mpid
+  # dense-4B (GPT-2's vocabulary, so every id has text): offline figure, then online through gRPC.
+  m=/dev/shm/d4
+  [ -f $m/config.json ] || $E model init-random $m --preset dense-4b --vocab-size 50257 > /dev/null 2>&1
+  timeout 120 .gpu/run throughput_bench --model $m --device cuda --sequences 512 --max_running 256 \
+    --single=false 2>&1 | grep -v '^{' | tail -n 3 | tee -a "$out/online.txt"
+  .gpu/run engram-worker --model $m --device cuda --listen 127.0.0.1:50061 --metrics-port 9410 \
+    --max-running-requests 256 --max-queued-requests 1024 > /tmp/worker-4b.log 2>&1 &
+  wpid=$!
+  wait_ready 127.0.0.1:50061 /tmp/worker-4b.log
+  timeout 300 .gpu/run online_bench --server 127.0.0.1:50061 --concurrency 1,16,64,256 \
+    --requests 512 2>&1 | tee -a "$out/online.txt"
+  metrics 9410 | grep -E '^engram_' | grep -vE '_bucket' > "$out/worker-4b-metrics.txt"
+  kill -TERM $wpid; wait $wpid
+fi
+if [[ $what == *train* ]]; then
+  # The data (split, token stream, tokenizer merges) was prepared on the build machine.
+  T=/tmp/train; rm -rf $T; mkdir -p $T; tar -xJf .train.tar.xz -C $T
+  timeout 420 python3 tools/train/train_demo.py --corpus /nonexistent --out $T --device cuda \
+    ${ENGRAM_TRAIN_ARGS:---hidden 256 --layers 6 --heads 4 --kv-heads 2 --intermediate 768 --seq 256 \
+    --batch 32 --steps 1000000 --minutes 4 --lr 2e-3 --engram-layers 1,3 --engram-heads 4 \
+    --engram-head-dim 16 --engram-vocab 30000 --name engram-demo} 2>&1 | tail -n 25 | tee "$out/train.txt"
+  for dev in cuda cpu; do
+    for v in model control; do
+      echo "engram eval $v excerpt --device $dev: $(.gpu/run engram eval $T/$v --text $T/excerpt.txt \
+        --device $dev 2>&1 | tail -n 1)"
+      echo "engram eval $v heldout --device $dev: $(.gpu/run engram eval $T/$v --text $T/heldout.txt \
+        --device $dev 2>&1 | tail -n 1)"
+    done
+  done | tee -a "$out/train.txt"
+  mkdir -p "$out/train"
+  cp -r $T/model $T/control $T/excerpt.txt $T/heldout.txt $T/report.json "$out/train/" 2>/dev/null
+fi
+if [[ $what == *offload* ]]; then
+  t0=$(date +%s); left() { echo $(( ${ENGRAM_OFFLOAD_SECONDS:-560} - ($(date +%s) - t0) )); }
+  E=".gpu/run engram"; S=/tmp/store
+  xz -dc .replay.txt.xz > /tmp/replay.txt
+  size=$(stat -c %s /tmp/replay.txt); held=$(( size - 3000000 ))
+  # 53.3 GB per 50e9 parameters (FP8 rows of 256 values + scales); leave 4 GB of the disk free.
+  avail=$(df --output=avail -B1 /tmp | tail -n 1)
+  fit=$(python3 -c "print(int(min(50e9, ($avail - 4e9) / 1.066) // 1e9) * 1e9)")
+  params=${ENGRAM_PARAMS:-$fit}
+  echo "table: $params parameters (disk available $avail bytes)" | tee "$out/offload.txt"
+  $E model init-random /dev/shm/d4 --preset dense-4b --vocab-size 50257 > /dev/null 2>&1
+  $E model init-random /dev/shm/e4b --preset dense-4b --vocab-size 50257 --engram-layers 1 \
+    --engram-params $params > /tmp/e4b.txt 2>&1 || tail -n 3 /tmp/e4b.txt
+  rm -rf $S
+  s0=$(date +%s)
+  $E table synth /dev/shm/e4b --store $S --seed 1 2>&1 | tail -n 2 | tee -a "$out/offload.txt"
+  echo "synthesised in $(( $(date +%s) - s0 )) s" | tee -a "$out/offload.txt"
+  $E table profile /dev/shm/e4b --store $S --corpus /tmp/replay.txt --max-bytes $held 2>&1 \
+    | tail -n 2 | tee -a "$out/offload.txt"
+  common="--model /dev/shm/e4b --dense_model /dev/shm/d4 --device cuda --store $S --synth_seed 1
+    --sequences 512 --max_running 256 --replay_corpus /tmp/replay.txt --heldout_from $held
+    --hbm_cache_gib ${ENGRAM_HBM_GIB:-8} --hbm_hot_rows 4000000"
+  timeout $(left) .gpu/run throughput_bench $common --configs a,b,c,d --workloads random,text \
+    2>&1 | grep -v '^{' | tee -a "$out/offload.txt"
+  echo "a-d done at +$(( $(date +%s) - t0 )) s" | tee -a "$out/offload.txt"
+  [ "$(left)" -gt 60 ] && timeout $(left) .gpu/run throughput_bench $common --configs e \
+    --workloads text --single=false 2>&1 | grep -v '^{' | tee -a "$out/offload.txt"
 fi
 exit $status

@@ -444,7 +444,7 @@ absl::StatusOr<std::unique_ptr<CudaBackbone>> CudaBackbone::Create(
   b->device_name_ = absl::StrCat("cuda:", options.device, " ", prop.name);
   m.sm_count = prop.multiProcessorCount;
   CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking), "stream");
-  ENGRAM_ASSIGN_OR_RETURN(m.gemm, Gemm::Create());
+  ENGRAM_ASSIGN_OR_RETURN(m.gemm, Gemm::Create(options.gemv));
 
   const int64_t V = config.vocab_size, H = config.hidden_size, I = config.intermediate_size;
   const int64_t Q = config.q_width(), KV = config.kv_width();

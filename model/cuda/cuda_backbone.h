@@ -56,6 +56,9 @@ struct CudaBackboneOptions {
   int max_step_tokens = 8192;
   // Replay pure decode steps from captured CUDA graphs.
   bool cuda_graphs = true;
+  // Linear layers of at most kernels::kGemvMaxRows rows through the project's GEMV kernel instead
+  // of cuBLASLt (model/cuda/gemm.h).
+  bool gemv = true;
   // Positions per KV block: 16, 32 or 64.
   int block_tokens = 32;
   // CUDA device ordinal.

@@ -1,6 +1,7 @@
 #include "model/cuda/gemm.h"
 
 #include "absl/strings/str_cat.h"
+#include "model/kernels/gemv.cuh"
 
 namespace engram {
 namespace {
@@ -35,8 +36,9 @@ struct Gemm::Plan {
   }
 };
 
-absl::StatusOr<std::unique_ptr<Gemm>> Gemm::Create(size_t workspace_bytes) {
+absl::StatusOr<std::unique_ptr<Gemm>> Gemm::Create(bool gemv, size_t workspace_bytes) {
   std::unique_ptr<Gemm> g(new Gemm());
+  g->gemv_ = gemv;
   LT_RETURN_IF_ERROR(cublasLtCreate(&g->handle_), "create");
   absl::StatusOr<DeviceBuffer<uint8_t>> ws = DeviceBuffer<uint8_t>::Create(workspace_bytes);
   if (!ws.ok()) return ws.status();
@@ -89,6 +91,9 @@ absl::StatusOr<const Gemm::Plan*> Gemm::PlanFor(int T, int N, int K) {
 absl::Status Gemm::Run(const __nv_bfloat16* x, const __nv_bfloat16* w, int T, int N, int K,
                        float* out, cudaStream_t stream) {
   if (T == 0) return absl::OkStatus();
+  if (gemv_ && kernels::GemvSupports(x, w, T, K)) {
+    return kernels::LaunchGemv(x, w, T, N, K, out, stream);
+  }
   absl::StatusOr<const Plan*> plan = PlanFor(T, N, K);
   if (!plan.ok()) return plan.status();
   const float alpha = 1.0f, beta = 0.0f;
