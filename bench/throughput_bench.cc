@@ -48,6 +48,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/debugging/failure_signal_handler.h"
 #include "absl/debugging/symbolize.h"
 #include "absl/flags/flag.h"
@@ -57,6 +58,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "common/ngram_hash.h"
 #include "common/row_format.h"
 #include "common/status.h"
 #include "memory_tier/catalog.h"
@@ -64,6 +66,7 @@
 #include "memory_tier/tier_client.h"
 #include "memory_tier/tier_server.h"
 #include "model/backbone_factory.h"
+#include "model/engram_constants.h"
 #include "model/hot_row_cache.h"
 #include "model/model.h"
 #include "model/tokenizer.h"
@@ -357,6 +360,43 @@ absl::StatusOr<Workload> TextWorkload(const Tokenizer& tokenizer, int n) {
   std::printf("text workload: %zu held-out tokens from %s at byte %lld\n", tokens->size(),
               path.c_str(), static_cast<long long>(absl::GetFlag(FLAGS_heldout_from)));
   return w;
+}
+
+// The HBM cache's offline oracle for a replayed workload (its outputs known in advance): the share
+// of Engram layer `li`'s row lookups that fall on the `capacity` rows this very workload reads
+// most, counted over every token it feeds (each prompt, then its replayed tokens but the last, whose
+// successor is never computed), as if loaded before the first step.
+absl::StatusOr<double> StaticOracleHitRate(const Model& m, const Workload& w, int li,
+                                           uint64_t capacity) {
+  const EngramHashConstants& hash = m.hash_constants();
+  absl::flat_hash_map<int64_t, uint32_t> counts;
+  uint64_t lookups = 0;
+  std::vector<int64_t> rows;
+  for (size_t i = 0; i < w.prompts.size(); ++i) {
+    std::vector<uint32_t> fed = w.prompts[i];
+    const size_t replayed = std::min<size_t>(w.replay[i].size(), std::max(w.outputs[i] - 1, 0));
+    fed.insert(fed.end(), w.replay[i].begin(), w.replay[i].begin() + replayed);
+    ENGRAM_ASSIGN_OR_RETURN(std::vector<int64_t> ids, m.engram_constants().Compress(fed));
+    rows.resize(ids.size() * hash.columns());
+    ENGRAM_RETURN_IF_ERROR(ComputeNgramRowIds(hash, li, {}, ids, absl::MakeSpan(rows)));
+    for (int64_t r : rows) ++counts[r];
+    lookups += rows.size();
+  }
+  std::vector<uint32_t> c;
+  c.reserve(counts.size());
+  for (const auto& [row, n] : counts) c.push_back(n);
+  if (capacity < c.size()) {
+    std::nth_element(c.begin(), c.begin() + capacity, c.end(), std::greater<uint32_t>());
+    c.resize(capacity);
+  }
+  uint64_t hits = 0;
+  for (uint32_t n : c) hits += n;
+  std::printf("    oracle, layer %d: %llu lookups of %zu distinct rows; the %llu most read take "
+              "%.1f%%\n",
+              m.config().engram.layer_ids[li], static_cast<unsigned long long>(lookups),
+              counts.size(), static_cast<unsigned long long>(capacity),
+              lookups ? 100.0 * hits / lookups : 0.0);
+  return lookups ? double(hits) / lookups : 0.0;
 }
 
 // Bytes of the live row files of `model`'s Engram tables in `store`.
@@ -717,6 +757,18 @@ int Main() {
               static_cast<unsigned long long>(gpu->hbm_cache_rows(li)),
               all > 0 ? 100 * n.table / all : 0.0, all > 0 ? 100 * n.staging / all : 0.0,
               static_cast<unsigned long long>(n.missing));
+          if (config == "d" && !w.replay.empty() && all > 0) {
+            // The same rows' static oracle: how far the online cache is from the best fixed one.
+            absl::StatusOr<double> oracle =
+                StaticOracleHitRate(m, w, li, gpu->hbm_cache_rows(li));
+            if (oracle.ok()) {
+              std::printf("    HBM cache hit rate %.1f%% vs the static oracle's %.1f%% of the same "
+                          "size: %+.1f points\n",
+                          100 * n.hbm / all, 100 * *oracle, 100 * (n.hbm / all - *oracle));
+            } else {
+              fail(oracle.status());
+            }
+          }
         }
       }
 #endif
