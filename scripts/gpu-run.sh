@@ -8,8 +8,9 @@
 #
 # tests: every test listed in .gpu/gpu-tests.txt (ctest -L gpu), under compute-sanitizer when
 #        ENGRAM_SANITIZE=1; bench: the demo model through `engram model run --device cuda`;
-#        4b: the dense-4b throughput benchmark (512 and 256 sequences; B=1 decode with the own GEMV
-#            kernel and with cuBLASLt) with the Hugging Face baseline on the same card;
+#        4b: the dense-4b throughput benchmark (512 sequences, and 256 when ENGRAM_BENCH_256 is
+#            set; B=1 decode with the own GEMV kernel and with cuBLASLt) with the Hugging Face
+#            baseline on the same card (ENGRAM_HF_SEQUENCES, default 8);
 #        vectors: tests/vectors/generate.py with the machine's numpy and tokenizers, into
 #        $OUT/vectors.tar (compare with tests/vectors);
 #        profile: Nsight Compute over 400 kernels of B=1 decode of the dense-4b model (eager, no
@@ -65,12 +66,15 @@ if [[ $what == *4b* ]]; then
   echo "dense-4b written in $(( $(date +%s) - t0 )) s" | tee -a "$out/summary.txt"
   timeout 240 .gpu/run throughput_bench --model "$m" --device cuda --sequences 512 \
     --max_running 256 2>&1 | grep -v '^{' | tee "$out/bench.txt" | tail -n 8
-  timeout 120 .gpu/run throughput_bench --model "$m" --device cuda --sequences 256 \
-    --max_running 256 --single=false 2>&1 | grep -v '^{' | tee -a "$out/bench.txt" | tail -n 3
+  if [ -n "${ENGRAM_BENCH_256:-}" ]; then
+    timeout 120 .gpu/run throughput_bench --model "$m" --device cuda --sequences 256 \
+      --max_running 256 --single=false 2>&1 | grep -v '^{' | tee -a "$out/bench.txt" | tail -n 3
+  fi
   echo "B=1 through cuBLASLt (--gemv=false):" | tee -a "$out/bench.txt"
   timeout 90 .gpu/run throughput_bench --model "$m" --device cuda --sequences 1 --gemv=false \
     2>&1 | grep "B=1" | tee -a "$out/bench.txt"
-  timeout 110 python3 bench/hf_baseline.py --model "$m" --sequences 16 --batch 16 2>&1 \
+  timeout 100 python3 bench/hf_baseline.py --model "$m" --sequences ${ENGRAM_HF_SEQUENCES:-8} \
+    --batch ${ENGRAM_HF_SEQUENCES:-8} 2>&1 \
     | tail -n 3 | tee -a "$out/bench.txt"
 fi
 if [[ $what == *vectors* ]]; then
