@@ -174,8 +174,10 @@ if [[ $what == *train* ]]; then
   cp -r $T/model $T/control $T/excerpt.txt $T/heldout.txt $T/report.json "$out/train/" 2>/dev/null
 fi
 if [[ $what == *offload* ]]; then
+  # ENGRAM_PRESET, ENGRAM_DEVICE, ENGRAM_CONFIGS, ENGRAM_SEQUENCES and ENGRAM_BENCH_ARGS shrink it
+  # for a dry run on a CPU (e.g. tiny, cpu, a,b,c, 8, "--min_len 10 --max_len 40 --threads 2").
   t0=$(date +%s); left() { echo $(( ${ENGRAM_OFFLOAD_SECONDS:-560} - ($(date +%s) - t0) )); }
-  E=".gpu/run engram"; S=/tmp/store
+  E=".gpu/run engram"; S=/tmp/store; preset=${ENGRAM_PRESET:-dense-4b}
   xz -dc .replay.txt.xz > /tmp/replay.txt
   size=$(stat -c %s /tmp/replay.txt); held=$(( size - 3000000 ))
   # 53.3 GB per 50e9 parameters (FP8 rows of 256 values + scales); leave 4 GB of the disk free.
@@ -183,8 +185,8 @@ if [[ $what == *offload* ]]; then
   fit=$(python3 -c "print(int(min(50e9, ($avail - 4e9) / 1.066) // 1e9) * 1e9)")
   params=${ENGRAM_PARAMS:-$fit}
   echo "table: $params parameters (disk available $avail bytes)" | tee "$out/offload.txt"
-  $E model init-random /dev/shm/d4 --preset dense-4b --vocab-size 50257 > /dev/null 2>&1
-  $E model init-random /dev/shm/e4b --preset dense-4b --vocab-size 50257 --engram-layers 1 \
+  $E model init-random /dev/shm/d4 --preset $preset --vocab-size 50257 > /dev/null 2>&1
+  $E model init-random /dev/shm/e4b --preset $preset --vocab-size 50257 --engram-layers 1 \
     --engram-params $params > /tmp/e4b.txt 2>&1 || tail -n 3 /tmp/e4b.txt
   rm -rf $S
   s0=$(date +%s)
@@ -192,13 +194,15 @@ if [[ $what == *offload* ]]; then
   echo "synthesised in $(( $(date +%s) - s0 )) s" | tee -a "$out/offload.txt"
   $E table profile /dev/shm/e4b --store $S --corpus /tmp/replay.txt --max-bytes $held 2>&1 \
     | tail -n 2 | tee -a "$out/offload.txt"
-  common="--model /dev/shm/e4b --dense_model /dev/shm/d4 --device cuda --store $S --synth_seed 1
-    --sequences 512 --max_running 256 --replay_corpus /tmp/replay.txt --heldout_from $held
-    --hbm_cache_gib ${ENGRAM_HBM_GIB:-8} --hbm_hot_rows 4000000"
-  timeout $(left) .gpu/run throughput_bench $common --configs a,b,c,d --workloads random,text \
-    2>&1 | grep -v '^{' | tee -a "$out/offload.txt"
+  common="--model /dev/shm/e4b --dense_model /dev/shm/d4 --device ${ENGRAM_DEVICE:-cuda}
+    --store $S --synth_seed 1 --sequences ${ENGRAM_SEQUENCES:-512} --max_running 256
+    --replay_corpus /tmp/replay.txt --heldout_from $held --hbm_cache_gib ${ENGRAM_HBM_GIB:-1}
+    --hbm_hot_rows 4000000 ${ENGRAM_BENCH_ARGS:-}"
+  timeout $(left) .gpu/run throughput_bench $common --configs ${ENGRAM_CONFIGS:-a,b,c,d} \
+    --workloads random,text 2>&1 | grep -v '^{' | tee -a "$out/offload.txt"
   echo "a-d done at +$(( $(date +%s) - t0 )) s" | tee -a "$out/offload.txt"
   [ "$(left)" -gt 60 ] && timeout $(left) .gpu/run throughput_bench $common --configs e \
     --workloads text --single=false 2>&1 | grep -v '^{' | tee -a "$out/offload.txt"
+  rm -rf /dev/shm/d4 /dev/shm/e4b
 fi
 exit $status
