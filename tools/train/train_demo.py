@@ -33,7 +33,14 @@ windows.
 Storage: embeddings, attention and MLP projections and lm_head in bf16; norms and the Engram
 modules' small weights in f32; tables in bf16. The reported
 losses are computed after rounding to these dtypes, in f32, with `engram eval`'s windows (the
-window length = max_position_embeddings, consecutive windows share one token).
+window length = max_position_embeddings, consecutive windows share one token). The report also
+gives the loss with the tables in FP8 instead (`*_nll_fp8_tables`: every table value rounded to
+E4M3 under an E8M0 power-of-two scale per block of min(32, head_dim) values, as DeepSeek-V4.1's
+row format stores them), which is what decides the tables' storage dtype.
+
+    train_demo.py --out OUT_DIR --eval-model MODEL_DIR
+evaluates a model directory this script wrote (e.g. models/demo-cpu) on OUT_DIR's held-out text
+and excerpt instead of training: f32, FP8 tables, and bf16 autocast on a GPU.
 """
 import argparse
 import collections
@@ -333,6 +340,72 @@ def tensors_of(model):
     return out
 
 
+E4M3_MAX = 448.0
+
+
+def fp8_e4m3_e8m0(w, block):
+    """w rounded as V4.1's FP8 rows store it: per block of `block` values along the last axis an
+    E8M0 scale 2^s with s = ceil(log2(amax / 448)) (so the block fits E4M3's range), and each value
+    / 2^s rounded to the nearest E4M3 value (3 mantissa bits, normals down to 2^-6, subnormals in
+    steps of 2^-9, ties to even), then scaled back. Emulated in f32 arithmetic (torch 1.13 has no
+    float8 dtype); exact, since every E4M3 value and power of two is an f32."""
+    shape = w.shape
+    x = w.detach().float().reshape(-1, shape[-1] // block, block)
+    amax = x.abs().amax(dim=-1, keepdim=True)
+    s = torch.ceil(torch.log2(torch.where(amax > 0, amax, torch.ones_like(amax)) / E4M3_MAX))
+    y = x / torch.exp2(s)
+    e = torch.floor(torch.log2(y.abs().clamp_min(2.0 ** -6)))
+    quantum = torch.exp2(e - 3)
+    q = (torch.round(y / quantum) * quantum).clamp(-E4M3_MAX, E4M3_MAX)
+    return (q * torch.exp2(s)).reshape(shape)
+
+
+def eval_with_fp8_tables(model, ids, window):
+    """eval_loss with every Engram table in FP8 (fp8_e4m3_e8m0), restored afterwards."""
+    saved = []
+    for e in model.engram.values():
+        w = e.multi_head_embedding.embedding.weight
+        saved.append((w, w.data.clone()))
+        w.data.copy_(fp8_e4m3_e8m0(w.data, min(32, model.c["engram_head_dim"])))
+    try:
+        return eval_loss(model, ids, window)[0]
+    finally:
+        for w, d in saved:
+            w.data.copy_(d)
+
+
+def read_model(directory, device):
+    """A model directory write_model wrote, back into an Lm (and the reference hash mapping)."""
+    c = json.load(open(os.path.join(directory, "config.json")))
+    path = os.path.join(directory, "model.safetensors")
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        data = f.read()
+    mapping = None
+    if c.get("engram_layer_ids"):
+        compressed = ref.CompressedTokenizer(os.path.join(directory, "tokenizer.json"),
+                                             os.path.join(ROOT, "tests", "vectors"))
+        mapping = ref.NgramHashMapping(c["engram_vocab_size"], c["engram_max_ngram_size"],
+                                       c["engram_n_heads"], c["engram_layer_ids"], compressed,
+                                       c["engram_pad_token_id"], c["engram_seed"])
+    model = Lm(c, mapping)
+    with torch.no_grad():
+        for name, t, dtype in tensors_of(model):
+            h = header[name]
+            raw = data[h["data_offsets"][0]:h["data_offsets"][1]]
+            if h["dtype"] == "BF16":
+                bits = np.frombuffer(raw, dtype=np.uint16).astype(np.uint32) << 16
+                v = bits.view(np.float32)
+            elif h["dtype"] == "F32":
+                v = np.frombuffer(raw, dtype=np.float32)
+            else:
+                sys.exit("%s: %s has dtype %s; this reader takes BF16 and F32" %
+                         (path, name, h["dtype"]))
+            t.copy_(torch.from_numpy(v.copy()).reshape(h["shape"]))
+    return model.to(device)
+
+
 def round_to_storage(model):
     with torch.no_grad():
         for _, t, dtype in tensors_of(model):
@@ -426,6 +499,8 @@ def main():
                     help="model_name of the Engram model (the control gets -control)")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--variant", choices=["engram", "control", "both"], default="both")
+    ap.add_argument("--eval-model", default="",
+                    help="evaluate this model directory on OUT's held-out text instead of training")
     ap.add_argument("--prepare-only", action="store_true",
                     help="stop after the tokenizer and token files (OUT/data.npz)")
     args = ap.parse_args()
@@ -474,6 +549,20 @@ def main():
     with open(os.path.join(tok_dir, "tokenizer.json"), "w", encoding="utf-8") as f:
         json.dump(bpe.tokenizer_json(), f, ensure_ascii=False)
     if args.prepare_only:
+        return
+    if args.eval_model:
+        model = read_model(args.eval_model, device)
+        window = model.c["max_position_embeddings"]
+        excerpt = open(os.path.join(args.out, "excerpt.txt"), encoding="utf-8").read()
+        r = {"model": args.eval_model}
+        for name, text in [("heldout", heldout), ("excerpt", excerpt)]:
+            ids = bpe.encode(text)
+            r[name + "_nll"], r[name + "_predicted"] = eval_loss(model, ids, window)
+            if model.engram_layers:
+                r[name + "_nll_fp8_tables"] = eval_with_fp8_tables(model, ids, window)
+            if device.type == "cuda":
+                r[name + "_nll_bf16"], _ = eval_loss(model, ids, window, bf16=True)
+        print(json.dumps(r, indent=2))
         return
 
     vocab = bpe.eot + 1
@@ -562,6 +651,8 @@ def main():
             r["heldout_nll_bf16"], _ = eval_loss(model, held_ids, args.seq, bf16=True)
             r["excerpt_nll_bf16"], _ = eval_loss(model, excerpt_ids, args.seq, bf16=True)
         if variant == "engram":
+            r["heldout_nll_fp8_tables"] = eval_with_fp8_tables(model, held_ids, args.seq)
+            r["excerpt_nll_fp8_tables"] = eval_with_fp8_tables(model, excerpt_ids, args.seq)
             model.zero_engram = True
             r["heldout_nll_zero_engram"], _ = eval_loss(model, held_ids, args.seq)
             r["excerpt_nll_zero_engram"], _ = eval_loss(model, excerpt_ids, args.seq)
