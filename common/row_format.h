@@ -56,6 +56,33 @@ absl::Status DecodeRows(RowDType dtype, const uint8_t* rows, size_t n_rows, int 
 absl::Status DecodeRows(absl::string_view dtype, const uint8_t* rows, size_t n_rows, int head_dim,
                         float* out);
 
+// ---- A table as a model directory stores it ------------------------------------------------------
+//
+// Layer L's table (docs/architecture.md contract 2) is either the plain tensor
+// "<prefix>multi_head_embedding.embedding.weight" [rows, head_dim] in F32, BF16 or F16, or
+// DeepSeek-V4.1's FP8 pair "<prefix>multi_head_embedding.embedding.embed.weight" [rows, head_dim]
+// F8_E4M3 with "<prefix>multi_head_embedding.embedding.embed.scale" [rows, head_dim / 32]
+// F8_E8M0 (row dtype fp8_e4m3_e8m0). The memory tier's import interleaves an FP8 row's values and
+// scales into one record; in-process readers (engram eval, engram model run) decode rows here.
+struct ModelTable {
+  RowDType dtype = RowDType::kBF16;
+  const TensorView* values = nullptr;
+  const TensorView* scales = nullptr;  // the FP8 pair's scales; null for a plain table
+  uint64_t rows = 0;
+  int head_dim = 0;
+};
+
+// Finds and checks layer `layer_id`'s table in `dir` (`model_dir` names it in errors). NOT_FOUND
+// when the directory has neither form; INVALID_ARGUMENT naming the tensor for both forms at once,
+// a wrong dtype or shape, a head_dim other than `head_dim`, or FP8 rows whose head_dim is not a
+// multiple of 32.
+absl::StatusOr<ModelTable> FindModelTable(const SafetensorsDir& dir, const std::string& model_dir,
+                                          int layer_id, int head_dim);
+
+// Decodes row `id` of `table` to f32 into out[0, head_dim). INVALID_ARGUMENT for an id outside
+// [0, rows).
+absl::Status DecodeModelTableRow(const ModelTable& table, uint64_t id, float* out);
+
 }  // namespace engram
 
 #endif  // ENGRAM_COMMON_ROW_FORMAT_H_

@@ -52,73 +52,20 @@ std::string Fingerprint(const SafetensorsFile* file, const TensorView* t) {
 absl::StatusOr<LayerSource> FindLayerSource(const SafetensorsDir& dir, const std::string& model_dir,
                                             uint32_t layer, const EngramConfig& config,
                                             int64_t expected_rows) {
-  // The plain table, or V4.1's FP8 rows "...embedding.embed.weight" with
-  // "...embedding.embed.scale".
-  const int layer_id = static_cast<int>(layer);
-  const std::string base =
-      absl::StrCat(EngramModulePrefix(layer_id), "multi_head_embedding.embedding.");
-  const TensorView* plain = dir.Find(EngramTableTensorName(layer_id));
-  const TensorView* fp8 = dir.Find(base + "embed.weight");
-  const TensorView* scale = dir.Find(base + "embed.scale");
+  // The plain table, or V4.1's FP8 rows with their scales (common/row_format.h, ModelTable).
+  ENGRAM_ASSIGN_OR_RETURN(const ModelTable t,
+                          FindModelTable(dir, model_dir, static_cast<int>(layer), config.head_dim));
   LayerSource s;
   s.layer = layer;
-  if (plain != nullptr && fp8 != nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat(model_dir, ": layer ", layer, " has both ",
-                                                   plain->name, " and ", fp8->name,
-                                                   "; which one is the table?"));
-  }
-  if (plain == nullptr && fp8 == nullptr) {
-    return absl::NotFoundError(absl::StrCat(model_dir, ": no Engram table for layer ", layer,
-                                            " (expected ", base, "weight or ", base,
-                                            "embed.weight + ", base, "embed.scale)"));
-  }
-  const TensorView* w = plain != nullptr ? plain : fp8;
-  if (w->shape.size() != 2 || w->shape[0] <= 0 || w->shape[1] <= 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(w->name, " has shape ", w->ShapeString(), ", expected [rows, head_dim]"));
-  }
-  s.weight = w;
-  s.rows = static_cast<uint64_t>(w->shape[0]);
-  s.head_dim = static_cast<int>(w->shape[1]);
-  if (s.head_dim != config.head_dim) {
-    return absl::InvalidArgumentError(absl::StrCat(w->name, " has head_dim ", s.head_dim,
-                                                   " but config.json engram_head_dim is ",
-                                                   config.head_dim));
-  }
-  if (plain != nullptr) {
-    const std::optional<RowDType> dtype = PlainRowDType(w->dtype);
-    if (!dtype) {
-      return absl::InvalidArgumentError(absl::StrCat(w->name, " has dtype ", DTypeName(w->dtype),
-                                                     "; tables must be F32, BF16 or F16 (or the "
-                                                     "FP8 embed.weight/embed.scale pair)"));
-    }
-    s.dtype = *dtype;
-    s.info.dtype = std::string(DTypeName(w->dtype));
-  } else {
-    s.dtype = RowDType::kFp8E4M3E8M0;
-    if (w->dtype != DType::kF8E4M3) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(w->name, " has dtype ", DTypeName(w->dtype), ", expected F8_E4M3"));
-    }
-    if (scale == nullptr) {
-      return absl::NotFoundError(absl::StrCat(model_dir, ": ", w->name, " has no ", base,
-                                              "embed.scale (E8M0 block scales)"));
-    }
-    if (s.head_dim % kFp8BlockSize != 0) {
-      return absl::InvalidArgumentError(absl::StrCat(w->name, ": head_dim ", s.head_dim,
-                                                     " is not a multiple of ", kFp8BlockSize));
-    }
-    if (scale->dtype != DType::kF8E8M0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(scale->name, " has dtype ", DTypeName(scale->dtype), ", expected F8_E8M0"));
-    }
-    ENGRAM_RETURN_IF_ERROR(ExpectShape(*scale, {w->shape[0], w->shape[1] / kFp8BlockSize}));
-    s.scale = scale;
-    s.info.dtype = "F8_E4M3+F8_E8M0";
-  }
+  s.weight = t.values;
+  s.scale = t.scales;
+  s.rows = t.rows;
+  s.head_dim = t.head_dim;
+  s.dtype = t.dtype;
+  s.info.dtype = t.scales != nullptr ? "F8_E4M3+F8_E8M0" : std::string(DTypeName(t.values->dtype));
   if (expected_rows >= 0 && static_cast<int64_t>(s.rows) != expected_rows) {
     return absl::InvalidArgumentError(absl::StrCat(
-        w->name, " has ", s.rows, " rows but layer ", layer, " needs the sum of its primes, ",
+        s.weight->name, " has ", s.rows, " rows but layer ", layer, " needs the sum of its primes, ",
         expected_rows, " (config.json's engram_* keys and the table disagree)"));
   }
   s.weight_file = dir.FileOf(s.weight);

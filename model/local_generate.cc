@@ -14,9 +14,7 @@ namespace engram {
 
 struct TableRowSource::Impl {
   const Model& model;
-  std::vector<const TensorView*> tables;              // [engram layer index]
-  std::vector<RowDType> dtypes;                       // [engram layer index]
-  std::vector<size_t> row_bytes;                      // [engram layer index]
+  std::vector<ModelTable> tables;                     // [engram layer index]
   std::vector<std::vector<std::vector<float>>> rows;  // [item][engram layer index] (n, d_mem)
 
   explicit Impl(const Model& m) : model(m) {}
@@ -30,25 +28,20 @@ absl::StatusOr<std::unique_ptr<TableRowSource>> TableRowSource::Create(const Mod
   Impl& impl = *source->impl_;
   const EngramConfig& ec = model.config().engram;
   for (size_t li = 0; li < ec.layer_ids.size(); ++li) {
-    const std::string name = model.EngramTableName(static_cast<int>(li));
-    const TensorView* t = model.tensors().Find(name);
-    if (t == nullptr) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("the model directory ", model.dir(), " has no table ", name,
-                       " (in-process generation reads the tables from the model's safetensors)"));
+    absl::StatusOr<ModelTable> t =
+        FindModelTable(model.tensors(), model.dir(), ec.layer_ids[li], ec.head_dim);
+    if (absl::IsNotFound(t.status())) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          t.status().message(), " (in-process generation reads the tables from the model's "
+                                "safetensors)"));
     }
-    const std::optional<RowDType> dtype = PlainRowDType(t->dtype);
-    if (!dtype) {
-      return absl::UnimplementedError(absl::StrCat("table ", name, " has dtype ",
-                                                   DTypeName(t->dtype),
-                                                   "; in-process generation reads F32, BF16, F16"));
+    if (!t.ok()) return t.status();
+    if (static_cast<int64_t>(t->rows) != model.hash_constants().rows_per_layer[li]) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          t->values->name, " has ", t->rows, " rows; the model's Engram constants address ",
+          model.hash_constants().rows_per_layer[li]));
     }
-    ENGRAM_RETURN_IF_ERROR(
-        ExpectShape(*t, {model.hash_constants().rows_per_layer[li], ec.head_dim}));
-    ENGRAM_ASSIGN_OR_RETURN(size_t bytes, RowBytes(*dtype, ec.head_dim));
-    impl.tables.push_back(t);
-    impl.dtypes.push_back(*dtype);
-    impl.row_bytes.push_back(bytes);
+    impl.tables.push_back(*t);
   }
   return source;
 }
@@ -78,8 +71,8 @@ absl::Status TableRowSource::Prepare(absl::Span<const BatchItem> items,
       // (n, columns) rows of head_dim = (n, d_mem), in (order, head) column order.
       std::vector<float> rows(n * columns * head_dim);
       for (size_t r = 0; r < row_ids.size(); ++r) {
-        const uint8_t* src = impl.tables[li]->data + size_t(row_ids[r]) * impl.row_bytes[li];
-        ENGRAM_RETURN_IF_ERROR(DecodeRows(impl.dtypes[li], src, 1, head_dim, &rows[r * head_dim]));
+        ENGRAM_RETURN_IF_ERROR(DecodeModelTableRow(impl.tables[li], static_cast<uint64_t>(row_ids[r]),
+                                                   &rows[r * head_dim]));
       }
       impl.rows[i].push_back(std::move(rows));
     }

@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
 #include "common/ngram_hash.h"
+#include "common/row_format.h"
 #include "common/status.h"
 #include "model/engram_constants.h"
 #include "model/engram_module.h"
@@ -53,10 +54,14 @@ absl::Status LoadInto(const std::string& dir, ModelConfig* config,
         LoadEngramModuleWeights(LookupIn(**tensors), EngramModulePrefix(ec.layer_ids[li]), ec));
     ENGRAM_ASSIGN_OR_RETURN(EngramModule m, EngramModule::Create(std::move(w)));
     modules->push_back(std::make_unique<EngramModule>(std::move(m)));
-    // The worker never reads the table, but when the directory carries it, it must be the table
-    // these constants address.
-    if (const TensorView* t = (*tensors)->Find(EngramTableTensorName(ec.layer_ids[li]))) {
-      ENGRAM_RETURN_IF_ERROR(ExpectShape(*t, {(*constants)->hash.rows_per_layer[li], ec.head_dim}));
+    // The worker never reads the table, but when the directory carries it (plain or the FP8
+    // pair), it must be the table these constants address.
+    absl::StatusOr<ModelTable> t = FindModelTable(**tensors, dir, ec.layer_ids[li], ec.head_dim);
+    if (t.ok()) {
+      ENGRAM_RETURN_IF_ERROR(
+          ExpectShape(*t->values, {(*constants)->hash.rows_per_layer[li], ec.head_dim}));
+    } else if (!absl::IsNotFound(t.status())) {
+      return t.status();
     }
   }
   return absl::OkStatus();

@@ -252,36 +252,26 @@ LocalRowBackend::LocalRowBackend(const Model& model) : model_(model) {}
 
 absl::StatusOr<std::unique_ptr<LocalRowBackend>> LocalRowBackend::Create(const Model& model) {
   const ModelConfig& config = model.config();
+  std::unique_ptr<LocalRowBackend> backend(new LocalRowBackend(model));
   for (size_t li = 0; li < config.engram.layer_ids.size(); ++li) {
-    std::string name = model.EngramTableName(static_cast<int>(li));
-    auto tensor = model.tensors().Get(name);
-    if (!tensor.ok()) return tensor.status();
-    const TensorView& t = **tensor;
-    if (t.shape.size() != 2 || t.shape[1] != config.engram.head_dim) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          name, " has shape ", t.ShapeString(), ", expected [rows, ", config.engram.head_dim, "]"));
-    }
+    ENGRAM_ASSIGN_OR_RETURN(ModelTable t,
+                            FindModelTable(model.tensors(), model.dir(), config.engram.layer_ids[li],
+                                           config.engram.head_dim));
+    backend->tables_.push_back(t);
   }
-  return std::unique_ptr<LocalRowBackend>(new LocalRowBackend(model));
+  return backend;
 }
 
 void LocalRowBackend::Serve(RowFetch& fetch) const {
-  const TensorView* t = model_.tensors().Find(model_.EngramTableName(fetch.engram_layer_index()));
-  const int head_dim = fetch.head_dim();
-  const size_t row_bytes = DTypeSize(t->dtype) * head_dim;
-  const uint64_t rows = static_cast<uint64_t>(t->shape[0]);
+  const ModelTable& table = tables_[fetch.engram_layer_index()];
   float* out = fetch.mutable_rows();
   for (uint64_t id : fetch.row_ids()) {
-    if (id >= rows) {
-      fetch.Complete(absl::InvalidArgumentError(absl::StrCat("row id ", id, " >= ", rows)));
-      return;
-    }
-    absl::Status s = ConvertToF32(t->dtype, t->data + id * row_bytes, head_dim, out);
+    absl::Status s = DecodeModelTableRow(table, id, out);
     if (!s.ok()) {
       fetch.Complete(s);
       return;
     }
-    out += head_dim;
+    out += table.head_dim;
   }
   fetch.Complete(absl::OkStatus());
 }

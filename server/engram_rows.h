@@ -31,6 +31,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "common/ngram_hash.h"
+#include "common/row_format.h"
 #include "model/cpu_backbone.h"
 
 namespace engram {
@@ -246,6 +247,7 @@ class LocalRowBackend : public RowBackend {
   void Serve(RowFetch& fetch) const;
 
   const Model& model_;
+  std::vector<ModelTable> tables_;  // [engram layer index]
   mutable absl::Mutex mu_;
   bool hold_ ABSL_GUARDED_BY(mu_) = false;
   bool available_ ABSL_GUARDED_BY(mu_) = true;

@@ -9,11 +9,13 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
 #include "common/row_format.h"
+#include "common/safetensors.h"
 #include "gtest/gtest.h"
 #include "memory_tier/catalog.h"
 #include "memory_tier/importer.h"
@@ -110,6 +112,53 @@ TEST_P(ImportDtypeTest, RowFilesMatchSourceByteForByte) {
     ASSERT_TRUE(on_disk.ok()) << on_disk.status();
     EXPECT_EQ(on_disk->ToJson(), m->ToJson());
   }
+}
+
+// What in-process readers (engram eval, engram model run) decode from the model directory equals
+// the tier's records of the same rows decoded: FindModelTable + DecodeModelTableRow against
+// SourceRows (FP8: payload then scales per row, as the import interleaves them) + DecodeRows.
+TEST_P(ImportDtypeTest, InProcessRowsEqualTheTiersRecordsDecoded) {
+  TempDir tmp;
+  TestModelSpec spec;
+  spec.dtype = GetParam().first;
+  spec.head_dim = GetParam().second;
+  const std::string model = tmp.path() + "/model";
+  ASSERT_TRUE(WriteTestModel(model, spec).ok());
+  auto dir = SafetensorsDir::Open(model);
+  ASSERT_TRUE(dir.ok()) << dir.status();
+  const std::vector<int64_t> rows = testing::TestModelRows(spec);
+  for (size_t li = 0; li < 2; ++li) {
+    const int layer = spec.layer_ids[li];
+    auto table = FindModelTable(**dir, model, layer, spec.head_dim);
+    ASSERT_TRUE(table.ok()) << table.status();
+    EXPECT_EQ(RowDTypeName(table->dtype), spec.dtype);
+    EXPECT_EQ(table->rows, static_cast<uint64_t>(rows[li]));
+    EXPECT_EQ(table->scales != nullptr, spec.dtype == "fp8_e4m3_e8m0");
+    size_t row_bytes = 0;
+    auto records = testing::SourceRows(model, static_cast<uint32_t>(layer), &row_bytes);
+    ASSERT_TRUE(records.ok()) << records.status();
+    std::vector<float> got(spec.head_dim), want(spec.head_dim);
+    int bad = 0;
+    for (uint64_t r = 0; r < table->rows; ++r) {
+      ASSERT_TRUE(DecodeModelTableRow(*table, r, got.data()).ok());
+      ASSERT_TRUE(
+          DecodeRows(table->dtype, records->data() + r * row_bytes, 1, spec.head_dim, want.data())
+              .ok());
+      for (int j = 0; j < spec.head_dim; ++j) {
+        if (std::memcmp(&got[j], &want[j], sizeof(float)) != 0 && ++bad <= 5) {
+          ADD_FAILURE() << spec.dtype << " layer " << layer << " row " << r << " [" << j
+                        << "]: " << got[j] << " vs the tier's " << want[j];
+        }
+      }
+    }
+    EXPECT_EQ(bad, 0);
+    EXPECT_EQ(DecodeModelTableRow(*table, table->rows, got.data()).code(),
+              absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(FindModelTable(**dir, model, layer, spec.head_dim + 1).status().code(),
+              absl::StatusCode::kInvalidArgument);
+  }
+  EXPECT_EQ(FindModelTable(**dir, model, /*layer_id=*/2, spec.head_dim).status().code(),
+            absl::StatusCode::kNotFound);
 }
 
 INSTANTIATE_TEST_SUITE_P(AllDtypes, ImportDtypeTest,
