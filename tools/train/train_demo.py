@@ -326,7 +326,8 @@ def tensors_of(model):
         if i in model.engram_layers:
             e, q = model.engram[str(i)], p + "engram."
             out.append((q + "multi_head_embedding.embedding.weight",
-                        e.multi_head_embedding.embedding.weight, "BF16"))
+                        e.multi_head_embedding.embedding.weight,
+                        "FP8" if model.c.get("fp8_tables") else "BF16"))
             out.append((q + "value_proj.weight", e.value_proj.weight, "F32"))
             out.append((q + "value_proj.bias", e.value_proj.bias, "F32"))
             out.append((q + "key_projs.0.weight", e.key_projs[0].weight, "F32"))
@@ -343,21 +344,43 @@ def tensors_of(model):
 E4M3_MAX = 448.0
 
 
-def fp8_e4m3_e8m0(w, block):
-    """w rounded as V4.1's FP8 rows store it: per block of `block` values along the last axis an
+def fp8_e4m3_e8m0_parts(w, block):
+    """V4.1's FP8 storage of w (2-D, rows along dim 0): per block of `block` values of a row an
     E8M0 scale 2^s with s = ceil(log2(amax / 448)) (so the block fits E4M3's range), and each value
     / 2^s rounded to the nearest E4M3 value (3 mantissa bits, normals down to 2^-6, subnormals in
-    steps of 2^-9, ties to even), then scaled back. Emulated in f32 arithmetic (torch 1.13 has no
-    float8 dtype); exact, since every E4M3 value and power of two is an f32."""
-    shape = w.shape
-    x = w.detach().float().reshape(-1, shape[-1] // block, block)
+    steps of 2^-9, ties to even). Returns (q, s): q the E4M3 values as f32 [rows, D], s the scale
+    exponents [rows, D / block]. Emulated in f32 arithmetic (torch 1.13 has no float8 dtype); exact,
+    since every E4M3 value and power of two is an f32."""
+    rows, d = w.shape
+    x = w.detach().float().reshape(rows, d // block, block)
     amax = x.abs().amax(dim=-1, keepdim=True)
     s = torch.ceil(torch.log2(torch.where(amax > 0, amax, torch.ones_like(amax)) / E4M3_MAX))
     y = x / torch.exp2(s)
     e = torch.floor(torch.log2(y.abs().clamp_min(2.0 ** -6)))
     quantum = torch.exp2(e - 3)
     q = (torch.round(y / quantum) * quantum).clamp(-E4M3_MAX, E4M3_MAX)
-    return (q * torch.exp2(s)).reshape(shape)
+    return q.reshape(rows, d), s.reshape(rows, d // block)
+
+
+def fp8_e4m3_e8m0(w, block):
+    """w as its FP8 storage decodes: fp8_e4m3_e8m0_parts scaled back."""
+    q, s = fp8_e4m3_e8m0_parts(w, block)
+    rows, d = w.shape
+    return (q.reshape(rows, d // block, block) * torch.exp2(s).unsqueeze(-1)).reshape(rows, d)
+
+
+def e4m3_codes(q):
+    """The OCP E4M3 bit patterns of values q that are exactly E4M3 (fp8_e4m3_e8m0_parts' q)."""
+    values = []
+    for code in range(127):  # 0x7f is NaN
+        e, m = code >> 3, code & 7
+        values.append(m / 8 * 2.0 ** -6 if e == 0 else (1 + m / 8) * 2.0 ** (e - 7))
+    table = np.asarray(values, dtype=np.float32)
+    a = q.abs().cpu().numpy().astype(np.float32)
+    codes = np.searchsorted(table, a).astype(np.uint8)
+    if not np.array_equal(table[codes], a):
+        sys.exit("e4m3_codes: a value is not an E4M3 value")
+    return codes | np.where(q.cpu().numpy() < 0, 0x80, 0).astype(np.uint8)
 
 
 def eval_with_fp8_tables(model, ids, window):
@@ -392,6 +415,18 @@ def read_model(directory, device):
     model = Lm(c, mapping)
     with torch.no_grad():
         for name, t, dtype in tensors_of(model):
+            if name not in header and name.endswith("embedding.weight"):
+                base = name[:-len("weight")] + "embed."  # an FP8 table
+                h, hs = header[base + "weight"], header[base + "scale"]
+                codes = np.frombuffer(data[h["data_offsets"][0]:h["data_offsets"][1]], np.uint8)
+                scales = np.frombuffer(data[hs["data_offsets"][0]:hs["data_offsets"][1]], np.uint8)
+                e, m = (codes >> 3) & 15, (codes & 7).astype(np.float32)
+                v = np.where(e == 0, m / 8 * 2.0 ** -6, (1 + m / 8) * np.exp2(e.astype(np.float32) - 7))
+                v = np.where(codes & 0x80, -v, v).reshape(h["shape"][0], -1, 32)
+                v = v * np.exp2(scales.astype(np.float32) - 127).reshape(h["shape"][0], -1, 1)
+                t.copy_(torch.from_numpy(v.reshape(h["shape"]).astype(np.float32)))
+                model.c["fp8_tables"] = True
+                continue
             h = header[name]
             raw = data[h["data_offsets"][0]:h["data_offsets"][1]]
             if h["dtype"] == "BF16":
@@ -411,6 +446,8 @@ def round_to_storage(model):
         for _, t, dtype in tensors_of(model):
             if dtype == "BF16":
                 t.copy_(t.to(torch.bfloat16).float())
+            elif dtype == "FP8":
+                t.copy_(fp8_e4m3_e8m0(t, 32))
 
 
 def write_model(model, bpe, directory, name, generator):
@@ -421,14 +458,24 @@ def write_model(model, bpe, directory, name, generator):
     with open(os.path.join(directory, "tokenizer.json"), "w", encoding="utf-8") as f:
         json.dump(bpe.tokenizer_json(), f, ensure_ascii=False)
     header, blobs, offset = {}, [], 0
-    for n, t, dtype in tensors_of(model):
-        t = t.detach().float().cpu().contiguous()
-        data = (t.to(torch.bfloat16).view(torch.int16).numpy().tobytes() if dtype == "BF16"
-                else t.numpy().tobytes())
-        header[n] = {"dtype": dtype, "shape": list(t.shape),
-                     "data_offsets": [offset, offset + len(data)]}
+    def add(name, dtype, shape, data):
+        nonlocal offset
+        header[name] = {"dtype": dtype, "shape": list(shape),
+                        "data_offsets": [offset, offset + len(data)]}
         blobs.append(data)
         offset += len(data)
+
+    for n, t, dtype in tensors_of(model):
+        t = t.detach().float().cpu().contiguous()
+        if dtype == "FP8":  # V4.1's pair: ...embedding.embed.weight (E4M3) + embed.scale (E8M0)
+            q, sc = fp8_e4m3_e8m0_parts(t, 32)
+            base = n[:-len("weight")] + "embed."
+            add(base + "weight", "F8_E4M3", q.shape, e4m3_codes(q).tobytes())
+            add(base + "scale", "F8_E8M0", sc.shape, (sc.numpy() + 127).astype(np.uint8).tobytes())
+        elif dtype == "BF16":
+            add(n, dtype, t.shape, t.to(torch.bfloat16).view(torch.int16).numpy().tobytes())
+        else:
+            add(n, dtype, t.shape, t.numpy().tobytes())
     header["__metadata__"] = {"format": "pt", "generator": generator}
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * ((8 - len(text) % 8) % 8)
@@ -499,6 +546,9 @@ def main():
                     help="model_name of the Engram model (the control gets -control)")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--variant", choices=["engram", "control", "both"], default="both")
+    ap.add_argument("--fp8-tables", action="store_true",
+                    help="store the Engram tables in FP8 E4M3 + E8M0 (engram head dim a multiple "
+                         "of 32)")
     ap.add_argument("--eval-model", default="",
                     help="evaluate this model directory on OUT's held-out text instead of training")
     ap.add_argument("--prepare-only", action="store_true",
@@ -579,6 +629,10 @@ def main():
                engram_head_dim=args.engram_head_dim,
                engram_vocab_size=[args.engram_vocab, args.engram_vocab],
                engram_pad_token_id=bpe.eot, engram_seed=0, engram_kernel_size=4, hc_mult=1)
+    if args.fp8_tables:
+        if args.engram_head_dim % 32:
+            sys.exit("--fp8-tables needs --engram-head-dim a multiple of 32 (E8M0 blocks of 32)")
+        eng["fp8_tables"] = True
     compressed = ref.CompressedTokenizer(os.path.join(tok_dir, "tokenizer.json"),
                                          os.path.join(ROOT, "tests", "vectors"))
     mapping = ref.NgramHashMapping(eng["engram_vocab_size"], 3, args.engram_heads,
