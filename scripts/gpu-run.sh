@@ -161,7 +161,7 @@ if [[ $what == *train* ]]; then
   timeout 420 python3 tools/train/train_demo.py --corpus /nonexistent --out $T --device cuda \
     ${ENGRAM_TRAIN_ARGS:---hidden 256 --layers 6 --heads 4 --kv-heads 2 --intermediate 768 --seq 256 \
     --batch 32 --steps 1000000 --minutes 4 --lr 2e-3 --engram-layers 1,3 --engram-heads 4 \
-    --engram-head-dim 16 --engram-vocab 30000 --name engram-demo} 2>&1 | tail -n 25 | tee "$out/train.txt"
+    --engram-head-dim 32 --fp8-tables --engram-vocab 30000 --name engram-demo} 2>&1 | tail -n 25 | tee "$out/train.txt"
   for dev in cuda cpu; do
     for v in model control; do
       echo "engram eval $v excerpt --device $dev: $(.gpu/run engram eval $T/$v --text $T/excerpt.txt \
