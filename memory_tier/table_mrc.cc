@@ -12,6 +12,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/ngram_hash.h"
+#include "common/row_format.h"
+#include "common/safetensors.h"
 #include "common/status.h"
 #include "memory_tier/access_stats.h"
 #include "memory_tier/arena.h"
@@ -256,6 +258,23 @@ absl::StatusOr<MrcSize> ParseMrcSize(absl::string_view text) {
   return size;
 }
 
+namespace {
+
+// The row size of the model's own tables when its directory carries them (plain or the FP8 pair),
+// else bf16's.
+uint32_t DefaultRowBytes(const std::string& model_dir, const EngramConfig& config) {
+  uint32_t bytes = static_cast<uint32_t>(2 * config.head_dim);
+  absl::StatusOr<std::unique_ptr<SafetensorsDir>> dir = SafetensorsDir::Open(model_dir);
+  if (!dir.ok() || config.layer_ids.empty()) return bytes;
+  absl::StatusOr<ModelTable> t =
+      FindModelTable(**dir, model_dir, config.layer_ids[0], config.head_dim);
+  if (!t.ok()) return bytes;
+  absl::StatusOr<size_t> b = RowBytes(t->dtype, config.head_dim);
+  return b.ok() ? static_cast<uint32_t>(*b) : bytes;
+}
+
+}  // namespace
+
 absl::StatusOr<MrcResult> ComputeMrc(const MrcOptions& options) {
   if (options.sizes.empty()) return absl::InvalidArgumentError("no cache sizes given");
   if (options.step_positions == 0) {
@@ -264,7 +283,7 @@ absl::StatusOr<MrcResult> ComputeMrc(const MrcOptions& options) {
   ENGRAM_ASSIGN_OR_RETURN(CorpusModel model, LoadCorpusModel(options.model_dir));
   const EngramHashConstants& hash = model.constants.hash;
   MrcOptions o = options;
-  if (o.row_bytes == 0) o.row_bytes = static_cast<uint32_t>(2 * model.config.head_dim);
+  if (o.row_bytes == 0) o.row_bytes = DefaultRowBytes(o.model_dir, model.config);
 
   Trace t;
   t.layer_ids = hash.layer_ids;

@@ -48,7 +48,7 @@ struct MrcOptions {
   std::string corpus_path;  // UTF-8 text
   uint64_t max_bytes = 0;   // read at most this much of the corpus (0 = all)
   std::vector<MrcSize> sizes;
-  uint32_t row_bytes = 0;         // bytes per row; 0 = engram_head_dim x 2 (bf16)
+  uint32_t row_bytes = 0;         // bytes per row; 0 = the model's own tables' (bf16 without them)
   uint32_t step_positions = 32;   // positions per simulated step
   uint32_t update_rows = 1024;    // HotRowCache::PlanUpdates max_rows per step
   double hbm_window = -1;         // HotRowCache window_fraction; < 0 = its default

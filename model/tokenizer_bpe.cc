@@ -1,5 +1,6 @@
 #include "model/tokenizer_bpe.h"
 
+#include <algorithm>
 #include <queue>
 
 #include "absl/strings/str_format.h"
@@ -11,8 +12,10 @@
 namespace engram::tokenizer_internal {
 namespace {
 
-// Vocab ids are kept in a dense table; refuse files whose ids would make it absurdly large.
-constexpr uint32_t kMaxTokenId = (1u << 26) - 1;
+// The largest vocab id accepted: 16 x the largest vocabularies in use (Gemma's 262,144). Ids index
+// dense tables downstream (the Engram compressed token map: 8 bytes per id up to the largest), so
+// a few-byte file naming id 2^31 must not make them gigabytes.
+constexpr uint32_t kMaxTokenId = (1u << 22) - 1;
 
 absl::Status ParseMerges(const nlohmann::json& merges,
                          std::vector<std::pair<std::string, std::string>>* out) {
@@ -79,17 +82,12 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::FromJson(const nlohmann::jso
       return JsonError(absl::StrCat("model.vocab[\"", it.key(), "\"]"),
                        absl::StrCat("id ", id, " is above the supported ", kMaxTokenId));
     }
-    if (id >= bpe->id_to_token_.size()) {
-      bpe->id_to_token_.resize(id + 1);
-      bpe->assigned_.resize(id + 1);
+    auto [at, inserted] = bpe->id_to_token_.try_emplace(id, it.key());
+    if (!inserted) {
+      return JsonError("model.vocab", absl::StrCat("id ", id, " is used by both \"", at->second,
+                                                   "\" and \"", it.key(), "\""));
     }
-    if (bpe->assigned_[id]) {
-      return JsonError("model.vocab",
-                       absl::StrCat("id ", id, " is used by both \"", bpe->id_to_token_[id],
-                                    "\" and \"", it.key(), "\""));
-    }
-    bpe->assigned_[id] = true;
-    bpe->id_to_token_[id] = it.key();
+    bpe->max_id_ = std::max(bpe->max_id_, id);
     bpe->vocab_.emplace(it.key(), id);
   }
 
@@ -129,8 +127,8 @@ std::optional<uint32_t> BpeModel::TokenToId(absl::string_view token) const {
 }
 
 const std::string* BpeModel::IdToToken(uint32_t id) const {
-  if (id >= id_to_token_.size() || !assigned_[id]) return nullptr;
-  return &id_to_token_[id];
+  auto it = id_to_token_.find(id);
+  return it == id_to_token_.end() ? nullptr : &it->second;
 }
 
 absl::Status BpeModel::Tokenize(absl::string_view piece, std::vector<uint32_t>* ids) const {

@@ -34,7 +34,7 @@ class BpeModel {
   // Number of vocab entries (what the library calls the model's vocab size).
   size_t vocab_size() const { return vocab_.size(); }
   // Largest vocab id; only meaningful when vocab_size() > 0.
-  uint32_t max_id() const { return static_cast<uint32_t>(id_to_token_.size()) - 1; }
+  uint32_t max_id() const { return max_id_; }
 
  private:
   struct Merge {
@@ -47,8 +47,9 @@ class BpeModel {
   void MergeAll(std::vector<uint32_t>* symbols) const;
 
   absl::flat_hash_map<std::string, uint32_t> vocab_;
-  std::vector<std::string> id_to_token_;
-  std::vector<bool> assigned_;
+  // By id, sparse: memory follows the entries, not the largest id a file names.
+  absl::flat_hash_map<uint32_t, std::string> id_to_token_;
+  uint32_t max_id_ = 0;
   absl::flat_hash_map<uint64_t, Merge> merges_;
   std::optional<std::string> unk_token_;
   std::optional<uint32_t> unk_id_;

@@ -369,6 +369,9 @@ TEST(TokenizerComponentsTest, MalformedFilesGetClearErrors) {
       {R"({"model": {"type": "BPE", "vocab": {"a": -1}, "merges": []}})", "token id"},
       {R"({"model": {"type": "BPE", "vocab": {"a": "x"}, "merges": []}})", "token id"},
       {R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 0}, "merges": []}})", "used by both"},
+      // Found by tokenizer_json_fuzz: a 3.5 KB file naming id 64,444,445 took 2 GB and 30 s.
+      {R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 64444445}, "merges": []}})",
+       "id 64444445 is above the supported 4194303"},
       {R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a c"]}})",
        "\"c\" is not in the vocab"},
       {R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a a a"]}})",
@@ -419,6 +422,18 @@ TEST(TokenizerComponentsTest, MalformedFilesGetClearErrors) {
       Tokenizer::FromFile("/nonexistent/tokenizer.json");
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
   EXPECT_TRUE(absl::StrContains(missing.status().message(), "/nonexistent/tokenizer.json"));
+}
+
+// Vocab ids may leave gaps; memory follows the entries, and decode and max_id see the sparse id.
+TEST(TokenizerComponentsTest, SparseVocabIdsLoadAndDecode) {
+  absl::StatusOr<std::unique_ptr<Tokenizer>> t = Tokenizer::FromJson(
+      R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 4194303, "ab": 7}, "merges": ["a b"]}})");
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ((*t)->max_id(), 4194303u);
+  absl::StatusOr<std::vector<uint32_t>> ids = (*t)->Encode("ab");
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  EXPECT_EQ(*ids, std::vector<uint32_t>{7});
+  EXPECT_EQ((*t)->Decode({7, 4194303, 0}), "ab b a");  // no decoder: tokens joined by spaces
 }
 
 TEST(TokenizerComponentsTest, UnkTokenOutsideTheVocabFailsOnlyWhenNeeded) {
