@@ -64,7 +64,7 @@ TEST(TableMrcTest, CurvesRiseAreBoundedByTheOraclesAndReachFullAtFullSize) {
   EXPECT_EQ(r->model, "engram-demo-cpu");
   // Two Engram layers of (3 - 1) orders x 4 heads: 16 lookups per token.
   EXPECT_EQ(r->lookups, r->tokens * 16);
-  EXPECT_EQ(r->row_bytes, 32u);  // head_dim 16, bf16
+  EXPECT_EQ(r->row_bytes, 33u);  // the model's own tables: 32 FP8 values + one E8M0 scale
   EXPECT_GT(r->distinct_rows, 100u);
   EXPECT_LT(r->distinct_rows, r->lookups / 2);
 
@@ -126,9 +126,9 @@ TEST(TableMrcTest, SizesInBytesUseTheTiersGeometry) {
   for (const MrcPoint& p : r->points) {
     EXPECT_NE(p.policy, "belady");
     if (p.size_bytes == 65536 && p.tier == "hbm") {
-      // Pool + map within 64 KiB: 32-byte rows and 16-byte entries at >= 2 per slot.
-      EXPECT_LE(p.rows * 32 + 2 * p.rows * 16, 65536u);
-      EXPECT_GT(p.rows, 65536u / (32 + 64));
+      // Pool + map within 64 KiB: 33-byte rows and 16-byte entries at >= 2 per slot.
+      EXPECT_LE(p.rows * 33 + 2 * p.rows * 16, 65536u);
+      EXPECT_GT(p.rows, 65536u / (33 + 64));
     }
     if (p.size_bytes == (uint64_t{1} << 30)) {
       EXPECT_EQ(p.rows, r->table_rows) << p.tier;  // everything fits
