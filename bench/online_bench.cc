@@ -70,7 +70,8 @@ double Percentile(std::vector<double> v, double p) {
 
 std::vector<Request> MakeRequests(int n) {
   std::mt19937_64 rng(absl::GetFlag(FLAGS_seed));
-  std::uniform_int_distribution<int> len(absl::GetFlag(FLAGS_min_len), absl::GetFlag(FLAGS_max_len));
+  std::uniform_int_distribution<int> len(absl::GetFlag(FLAGS_min_len),
+                                         absl::GetFlag(FLAGS_max_len));
   std::uniform_int_distribution<uint32_t> id(0, absl::GetFlag(FLAGS_max_prompt_id));
   std::vector<Request> requests(n);
   for (int i = 0; i < n; ++i) {
@@ -149,7 +150,8 @@ int Main() {
     }
     levels.push_back(c);
   }
-  if (absl::GetFlag(FLAGS_min_len) < 1 || absl::GetFlag(FLAGS_max_len) < absl::GetFlag(FLAGS_min_len)) {
+  if (absl::GetFlag(FLAGS_min_len) < 1 ||
+      absl::GetFlag(FLAGS_max_len) < absl::GetFlag(FLAGS_min_len)) {
     std::fprintf(stderr, "online_bench: need 1 <= --min_len <= --max_len\n");
     return 2;
   }
@@ -173,7 +175,8 @@ int Main() {
   std::vector<Level> results;
   int failed = 0;
   for (int c : levels) {
-    const int n = std::min(absl::GetFlag(FLAGS_requests), c * absl::GetFlag(FLAGS_requests_per_stream));
+    const int n =
+        std::min(absl::GetFlag(FLAGS_requests), c * absl::GetFlag(FLAGS_requests_per_stream));
     Level l = RunLevel(**client, MakeRequests(std::max(n, 1)), c);
     failed += l.failed;
     std::printf(
@@ -186,7 +189,8 @@ int Main() {
     results.push_back(std::move(l));
   }
   const double base = results[0].output_tokens / results[0].seconds;
-  std::printf("throughput relative to concurrency %d (%.1f tok/s):\n", results[0].concurrency, base);
+  std::printf("throughput relative to concurrency %d (%.1f tok/s):\n", results[0].concurrency,
+              base);
   for (const Level& l : results) {
     std::printf("  concurrency %4d  %9.1f tok/s  ratio %.3f\n", l.concurrency,
                 l.output_tokens / l.seconds, l.output_tokens / l.seconds / base);

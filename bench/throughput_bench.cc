@@ -364,8 +364,8 @@ absl::StatusOr<Workload> TextWorkload(const Tokenizer& tokenizer, int n) {
 
 // The HBM cache's offline oracle for a replayed workload (its outputs known in advance): the share
 // of Engram layer `li`'s row lookups that fall on the `capacity` rows this very workload reads
-// most, counted over every token it feeds (each prompt, then its replayed tokens but the last, whose
-// successor is never computed), as if loaded before the first step.
+// most, counted over every token it feeds (each prompt, then its replayed tokens but the last,
+// whose successor is never computed), as if loaded before the first step.
 absl::StatusOr<double> StaticOracleHitRate(const Model& m, const Workload& w, int li,
                                            uint64_t capacity) {
   const EngramHashConstants& hash = m.hash_constants();

@@ -56,7 +56,7 @@ absl::Status DecodeRows(RowDType dtype, const uint8_t* rows, size_t n_rows, int 
 absl::Status DecodeRows(absl::string_view dtype, const uint8_t* rows, size_t n_rows, int head_dim,
                         float* out);
 
-// ---- A table as a model directory stores it ------------------------------------------------------
+// ---- A table as a model directory stores it -----------------------------------------------------
 //
 // Layer L's table (docs/architecture.md contract 2) is either the plain tensor
 // "<prefix>multi_head_embedding.embedding.weight" [rows, head_dim] in F32, BF16 or F16, or

@@ -31,9 +31,10 @@ absl::StatusOr<std::unique_ptr<TableRowSource>> TableRowSource::Create(const Mod
     absl::StatusOr<ModelTable> t =
         FindModelTable(model.tensors(), model.dir(), ec.layer_ids[li], ec.head_dim);
     if (absl::IsNotFound(t.status())) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          t.status().message(), " (in-process generation reads the tables from the model's "
-                                "safetensors)"));
+      return absl::FailedPreconditionError(
+          absl::StrCat(t.status().message(),
+                       " (in-process generation reads the tables from the model's "
+                       "safetensors)"));
     }
     if (!t.ok()) return t.status();
     if (static_cast<int64_t>(t->rows) != model.hash_constants().rows_per_layer[li]) {
@@ -71,8 +72,8 @@ absl::Status TableRowSource::Prepare(absl::Span<const BatchItem> items,
       // (n, columns) rows of head_dim = (n, d_mem), in (order, head) column order.
       std::vector<float> rows(n * columns * head_dim);
       for (size_t r = 0; r < row_ids.size(); ++r) {
-        ENGRAM_RETURN_IF_ERROR(DecodeModelTableRow(impl.tables[li], static_cast<uint64_t>(row_ids[r]),
-                                                   &rows[r * head_dim]));
+        ENGRAM_RETURN_IF_ERROR(DecodeModelTableRow(
+            impl.tables[li], static_cast<uint64_t>(row_ids[r]), &rows[r * head_dim]));
       }
       impl.rows[i].push_back(std::move(rows));
     }

@@ -100,9 +100,15 @@ rows = [r for r in csv.reader(open("/tmp/ncu.csv")) if len(r) > 10]
 head, rows = rows[0], rows[1:]
 k, m, v, u = (head.index(x) for x in ("Kernel Name", "Metric Name", "Metric Value", "Metric Unit"))
 us, by, n = collections.defaultdict(float), collections.defaultdict(float), collections.Counter()
-scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3, "byte": 1.0, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9}
+# ncu spells units either way ("nsecond" or "ns"); an unknown one stops the table rather than
+# printing numbers in the wrong unit.
+scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3, "ns": 1e-3, "us": 1.0, "ms": 1e3,
+         "byte": 1.0, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9, "B": 1.0, "KB": 1e3, "MB": 1e6,
+         "GB": 1e9}
 for r in rows:
-    x = float(r[v].replace(",", "")) * scale.get(r[u], 1.0)
+    if r[u] not in scale:
+        raise SystemExit("profile: unknown unit %r of %s" % (r[u], r[m]))
+    x = float(r[v].replace(",", "")) * scale[r[u]]
     if r[m] == "gpu__time_duration.sum":
         us[r[k][:80]] += x
         n[r[k][:80]] += 1

@@ -254,9 +254,9 @@ absl::StatusOr<std::unique_ptr<LocalRowBackend>> LocalRowBackend::Create(const M
   const ModelConfig& config = model.config();
   std::unique_ptr<LocalRowBackend> backend(new LocalRowBackend(model));
   for (size_t li = 0; li < config.engram.layer_ids.size(); ++li) {
-    ENGRAM_ASSIGN_OR_RETURN(ModelTable t,
-                            FindModelTable(model.tensors(), model.dir(), config.engram.layer_ids[li],
-                                           config.engram.head_dim));
+    ENGRAM_ASSIGN_OR_RETURN(
+        ModelTable t, FindModelTable(model.tensors(), model.dir(), config.engram.layer_ids[li],
+                                     config.engram.head_dim));
     backend->tables_.push_back(t);
   }
   return backend;

@@ -10,9 +10,9 @@
 // resident at once on an H100). No shared memory, no atomics: the result does not depend on the
 // launch.
 //
-// Arithmetic: every product and sum in f32 (bf16 inputs are exact in f32); the order is lane-strided
-// partial sums then a butterfly, so it differs from cuBLASLt's and from the CPU's by f32 rounding
-// only.
+// Arithmetic: every product and sum in f32 (bf16 inputs are exact in f32); the order is
+// lane-strided partial sums then a butterfly, so it differs from cuBLASLt's and from the CPU's by
+// f32 rounding only.
 #include "model/kernels/gemv.cuh"
 
 #include <cstdint>
