@@ -164,8 +164,8 @@ absl::StatusOr<ModelTable> FindModelTable(const SafetensorsDir& dir, const std::
   }
   t.scales = dir.Find(base + "embed.scale");
   if (t.scales == nullptr) {
-    return absl::NotFoundError(absl::StrCat(model_dir, ": ", w.name, " has no ", base,
-                                            "embed.scale (E8M0 block scales)"));
+    return absl::InvalidArgumentError(absl::StrCat(model_dir, ": ", w.name, " has no ", base,
+                                                   "embed.scale (E8M0 block scales)"));
   }
   if (t.head_dim % kFp8BlockSize != 0) {
     return absl::InvalidArgumentError(absl::StrCat(w.name, ": head_dim ", t.head_dim,

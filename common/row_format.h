@@ -74,8 +74,8 @@ struct ModelTable {
 
 // Finds and checks layer `layer_id`'s table in `dir` (`model_dir` names it in errors). NOT_FOUND
 // when the directory has neither form; INVALID_ARGUMENT naming the tensor for both forms at once,
-// a wrong dtype or shape, a head_dim other than `head_dim`, or FP8 rows whose head_dim is not a
-// multiple of 32.
+// FP8 rows without their scales, a wrong dtype or shape, a head_dim other than `head_dim`, or FP8
+// rows whose head_dim is not a multiple of 32.
 absl::StatusOr<ModelTable> FindModelTable(const SafetensorsDir& dir, const std::string& model_dir,
                                           int layer_id, int head_dim);
 

@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/row_format.h"
 #include "common/safetensors.h"
@@ -22,6 +23,7 @@
 #include "memory_tier/posix_file.h"
 #include "memory_tier/row_file.h"
 #include "nlohmann/json.hpp"
+#include "tests/common/rewrite_safetensors.h"
 #include "tests/memory_tier/test_model.h"
 
 extern char** environ;
@@ -159,6 +161,28 @@ TEST_P(ImportDtypeTest, InProcessRowsEqualTheTiersRecordsDecoded) {
   }
   EXPECT_EQ(FindModelTable(**dir, model, /*layer_id=*/2, spec.head_dim).status().code(),
             absl::StatusCode::kNotFound);
+}
+
+// FP8 rows without their scales are a broken table, not a missing one: refused by name.
+TEST(ModelTableTest, Fp8RowsWithoutScalesAreRefused) {
+  TempDir tmp;
+  TestModelSpec spec;
+  spec.dtype = "fp8_e4m3_e8m0";
+  const std::string model = tmp.path() + "/model";
+  ASSERT_TRUE(WriteTestModel(model, spec).ok());
+  const std::string file = model + "/model.safetensors";
+  ASSERT_TRUE(testing::RewriteSafetensors(file, file,
+                                          [](auto*, std::vector<TensorView>* tensors) {
+                                            std::erase_if(*tensors, [](const TensorView& t) {
+                                              return absl::EndsWith(t.name, "embed.scale");
+                                            });
+                                          })
+                  .ok());
+  auto dir = SafetensorsDir::Open(model);
+  ASSERT_TRUE(dir.ok()) << dir.status();
+  auto table = FindModelTable(**dir, model, spec.layer_ids[0], spec.head_dim);
+  EXPECT_EQ(table.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(table.status().message(), "embed.scale")) << table.status();
 }
 
 INSTANTIATE_TEST_SUITE_P(AllDtypes, ImportDtypeTest,
