@@ -1,8 +1,9 @@
 // Linear layers of a few rows (decode at small batches): out[T, N] (f32) = x[T, K] (bf16) .
 // w[N, K]^T (bf16), accumulated in f32, for T <= kGemvMaxRows. At these T a linear layer is a pass
 // over its weights and nothing else, so what matters is reading them at the HBM's rate; Gemm
-// (model/cuda/gemm.h) sends such shapes here and the rest to cuBLASLt. The CPU reference is MatMul
-// of model/cpu_ops.h.
+// (model/cuda/gemm.h) sends such shapes here and the rest to cuBLASLt. The CPU backbone's linear
+// layer is MatMul of model/cpu_ops.h; tests/gpu/gemm_test.cc holds both GPU paths to a
+// double-precision product of the same bf16 inputs.
 #ifndef ENGRAM_MODEL_KERNELS_GEMV_CUH_
 #define ENGRAM_MODEL_KERNELS_GEMV_CUH_
 
