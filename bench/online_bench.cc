@@ -21,7 +21,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
-#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -32,6 +31,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "bench/random_requests.h"
 #include "client/engram_client.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051", "engram-worker gRPC address");
@@ -46,12 +46,6 @@ ABSL_FLAG(double, timeout_s, 600, "deadline of each call");
 
 namespace engram {
 namespace {
-
-struct Request {
-  std::vector<uint32_t> prompt;
-  int output = 0;
-  uint64_t seed = 0;
-};
 
 struct Level {
   int concurrency = 0;
@@ -68,25 +62,11 @@ double Percentile(std::vector<double> v, double p) {
   return v[std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5))];
 }
 
-std::vector<Request> MakeRequests(int n) {
-  std::mt19937_64 rng(absl::GetFlag(FLAGS_seed));
-  std::uniform_int_distribution<int> len(absl::GetFlag(FLAGS_min_len),
-                                         absl::GetFlag(FLAGS_max_len));
-  std::uniform_int_distribution<uint32_t> id(0, absl::GetFlag(FLAGS_max_prompt_id));
-  std::vector<Request> requests(n);
-  for (int i = 0; i < n; ++i) {
-    requests[i].prompt.resize(len(rng));
-    for (auto& t : requests[i].prompt) t = id(rng);
-    requests[i].output = len(rng);
-    requests[i].seed = i;
-  }
-  return requests;
-}
-
-Level RunLevel(EngramClient& client, const std::vector<Request>& requests, int concurrency) {
+// Request i of a level is workload request i, sampled with seed i.
+Level RunLevel(EngramClient& client, const RandomRequests& requests, int concurrency) {
   Level level;
   level.concurrency = concurrency;
-  level.requests = static_cast<int>(requests.size());
+  level.requests = static_cast<int>(requests.prompts.size());
   std::atomic<int> next{0};
   absl::Mutex mu;
   const absl::Time start = absl::Now();
@@ -94,13 +74,13 @@ Level RunLevel(EngramClient& client, const std::vector<Request>& requests, int c
     std::vector<double> ttft, itl;
     int64_t tokens = 0;
     int failed = 0;
-    for (int i; (i = next.fetch_add(1)) < static_cast<int>(requests.size());) {
-      const Request& r = requests[i];
+    for (int i; (i = next.fetch_add(1)) < level.requests;) {
+      const std::vector<uint32_t>& prompt = requests.prompts[i];
       v1::GenerateRequest request;
-      request.mutable_token_ids()->mutable_ids()->Add(r.prompt.begin(), r.prompt.end());
+      request.mutable_token_ids()->mutable_ids()->Add(prompt.begin(), prompt.end());
       request.mutable_sampling()->set_temperature(0.6f);
-      request.mutable_sampling()->set_seed(r.seed);
-      request.mutable_stopping()->set_max_tokens(r.output);
+      request.mutable_sampling()->set_seed(i);
+      request.mutable_stopping()->set_max_tokens(requests.outputs[i]);
       request.mutable_stopping()->set_ignore_eos(true);
       const absl::Time sent = absl::Now();
       absl::Time last = sent;
@@ -177,7 +157,10 @@ int Main() {
   for (int c : levels) {
     const int n =
         std::min(absl::GetFlag(FLAGS_requests), c * absl::GetFlag(FLAGS_requests_per_stream));
-    Level l = RunLevel(**client, MakeRequests(std::max(n, 1)), c);
+    const RandomRequests requests = DrawRandomRequests(
+        absl::GetFlag(FLAGS_seed), std::max(n, 1), absl::GetFlag(FLAGS_min_len),
+        absl::GetFlag(FLAGS_max_len), absl::GetFlag(FLAGS_max_prompt_id));
+    Level l = RunLevel(**client, requests, c);
     failed += l.failed;
     std::printf(
         "concurrency %4d: %4d requests (%d failed) %9lld output tokens in %7.2f s = %9.1f tok/s"

@@ -58,6 +58,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "bench/random_requests.h"
 #include "common/ngram_hash.h"
 #include "common/row_format.h"
 #include "common/status.h"
@@ -304,19 +305,15 @@ Run Offline(const Model& model, Backbone& backbone, RowBackend* rows, WorkerMetr
   return run;
 }
 
-// Random prompt ids as nano-vLLM draws them.
+// Random prompt ids as nano-vLLM draws them (bench/random_requests.h).
 Workload RandomWorkload(const ModelConfig& c, int n) {
+  RandomRequests r = DrawRandomRequests(absl::GetFlag(FLAGS_seed), n, absl::GetFlag(FLAGS_min_len),
+                                        absl::GetFlag(FLAGS_max_len),
+                                        static_cast<uint32_t>(std::min(9999, c.vocab_size - 1)));
   Workload w;
   w.name = "random";
-  std::mt19937_64 rng(absl::GetFlag(FLAGS_seed));
-  std::uniform_int_distribution<int> len(absl::GetFlag(FLAGS_min_len), absl::GetFlag(FLAGS_max_len));
-  std::uniform_int_distribution<uint32_t> id(0, std::min(9999, c.vocab_size - 1));
-  for (int i = 0; i < n; ++i) {
-    std::vector<uint32_t> p(len(rng));
-    for (auto& t : p) t = id(rng);
-    w.prompts.push_back(std::move(p));
-    w.outputs.push_back(len(rng));
-  }
+  w.prompts = std::move(r.prompts);
+  w.outputs = std::move(r.outputs);
   return w;
 }
 
