@@ -248,11 +248,9 @@ void StepRows::Record(WorkerMetrics& metrics) const {
 
 // ---- LocalRowBackend ---------------------------------------------------------------------------
 
-LocalRowBackend::LocalRowBackend(const Model& model) : model_(model) {}
-
 absl::StatusOr<std::unique_ptr<LocalRowBackend>> LocalRowBackend::Create(const Model& model) {
   const ModelConfig& config = model.config();
-  std::unique_ptr<LocalRowBackend> backend(new LocalRowBackend(model));
+  std::unique_ptr<LocalRowBackend> backend(new LocalRowBackend());
   for (size_t li = 0; li < config.engram.layer_ids.size(); ++li) {
     ENGRAM_ASSIGN_OR_RETURN(
         ModelTable t, FindModelTable(model.tensors(), model.dir(), config.engram.layer_ids[li],

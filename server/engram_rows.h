@@ -227,11 +227,12 @@ class StepRows : public EngramRowSource {
   std::vector<LayerTiming> timings_;
 };
 
-// Rows straight from the model's own tables (model.layers.{i}.engram.multi_head_embedding.
-// embedding.weight), completed inside Fetch. For tests and in-process runs. Tests can hold
-// fetches back (SetHold) to model a slow tier, or make the backend unavailable.
+// Rows straight from the model's own tables (plain or the FP8 pair, common/row_format.h
+// ModelTable), completed inside Fetch. For tests and in-process runs. Tests can hold fetches back
+// (SetHold) to model a slow tier, or make the backend unavailable.
 class LocalRowBackend : public RowBackend {
  public:
+  // The backend reads `model`'s tensors in place: `model` must outlive it.
   static absl::StatusOr<std::unique_ptr<LocalRowBackend>> Create(const Model& model);
 
   void Fetch(const std::shared_ptr<RowFetch>& fetch, uint64_t sequence_id, uint64_t step) override;
@@ -243,10 +244,9 @@ class LocalRowBackend : public RowBackend {
   void SetAvailable(bool available);
 
  private:
-  explicit LocalRowBackend(const Model& model);
+  LocalRowBackend() = default;
   void Serve(RowFetch& fetch) const;
 
-  const Model& model_;
   std::vector<ModelTable> tables_;  // [engram layer index]
   mutable absl::Mutex mu_;
   bool hold_ ABSL_GUARDED_BY(mu_) = false;
