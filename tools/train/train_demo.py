@@ -369,13 +369,16 @@ def fp8_e4m3_e8m0(w, block):
     return (q.reshape(rows, d // block, block) * torch.exp2(s).unsqueeze(-1)).reshape(rows, d)
 
 
+def e4m3_positive_values():
+    """The values of the OCP E4M3 bit patterns 0x00..0x7e, increasing (0x7f is NaN)."""
+    values = [(code & 7) / 8 * 2.0 ** -6 if code >> 3 == 0
+              else (1 + (code & 7) / 8) * 2.0 ** ((code >> 3) - 7) for code in range(127)]
+    return np.asarray(values, dtype=np.float32)
+
+
 def e4m3_codes(q):
     """The OCP E4M3 bit patterns of values q that are exactly E4M3 (fp8_e4m3_e8m0_parts' q)."""
-    values = []
-    for code in range(127):  # 0x7f is NaN
-        e, m = code >> 3, code & 7
-        values.append(m / 8 * 2.0 ** -6 if e == 0 else (1 + m / 8) * 2.0 ** (e - 7))
-    table = np.asarray(values, dtype=np.float32)
+    table = e4m3_positive_values()
     a = q.abs().cpu().numpy().astype(np.float32)
     codes = np.searchsorted(table, a).astype(np.uint8)
     if not np.array_equal(table[codes], a):
@@ -420,8 +423,9 @@ def read_model(directory, device):
                 h, hs = header[base + "weight"], header[base + "scale"]
                 codes = np.frombuffer(data[h["data_offsets"][0]:h["data_offsets"][1]], np.uint8)
                 scales = np.frombuffer(data[hs["data_offsets"][0]:hs["data_offsets"][1]], np.uint8)
-                e, m = (codes >> 3) & 15, (codes & 7).astype(np.float32)
-                v = np.where(e == 0, m / 8 * 2.0 ** -6, (1 + m / 8) * np.exp2(e.astype(np.float32) - 7))
+                if np.any((codes & 0x7f) == 0x7f):
+                    sys.exit("%s: %s holds an E4M3 NaN" % (path, base + "weight"))
+                v = e4m3_positive_values()[codes & 0x7f]
                 v = np.where(codes & 0x80, -v, v).reshape(h["shape"][0], -1, 32)
                 v = v * np.exp2(scales.astype(np.float32) - 127).reshape(h["shape"][0], -1, 1)
                 t.copy_(torch.from_numpy(v.reshape(h["shape"]).astype(np.float32)))
