@@ -543,11 +543,16 @@ TEST_F(TierServiceTest, ErrorsDoNotEchoLargeInput) {
 
 // A batch_id that is already pending on the stream is refused (INVALID_ARGUMENT), not answered
 // twice; the first batch with that id gets its rows and the stream goes on.
+//
+// Whether the twin finds the big batch still pending is up to the scheduler: the big batch may
+// finish before the twin is read (seen about once in 25 tries on a loaded 2-core machine), and
+// then both are rightly answered. So every try checks that each response is right under either
+// order, and the refusal must be seen within kTries streams.
 TEST_F(TierServiceTest, ADuplicatePendingBatchIdIsRefused) {
   StartServer();
   const std::string address = absl::StrCat("127.0.0.1:", server_->port());
   std::mt19937_64 rng(7);
-  v1::PrefetchRequest big;  // the largest batch allowed: still pending when its twin is read
+  v1::PrefetchRequest big;  // the largest batch allowed: usually still pending when its twin is read
   big.set_batch_id(7);
   big.mutable_table()->set_model("testmodel");
   big.mutable_table()->set_layer(3);
@@ -561,33 +566,44 @@ TEST_F(TierServiceTest, ADuplicatePendingBatchIdIsRefused) {
   next.mutable_table()->set_model("testmodel");
   next.mutable_table()->set_layer(1);
   next.add_row_ids(2);
-  testing::RawCallResult r =
-      testing::RawCall(address, "/engram.v1.MemoryTier/Prefetch",
-                       {big.SerializeAsString(), twin.SerializeAsString(), next.SerializeAsString()});
-  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
-  ASSERT_EQ(r.responses.size(), 3u);
-  int refused = 0, answered7 = 0;
-  for (const std::string& bytes : r.responses) {
-    v1::PrefetchResponse resp;
-    ASSERT_TRUE(resp.ParseFromString(bytes));
-    if (resp.batch_id() == 8) {
-      EXPECT_EQ(resp.error_code(), 0) << resp.error_message();
-      ExpectRows(1, {2}, resp.rows());
-      continue;
+  constexpr int kTries = 20;
+  int tries = 0;
+  bool refused_seen = false;
+  while (!refused_seen && tries < kTries) {
+    ++tries;
+    testing::RawCallResult r = testing::RawCall(
+        address, "/engram.v1.MemoryTier/Prefetch",
+        {big.SerializeAsString(), twin.SerializeAsString(), next.SerializeAsString()});
+    ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+    ASSERT_EQ(r.responses.size(), 3u);
+    int refused = 0, answered_big = 0, answered_twin = 0;
+    for (const std::string& bytes : r.responses) {
+      v1::PrefetchResponse resp;
+      ASSERT_TRUE(resp.ParseFromString(bytes));
+      if (resp.batch_id() == 8) {
+        EXPECT_EQ(resp.error_code(), 0) << resp.error_message();
+        ExpectRows(1, {2}, resp.rows());
+        continue;
+      }
+      ASSERT_EQ(resp.batch_id(), 7u);
+      if (resp.error_code() != 0) {
+        ++refused;
+        EXPECT_EQ(resp.error_code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
+        EXPECT_NE(resp.error_message().find("already pending"), std::string::npos)
+            << resp.error_message();
+      } else if (resp.rows().size() == row_bytes_) {
+        ++answered_twin;  // the big batch had finished before the twin was read
+        ExpectRows(3, {1}, resp.rows());
+      } else {
+        ++answered_big;
+        ExpectRows(3, ids, resp.rows());
+      }
     }
-    ASSERT_EQ(resp.batch_id(), 7u);
-    if (resp.error_code() != 0) {
-      ++refused;
-      EXPECT_EQ(resp.error_code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
-      EXPECT_NE(resp.error_message().find("already pending"), std::string::npos)
-          << resp.error_message();
-    } else {
-      ++answered7;
-      ExpectRows(3, ids, resp.rows());
-    }
+    EXPECT_EQ(answered_big, 1) << "try " << tries;
+    EXPECT_EQ(refused + answered_twin, 1) << "try " << tries;
+    refused_seen = refused == 1;
   }
-  EXPECT_EQ(refused, 1);
-  EXPECT_EQ(answered7, 1);
+  EXPECT_TRUE(refused_seen) << "the twin never found its batch pending in " << kTries << " tries";
 }
 
 // A batch within max_batch_rows whose rows would not fit one response: refused up front with a
