@@ -218,8 +218,9 @@ absl::Status Run(const WorkerConfig& config, Lifecycle& lifecycle) {
           .With("queued", scheduler.queued())
           .With("timeout", absl::FormatDuration(config.server.drain_timeout))
       << "draining";
-  health.SetReady(false);
+  // Refuse first, then report NOT_SERVING: a client that sees NOT_SERVING is never accepted.
   scheduler.StopAccepting();
+  health.SetReady(false);
   if (!scheduler.WaitIdle(absl::Now() + config.server.drain_timeout)) {
     ENGRAM_LOG(WARNING) << "drain timeout: ending the remaining requests";
   }

@@ -12,8 +12,9 @@ per line on stdout.
   openai_client.py PORT concurrent N BODY_JSON
       N streams at once, one thread each; BODY_JSON's prompt is formatted with the stream's index
       ({i}): {"results": [{"status", "text", "finish_reason", "done"[, "error"]}, ...]}
-  openai_client.py PORT hold RELEASE_FILE BODY_JSON
-      opens two streams and reads their first chunk (both run), sends a third (queued), then a
+  openai_client.py PORT hold RELEASE_FILE BODY_JSON QUEUED_FILE
+      opens two streams and reads their first chunk (both run), sends a third and prints
+      {"queued_sent": true}; once QUEUED_FILE exists (the caller saw the worker queue it) sends a
       fourth request and prints {"overload": {"status", "headers", "body"}}; waits until
       RELEASE_FILE exists, then drops every connection without reading on and prints {"released": true}
   openai_client.py PORT connections N RELEASE_FILE
@@ -155,12 +156,13 @@ def drop(sockets):
         s.close()
 
 
-def hold(port, release, body):
+def hold(port, release, body, queued_seen):
     running = [open_stream(port, body) for _ in range(2)]
     for s in running:
         read_until(s, b"data: ")
     queued = open_stream(port, body)
-    time.sleep(0.3)  # let the worker queue it
+    out({"queued_sent": True})
+    wait_for(queued_seen)  # the test saw the worker queue it (its queue-length gauge)
     overload = request(port, "POST", "/v1/completions", body)
     out({"overload": overload})
     wait_for(release)
@@ -194,7 +196,7 @@ def main():
     elif scenario == "concurrent":
         out(concurrent(port, int(args[0]), args[1]))
     elif scenario == "hold":
-        hold(port, args[0], args[1])
+        hold(port, args[0], args[1], args[2])
     elif scenario == "connections":
         connections(port, int(args[0]), args[1])
     else:

@@ -358,14 +358,24 @@ TEST_F(WorkerHttpTest, FullSchedulerIs429AndDisconnectCancels) {
   const double abort_before =
       api_.Metric("engram_worker_requests_finished_total{finish_reason=\"abort\"}");
   const std::string release = cluster_->dir() + "/release-hold";
+  const std::string queued_seen = cluster_->dir() + "/queued-seen";
   const json body = {{"prompt", "Tell me everything"}, {"max_tokens", 4000},
                      {"ignore_eos", true},             {"temperature", 0},
                      {"stream", true}};
   auto p = Process::Start(
       {"/usr/bin/python3", testing::SourceFile("tests/integration/openai_client.py"),
-       absl::StrCat(cluster_->worker_http_port()), "hold", release, body.dump()},
+       absl::StrCat(cluster_->worker_http_port()), "hold", release, body.dump(), queued_seen},
       cluster_->dir() + "/hold.log");
   ASSERT_TRUE(p.ok()) << p.status();
+  // Two streams run and the third is sent; the fourth goes out once the worker has queued the
+  // third (not after a fixed sleep, which a slow machine can outlast).
+  ASSERT_FALSE((*p)->WaitForLogLine("\"queued_sent\"", absl::Seconds(60)).empty())
+      << (*p)->LogTail() << cluster_->Logs();
+  EXPECT_TRUE(WaitUntil(
+      [&] { return MetricValue(api_.Metrics(), "engram_worker_queue_length") == 1; },
+      absl::Seconds(30)))
+      << api_.Metrics();
+  std::ofstream(queued_seen).put('x');
   const std::string line = (*p)->WaitForLogLine("\"overload\"", absl::Seconds(60));
   ASSERT_FALSE(line.empty()) << (*p)->LogTail() << cluster_->Logs();
   const json overload = json::parse(line)["overload"];
