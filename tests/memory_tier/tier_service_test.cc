@@ -552,7 +552,7 @@ TEST_F(TierServiceTest, ADuplicatePendingBatchIdIsRefused) {
   StartServer();
   const std::string address = absl::StrCat("127.0.0.1:", server_->port());
   std::mt19937_64 rng(7);
-  v1::PrefetchRequest big;  // the largest batch allowed: usually still pending when its twin is read
+  v1::PrefetchRequest big;  // the largest batch allowed: usually pending when its twin is read
   big.set_batch_id(7);
   big.mutable_table()->set_model("testmodel");
   big.mutable_table()->set_layer(3);
