@@ -1,6 +1,10 @@
 #include "common/metrics_server.h"
 
+#include <sys/socket.h>
+
+#include <cerrno>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <mutex>
 #include <vector>
@@ -8,10 +12,20 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/process_metrics.h"
+#include "common/status.h"
 #include "httplib.h"
 #include "prometheus/text_serializer.h"
 
 namespace engram {
+
+absl::Status RaiseListenBacklog(int listen_fd) {
+  if (listen_fd < 0 || listen(listen_fd, SOMAXCONN) != 0) {
+    return absl::InternalError(absl::StrCat("cannot raise the listen backlog of socket ", listen_fd,
+                                            ": ", strerror(errno)));
+  }
+  return absl::OkStatus();
+}
+
 namespace {
 
 // A fixed pool of `threads` serving accepted connections newest first. cpp-httplib 0.11's
@@ -112,9 +126,10 @@ absl::Status MetricsServer::Start(const std::string& host, int port) {
   // cpp-httplib's default socket options add SO_REUSEPORT, which lets a second process bind a
   // metrics port that is already in use and silently split the scrapes between the two. Keep only
   // SO_REUSEADDR (restart without waiting for TIME_WAIT), so a taken port is an error at start.
-  server_->set_socket_options([](socket_t sock) {
+  server_->set_socket_options([this](socket_t sock) {
     int yes = 1;
     setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    listen_fd_ = sock;
   });
   server_->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
     process_metrics_->Update();
@@ -131,6 +146,7 @@ absl::Status MetricsServer::Start(const std::string& host, int port) {
     }
     port_ = port;
   }
+  ENGRAM_RETURN_IF_ERROR(RaiseListenBacklog(listen_fd_));
   thread_ = std::thread([this] { server_->listen_after_bind(); });
   // httplib's stop() does nothing until the listen loop runs, so a Stop() right after Start()
   // would leave the loop running and the join waiting forever: return only once it runs.

@@ -38,6 +38,13 @@ inline constexpr int kMetricsKeepAliveTimeoutS = 2;
 inline constexpr int kMetricsReadTimeoutS = 2;
 inline constexpr int kMetricsWriteTimeoutS = 5;
 
+// cpp-httplib (Debian's 0.11, a compiled library) listens with a backlog of 5: a burst of more
+// connections than that overflows the accept queue, and the kernel drops handshakes and answers
+// with SYN cookies (seen as "Possible SYN flooding" in the kernel log, and as a rare reset of a
+// client among 64 concurrent streams). Both HTTP servers call this on their listening socket after
+// bind: listen() again raises its queue to SOMAXCONN (capped by net.core.somaxconn).
+absl::Status RaiseListenBacklog(int listen_fd);
+
 class MetricsServer {
  public:
   explicit MetricsServer(std::shared_ptr<prometheus::Registry> registry);
@@ -60,6 +67,7 @@ class MetricsServer {
   std::unique_ptr<httplib::Server> server_;
   std::thread thread_;
   int port_ = 0;
+  int listen_fd_ = -1;  // the socket httplib listens on (set by its socket-options callback)
 };
 
 // Renders a registry in the Prometheus text format (what /metrics returns).

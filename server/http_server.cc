@@ -17,6 +17,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/metrics_server.h"
+#include "common/status.h"
 
 namespace engram {
 namespace {
@@ -219,9 +221,10 @@ class BoundedPool final : public httplib::TaskQueue {
 HttpServer::HttpServer(HttpServerOptions options) : options_(std::move(options)) {
   // httplib's default socket options add SO_REUSEPORT, which lets a second process bind a port in
   // use and silently split the traffic (common/metrics_server.cc): SO_REUSEADDR only.
-  set_socket_options([](socket_t sock) {
+  set_socket_options([this](socket_t sock) {
     int yes = 1;
     setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    listen_fd_ = sock;
   });
   set_keep_alive_max_count(1000);
   set_payload_max_length(options_.max_body_bytes);
@@ -243,6 +246,8 @@ absl::Status HttpServer::Start(const std::string& host, int port) {
     }
     port_ = port;
   }
+  // httplib's backlog of 5 overflows under a burst of connections (common/metrics_server.h).
+  ENGRAM_RETURN_IF_ERROR(RaiseListenBacklog(listen_fd_));
   thread_ = std::thread([this] { listen_after_bind(); });
   // stop() does nothing until the listen loop runs: return only once it runs.
   for (int i = 0; i < 5000 && !is_running(); ++i) absl::SleepFor(absl::Milliseconds(1));

@@ -4,7 +4,9 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <fstream>
 #include <limits>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -152,6 +154,88 @@ TEST(MetricsServerTest, ServesTheRegistryAndRefusesATakenPort) {
   absl::Status taken = second.Start("127.0.0.1", first.port());
   EXPECT_FALSE(taken.ok());
   EXPECT_NE(taken.message().find("in use"), absl::string_view::npos) << taken;
+}
+
+// The kernel's count of handshakes dropped because a listen queue was full (TcpExt
+// ListenOverflows in /proc/net/netstat); -1 when it cannot be read.
+int64_t ListenOverflows() {
+  std::ifstream in("/proc/net/netstat");
+  std::string names, values;
+  while (std::getline(in, names) && std::getline(in, values)) {
+    if (names.rfind("TcpExt:", 0) != 0) continue;
+    std::istringstream n(names), v(values);
+    std::string name, value;
+    while (n >> name && v >> value) {
+      if (name == "ListenOverflows") return std::stoll(value);
+    }
+  }
+  return -1;
+}
+
+// Starts `n` connections to 127.0.0.1:`port` at once (non-blocking connects), gives the kernel
+// 200 ms to queue them, and closes them.
+void ConnectBurst(int port, int n) {
+  std::vector<int> fds;
+  for (int i = 0; i < n; ++i) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    ASSERT_GE(fd, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));  // EINPROGRESS
+    fds.push_back(fd);
+  }
+  absl::SleepFor(absl::Milliseconds(200));
+  for (int fd : fds) close(fd);
+}
+
+// A listening socket nobody accepts from, on an ephemeral loopback port; returns its port.
+int ListenUnaccepted(int fd, int backlog) {
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) return -1;
+  if (listen(fd, backlog) != 0) return -1;
+  socklen_t len = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  return ntohs(addr.sin_port);
+}
+
+// cpp-httplib listens with a backlog of 5; a burst of 64 connections overflows that queue (the
+// kernel drops handshakes and falls back to SYN cookies). RaiseListenBacklog, which both HTTP
+// servers apply, makes room for the burst.
+TEST(MetricsServerTest, ABurstOfConnectionsFitsTheAcceptQueue) {
+  if (ListenOverflows() < 0) GTEST_SKIP() << "/proc/net/netstat has no ListenOverflows";
+  // The control: httplib's backlog, nobody accepting. The counter moves (it is what we read).
+  const int small = socket(AF_INET, SOCK_STREAM, 0);
+  const int small_port = ListenUnaccepted(small, 5);
+  ASSERT_GT(small_port, 0);
+  int64_t before = ListenOverflows();
+  ConnectBurst(small_port, 64);
+  EXPECT_GT(ListenOverflows(), before) << "a backlog of 5 took a burst of 64";
+  close(small);
+
+  // The same socket raised after listen(), as the servers do: no overflow.
+  const int raised = socket(AF_INET, SOCK_STREAM, 0);
+  const int raised_port = ListenUnaccepted(raised, 5);
+  ASSERT_GT(raised_port, 0);
+  ASSERT_TRUE(RaiseListenBacklog(raised).ok());
+  before = ListenOverflows();
+  ConnectBurst(raised_port, 64);
+  EXPECT_EQ(ListenOverflows(), before);
+  close(raised);
+
+  // And the metrics server itself (its socket is the one raised).
+  auto registry = std::make_shared<prometheus::Registry>();
+  MetricsServer server(registry);
+  ASSERT_TRUE(server.Start("127.0.0.1", 0).ok());
+  before = ListenOverflows();
+  ConnectBurst(server.port(), 64);
+  EXPECT_EQ(ListenOverflows(), before);
+  server.Stop();
+
+  EXPECT_FALSE(RaiseListenBacklog(-1).ok());
 }
 
 // Slow clients must not starve a real scraper: 64 connections that are opened and never send a
