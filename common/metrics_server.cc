@@ -26,6 +26,31 @@ absl::Status RaiseListenBacklog(int listen_fd) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<int> StartHttpListener(httplib::Server& server, const std::string& what,
+                                      const std::string& host, int port, std::thread& thread) {
+  // Set by the callback during bind (shared: the callback stays stored in the server).
+  auto listen_fd = std::make_shared<int>(-1);
+  server.set_socket_options([listen_fd](socket_t sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    *listen_fd = sock;
+  });
+  if (port == 0) {
+    port = server.bind_to_any_port(host);
+    if (port < 0) return absl::UnavailableError(absl::StrCat("cannot bind ", what, " on ", host));
+  } else if (!server.bind_to_port(host, port)) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot bind ", what, " on ", host, ":", port, " (port in use?)"));
+  }
+  ENGRAM_RETURN_IF_ERROR(RaiseListenBacklog(*listen_fd));
+  thread = std::thread([&server] { server.listen_after_bind(); });
+  for (int i = 0; i < 5000 && !server.is_running(); ++i) absl::SleepFor(absl::Milliseconds(1));
+  if (!server.is_running()) {
+    return absl::InternalError(absl::StrCat(what, " server on port ", port, " did not start"));
+  }
+  return port;
+}
+
 namespace {
 
 // A fixed pool of `threads` serving accepted connections newest first. cpp-httplib 0.11's
@@ -123,37 +148,12 @@ absl::Status MetricsServer::Start(const std::string& host, int port) {
   server_->new_task_queue = [] {
     return new LifoPool(kMetricsThreads);
   };
-  // cpp-httplib's default socket options add SO_REUSEPORT, which lets a second process bind a
-  // metrics port that is already in use and silently split the scrapes between the two. Keep only
-  // SO_REUSEADDR (restart without waiting for TIME_WAIT), so a taken port is an error at start.
-  server_->set_socket_options([this](socket_t sock) {
-    int yes = 1;
-    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
-    listen_fd_ = sock;
-  });
   server_->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
     process_metrics_->Update();
     if (before_scrape_) before_scrape_();
     res.set_content(RenderMetrics(*registry_), "text/plain; version=0.0.4; charset=utf-8");
   });
-  if (port == 0) {
-    port_ = server_->bind_to_any_port(host);
-    if (port_ < 0) return absl::UnavailableError(absl::StrCat("cannot bind metrics on ", host));
-  } else {
-    if (!server_->bind_to_port(host, port)) {
-      return absl::UnavailableError(
-          absl::StrCat("cannot bind metrics on ", host, ":", port, " (port in use?)"));
-    }
-    port_ = port;
-  }
-  ENGRAM_RETURN_IF_ERROR(RaiseListenBacklog(listen_fd_));
-  thread_ = std::thread([this] { server_->listen_after_bind(); });
-  // httplib's stop() does nothing until the listen loop runs, so a Stop() right after Start()
-  // would leave the loop running and the join waiting forever: return only once it runs.
-  for (int i = 0; i < 5000 && !server_->is_running(); ++i) absl::SleepFor(absl::Milliseconds(1));
-  if (!server_->is_running()) {
-    return absl::InternalError(absl::StrCat("metrics server on port ", port_, " did not start"));
-  }
+  ENGRAM_ASSIGN_OR_RETURN(port_, StartHttpListener(*server_, "metrics", host, port, thread_));
   return absl::OkStatus();
 }
 

@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "prometheus/counter.h"
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
@@ -41,9 +42,22 @@ inline constexpr int kMetricsWriteTimeoutS = 5;
 // cpp-httplib (Debian's 0.11, a compiled library) listens with a backlog of 5: a burst of more
 // connections than that overflows the accept queue, and the kernel drops handshakes and answers
 // with SYN cookies (seen as "Possible SYN flooding" in the kernel log, and as a rare reset of a
-// client among 64 concurrent streams). Both HTTP servers call this on their listening socket after
-// bind: listen() again raises its queue to SOMAXCONN (capped by net.core.somaxconn).
+// client among 64 concurrent streams). listen() again on the bound socket raises its queue to
+// SOMAXCONN (capped by net.core.somaxconn).
 absl::Status RaiseListenBacklog(int listen_fd);
+
+// How both HTTP servers (this one and the worker's OpenAI-style server) start listening:
+//   1. socket options: SO_REUSEADDR only. httplib's default adds SO_REUSEPORT, which lets a second
+//      process bind a port already in use and silently split the traffic between the two; without
+//      it a taken port is an error here;
+//   2. bind host:port, or any free port when `port` is 0;
+//   3. RaiseListenBacklog on the bound socket;
+//   4. run the listen loop on `thread` and return once it runs: httplib's stop() does nothing
+//      before that, so a Stop() right after Start() would otherwise leave the loop running and the
+//      join waiting forever.
+// Returns the bound port; errors name `what` ("metrics", "HTTP") and the address.
+absl::StatusOr<int> StartHttpListener(httplib::Server& server, const std::string& what,
+                                      const std::string& host, int port, std::thread& thread);
 
 class MetricsServer {
  public:
@@ -67,7 +81,6 @@ class MetricsServer {
   std::unique_ptr<httplib::Server> server_;
   std::thread thread_;
   int port_ = 0;
-  int listen_fd_ = -1;  // the socket httplib listens on (set by its socket-options callback)
 };
 
 // Renders a registry in the Prometheus text format (what /metrics returns).

@@ -219,13 +219,6 @@ class BoundedPool final : public httplib::TaskQueue {
 }  // namespace
 
 HttpServer::HttpServer(HttpServerOptions options) : options_(std::move(options)) {
-  // httplib's default socket options add SO_REUSEPORT, which lets a second process bind a port in
-  // use and silently split the traffic (common/metrics_server.cc): SO_REUSEADDR only.
-  set_socket_options([this](socket_t sock) {
-    int yes = 1;
-    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
-    listen_fd_ = sock;
-  });
   set_keep_alive_max_count(1000);
   set_payload_max_length(options_.max_body_bytes);
   const int threads = std::max(1, options_.threads);
@@ -236,24 +229,7 @@ HttpServer::HttpServer(HttpServerOptions options) : options_(std::move(options))
 HttpServer::~HttpServer() { Stop(); }
 
 absl::Status HttpServer::Start(const std::string& host, int port) {
-  if (port == 0) {
-    port_ = bind_to_any_port(host);
-    if (port_ < 0) return absl::UnavailableError(absl::StrCat("cannot bind HTTP on ", host));
-  } else {
-    if (!bind_to_port(host, port)) {
-      return absl::UnavailableError(
-          absl::StrCat("cannot bind HTTP on ", host, ":", port, " (port in use?)"));
-    }
-    port_ = port;
-  }
-  // httplib's backlog of 5 overflows under a burst of connections (common/metrics_server.h).
-  ENGRAM_RETURN_IF_ERROR(RaiseListenBacklog(listen_fd_));
-  thread_ = std::thread([this] { listen_after_bind(); });
-  // stop() does nothing until the listen loop runs: return only once it runs.
-  for (int i = 0; i < 5000 && !is_running(); ++i) absl::SleepFor(absl::Milliseconds(1));
-  if (!is_running()) {
-    return absl::InternalError(absl::StrCat("HTTP server on port ", port_, " did not start"));
-  }
+  ENGRAM_ASSIGN_OR_RETURN(port_, StartHttpListener(*this, "HTTP", host, port, thread_));
   return absl::OkStatus();
 }
 

@@ -74,7 +74,6 @@ class HttpServer : public httplib::Server {
   const HttpServerOptions options_;
   std::thread thread_;
   int port_ = 0;
-  int listen_fd_ = -1;  // the socket httplib listens on (set by its socket-options callback)
   std::atomic<uint64_t> rejected_{0};
 };
 
