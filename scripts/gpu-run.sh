@@ -187,10 +187,16 @@ if [[ $what == *offload* ]]; then
   xz -dc .replay.txt.xz > /tmp/replay.txt
   size=$(stat -c %s /tmp/replay.txt); held=$(( size - 3000000 ))
   # 53.3 GB per 50e9 parameters (FP8 rows of 256 values + scales); leave 4 GB of the disk free.
+  # The two models (8 GB each) and, for (c), the whole table live in /dev/shm: a tmpfs of half the
+  # RAM by default, too small for both, so it is grown first where the machine lets us.
+  shm=$(( $(free -b | awk '/^Mem:/ {print $2}') * 9 / 10 ))
+  [ "$(df --output=size -B1 /dev/shm | tail -n 1)" -ge $shm ] || mount -o remount,size=$shm /dev/shm \
+    || echo "could not grow /dev/shm" | tee -a "$out/offload.txt"
   avail=$(df --output=avail -B1 /tmp | tail -n 1)
-  fit=$(python3 -c "print(int(min(50e9, ($avail - 4e9) / 1.066) // 1e9) * 1e9)")
+  shm_avail=$(( $(df --output=avail -B1 /dev/shm | tail -n 1) - 17000000000 ))
+  fit=$(python3 -c "print(int(min(50e9, ($avail - 4e9) / 1.066, ($shm_avail - 4e9) / 1.066) // 1e9) * 1e9)")
   params=${ENGRAM_PARAMS:-$fit}
-  echo "table: $params parameters (disk available $avail bytes)" | tee "$out/offload.txt"
+  echo "table: $params parameters (disk available $avail bytes, /dev/shm $shm_avail after the models)" | tee "$out/offload.txt"
   $E model init-random /dev/shm/d4 --preset $preset --vocab-size 50257 > /dev/null 2>&1
   $E model init-random /dev/shm/e4b --preset $preset --vocab-size 50257 --engram-layers 1 \
     --engram-params $params > /tmp/e4b.txt 2>&1 || tail -n 3 /tmp/e4b.txt
