@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/percentile.h"
 #include "model/kernels/engram_gather.cuh"
 
 namespace {
@@ -40,11 +41,6 @@ struct Result {
   double p50_us;
   double p99_us;
 };
-
-double Percentile(std::vector<double> v, double p) {
-  std::sort(v.begin(), v.end());
-  return v[std::min(v.size() - 1, static_cast<size_t>(p * v.size()))];
-}
 
 }  // namespace
 
@@ -135,7 +131,7 @@ int main(int argc, char** argv) {
         CHECK_CUDA(cudaEventElapsedTime(&ms, start, stop));
         if (it >= 10) us.push_back(ms * 1000.0);
       }
-      return Result{Percentile(us, 0.5), Percentile(us, 0.99)};
+      return Result{engram::Percentile(us, 0.5), engram::Percentile(us, 0.99)};
     };
     auto run_staged = [&]() {
       std::vector<double> us;
@@ -150,7 +146,7 @@ int main(int argc, char** argv) {
         double t = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - begin).count();
         if (it >= 10) us.push_back(t);
       }
-      return Result{Percentile(us, 0.5), Percentile(us, 0.99)};
+      return Result{engram::Percentile(us, 0.5), engram::Percentile(us, 0.99)};
     };
     Result staged = run_staged();
     Result hbm_r = run_gpu(hbm);

@@ -34,6 +34,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "bench/percentile.h"
 #include "common/status.h"
 #include "memory_tier/arena.h"
 #include "memory_tier/catalog.h"
@@ -130,12 +131,7 @@ struct Result {
 
   double rows_per_s() const { return rows / seconds; }
   double pages_per_s() const { return pages / seconds; }
-  double Percentile(double p) const {
-    if (batch_us.empty()) return 0;
-    std::vector<double> v = batch_us;
-    std::sort(v.begin(), v.end());
-    return v[std::min(v.size() - 1, static_cast<size_t>(p * v.size()))];
-  }
+  double Percentile(double p) const { return engram::Percentile(batch_us, p); }
 };
 
 std::vector<Result> g_results;

@@ -31,6 +31,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "bench/percentile.h"
 #include "bench/random_requests.h"
 #include "client/engram_client.h"
 
@@ -55,12 +56,6 @@ struct Level {
   double seconds = 0;
   std::vector<double> ttft_ms, itl_ms;
 };
-
-double Percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5))];
-}
 
 // Request i of a level is workload request i, sampled with seed i.
 Level RunLevel(EngramClient& client, const RandomRequests& requests, int concurrency) {

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
+#include "bench/percentile.h"
 #include "common/crc32c.h"
 #include "common/engram_config.h"
 #include "common/lifecycle.h"
@@ -277,6 +278,20 @@ TEST(MetricsServerTest, IdleConnectionsDoNotBlockARealScrape) {
   EXPECT_TRUE(got == 0 || (got < 0 && errno == ECONNRESET)) << got << " errno " << errno;
   for (int fd : idle) close(fd);
   server.Stop();
+}
+
+// The benchmarks' percentile is the nearest rank: the ceil(p n)-th smallest sample.
+TEST(PercentileTest, IsTheNearestRank) {
+  EXPECT_EQ(Percentile({}, 0.5), 0.0);
+  EXPECT_EQ(Percentile({7}, 0.99), 7.0);
+  EXPECT_EQ(Percentile({4, 1, 3, 2}, 0.5), 2.0);
+  EXPECT_EQ(Percentile({4, 1, 3, 2}, 0.51), 3.0);
+  EXPECT_EQ(Percentile({4, 1, 3, 2}, 0.0), 1.0);
+  EXPECT_EQ(Percentile({4, 1, 3, 2}, 1.0), 4.0);
+  std::vector<double> hundred;
+  for (int i = 100; i >= 1; --i) hundred.push_back(i);
+  EXPECT_EQ(Percentile(hundred, 0.99), 99.0);
+  EXPECT_EQ(Percentile(hundred, 0.9), 90.0);
 }
 
 }  // namespace
