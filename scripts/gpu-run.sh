@@ -127,12 +127,12 @@ if [[ $what == *serve* ]]; then
   metrics() { python3 -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:$1/metrics').read().decode())"; }
   # The demo model: tables in engram-memory, the backbone on the GPU.
   rm -rf /tmp/demo-store
-  $E table import models/demo-cpu --store /tmp/demo-store > /tmp/import.txt 2>&1 || tail -n 3 /tmp/import.txt
+  $E table import models/demo --store /tmp/demo-store > /tmp/import.txt 2>&1 || tail -n 3 /tmp/import.txt
   .gpu/run engram-memory --store /tmp/demo-store --listen 127.0.0.1:50052 --metrics-port 9401 \
     > /tmp/memory.log 2>&1 &
   mpid=$!
   wait_ready 127.0.0.1:50052 /tmp/memory.log
-  .gpu/run engram-worker --model models/demo-cpu --memory 127.0.0.1:50052 --device cuda \
+  .gpu/run engram-worker --model models/demo --memory 127.0.0.1:50052 --device cuda \
     --listen 127.0.0.1:50051 --metrics-port 9400 > /tmp/worker-demo.log 2>&1 &
   wpid=$!
   wait_ready 127.0.0.1:50051 /tmp/worker-demo.log
@@ -141,7 +141,7 @@ if [[ $what == *serve* ]]; then
     echo "-- engram-worker --device cuda (gRPC):"
     timeout 60 $E generate --server 127.0.0.1:50051 --prompt "$prompt" --max-tokens 40 --temperature 0 2>&1
     echo; echo "-- engram model run --device cpu:"
-    timeout 60 $E model run models/demo-cpu --prompt "$prompt" --max-tokens 40 --device cpu 2>&1 | tail -n 2
+    timeout 60 $E model run models/demo --prompt "$prompt" --max-tokens 40 --device cpu 2>&1 | tail -n 2
   done | tee "$out/serve.txt"
   metrics 9400 | grep -E '^engram_worker_(kv|cuda_graph|step_duration|engram_rows|time_to_first)' | grep -v _bucket > "$out/worker-demo-metrics.txt"
   grep -m1 -i "backbone\|device" /tmp/worker-demo.log | tee -a "$out/serve.txt"
@@ -166,7 +166,7 @@ if [[ $what == *train* ]]; then
   T=/tmp/train; rm -rf $T; mkdir -p $T; tar -xJf .train.tar.xz -C $T
   timeout 420 python3 tools/train/train_demo.py --corpus /nonexistent --out $T --device cuda \
     ${ENGRAM_TRAIN_ARGS:---hidden 256 --layers 6 --heads 4 --kv-heads 2 --intermediate 768 --seq 256 \
-    --batch 32 --steps 1000000 --minutes 4 --lr 2e-3 --engram-layers 1,3 --engram-heads 4 \
+    --batch 32 --steps 1000000 --minutes 3 --lr 2e-3 --engram-layers 1,3 --engram-heads 4 \
     --engram-head-dim 32 --fp8-tables --engram-vocab 30000 --name engram-demo} 2>&1 | tail -n 25 | tee "$out/train.txt"
   for dev in cuda cpu; do
     for v in model control; do

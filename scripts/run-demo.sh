@@ -4,8 +4,8 @@
 #   bash scripts/run-demo.sh
 #
 # Installs the Debian dependencies, fetches GPT-2's tokenizer.json (npm), builds everything, serves
-# the small trained English model committed in models/demo-cpu (docs/demo-model.md; trained on a
-# CPU core by tools/train/train_demo.py, Engram tables in FP8). ENGRAM_DEMO_MODEL=DIR serves
+# the small trained English model committed in models/demo (docs/demo-model.md; trained for three
+# minutes on an H100 by tools/train/train_demo.py, Engram tables in FP8). ENGRAM_DEMO_MODEL=DIR serves
 # another model directory instead; when DIR has no config.json the built-in random-weight demo
 # model is written there first (`engram model init-demo`, idempotent). Imports the model's Engram
 # tables into demo/store (`engram table import`, idempotent), starts engram-memory and
@@ -16,7 +16,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 build=${ENGRAM_BUILD_DIR:-build}
-model=${ENGRAM_DEMO_MODEL:-models/demo-cpu}
+model=${ENGRAM_DEMO_MODEL:-models/demo}
 store=${ENGRAM_DEMO_STORE:-demo/store}
 worker_port=${ENGRAM_WORKER_PORT:-50051}
 memory_port=${ENGRAM_MEMORY_PORT:-50052}
@@ -89,8 +89,8 @@ engram-serve is running the demo model:
   engram-memory  127.0.0.1:${memory_port}   metrics http://127.0.0.1:${memory_metrics_port}/metrics
 
 From the repository root (${root}), in another terminal.
-Stream a generation (models/demo-cpu is a tiny model trained for minutes on one CPU core: expect
-English-looking words, not sense; docs/demo-model.md):
+Stream a generation (models/demo is a 21 M-parameter model trained for three minutes: expect
+English sentences, not knowledge; docs/demo-model.md):
   ${engram} generate --server 127.0.0.1:${worker_port} --prompt "The capital of France is" --max-tokens 32
   ${engram} generate --server 127.0.0.1:${worker_port} --prompt "Once upon a time" --temperature 0.8 --top-p 0.95 --seed 7
 
