@@ -4,6 +4,7 @@
 #
 #   cmake --build build && bash scripts/gpu-pack.sh      (on the build machine)
 #   bash scripts/gpu-run.sh [tests] [bench] [4b] [vectors] [profile] [serve] [train] [offload]
+#                           [gather]
 #                                                                      (GPU machine, .gpu carried)
 #
 # tests: every test listed in .gpu/gpu-tests.txt (ctest -L gpu), under compute-sanitizer when
@@ -27,7 +28,10 @@
 #            as the disk holds (ENGRAM_PARAMS, default up to 50e9 parameters), synthesised into
 #            a store on disk and profiled over the training part of .replay.txt.xz; then
 #            configurations a-d on random ids and on replayed held-out text, then (e) on text
-#            while time is left (ENGRAM_OFFLOAD_SECONDS, default 560 for the whole mode).
+#            while time is left (ENGRAM_OFFLOAD_SECONDS, default 560 for the whole mode);
+#        gather: bench/gather_bench over registered arenas of 4, 16 and 48 GiB (ENGRAM_GATHER_MIB
+#            lists the sizes): whether random rows from an arena as large as the offload
+#            experiment's cost more per row than from the 4 GiB one.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/engram-gpu-results}
@@ -178,6 +182,11 @@ if [[ $what == *train* ]]; then
   done | tee -a "$out/train.txt"
   mkdir -p "$out/train"
   cp -r $T/model $T/control $T/excerpt.txt $T/heldout.txt $T/report.json "$out/train/" 2>/dev/null
+fi
+if [[ $what == *gather* ]]; then
+  for mib in ${ENGRAM_GATHER_MIB:-4096 16384 49152}; do
+    timeout 240 .gpu/run gather_bench --table-mib "$mib" --iters 100 2>&1 | tee -a "$out/gather.txt"
+  done
 fi
 if [[ $what == *offload* ]]; then
   # ENGRAM_PRESET, ENGRAM_DEVICE, ENGRAM_CONFIGS, ENGRAM_SEQUENCES and ENGRAM_BENCH_ARGS shrink it
