@@ -190,7 +190,8 @@ if [[ $what == *gather* ]]; then
 fi
 if [[ $what == *offload* ]]; then
   # ENGRAM_PRESET, ENGRAM_DEVICE, ENGRAM_CONFIGS, ENGRAM_SEQUENCES and ENGRAM_BENCH_ARGS shrink it
-  # for a dry run on a CPU (e.g. tiny, cpu, a,b,c, 8, "--min_len 10 --max_len 40 --threads 2").
+  # for a dry run on a CPU (e.g. tiny, cpu, a,b,c, 8, "--min_len 10 --max_len 40 --threads 2");
+  # ENGRAM_WORKLOADS picks and orders the workloads (default random,text).
   t0=$(date +%s); left() { echo $(( ${ENGRAM_OFFLOAD_SECONDS:-560} - ($(date +%s) - t0) )); }
   E=".gpu/run engram"; S=/tmp/store; preset=${ENGRAM_PRESET:-dense-4b}
   xz -dc .replay.txt.xz > /tmp/replay.txt
@@ -220,7 +221,7 @@ if [[ $what == *offload* ]]; then
     --replay_corpus /tmp/replay.txt --heldout_from $held --hbm_cache_gib ${ENGRAM_HBM_GIB:-1}
     --hbm_hot_rows 4000000 ${ENGRAM_BENCH_ARGS:-}"
   timeout $(left) .gpu/run throughput_bench $common --configs ${ENGRAM_CONFIGS:-a,b,c,d} \
-    --workloads random,text 2>&1 | grep -v '^{' | tee -a "$out/offload.txt"
+    --workloads ${ENGRAM_WORKLOADS:-random,text} 2>&1 | grep -v '^{' | tee -a "$out/offload.txt"
   echo "a-d done at +$(( $(date +%s) - t0 )) s" | tee -a "$out/offload.txt"
   [ "$(left)" -gt 60 ] && timeout $(left) .gpu/run throughput_bench $common --configs e \
     --workloads text --single=false 2>&1 | grep -v '^{' | tee -a "$out/offload.txt"
