@@ -14,7 +14,9 @@ namespace engram {
 inline double Percentile(std::vector<double> v, double p) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
-  const double rank = std::ceil(p * static_cast<double>(v.size()));
+  // Less a hair, so that a product a rounding above a whole number (0.07 x 100 = 7.000000000000001)
+  // does not take the next rank.
+  const double rank = std::ceil(p * static_cast<double>(v.size()) - 1e-9);
   const size_t i = rank < 1 ? 0 : std::min(v.size(), static_cast<size_t>(rank)) - 1;
   return v[i];
 }

@@ -426,6 +426,10 @@ absl::StatusOr<std::unique_ptr<TierServer>> StartTier(uint64_t dram_bytes, const
   // Each configuration starts from the store's statistics as they were before the benchmark
   // (e.g. an `engram table profile` run), not from the traffic of the configuration before it.
   c.placement.persist_stats = false;
+  // The tier keeps (and so can hand out as its hot list) only its tracked rows: as many as (d)
+  // asks for, not the default 65,536.
+  c.placement.tracked_rows =
+      std::max<uint64_t>(c.placement.tracked_rows, absl::GetFlag(FLAGS_hbm_hot_rows));
   return TierServer::Start(c);
 }
 

@@ -171,7 +171,7 @@ if [[ $what == *train* ]]; then
   timeout 420 python3 tools/train/train_demo.py --corpus /nonexistent --out $T --device cuda \
     ${ENGRAM_TRAIN_ARGS:---hidden 256 --layers 6 --heads 4 --kv-heads 2 --intermediate 768 --seq 256 \
     --batch 32 --steps 1000000 --minutes 3 --lr 2e-3 --engram-layers 1,3 --engram-heads 4 \
-    --engram-head-dim 32 --fp8-tables --engram-vocab 30000 --name engram-demo} 2>&1 | tail -n 25 | tee "$out/train.txt"
+    --engram-head-dim 32 --fp8-tables --engram-vocab 30000 --name engram-demo-gpu} 2>&1 | tail -n 25 | tee "$out/train.txt"
   for dev in cuda cpu; do
     for v in model control; do
       echo "engram eval $v excerpt --device $dev: $(.gpu/run engram eval $T/$v --text $T/excerpt.txt \
@@ -196,15 +196,17 @@ if [[ $what == *offload* ]]; then
   E=".gpu/run engram"; S=/tmp/store; preset=${ENGRAM_PRESET:-dense-4b}
   xz -dc .replay.txt.xz > /tmp/replay.txt
   size=$(stat -c %s /tmp/replay.txt); held=$(( size - 3000000 ))
-  # 53.3 GB per 50e9 parameters (FP8 rows of 256 values + scales); leave 4 GB of the disk free.
-  # The two models (8 GB each) and, for (c), the whole table live in /dev/shm: a tmpfs of half the
-  # RAM by default, too small for both, so it is grown first where the machine lets us.
-  shm=$(( $(free -b | awk '/^Mem:/ {print $2}') * 9 / 10 ))
+  # 53.4 GB per 50e9 parameters (FP8 rows of 256 values + scales, 15 rows a 4 KiB page); leave
+  # 4 GB of the disk free. The two models (8 GB each) and, for (c), the whole table live in
+  # /dev/shm: a tmpfs of half the RAM by default, too small for both, so it is grown first where
+  # the machine lets us. A tmpfs larger than the RAM counts as 90% of the RAM.
+  ram=$(free -b | awk '/^Mem:/ {print $2}'); shm=$(( ram * 9 / 10 ))
   [ "$(df --output=size -B1 /dev/shm | tail -n 1)" -ge $shm ] || mount -o remount,size=$shm /dev/shm \
     || echo "could not grow /dev/shm" | tee -a "$out/offload.txt"
   avail=$(df --output=avail -B1 /tmp | tail -n 1)
-  shm_avail=$(( $(df --output=avail -B1 /dev/shm | tail -n 1) - 17000000000 ))
-  fit=$(python3 -c "print(int(min(50e9, ($avail - 4e9) / 1.066, ($shm_avail - 4e9) / 1.066) // 1e9) * 1e9)")
+  shm_free=$(df --output=avail -B1 /dev/shm | tail -n 1)
+  shm_avail=$(( (shm_free < shm ? shm_free : shm) - 17000000000 ))
+  fit=$(python3 -c "print(int(min(50e9, ($avail - 4e9) / 1.068, ($shm_avail - 4e9) / 1.068) // 1e9) * 1e9)")
   params=${ENGRAM_PARAMS:-$fit}
   echo "table: $params parameters (disk available $avail bytes, /dev/shm $shm_avail after the models)" | tee "$out/offload.txt"
   $E model init-random /dev/shm/d4 --preset $preset --vocab-size 50257 > /dev/null 2>&1
@@ -214,7 +216,9 @@ if [[ $what == *offload* ]]; then
   s0=$(date +%s)
   $E table synth /dev/shm/e4b --store $S --seed 1 2>&1 | tail -n 2 | tee -a "$out/offload.txt"
   echo "synthesised in $(( $(date +%s) - s0 )) s" | tee -a "$out/offload.txt"
-  $E table profile /dev/shm/e4b --store $S --corpus /tmp/replay.txt --max-bytes $held 2>&1 \
+  # The top 4 M rows (~1 GiB of FP8 rows, the HBM cache's size) are stored for (d)'s hot list.
+  $E table profile /dev/shm/e4b --store $S --corpus /tmp/replay.txt --max-bytes $held \
+    --top 4000000 2>&1 \
     | tail -n 2 | tee -a "$out/offload.txt"
   common="--model /dev/shm/e4b --dense_model /dev/shm/d4 --device ${ENGRAM_DEVICE:-cuda}
     --store $S --synth_seed 1 --sequences ${ENGRAM_SEQUENCES:-512} --max_running 256

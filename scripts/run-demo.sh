@@ -5,10 +5,10 @@
 #
 # Installs the Debian dependencies, fetches GPT-2's tokenizer.json (npm), builds everything, serves
 # the small trained English model committed in models/demo (docs/demo-model.md; trained for three
-# minutes on an H100 by tools/train/train_demo.py, Engram tables in FP8). ENGRAM_DEMO_MODEL=DIR serves
-# another model directory instead; when DIR has no config.json the built-in random-weight demo
-# model is written there first (`engram model init-demo`, idempotent). Imports the model's Engram
-# tables into demo/store (`engram table import`, idempotent), starts engram-memory and
+# minutes on an H100 by tools/train/train_demo.py, Engram tables in FP8). ENGRAM_DEMO_MODEL=DIR
+# serves another model directory instead; when DIR has no config.json the built-in random-weight
+# demo model is written there first (`engram model init-demo`, idempotent). Imports the model's
+# Engram tables into demo/store (`engram table import`, idempotent), starts engram-memory and
 # engram-worker on localhost, prints how to call them, and stops both cleanly (SIGTERM, graceful
 # drain) on Ctrl-C. Logs: demo/logs/. Ports can be changed with the variables below.
 set -euo pipefail

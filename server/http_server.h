@@ -13,7 +13,8 @@
 //      the socket, so this class serves each connection itself (process_and_close_socket: the
 //      keep-alive loop and a buffered socket Stream, both as in httplib) and keeps the socket in
 //      a thread-local for the handler.
-//   3. Start/Stop that cannot race (Stop right after Start), as common/metrics_server.cc does.
+//   3. Start/Stop that cannot race (Stop right after Start): StartHttpListener
+//      (common/metrics_server.h), as the metrics server.
 //
 // Handlers are registered with the httplib API (Get, Post, ...) before Start().
 #ifndef ENGRAM_SERVER_HTTP_SERVER_H_

@@ -292,6 +292,8 @@ TEST(PercentileTest, IsTheNearestRank) {
   for (int i = 100; i >= 1; --i) hundred.push_back(i);
   EXPECT_EQ(Percentile(hundred, 0.99), 99.0);
   EXPECT_EQ(Percentile(hundred, 0.9), 90.0);
+  EXPECT_EQ(Percentile(hundred, 0.07), 7.0);  // 0.07 x 100 is 7.000000000000001 in doubles
+  EXPECT_EQ(Percentile(hundred, 0.55), 55.0);
 }
 
 }  // namespace

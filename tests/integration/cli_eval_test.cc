@@ -151,8 +151,8 @@ TEST_F(CliEvalTest, TrainedDemoModelsMatchPyTorch) {
     SCOPED_TRACE(model);
     text_ = testing::SourceFile(expected["text"].get<std::string>());
     auto run = [&](std::vector<std::string> extra) {
-      std::vector<std::string> args = {testing::BinaryPath("client/engram"), "eval", model, "--text",
-                                       text_, "--device", "cpu"};
+      std::vector<std::string> args = {testing::BinaryPath("client/engram"), "eval", model,
+                                       "--text", text_, "--device", "cpu"};
       args.insert(args.end(), extra.begin(), extra.end());
       auto p = Process::Start(args, absl::StrCat(dir_, "/trained", ++runs_, ".log"));
       EXPECT_TRUE(p.ok()) << p.status();
