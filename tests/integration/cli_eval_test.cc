@@ -8,6 +8,8 @@
 #include <sys/wait.h>
 
 #include <cmath>
+#include <cstdint>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -141,14 +143,25 @@ TEST_F(CliEvalTest, EqualsTheLossOfWholePrefixesThroughForward) {
 // Fidelity of the trained demo models (models/demo, trained on a GPU, and models/demo-cpu, on a CPU
 // core; tools/train/train_demo.py): `engram eval` on a held-out excerpt equals the training
 // script's PyTorch f32 loss on the same stored weights (tests/golden/demo_model/expected.json, one
-// entry per model) to 1e-3 nats/token, with the tables and with zero rows.
+// entry per model) to 1e-3 nats/token, with the tables and with zero rows. A sanitizer build
+// checks only models under kSanitizedMaxModelBytes: the instrumented CPU forward of the 28.5 MB
+// model takes over two minutes a run on CI's two cores, and the same code runs for the small one.
 TEST_F(CliEvalTest, TrainedDemoModelsMatchPyTorch) {
   const nlohmann::json golden = nlohmann::json::parse(
       std::ifstream(testing::SourceFile("tests/golden/demo_model/expected.json")));
   ASSERT_TRUE(golden.is_array() && !golden.empty());
+  int checked = 0;
   for (const nlohmann::json& expected : golden) {
     const std::string model = testing::SourceFile(expected["model"].get<std::string>());
     SCOPED_TRACE(model);
+#ifdef ENGRAM_SANITIZED
+    constexpr uintmax_t kSanitizedMaxModelBytes = 16 << 20;
+    if (fs::file_size(model + "/model.safetensors") > kSanitizedMaxModelBytes) {
+      std::printf("sanitizer build: %s not evaluated (too slow instrumented)\n", model.c_str());
+      continue;
+    }
+#endif
+    ++checked;
     text_ = testing::SourceFile(expected["text"].get<std::string>());
     auto run = [&](std::vector<std::string> extra) {
       std::vector<std::string> args = {testing::BinaryPath("client/engram"), "eval", model,
@@ -177,6 +190,7 @@ TEST_F(CliEvalTest, TrainedDemoModelsMatchPyTorch) {
     EXPECT_NEAR(zero["nll_per_token"].get<double>(),
                 expected["nll_per_token_zero_engram"].get<double>(), 1e-3);
   }
+  EXPECT_GT(checked, 0);
 }
 
 }  // namespace
