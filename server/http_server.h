@@ -14,7 +14,7 @@
 //      keep-alive loop and a buffered socket Stream, both as in httplib) and keeps the socket in
 //      a thread-local for the handler.
 //   3. Start/Stop that cannot race (Stop right after Start): StartHttpListener
-//      (common/metrics_server.h), as the metrics server.
+//      (common/metrics_server.h), as the metrics server does.
 //
 // Handlers are registered with the httplib API (Get, Post, ...) before Start().
 #ifndef ENGRAM_SERVER_HTTP_SERVER_H_

@@ -9,6 +9,7 @@
 #include "model/tokenizer.h"
 #include "nlohmann/json.hpp"
 #include "server/chat_template.h"
+#include "server/http_server.h"
 #include "server/openai_api.h"
 #include "tests/common/temp_dir.h"
 #include "tests/common/test_paths.h"
@@ -223,4 +224,18 @@ TEST(ParseChatTest, RendersMessagesAndStopsAtTheEndOfTurn) {
 }
 
 }  // namespace
+// The OpenAI-style HTTP server listens as the metrics server does (StartHttpListener): without
+// SO_REUSEPORT, so a second server on a taken port is refused instead of sharing the traffic; a
+// Stop() right after Start() returns.
+TEST(HttpServerTest, RefusesATakenPortAndStopsRightAfterStart) {
+  HttpServer first{HttpServerOptions{}};
+  ASSERT_TRUE(first.Start("127.0.0.1", 0).ok());
+  ASSERT_GT(first.port(), 0);
+  HttpServer second{HttpServerOptions{}};
+  absl::Status taken = second.Start("127.0.0.1", first.port());
+  EXPECT_FALSE(taken.ok());
+  EXPECT_NE(taken.message().find("in use"), absl::string_view::npos) << taken;
+  first.Stop();
+}
+
 }  // namespace engram
