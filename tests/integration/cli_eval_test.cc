@@ -52,15 +52,12 @@ class CliEvalTest : public ::testing::Test {
   }
   void TearDown() override { fs::remove_all(dir_); }
 
-  // Runs `engram eval` and returns its JSON line.
-  nlohmann::json Eval(std::vector<std::string> extra) {
-    std::vector<std::string> args = {testing::BinaryPath("client/engram"),
-                                     "eval",
-                                     dir_ + "/model",
-                                     "--text",
-                                     text_,
-                                     "--device",
-                                     "cpu"};
+  // Runs `engram eval` of `model` (default: the tiny model of SetUp) on text_ and returns its JSON
+  // line.
+  nlohmann::json Eval(std::vector<std::string> extra, std::string model = "") {
+    if (model.empty()) model = dir_ + "/model";
+    std::vector<std::string> args = {testing::BinaryPath("client/engram"), "eval", model, "--text",
+                                     text_, "--device", "cpu"};
     args.insert(args.end(), extra.begin(), extra.end());
     const std::string log = absl::StrCat(dir_, "/run", ++runs_, ".log");
     auto p = Process::Start(args, log);
@@ -163,29 +160,13 @@ TEST_F(CliEvalTest, TrainedDemoModelsMatchPyTorch) {
 #endif
     ++checked;
     text_ = testing::SourceFile(expected["text"].get<std::string>());
-    auto run = [&](std::vector<std::string> extra) {
-      std::vector<std::string> args = {testing::BinaryPath("client/engram"), "eval", model,
-                                       "--text", text_, "--device", "cpu"};
-      args.insert(args.end(), extra.begin(), extra.end());
-      auto p = Process::Start(args, absl::StrCat(dir_, "/trained", ++runs_, ".log"));
-      EXPECT_TRUE(p.ok()) << p.status();
-      if (!p.ok()) return nlohmann::json();
-      auto status = (*p)->Wait(absl::Seconds(120));
-      const std::string out = (*p)->LogTail(1 << 16);
-      EXPECT_TRUE(status.ok() && WIFEXITED(*status) && WEXITSTATUS(*status) == 0) << out;
-      for (absl::string_view line : absl::StrSplit(out, '\n')) {
-        if (!line.empty() && line[0] == '{') return nlohmann::json::parse(line);
-      }
-      ADD_FAILURE() << "no JSON line in:\n" << out;
-      return nlohmann::json();
-    };
-    const nlohmann::json tables = run({});
+    const nlohmann::json tables = Eval({}, model);
     ASSERT_FALSE(tables.is_null());
     EXPECT_EQ(tables["tokens"].get<int64_t>(), expected["predicted_tokens"].get<int64_t>());
     EXPECT_EQ(tables["window"].get<int64_t>(), expected["window"].get<int64_t>());
     EXPECT_NEAR(tables["nll_per_token"].get<double>(), expected["nll_per_token"].get<double>(),
                 1e-3);
-    const nlohmann::json zero = run({"--zero-engram"});
+    const nlohmann::json zero = Eval({"--zero-engram"}, model);
     ASSERT_FALSE(zero.is_null());
     EXPECT_NEAR(zero["nll_per_token"].get<double>(),
                 expected["nll_per_token_zero_engram"].get<double>(), 1e-3);
