@@ -217,13 +217,14 @@ if [[ $what == *offload* ]]; then
   $E table synth /dev/shm/e4b --store $S --seed 1 2>&1 | tail -n 2 | tee -a "$out/offload.txt"
   echo "synthesised in $(( $(date +%s) - s0 )) s" | tee -a "$out/offload.txt"
   # The top 4 M rows (~1 GiB of FP8 rows, the HBM cache's size) are stored for (d)'s hot list.
+  hot=4000000
   $E table profile /dev/shm/e4b --store $S --corpus /tmp/replay.txt --max-bytes $held \
-    --top 4000000 2>&1 \
+    --top $hot 2>&1 \
     | tail -n 2 | tee -a "$out/offload.txt"
   common="--model /dev/shm/e4b --dense_model /dev/shm/d4 --device ${ENGRAM_DEVICE:-cuda}
     --store $S --synth_seed 1 --sequences ${ENGRAM_SEQUENCES:-512} --max_running 256
     --replay_corpus /tmp/replay.txt --heldout_from $held --hbm_cache_gib ${ENGRAM_HBM_GIB:-1}
-    --hbm_hot_rows 4000000 ${ENGRAM_BENCH_ARGS:-}"
+    --hbm_hot_rows $hot ${ENGRAM_BENCH_ARGS:-}"
   timeout $(left) .gpu/run throughput_bench $common --configs ${ENGRAM_CONFIGS:-a,b,c,d} \
     --workloads ${ENGRAM_WORKLOADS:-random,text} 2>&1 | grep -v '^{' | tee -a "$out/offload.txt"
   echo "a-d done at +$(( $(date +%s) - t0 )) s" | tee -a "$out/offload.txt"
